@@ -1,0 +1,329 @@
+//! The vote keeper: stores and counts votes per (view, kind), rejects non-members and
+//! duplicates, turns conflicting votes into evidence, and tracks which validators sent
+//! anything per view for the view-skip rule (PROTOCOL.md section 4).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::certificate::{Certificate, Evidence};
+use crate::error::Error;
+use crate::types::{Height, SignedVote, ValidatorId, ValueId, View, VoteKind};
+use crate::validators::ValidatorSet;
+
+/// What adding a vote did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VoteOutcome {
+    /// Counted.
+    Added,
+    /// A second, different vote by the same validator for the same step: not counted,
+    /// returned as evidence.
+    Equivocation(Evidence),
+}
+
+/// Votes of one kind in one view.
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    /// The first vote of each validator.
+    votes: BTreeMap<ValidatorId, SignedVote>,
+    /// Count per value id (`None` = nil).
+    counts: BTreeMap<Option<ValueId>, usize>,
+}
+
+impl Tally {
+    fn count(&self, value: Option<ValueId>) -> usize {
+        self.counts.get(&value).copied().unwrap_or(0)
+    }
+}
+
+/// Everything received for one view.
+#[derive(Clone, Debug, Default)]
+struct ViewVotes {
+    prevotes: Tally,
+    precommits: Tally,
+    /// Distinct validators with any message (vote or proposal) in this view (line 55).
+    senders: BTreeSet<ValidatorId>,
+}
+
+/// Vote keeper of one height.
+#[derive(Clone, Debug)]
+pub struct VoteKeeper {
+    height: Height,
+    set: ValidatorSet,
+    views: BTreeMap<View, ViewVotes>,
+}
+
+impl VoteKeeper {
+    /// An empty keeper for `height` with its validator set.
+    pub fn new(height: Height, set: ValidatorSet) -> Self {
+        VoteKeeper {
+            height,
+            set,
+            views: BTreeMap::new(),
+        }
+    }
+
+    /// The validator set counted against.
+    pub fn validator_set(&self) -> &ValidatorSet {
+        &self.set
+    }
+
+    fn tally(&self, view: View, kind: VoteKind) -> Option<&Tally> {
+        self.views.get(&view).map(|v| match kind {
+            VoteKind::Prevote => &v.prevotes,
+            VoteKind::Precommit => &v.precommits,
+        })
+    }
+
+    /// True when exactly this signed vote is stored already (cheap check before verifying).
+    pub fn contains(&self, vote: &SignedVote) -> bool {
+        self.tally(vote.vote.view, vote.vote.kind)
+            .and_then(|t| t.votes.get(&vote.vote.validator))
+            .is_some_and(|stored| stored == vote)
+    }
+
+    /// Adds a vote whose signature the caller has verified. Rejects other heights,
+    /// non-members and exact duplicates; a conflicting second vote becomes evidence.
+    pub fn add(&mut self, vote: SignedVote) -> Result<VoteOutcome, Error> {
+        let v = vote.vote;
+        if v.height != self.height {
+            return Err(if v.height > self.height {
+                Error::FutureHeight {
+                    got: v.height,
+                    expected: self.height,
+                }
+            } else {
+                Error::PastHeight {
+                    got: v.height,
+                    expected: self.height,
+                }
+            });
+        }
+        if !self.set.contains(&v.validator) {
+            return Err(Error::UnknownValidator {
+                validator: v.validator,
+                height: v.height,
+            });
+        }
+        let entry = self.views.entry(v.view).or_default();
+        let tally = match v.kind {
+            VoteKind::Prevote => &mut entry.prevotes,
+            VoteKind::Precommit => &mut entry.precommits,
+        };
+        if let Some(first) = tally.votes.get(&v.validator) {
+            if *first == vote {
+                return Err(Error::Duplicate);
+            }
+            if first.vote == v {
+                // Same vote, different signature bytes (only possible with a malleable
+                // scheme): nothing new to count.
+                return Err(Error::Duplicate);
+            }
+            return Ok(VoteOutcome::Equivocation(Evidence::ConflictingVotes {
+                first: *first,
+                second: vote,
+            }));
+        }
+        tally.votes.insert(v.validator, vote);
+        *tally.counts.entry(v.value).or_insert(0) += 1;
+        entry.senders.insert(v.validator);
+        Ok(VoteOutcome::Added)
+    }
+
+    /// Notes that a member sent a proposal in `view` (counts for the view-skip rule).
+    pub fn note_sender(&mut self, view: View, validator: ValidatorId) {
+        if self.set.contains(&validator) {
+            self.views.entry(view).or_default().senders.insert(validator);
+        }
+    }
+
+    /// Votes of `kind` in `view` for `value` (`None` = nil).
+    pub fn count(&self, view: View, kind: VoteKind, value: Option<ValueId>) -> usize {
+        self.tally(view, kind).map_or(0, |t| t.count(value))
+    }
+
+    /// All votes of `kind` in `view`.
+    pub fn total(&self, view: View, kind: VoteKind) -> usize {
+        self.tally(view, kind).map_or(0, |t| t.votes.len())
+    }
+
+    /// The value (not nil) with a quorum of `kind` votes in `view`, if any. At most one
+    /// value can have a quorum unless more than f validators equivocate, and we count only
+    /// first votes, so at most one is returned.
+    pub fn quorum_value(&self, view: View, kind: VoteKind) -> Option<ValueId> {
+        let quorum = self.set.quorum();
+        self.tally(view, kind)?
+            .counts
+            .iter()
+            .find_map(|(value, count)| (*count >= quorum).then_some(*value).flatten())
+    }
+
+    /// True when nil has a quorum of `kind` votes in `view`.
+    pub fn nil_quorum(&self, view: View, kind: VoteKind) -> bool {
+        self.count(view, kind, None) >= self.set.quorum()
+    }
+
+    /// True when `kind` votes of any value in `view` reach a quorum.
+    pub fn any_quorum(&self, view: View, kind: VoteKind) -> bool {
+        self.total(view, kind) >= self.set.quorum()
+    }
+
+    /// The highest view above `above` from which more than a third of the validators sent
+    /// something (line 55).
+    pub fn skip_view(&self, above: View) -> Option<View> {
+        let threshold = self.set.one_third_plus();
+        self.views
+            .range(above.next()..)
+            .rev()
+            .find(|(_, v)| v.senders.len() >= threshold)
+            .map(|(view, _)| *view)
+    }
+
+    /// Views with a precommit quorum for some value, lowest first (line 49).
+    pub fn decided_candidates(&self) -> Vec<(View, ValueId)> {
+        self.views
+            .keys()
+            .filter_map(|view| {
+                self.quorum_value(*view, VoteKind::Precommit)
+                    .map(|id| (*view, id))
+            })
+            .collect()
+    }
+
+    /// The certificate for `value` in `view` from the stored precommits.
+    pub fn certificate(&self, view: View, value: ValueId) -> Certificate {
+        let votes = self
+            .tally(view, VoteKind::Precommit)
+            .map(|t| t.votes.values().collect::<Vec<_>>())
+            .unwrap_or_default();
+        Certificate::from_precommits(self.height, view, value, votes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::InsecureTestSigner;
+    use crate::types::{ChainId, Vote};
+
+    fn id(b: u8) -> ValidatorId {
+        ValidatorId([b; 32])
+    }
+
+    fn vote(who: u8, view: u32, kind: VoteKind, value: Option<u8>) -> SignedVote {
+        let chain = ChainId::new("t").unwrap();
+        Vote {
+            height: Height(1),
+            view: View(view),
+            kind,
+            value: value.map(|b| ValueId([b; 32])),
+            validator: id(who),
+        }
+        .sign(&chain, &InsecureTestSigner::new(id(who)))
+    }
+
+    fn keeper() -> VoteKeeper {
+        VoteKeeper::new(
+            Height(1),
+            ValidatorSet::new((1..=4).map(id).collect()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn table_of_additions() {
+        use VoteKind::*;
+        // (vote to add, expected result, prevote count for value 9 in view 0 afterwards)
+        enum Want {
+            Added,
+            Dup,
+            Evidence,
+            NotMember,
+            OtherHeight,
+        }
+        let mut k = keeper();
+        let mut other_height = vote(1, 0, Prevote, Some(9));
+        other_height.vote.height = Height(2);
+        let table: Vec<(SignedVote, Want, usize)> = vec![
+            (vote(1, 0, Prevote, Some(9)), Want::Added, 1),
+            (vote(1, 0, Prevote, Some(9)), Want::Dup, 1),
+            (vote(1, 0, Prevote, None), Want::Evidence, 1),
+            (vote(1, 0, Precommit, None), Want::Added, 1),
+            (vote(5, 0, Prevote, Some(9)), Want::NotMember, 1),
+            (other_height, Want::OtherHeight, 1),
+            (vote(2, 0, Prevote, Some(9)), Want::Added, 2),
+            (vote(3, 0, Prevote, Some(9)), Want::Added, 3),
+        ];
+        for (i, (v, want, count)) in table.into_iter().enumerate() {
+            let got = k.add(v);
+            match want {
+                Want::Added => assert_eq!(got, Ok(VoteOutcome::Added), "row {i}"),
+                Want::Dup => assert_eq!(got, Err(Error::Duplicate), "row {i}"),
+                Want::Evidence => {
+                    assert!(matches!(got, Ok(VoteOutcome::Equivocation(_))), "row {i}")
+                }
+                Want::NotMember => {
+                    assert!(
+                        matches!(got, Err(Error::UnknownValidator { .. })),
+                        "row {i}"
+                    )
+                }
+                Want::OtherHeight => {
+                    assert!(matches!(got, Err(Error::FutureHeight { .. })), "row {i}")
+                }
+            }
+            assert_eq!(
+                k.count(View(0), Prevote, Some(ValueId([9; 32]))),
+                count,
+                "row {i}"
+            );
+        }
+        assert_eq!(k.quorum_value(View(0), Prevote), Some(ValueId([9; 32])));
+        assert!(k.any_quorum(View(0), Prevote));
+        assert!(!k.nil_quorum(View(0), Prevote));
+        assert_eq!(k.quorum_value(View(0), Precommit), None);
+    }
+
+    #[test]
+    fn nil_and_any_quorums_and_skip() {
+        use VoteKind::*;
+        let mut k = keeper();
+        k.add(vote(1, 2, Prevote, None)).unwrap();
+        k.add(vote(2, 2, Prevote, None)).unwrap();
+        assert!(!k.any_quorum(View(2), Prevote));
+        // f + 1 = 2 senders in view 2: skip from view 0 or 1, not from 2.
+        assert_eq!(k.skip_view(View(0)), Some(View(2)));
+        assert_eq!(k.skip_view(View(2)), None);
+        k.add(vote(3, 2, Prevote, Some(7))).unwrap();
+        assert!(k.any_quorum(View(2), Prevote));
+        assert!(!k.nil_quorum(View(2), Prevote));
+        k.add(vote(4, 2, Prevote, None)).unwrap();
+        assert!(k.nil_quorum(View(2), Prevote));
+        assert_eq!(k.quorum_value(View(2), Prevote), None);
+        // A proposal counts as a message for the skip rule.
+        k.note_sender(View(5), id(1));
+        assert_eq!(k.skip_view(View(2)), None);
+        k.note_sender(View(5), id(2));
+        assert_eq!(k.skip_view(View(2)), Some(View(5)));
+    }
+
+    #[test]
+    fn certificate_from_precommit_quorum() {
+        use VoteKind::*;
+        let mut k = keeper();
+        for who in [3, 1, 2] {
+            k.add(vote(who, 1, Precommit, Some(4))).unwrap();
+        }
+        k.add(vote(4, 1, Precommit, None)).unwrap();
+        assert_eq!(
+            k.decided_candidates(),
+            vec![(View(1), ValueId([4; 32]))]
+        );
+        let cert = k.certificate(View(1), ValueId([4; 32]));
+        assert_eq!(cert.precommits.len(), 3);
+        let chain = ChainId::new("t").unwrap();
+        cert.verify(
+            k.validator_set(),
+            &chain,
+            &crate::signing::InsecureTestVerifier,
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,1 @@
+//! Table-driven tests of each rule (filled below).
