@@ -14,23 +14,31 @@ use crate::validators::ValidatorSet;
 pub enum VoteOutcome {
     /// Counted.
     Added,
-    /// A second, different vote by the same validator for the same step: not counted,
-    /// returned as evidence.
+    /// A second, different vote by the same validator for the same step. It is also
+    /// counted for its own value (up to [`MAX_VALUES_PER_VALIDATOR_STEP`] values), so a
+    /// quorum for a value means that many distinct validators signed for it (a quorum seen
+    /// by one node can then be shown to every other node), and returned as evidence.
     Equivocation(Evidence),
 }
+
+/// Distinct values one validator's votes are counted for in one (view, kind): the first
+/// vote and a few conflicting ones (memory bound against Byzantine spam).
+pub const MAX_VALUES_PER_VALIDATOR_STEP: usize = 3;
 
 /// Votes of one kind in one view.
 #[derive(Clone, Debug, Default)]
 struct Tally {
-    /// The first vote of each validator.
-    votes: BTreeMap<ValidatorId, SignedVote>,
-    /// Count per value id (`None` = nil).
-    counts: BTreeMap<Option<ValueId>, usize>,
+    /// The first vote of each validator (evidence, totals).
+    first: BTreeMap<ValidatorId, SignedVote>,
+    /// Every counted vote per value id (`None` = nil), by validator.
+    by_value: BTreeMap<Option<ValueId>, BTreeMap<ValidatorId, SignedVote>>,
+    /// How many values each validator's votes are counted for.
+    values_per_validator: BTreeMap<ValidatorId, usize>,
 }
 
 impl Tally {
     fn count(&self, value: Option<ValueId>) -> usize {
-        self.counts.get(&value).copied().unwrap_or(0)
+        self.by_value.get(&value).map_or(0, BTreeMap::len)
     }
 }
 
@@ -76,7 +84,8 @@ impl VoteKeeper {
     /// True when exactly this signed vote is stored already (cheap check before verifying).
     pub fn contains(&self, vote: &SignedVote) -> bool {
         self.tally(vote.vote.view, vote.vote.kind)
-            .and_then(|t| t.votes.get(&vote.vote.validator))
+            .and_then(|t| t.by_value.get(&vote.vote.value))
+            .and_then(|votes| votes.get(&vote.vote.validator))
             .is_some_and(|stored| stored == vote)
     }
 
@@ -108,24 +117,36 @@ impl VoteKeeper {
             VoteKind::Prevote => &mut entry.prevotes,
             VoteKind::Precommit => &mut entry.precommits,
         };
-        if let Some(first) = tally.votes.get(&v.validator) {
-            if *first == vote {
-                return Err(Error::Duplicate);
+        if tally
+            .by_value
+            .get(&v.value)
+            .is_some_and(|votes| votes.contains_key(&v.validator))
+        {
+            // This validator's vote for this value is counted already (an identical vote,
+            // or the same vote with other signature bytes under a malleable scheme).
+            return Err(Error::Duplicate);
+        }
+        let outcome = match tally.first.get(&v.validator) {
+            None => {
+                tally.first.insert(v.validator, vote);
+                VoteOutcome::Added
             }
-            if first.vote == v {
-                // Same vote, different signature bytes (only possible with a malleable
-                // scheme): nothing new to count.
-                return Err(Error::Duplicate);
-            }
-            return Ok(VoteOutcome::Equivocation(Evidence::ConflictingVotes {
+            Some(first) => VoteOutcome::Equivocation(Evidence::ConflictingVotes {
                 first: *first,
                 second: vote,
-            }));
+            }),
+        };
+        let counted = tally.values_per_validator.entry(v.validator).or_insert(0);
+        if *counted < MAX_VALUES_PER_VALIDATOR_STEP {
+            *counted += 1;
+            tally
+                .by_value
+                .entry(v.value)
+                .or_default()
+                .insert(v.validator, vote);
         }
-        tally.votes.insert(v.validator, vote);
-        *tally.counts.entry(v.value).or_insert(0) += 1;
         entry.senders.insert(v.validator);
-        Ok(VoteOutcome::Added)
+        Ok(outcome)
     }
 
     /// Notes that a member sent a proposal in `view` (counts for the view-skip rule).
@@ -142,18 +163,18 @@ impl VoteKeeper {
 
     /// All votes of `kind` in `view`.
     pub fn total(&self, view: View, kind: VoteKind) -> usize {
-        self.tally(view, kind).map_or(0, |t| t.votes.len())
+        self.tally(view, kind).map_or(0, |t| t.first.len())
     }
 
-    /// The value (not nil) with a quorum of `kind` votes in `view`, if any. At most one
-    /// value can have a quorum unless more than f validators equivocate, and we count only
-    /// first votes, so at most one is returned.
+    /// The value (not nil) with a quorum of `kind` votes in `view`, if any. Two values can
+    /// only both have a quorum if more than f validators equivocate; then the smallest id is
+    /// returned.
     pub fn quorum_value(&self, view: View, kind: VoteKind) -> Option<ValueId> {
         let quorum = self.set.quorum();
         self.tally(view, kind)?
-            .counts
+            .by_value
             .iter()
-            .find_map(|(value, count)| (*count >= quorum).then_some(*value).flatten())
+            .find_map(|(value, votes)| (votes.len() >= quorum).then_some(*value).flatten())
     }
 
     /// True when nil has a quorum of `kind` votes in `view`.
@@ -188,13 +209,18 @@ impl VoteKeeper {
             .collect()
     }
 
+    /// The stored votes of `kind` in `view` for `value`, in validator order.
+    pub fn votes_for(&self, view: View, kind: VoteKind, value: Option<ValueId>) -> Vec<SignedVote> {
+        self.tally(view, kind)
+            .and_then(|t| t.by_value.get(&value))
+            .map(|votes| votes.values().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// The certificate for `value` in `view` from the stored precommits.
     pub fn certificate(&self, view: View, value: ValueId) -> Certificate {
-        let votes = self
-            .tally(view, VoteKind::Precommit)
-            .map(|t| t.votes.values().collect::<Vec<_>>())
-            .unwrap_or_default();
-        Certificate::from_precommits(self.height, view, value, votes)
+        let votes = self.votes_for(view, VoteKind::Precommit, Some(value));
+        Certificate::from_precommits(self.height, view, value, &votes)
     }
 }
 

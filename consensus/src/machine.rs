@@ -400,6 +400,40 @@ impl Consensus {
         self.decision.as_ref()
     }
 
+    /// A one-line-per-view summary of what this instance holds (debugging aid).
+    pub fn debug_summary(&self) -> String {
+        let mut s = format!(
+            "view {} step {:?} locked {:?} valid {:?}\n",
+            self.view, self.step, self.locked, self.valid
+        );
+        let from = self.view.0.saturating_sub(10);
+        for v in from..=self.view.0 {
+            let view = View(v);
+            let props: Vec<String> = self
+                .proposals
+                .get(&view)
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| {
+                            let id = p.proposal.value.id();
+                            format!("{:?} vr={:?} verdict={:?}", id, p.proposal.valid_round, self.verdicts.get(&id))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            s += &format!(
+                "  view {v}: proposals {:?} prevotes {} (q {:?}, nil {}) precommits {} own {:?}\n",
+                props,
+                self.keeper.total(view, VoteKind::Prevote),
+                self.keeper.quorum_value(view, VoteKind::Prevote),
+                self.keeper.count(view, VoteKind::Prevote, None),
+                self.keeper.total(view, VoteKind::Precommit),
+                (self.own_votes.get(&(view, VoteKind::Prevote)).map(|v| v.vote.value), self.own_votes.get(&(view, VoteKind::Precommit)).map(|v| v.vote.value)),
+            );
+        }
+        s
+    }
+
     /// The validator set of this height.
     pub fn validator_set(&self) -> &ValidatorSet {
         self.keeper.validator_set()
@@ -678,6 +712,7 @@ impl Consensus {
         for view in [from, self.view] {
             if let Some(sp) = self.own_proposals.get(&view) {
                 out.push(Output::Broadcast(Message::Proposal(sp.clone())));
+                self.relay_polka(sp, out);
             }
             for kind in [VoteKind::Prevote, VoteKind::Precommit] {
                 if let Some(sv) = self.own_votes.get(&(view, kind)) {
@@ -725,6 +760,7 @@ impl Consensus {
         if let Some(sp) = self.own_proposals.get(&self.view) {
             // Already proposed in this view before a restart: re-send the same proposal.
             out.push(Output::Broadcast(Message::Proposal(sp.clone())));
+            self.relay_polka(sp, out);
             return;
         }
         // Line 15-16: if validValue_p != nil then proposal <- validValue_p.
@@ -769,10 +805,23 @@ impl Consensus {
         .sign(&self.params.chain_id, self.signer.as_ref());
         out.push(Output::Persist(WalEntry::Proposal(signed.clone())));
         out.push(Output::Broadcast(Message::Proposal(signed.clone())));
+        self.relay_polka(&signed, out);
         // Our own value (or our valid value) is valid by construction.
         self.verdicts.insert(id, true);
         self.own_proposals.insert(self.view, signed.clone());
         self.store_proposal(signed);
+    }
+
+    /// A re-proposal (valid_round = vr) is only acted on by nodes that hold the quorum of
+    /// prevotes for it in view vr (line 28). Gossip may have lost them long ago, so the
+    /// proposer relays that quorum (the signed prevotes of others) with its proposal.
+    fn relay_polka(&self, sp: &SignedProposal, out: &mut Vec<Output>) {
+        if let Some(vr) = sp.proposal.valid_round {
+            let id = sp.proposal.value.id();
+            for vote in self.keeper.votes_for(vr, VoteKind::Prevote, Some(id)) {
+                out.push(Output::Broadcast(Message::Vote(vote)));
+            }
+        }
     }
 
     /// Signs, persists and broadcasts a vote of the current view, at most one per
