@@ -74,17 +74,20 @@ pub enum Behaviour {
     ProposesInvalid,
     /// Honest votes, plus re-sends old messages (other views and heights) to random peers.
     Replayer,
+    /// Both an equivocating proposer and a double voter, ignoring its own locks.
+    Equivocator,
 }
 
 impl Behaviour {
     /// The Byzantine behaviours.
-    pub const BYZANTINE: [Behaviour; 6] = [
+    pub const BYZANTINE: [Behaviour; 7] = [
         Behaviour::Silent,
         Behaviour::EquivocatingProposer,
         Behaviour::DoubleVoter,
         Behaviour::VotesForInvalid,
         Behaviour::ProposesInvalid,
         Behaviour::Replayer,
+        Behaviour::Equivocator,
     ];
 }
 
@@ -147,6 +150,8 @@ pub struct SimConfig {
     pub view_bound: u32,
     /// Breaks the locking rule in honest nodes (to show the checks can fail).
     pub skip_locking_rule: bool,
+    /// Extra delay before a node answers a laggard with a `Commit` (slow sync).
+    pub sync_delay_ms: u64,
 }
 
 /// Timeouts used by simulations (virtual milliseconds).
@@ -193,6 +198,7 @@ impl SimConfig {
             time_limit_ms: 600_000,
             view_bound: 64,
             skip_locking_rule: false,
+            sync_delay_ms: 0,
         }
     }
 
@@ -207,7 +213,7 @@ impl SimConfig {
             order.swap(i, rng.below(i as u64 + 1) as usize);
         }
         for &node in &order[..f] {
-            let kind = Behaviour::BYZANTINE[rng.below(6) as usize];
+            let kind = Behaviour::BYZANTINE[rng.below(Behaviour::BYZANTINE.len() as u64) as usize];
             config.behaviours[node] = kind;
         }
         let honest: Vec<usize> = order[f..].to_vec();
@@ -238,7 +244,23 @@ impl SimConfig {
                 });
             }
         }
+        config.sync_delay_ms = rng.range(0, 1_500);
         config.time_limit_ms = config.gst_ms + 120_000 * heights;
+        config
+    }
+
+    /// The most hostile mix: every Byzantine validator is an [`Behaviour::Equivocator`],
+    /// 30% loss before GST and slow sync, so a decision at one node is not quickly
+    /// propagated to the others. Used to show the broken variant fails.
+    pub fn hostile(n: usize, heights: u64, seed: u64) -> Self {
+        let mut config = SimConfig::adversarial(n, heights, seed);
+        for b in &mut config.behaviours {
+            if *b != Behaviour::Honest {
+                *b = Behaviour::Equivocator;
+            }
+        }
+        config.drop_rate = 0.3;
+        config.sync_delay_ms = 3_000;
         config
     }
 }
@@ -260,6 +282,10 @@ pub struct SimReport {
     pub bytes: u64,
     /// Evidence outputs seen by honest nodes.
     pub evidence: u64,
+    /// For a run that did not terminate: where each lagging honest node stands.
+    pub stuck: Vec<String>,
+    /// Heights that honest nodes decided in different views (some through a `Commit`).
+    pub split_heights: u64,
     /// Virtual time when the run ended.
     pub end_ms: u64,
     /// Virtual time when the last honest node decided the last height.
@@ -337,6 +363,8 @@ struct Node {
     log: Vec<Rc<Message>>,
     /// Value ids seen per (height, view), for double voters.
     seen: BTreeMap<(Height, View), ValueId>,
+    /// The conflicting value an equivocator proposed per (height, view).
+    alt: BTreeMap<(Height, View), ValueId>,
 }
 
 /// Most buffered future-height messages per node.
@@ -413,6 +441,7 @@ impl<'a> Sim<'a> {
                 synced: HashMap::new(),
                 log: Vec::new(),
                 seen: BTreeMap::new(),
+                alt: BTreeMap::new(),
             })
             .collect();
         Sim {
@@ -490,21 +519,23 @@ impl<'a> Sim<'a> {
                     Some((_, cert)) => max_view = max_view.max(cert.view.0),
                     None => {
                         terminated = false;
-                        if std::env::var_os("SIM_DEBUG").is_some() {
-                            let node = &self.nodes[i];
-                            eprintln!(
-                                "node {i} lacks height {h}: at height {} view {:?} step {:?} crashed {}",
-                                node.height,
-                                node.machine.as_ref().map(|m| m.view()),
-                                node.machine.as_ref().map(|m| m.step()),
-                                node.machine.is_none()
-                            );
-                            if let Some(m) = &node.machine {
-                                eprintln!("{}", m.debug_summary());
-                            }
-                        }
+                        let node = &self.nodes[i];
+                        self.report.stuck.push(format!(
+                            "node {i} lacks height {h}: at height {}, {}",
+                            node.height,
+                            node.machine
+                                .as_ref()
+                                .map_or("crashed".to_string(), |m| m.debug_summary())
+                        ));
                     }
                 }
+            }
+            let views: std::collections::BTreeSet<u32> = (0..self.config.n)
+                .filter(|&i| self.honest(i))
+                .filter_map(|i| self.nodes[i].ledger.get(&Height(h)).map(|(_, c)| c.view.0))
+                .collect();
+            if views.len() > 1 {
+                self.report.split_heights += 1;
             }
             if max_view > self.config.view_bound {
                 terminated = false;
@@ -527,7 +558,11 @@ impl<'a> Sim<'a> {
             Box::new(node.signer),
             Box::new(InsecureTestVerifier),
         );
-        if self.config.skip_locking_rule && node.behaviour == Behaviour::Honest {
+        // Honest nodes run the broken rule only in the broken-variant runs; an equivocator
+        // ignores its locks always (any behaviour is allowed to a Byzantine validator).
+        if (self.config.skip_locking_rule && node.behaviour == Behaviour::Honest)
+            || node.behaviour == Behaviour::Equivocator
+        {
             machine.break_locking_rule_for_testing();
         }
         node.machine = Some(machine);
@@ -682,7 +717,7 @@ impl<'a> Sim<'a> {
             certificate: certificate.clone(),
         });
         self.report.broadcasts += 1;
-        self.send(to, peer, message);
+        self.send_after(to, peer, message, self.config.sync_delay_ms);
     }
 
     fn apply(&mut self, i: usize, input: Input, from: Option<usize>) {
@@ -842,24 +877,31 @@ impl<'a> Sim<'a> {
             return;
         }
         let conflicting = match (&message, behaviour) {
-            (Message::Proposal(sp), Behaviour::EquivocatingProposer)
+            (Message::Proposal(sp), Behaviour::EquivocatingProposer | Behaviour::Equivocator)
                 if sp.proposal.proposer == self.nodes[i].id =>
             {
                 let p = &sp.proposal;
                 let nonce = self.rng.next_u64();
                 let valid = self.rng.chance(0.7);
+                // A fresh value (valid round -1), so receivers need no polka to prevote it.
                 let other = Proposal {
                     value: make_value(p.height, p.view, i, nonce, valid),
+                    valid_round: None,
                     ..p.clone()
                 };
+                self.nodes[i].alt.insert((p.height, p.view), other.value.id());
                 Some(Message::Proposal(
                     other.sign(&self.params.chain_id, &self.nodes[i].signer),
                 ))
             }
-            (Message::Vote(sv), Behaviour::DoubleVoter) if sv.vote.validator == self.nodes[i].id => {
+            (Message::Vote(sv), Behaviour::DoubleVoter | Behaviour::Equivocator) if sv.vote.validator == self.nodes[i].id => {
                 let v = sv.vote;
-                let seen = self.nodes[i].seen.get(&(v.height, v.view)).copied();
+                let key = (v.height, v.view);
+                let alt = self.nodes[i].alt.get(&key).copied();
+                let seen = alt.or(self.nodes[i].seen.get(&key).copied());
                 let value = match v.value {
+                    // Vote for the conflicting proposal towards the peers that got it.
+                    Some(id) if alt.is_some_and(|a| a != id) => alt,
                     Some(_) if self.rng.chance(0.5) => None,
                     Some(id) => Some(ValueId(Sha256::digest(id.0).into())),
                     None => Some(seen.unwrap_or(ValueId([self.rng.next_u64() as u8; 32]))),
@@ -872,21 +914,43 @@ impl<'a> Sim<'a> {
             _ => None,
         };
         self.report.broadcasts += 1;
+        let (height, view) = match &message {
+            Message::Proposal(sp) => (sp.proposal.height, sp.proposal.view),
+            Message::Vote(sv) => (sv.vote.height, sv.vote.view),
+            _ => (Height(0), View(0)),
+        };
         let first = Rc::new(message);
         let second = conflicting.map(Rc::new);
         for to in 0..self.config.n {
             if to == i {
                 continue;
             }
+            // An equivocator splits its peers the same way for every message of one
+            // (height, view), rebroadcasts included, so the split does not heal by itself.
             let message = match &second {
-                Some(other) if self.rng.chance(0.5) => other.clone(),
+                Some(other) if self.split(i, to, height, view) => other.clone(),
                 _ => first.clone(),
             };
             self.send(i, to, message);
         }
     }
 
+    fn split(&self, i: usize, to: usize, height: Height, view: View) -> bool {
+        let mut rng = Rng::new(
+            self.config.seed
+                ^ (i as u64).wrapping_mul(0x9e37_79b9)
+                ^ height.0.wrapping_mul(0x85eb_ca6b)
+                ^ u64::from(view.0).wrapping_mul(0xc2b2_ae35)
+                ^ (to as u64).wrapping_mul(0x27d4_eb2f_1656_67c5),
+        );
+        rng.next_u64() & 1 == 1
+    }
+
     fn send(&mut self, from: usize, to: usize, message: Rc<Message>) {
+        self.send_after(from, to, message, 0);
+    }
+
+    fn send_after(&mut self, from: usize, to: usize, message: Rc<Message>, extra_ms: u64) {
         let config = self.config;
         // Encode every transmission to count bytes and exercise the codec.
         let size = match encode_message(&message) {
@@ -929,7 +993,7 @@ impl<'a> Sim<'a> {
             1
         };
         for _ in 0..copies {
-            let delay = self.rng.range(config.min_delay_ms, max.max(config.min_delay_ms));
+            let delay = extra_ms + self.rng.range(config.min_delay_ms, max.max(config.min_delay_ms));
             self.push(
                 self.now + delay,
                 Event::Deliver {
@@ -953,6 +1017,77 @@ mod tests {
             assert!(report.violations.is_empty(), "n={n}: {:?}", report.violations);
             assert!(report.terminated, "n={n}");
             assert_eq!(report.decision_views, vec![0, 0, 0], "n={n}");
+        }
+    }
+
+    /// The acceptance test: 1,000 seeded runs over n in {4, 7, 10, 31}, each with
+    /// f = floor((n-1)/3) Byzantine validators of mixed behaviours, drops, duplicates,
+    /// reordering, partitions and crashes with WAL restarts.
+    #[test]
+    fn thousand_adversarial_runs_are_safe_and_terminate() {
+        let plan = [(4usize, 400u64), (7, 300), (10, 200), (31, 100)];
+        let mut runs = 0;
+        let mut with_partition = 0;
+        let mut with_crash = 0;
+        let mut behaviours = std::collections::BTreeSet::new();
+        let mut max_view = 0;
+        for (n, count) in plan {
+            for seed in 0..count {
+                let config = SimConfig::adversarial(n, 3, seed * 1_000 + n as u64);
+                with_partition += usize::from(config.partition.is_some());
+                with_crash += usize::from(!config.crashes.is_empty());
+                for b in &config.behaviours {
+                    behaviours.insert(format!("{b:?}"));
+                }
+                assert_eq!(
+                    config.behaviours.iter().filter(|b| **b != Behaviour::Honest).count(),
+                    (n - 1) / 3
+                );
+                let report = run(&config);
+                assert!(
+                    report.violations.is_empty(),
+                    "n={n} seed={seed}: {:?}",
+                    report.violations
+                );
+                assert!(report.terminated, "n={n} seed={seed}: {report:?}");
+                max_view = max_view.max(report.decision_views.iter().copied().max().unwrap_or(0));
+                runs += 1;
+            }
+        }
+        assert_eq!(runs, 1_000);
+        // The fault mix really happened.
+        assert!(with_partition > 300 && with_crash > 300, "{with_partition} {with_crash}");
+        assert_eq!(behaviours.len(), 8, "{behaviours:?}");
+        assert!(max_view <= 64);
+    }
+
+    /// The deliberately broken variant (locking rule skipped at lines 22-33) is caught: a
+    /// deterministic seed search finds an agreement violation within a bounded number of
+    /// runs, for n = 4 and n = 7.
+    #[test]
+    fn broken_locking_rule_is_caught_by_the_simulator() {
+        for n in [4usize, 7] {
+            let found = (0..1_000u64).find(|&seed| {
+                let mut config = SimConfig::hostile(n, 3, seed);
+                config.skip_locking_rule = true;
+                run(&config)
+                    .violations
+                    .iter()
+                    .any(|v| v.starts_with("agreement"))
+            });
+            assert!(found.is_some(), "no violation found for n={n}");
+        }
+    }
+
+    /// The same hostile runs with the locking rule in place: no violation, all terminate.
+    #[test]
+    fn hostile_runs_are_safe_with_the_locking_rule() {
+        for n in [4usize, 7] {
+            for seed in 0..150u64 {
+                let report = run(&SimConfig::hostile(n, 3, seed));
+                assert!(report.violations.is_empty(), "n={n} seed={seed}: {:?}", report.violations);
+                assert!(report.terminated, "n={n} seed={seed}: {report:?}");
+            }
         }
     }
 
