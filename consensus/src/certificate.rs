@@ -55,7 +55,7 @@ impl Certificate {
                 signature: sv.signature,
             })
             .collect();
-        precommits.sort_by(|a, b| a.validator.cmp(&b.validator));
+        precommits.sort_by_key(|c| c.validator);
         precommits.dedup_by(|a, b| a.validator == b.validator);
         Certificate {
             height,
@@ -136,10 +136,10 @@ impl Certificate {
 pub enum Evidence {
     /// Two different votes for one (height, view, kind).
     ConflictingVotes {
-        /// The vote received first (the one counted).
-        first: SignedVote,
+        /// The vote received first.
+        first: Box<SignedVote>,
         /// The conflicting one.
-        second: SignedVote,
+        second: Box<SignedVote>,
     },
     /// Two different proposals for one (height, view) by its proposer.
     ConflictingProposals {
@@ -197,7 +197,7 @@ impl Evidence {
                         reason: "offender is not a validator",
                     });
                 }
-                for sv in [first, second] {
+                for sv in [first.as_ref(), second.as_ref()] {
                     if !verifier.verify(&a.validator, &sv.vote.sign_bytes(chain_id), &sv.signature)
                     {
                         return Err(Error::InvalidEvidence {
@@ -224,7 +224,7 @@ impl Evidence {
                         reason: "offender is not a validator",
                     });
                 }
-                for sp in [first, second] {
+                for sp in [first.as_ref(), second.as_ref()] {
                     let bytes = sp.proposal.sign_bytes(chain_id);
                     if !verifier.verify(&a.proposer, &bytes, &sp.signature) {
                         return Err(Error::InvalidEvidence {

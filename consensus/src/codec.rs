@@ -199,7 +199,8 @@ mod tests {
             proposer: who,
         }
         .sign(&chain, &signer);
-        let certificate = Certificate::from_precommits(Height(7), View(2), ValueId([5; 32]), [&vote]);
+        let certificate =
+            Certificate::from_precommits(Height(7), View(2), ValueId([5; 32]), [&vote]);
         vec![
             Message::Vote(vote),
             Message::Proposal(proposal),
@@ -270,7 +271,10 @@ mod tests {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        let valid: Vec<Vec<u8>> = samples().iter().map(|m| encode_message(m).unwrap()).collect();
+        let valid: Vec<Vec<u8>> = samples()
+            .iter()
+            .map(|m| encode_message(m).unwrap())
+            .collect();
         let mut decoded_ok = 0;
         for i in 0..20_000 {
             let bytes: Vec<u8> = if i % 2 == 0 {

@@ -132,8 +132,8 @@ impl VoteKeeper {
                 VoteOutcome::Added
             }
             Some(first) => VoteOutcome::Equivocation(Evidence::ConflictingVotes {
-                first: *first,
-                second: vote,
+                first: Box::new(*first),
+                second: Box::new(vote),
             }),
         };
         let counted = tally.values_per_validator.entry(v.validator).or_insert(0);
@@ -152,7 +152,11 @@ impl VoteKeeper {
     /// Notes that a member sent a proposal in `view` (counts for the view-skip rule).
     pub fn note_sender(&mut self, view: View, validator: ValidatorId) {
         if self.set.contains(&validator) {
-            self.views.entry(view).or_default().senders.insert(validator);
+            self.views
+                .entry(view)
+                .or_default()
+                .senders
+                .insert(validator);
         }
     }
 
@@ -338,10 +342,7 @@ mod tests {
             k.add(vote(who, 1, Precommit, Some(4))).unwrap();
         }
         k.add(vote(4, 1, Precommit, None)).unwrap();
-        assert_eq!(
-            k.decided_candidates(),
-            vec![(View(1), ValueId([4; 32]))]
-        );
+        assert_eq!(k.decided_candidates(), vec![(View(1), ValueId([4; 32]))]);
         let cert = k.certificate(View(1), ValueId([4; 32]));
         assert_eq!(cert.precommits.len(), 3);
         let chain = ChainId::new("t").unwrap();

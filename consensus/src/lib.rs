@@ -37,8 +37,8 @@ mod tests;
 
 pub use certificate::{Certificate, CommitSignature, Evidence};
 pub use codec::{
-    MAX_MESSAGE_BYTES, MAX_VALUE_BYTES, Message, WIRE_VERSION, decode_certificate,
-    decode_message, decode_wal_entry, encode_certificate, encode_message, encode_wal_entry,
+    MAX_MESSAGE_BYTES, MAX_VALUE_BYTES, Message, WIRE_VERSION, decode_certificate, decode_message,
+    decode_wal_entry, encode_certificate, encode_message, encode_wal_entry,
 };
 pub use error::{Error, ErrorKind};
 pub use keeper::{VoteKeeper, VoteOutcome};
@@ -50,8 +50,8 @@ pub use signing::{
     Ed25519Signer, Ed25519Verifier, InsecureTestSigner, InsecureTestVerifier, Signer, Verifier,
 };
 pub use types::{
-    ChainId, Height, Proposal, Signature, SignedProposal, SignedVote, ValidatorId, Value,
-    ValueId, View, Vote, VoteKind,
+    ChainId, Height, Proposal, Signature, SignedProposal, SignedVote, ValidatorId, Value, ValueId,
+    View, Vote, VoteKind,
 };
 pub use validators::{MAX_VALIDATORS, MembershipChange, ValidatorSchedule, ValidatorSet};
 pub use wal::WalEntry;

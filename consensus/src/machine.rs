@@ -10,8 +10,8 @@ use crate::error::Error;
 use crate::keeper::{VoteKeeper, VoteOutcome};
 use crate::signing::{Signer, Verifier};
 use crate::types::{
-    ChainId, Height, Proposal, SignedProposal, SignedVote, ValidatorId, Value, ValueId, View,
-    Vote, VoteKind,
+    ChainId, Height, Proposal, SignedProposal, SignedVote, ValidatorId, Value, ValueId, View, Vote,
+    VoteKind,
 };
 use crate::validators::ValidatorSet;
 use crate::wal::WalEntry;
@@ -416,7 +416,12 @@ impl Consensus {
                     ps.iter()
                         .map(|p| {
                             let id = p.proposal.value.id();
-                            format!("{:?} vr={:?} verdict={:?}", id, p.proposal.valid_round, self.verdicts.get(&id))
+                            format!(
+                                "{:?} vr={:?} verdict={:?}",
+                                id,
+                                p.proposal.valid_round,
+                                self.verdicts.get(&id)
+                            )
                         })
                         .collect()
                 })
@@ -428,7 +433,14 @@ impl Consensus {
                 self.keeper.quorum_value(view, VoteKind::Prevote),
                 self.keeper.count(view, VoteKind::Prevote, None),
                 self.keeper.total(view, VoteKind::Precommit),
-                (self.own_votes.get(&(view, VoteKind::Prevote)).map(|v| v.vote.value), self.own_votes.get(&(view, VoteKind::Precommit)).map(|v| v.vote.value)),
+                (
+                    self.own_votes
+                        .get(&(view, VoteKind::Prevote))
+                        .map(|v| v.vote.value),
+                    self.own_votes
+                        .get(&(view, VoteKind::Precommit))
+                        .map(|v| v.vote.value)
+                ),
             );
         }
         s
@@ -538,17 +550,22 @@ impl Consensus {
                 limit: MAX_VALUE_BYTES,
             });
         }
-        let known = self.proposals.get(&p.view).map(Vec::as_slice).unwrap_or(&[]);
+        let known = self
+            .proposals
+            .get(&p.view)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         if known.contains(&sp) {
             return Err(Error::Duplicate);
         }
         if known.len() >= MAX_PROPOSALS_PER_VIEW {
             return Err(Error::TooManyProposals { view: p.view });
         }
-        if !self
-            .verifier
-            .verify(&p.proposer, &p.sign_bytes(&self.params.chain_id), &sp.signature)
-        {
+        if !self.verifier.verify(
+            &p.proposer,
+            &p.sign_bytes(&self.params.chain_id),
+            &sp.signature,
+        ) {
             return Err(Error::InvalidSignature {
                 validator: p.proposer,
             });
@@ -606,10 +623,11 @@ impl Consensus {
                 height: v.height,
             });
         }
-        if !self
-            .verifier
-            .verify(&v.validator, &v.sign_bytes(&self.params.chain_id), &sv.signature)
-        {
+        if !self.verifier.verify(
+            &v.validator,
+            &v.sign_bytes(&self.params.chain_id),
+            &sv.signature,
+        ) {
             return Err(Error::InvalidSignature {
                 validator: v.validator,
             });
@@ -850,7 +868,13 @@ impl Consensus {
         let _ = self.keeper.add(signed);
     }
 
-    fn decide(&mut self, view: View, value: Value, certificate: Certificate, out: &mut Vec<Output>) {
+    fn decide(
+        &mut self,
+        view: View,
+        value: Value,
+        certificate: Certificate,
+        out: &mut Vec<Output>,
+    ) {
         if self.decision.is_some() {
             return;
         }

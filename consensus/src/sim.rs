@@ -430,7 +430,11 @@ impl<'a> Sim<'a> {
         let nodes = (0..config.n)
             .map(|i| Node {
                 id: sim_validator(i),
-                behaviour: config.behaviours.get(i).copied().unwrap_or(Behaviour::Honest),
+                behaviour: config
+                    .behaviours
+                    .get(i)
+                    .copied()
+                    .unwrap_or(Behaviour::Honest),
                 signer: InsecureTestSigner::new(sim_validator(i)),
                 height: Height(1),
                 machine: None,
@@ -571,8 +575,9 @@ impl<'a> Sim<'a> {
         // Deliver buffered messages of the new height.
         let height = self.nodes[i].height;
         let buffered = std::mem::take(&mut self.nodes[i].future);
-        let (now, later): (Vec<_>, Vec<_>) =
-            buffered.into_iter().partition(|(_, m)| m.height() == height);
+        let (now, later): (Vec<_>, Vec<_>) = buffered
+            .into_iter()
+            .partition(|(_, m)| m.height() == height);
         self.nodes[i].future = later
             .into_iter()
             .filter(|(_, m)| m.height() > height)
@@ -674,8 +679,10 @@ impl<'a> Sim<'a> {
             node.log.push(message.clone());
         }
         if let Message::Proposal(sp) = &*message {
-            node.seen
-                .insert((sp.proposal.height, sp.proposal.view), sp.proposal.value.id());
+            node.seen.insert(
+                (sp.proposal.height, sp.proposal.view),
+                sp.proposal.value.id(),
+            );
         }
         let height = message.height();
         if matches!(*message, Message::Evidence(_)) {
@@ -889,12 +896,16 @@ impl<'a> Sim<'a> {
                     valid_round: None,
                     ..p.clone()
                 };
-                self.nodes[i].alt.insert((p.height, p.view), other.value.id());
+                self.nodes[i]
+                    .alt
+                    .insert((p.height, p.view), other.value.id());
                 Some(Message::Proposal(
                     other.sign(&self.params.chain_id, &self.nodes[i].signer),
                 ))
             }
-            (Message::Vote(sv), Behaviour::DoubleVoter | Behaviour::Equivocator) if sv.vote.validator == self.nodes[i].id => {
+            (Message::Vote(sv), Behaviour::DoubleVoter | Behaviour::Equivocator)
+                if sv.vote.validator == self.nodes[i].id =>
+            {
                 let v = sv.vote;
                 let key = (v.height, v.view);
                 let alt = self.nodes[i].alt.get(&key).copied();
@@ -993,7 +1004,10 @@ impl<'a> Sim<'a> {
             1
         };
         for _ in 0..copies {
-            let delay = extra_ms + self.rng.range(config.min_delay_ms, max.max(config.min_delay_ms));
+            let delay = extra_ms
+                + self
+                    .rng
+                    .range(config.min_delay_ms, max.max(config.min_delay_ms));
             self.push(
                 self.now + delay,
                 Event::Deliver {
@@ -1014,7 +1028,11 @@ mod tests {
     fn calm_networks_decide_every_height_in_view_zero() {
         for n in [1, 4, 7, 10, 31] {
             let report = run(&SimConfig::calm(n, 3, 42));
-            assert!(report.violations.is_empty(), "n={n}: {:?}", report.violations);
+            assert!(
+                report.violations.is_empty(),
+                "n={n}: {:?}",
+                report.violations
+            );
             assert!(report.terminated, "n={n}");
             assert_eq!(report.decision_views, vec![0, 0, 0], "n={n}");
         }
@@ -1040,7 +1058,11 @@ mod tests {
                     behaviours.insert(format!("{b:?}"));
                 }
                 assert_eq!(
-                    config.behaviours.iter().filter(|b| **b != Behaviour::Honest).count(),
+                    config
+                        .behaviours
+                        .iter()
+                        .filter(|b| **b != Behaviour::Honest)
+                        .count(),
                     (n - 1) / 3
                 );
                 let report = run(&config);
@@ -1056,7 +1078,10 @@ mod tests {
         }
         assert_eq!(runs, 1_000);
         // The fault mix really happened.
-        assert!(with_partition > 300 && with_crash > 300, "{with_partition} {with_crash}");
+        assert!(
+            with_partition > 300 && with_crash > 300,
+            "{with_partition} {with_crash}"
+        );
         assert_eq!(behaviours.len(), 8, "{behaviours:?}");
         assert!(max_view <= 64);
     }
@@ -1085,7 +1110,11 @@ mod tests {
         for n in [4usize, 7] {
             for seed in 0..150u64 {
                 let report = run(&SimConfig::hostile(n, 3, seed));
-                assert!(report.violations.is_empty(), "n={n} seed={seed}: {:?}", report.violations);
+                assert!(
+                    report.violations.is_empty(),
+                    "n={n} seed={seed}: {:?}",
+                    report.violations
+                );
                 assert!(report.terminated, "n={n} seed={seed}: {report:?}");
             }
         }
@@ -1097,8 +1126,15 @@ mod tests {
             for n in [4, 7, 10] {
                 let config = SimConfig::adversarial(n, 3, seed);
                 let report = run(&config);
-                assert!(report.violations.is_empty(), "seed {seed} n={n}: {:?}", report.violations);
-                assert!(report.terminated, "seed {seed} n={n}: {report:?} {config:?}");
+                assert!(
+                    report.violations.is_empty(),
+                    "seed {seed} n={n}: {:?}",
+                    report.violations
+                );
+                assert!(
+                    report.terminated,
+                    "seed {seed} n={n}: {report:?} {config:?}"
+                );
             }
         }
     }
