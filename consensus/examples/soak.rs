@@ -1,1 +1,178 @@
-fn main() {}
+//! Long soak of the deterministic simulator.
+//!
+//! `cargo run -p consensus --release --example soak --features sim -- --runs 100000`
+//!
+//! Options: `--runs N` (default 10000), `--first-seed S` (0), `--heights H` (3),
+//! `--sizes 4,7,10,31` (validator counts, cycled), `--threads T` (1), `--hostile` (every
+//! Byzantine validator an equivocator, 30% loss, slow sync). Each run uses
+//! `SimConfig::adversarial(n, heights, seed)`: f = floor((n-1)/3) Byzantine validators of mixed
+//! behaviours, drops, duplicates, reordering, partitions and crashes. Exits non-zero on any
+//! safety violation or non-terminating run and prints the failing seeds.
+
+use std::time::Instant;
+
+use consensus::sim::{SimConfig, run};
+
+struct Args {
+    runs: u64,
+    first_seed: u64,
+    heights: u64,
+    sizes: Vec<usize>,
+    threads: u64,
+    hostile: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        runs: 10_000,
+        first_seed: 0,
+        heights: 3,
+        sizes: vec![4, 7, 10, 31],
+        threads: 1,
+        hostile: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--runs" => args.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
+            "--first-seed" => {
+                args.first_seed = value()?.parse().map_err(|e| format!("--first-seed: {e}"))?
+            }
+            "--heights" => {
+                args.heights = value()?.parse().map_err(|e| format!("--heights: {e}"))?
+            }
+            "--threads" => {
+                args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?
+            }
+            "--sizes" => {
+                args.sizes = value()?
+                    .split(',')
+                    .map(|s| s.trim().parse().map_err(|e| format!("--sizes: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--hostile" => args.hostile = true,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if args.sizes.is_empty() || args.sizes.contains(&0) || args.threads == 0 {
+        return Err("sizes must be positive and threads at least 1".into());
+    }
+    Ok(args)
+}
+
+#[derive(Default)]
+struct Totals {
+    runs: u64,
+    failures: Vec<String>,
+    heights: u64,
+    views_sum: u64,
+    max_view: u32,
+    evidence: u64,
+    split_heights: u64,
+    with_partition: u64,
+    with_crash: u64,
+}
+
+fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("soak: {e}");
+            std::process::exit(2);
+        }
+    };
+    let started = Instant::now();
+    let totals: Vec<Totals> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.threads)
+            .map(|t| {
+                let args = &args;
+                scope.spawn(move || {
+                    let mut totals = Totals::default();
+                    let mut k = t;
+                    while k < args.runs {
+                        let seed = args.first_seed + k;
+                        let n = args.sizes[(k % args.sizes.len() as u64) as usize];
+                        let config = if args.hostile {
+                            SimConfig::hostile(n, args.heights, seed)
+                        } else {
+                            SimConfig::adversarial(n, args.heights, seed)
+                        };
+                        totals.with_partition += u64::from(config.partition.is_some());
+                        totals.with_crash += u64::from(!config.crashes.is_empty());
+                        let report = run(&config);
+                        totals.runs += 1;
+                        totals.evidence += report.evidence;
+                        totals.split_heights += report.split_heights;
+                        for v in &report.decision_views {
+                            totals.heights += 1;
+                            totals.views_sum += u64::from(*v) + 1;
+                            totals.max_view = totals.max_view.max(*v);
+                        }
+                        if !report.violations.is_empty() || !report.terminated {
+                            totals.failures.push(format!(
+                                "n={n} seed={seed} violations={:?} terminated={} stuck={:?}",
+                                report.violations, report.terminated, report.stuck
+                            ));
+                        }
+                        if t == 0 && (k / args.threads) % 1000 == 999 {
+                            eprintln!(
+                                "soak: {} runs, {:.0}s",
+                                k + 1,
+                                started.elapsed().as_secs_f64()
+                            );
+                        }
+                        k += args.threads;
+                    }
+                    totals
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("soak worker panicked"))
+            .collect()
+    });
+    let mut all = Totals::default();
+    for t in totals {
+        all.runs += t.runs;
+        all.failures.extend(t.failures);
+        all.heights += t.heights;
+        all.views_sum += t.views_sum;
+        all.max_view = all.max_view.max(t.max_view);
+        all.evidence += t.evidence;
+        all.split_heights += t.split_heights;
+        all.with_partition += t.with_partition;
+        all.with_crash += t.with_crash;
+    }
+    println!(
+        "soak: runs={} sizes={:?} heights/run={} hostile={} seeds={}..{}",
+        all.runs,
+        args.sizes,
+        args.heights,
+        args.hostile,
+        args.first_seed,
+        args.first_seed + args.runs
+    );
+    println!(
+        "soak: runs with a partition={} with crashes={} evidence seen={} heights decided in >1 view={}",
+        all.with_partition, all.with_crash, all.evidence, all.split_heights
+    );
+    println!(
+        "soak: decided heights={} mean views/height={:.3} max decision view={}",
+        all.heights,
+        all.views_sum as f64 / all.heights.max(1) as f64,
+        all.max_view
+    );
+    println!(
+        "soak: failures={} wall={:.1}s",
+        all.failures.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for f in all.failures.iter().take(20) {
+        println!("FAIL {f}");
+    }
+    if !all.failures.is_empty() {
+        std::process::exit(1);
+    }
+}

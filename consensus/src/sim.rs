@@ -18,7 +18,9 @@ use crate::certificate::{Certificate, Evidence};
 use crate::codec::{Message, decode_message, decode_wal_entry, encode_message, encode_wal_entry};
 use crate::error::ErrorKind;
 use crate::machine::{Consensus, Input, LinearTimeout, Output, Params, Timeout, Timeouts};
-use crate::signing::{InsecureTestSigner, InsecureTestVerifier};
+use crate::signing::{
+    Ed25519Signer, Ed25519Verifier, InsecureTestSigner, InsecureTestVerifier, Signer, Verifier,
+};
 use crate::types::{ChainId, Height, Proposal, ValidatorId, Value, ValueId, View, Vote};
 use crate::validators::ValidatorSet;
 
@@ -152,6 +154,8 @@ pub struct SimConfig {
     pub skip_locking_rule: bool,
     /// Extra delay before a node answers a laggard with a `Commit` (slow sync).
     pub sync_delay_ms: u64,
+    /// Real ed25519 keys and `verify_strict` instead of the cheap insecure test scheme.
+    pub ed25519: bool,
 }
 
 /// Timeouts used by simulations (virtual milliseconds).
@@ -199,6 +203,7 @@ impl SimConfig {
             view_bound: 64,
             skip_locking_rule: false,
             sync_delay_ms: 0,
+            ed25519: false,
         }
     }
 
@@ -318,6 +323,12 @@ enum Event {
     Replay {
         node: usize,
     },
+    SyncCheck {
+        node: usize,
+        incarnation: u64,
+        peer: usize,
+        height: Height,
+    },
 }
 
 struct Scheduled {
@@ -347,7 +358,8 @@ impl Ord for Scheduled {
 struct Node {
     id: ValidatorId,
     behaviour: Behaviour,
-    signer: InsecureTestSigner,
+    /// Seed of the node's key (ed25519) or its id (insecure scheme).
+    key_seed: [u8; 32],
     height: Height,
     machine: Option<Consensus>,
     incarnation: u64,
@@ -359,6 +371,10 @@ struct Node {
     future: Vec<(usize, Rc<Message>)>,
     /// Last time a commit was sent to (peer, height).
     synced: HashMap<(usize, Height), u64>,
+    /// Highest height of any message received from each peer (volatile).
+    peer_height: Vec<Height>,
+    /// Sync checks scheduled per (peer, height) (volatile).
+    sync_pending: std::collections::BTreeSet<(usize, Height)>,
     /// Received messages, for the replayer (bounded).
     log: Vec<Rc<Message>>,
     /// Value ids seen per (height, view), for double voters.
@@ -371,6 +387,9 @@ struct Node {
 const FUTURE_CAP: usize = 20_000;
 /// Minimum time between two commits sent to one peer for one height.
 const SYNC_INTERVAL_MS: u64 = 200;
+/// How long a node waits after a stale message before it checks whether the sender still
+/// lags (a late vote from a peer that decided too is not a reason to send a commit).
+const SYNC_CHECK_MS: u64 = 150;
 
 /// The application's deterministic validity predicate: tag 1, the right height, 23 bytes.
 pub fn value_is_valid(height: Height, value: &Value) -> bool {
@@ -388,15 +407,29 @@ fn make_value(height: Height, view: View, node: usize, nonce: u64, valid: bool) 
     Value(b)
 }
 
-/// The simulated validator id of node `i`.
-pub fn sim_validator(i: usize) -> ValidatorId {
-    ValidatorId(
-        Sha256::new()
-            .chain_update(b"cohort-sim-validator")
-            .chain_update((i as u64).to_le_bytes())
-            .finalize()
-            .into(),
-    )
+/// The key seed of simulated node `i`.
+fn key_seed(i: usize) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"cohort-sim-validator")
+        .chain_update((i as u64).to_le_bytes())
+        .finalize()
+        .into()
+}
+
+fn make_signer(ed25519: bool, seed: [u8; 32]) -> Box<dyn Signer> {
+    if ed25519 {
+        Box::new(Ed25519Signer::from_seed(&seed))
+    } else {
+        Box::new(InsecureTestSigner::new(ValidatorId(seed)))
+    }
+}
+
+fn make_verifier(ed25519: bool) -> Box<dyn Verifier> {
+    if ed25519 {
+        Box::new(Ed25519Verifier)
+    } else {
+        Box::new(InsecureTestVerifier)
+    }
 }
 
 struct Sim<'a> {
@@ -421,21 +454,23 @@ pub fn run(config: &SimConfig) -> SimReport {
 
 impl<'a> Sim<'a> {
     fn new(config: &'a SimConfig) -> Self {
-        let set = ValidatorSet::new((0..config.n).map(sim_validator).collect())
-            .expect("distinct simulated validators");
+        let ids: Vec<ValidatorId> = (0..config.n)
+            .map(|i| make_signer(config.ed25519, key_seed(i)).id())
+            .collect();
+        let set = ValidatorSet::new(ids.clone()).expect("distinct simulated validators");
         let params = Params {
             chain_id: ChainId::new("cohort-sim").expect("short chain id"),
             timeouts: config.timeouts,
         };
         let nodes = (0..config.n)
             .map(|i| Node {
-                id: sim_validator(i),
+                id: ids[i],
                 behaviour: config
                     .behaviours
                     .get(i)
                     .copied()
                     .unwrap_or(Behaviour::Honest),
-                signer: InsecureTestSigner::new(sim_validator(i)),
+                key_seed: key_seed(i),
                 height: Height(1),
                 machine: None,
                 incarnation: 0,
@@ -443,6 +478,8 @@ impl<'a> Sim<'a> {
                 ledger: BTreeMap::new(),
                 future: Vec::new(),
                 synced: HashMap::new(),
+                peer_height: vec![Height(0); config.n],
+                sync_pending: Default::default(),
                 log: Vec::new(),
                 seen: BTreeMap::new(),
                 alt: BTreeMap::new(),
@@ -559,8 +596,8 @@ impl<'a> Sim<'a> {
             self.params.clone(),
             node.height,
             self.set.clone(),
-            Box::new(node.signer),
-            Box::new(InsecureTestVerifier),
+            make_signer(self.config.ed25519, node.key_seed),
+            make_verifier(self.config.ed25519),
         );
         // Honest nodes run the broken rule only in the broken-variant runs; an equivocator
         // ignores its locks always (any behaviour is allowed to a Byzantine validator).
@@ -618,9 +655,26 @@ impl<'a> Sim<'a> {
                 n.incarnation += 1;
                 n.future.clear();
                 n.synced.clear();
+                n.sync_pending.clear();
+                n.peer_height.iter_mut().for_each(|h| *h = Height(0));
             }
             Event::Restart { node } => self.restart(node),
             Event::Replay { node } => self.replay(node),
+            Event::SyncCheck {
+                node,
+                incarnation,
+                peer,
+                height,
+            } => {
+                let n = &mut self.nodes[node];
+                if n.incarnation == incarnation {
+                    n.sync_pending.remove(&(peer, height));
+                    // Only a peer that still shows no progress past `height` gets a commit.
+                    if n.peer_height.get(peer).is_some_and(|h| *h <= height) {
+                        self.sync(node, peer, height);
+                    }
+                }
+            }
         }
     }
 
@@ -639,8 +693,8 @@ impl<'a> Sim<'a> {
             self.params.clone(),
             node.height,
             self.set.clone(),
-            Box::new(node.signer),
-            Box::new(InsecureTestVerifier),
+            make_signer(self.config.ed25519, node.key_seed),
+            make_verifier(self.config.ed25519),
             entries,
         ) {
             Ok(mut machine) => {
@@ -688,9 +742,24 @@ impl<'a> Sim<'a> {
         if matches!(*message, Message::Evidence(_)) {
             return;
         }
+        if let Some(h) = node.peer_height.get_mut(from) {
+            *h = (*h).max(height);
+        }
         if height < node.height {
-            if !matches!(*message, Message::Commit { .. }) {
-                self.sync(to, from, height);
+            if !matches!(*message, Message::Commit { .. })
+                && node.sync_pending.insert((from, height))
+            {
+                let at = self.now + SYNC_CHECK_MS + self.config.sync_delay_ms;
+                let incarnation = node.incarnation;
+                self.push(
+                    at,
+                    Event::SyncCheck {
+                        node: to,
+                        incarnation,
+                        peer: from,
+                        height,
+                    },
+                );
             }
             return;
         }
@@ -724,7 +793,7 @@ impl<'a> Sim<'a> {
             certificate: certificate.clone(),
         });
         self.report.broadcasts += 1;
-        self.send_after(to, peer, message, self.config.sync_delay_ms);
+        self.send(to, peer, message);
     }
 
     fn apply(&mut self, i: usize, input: Input, from: Option<usize>) {
@@ -825,7 +894,11 @@ impl<'a> Sim<'a> {
             return;
         }
         self.report.evidence += 1;
-        if let Err(e) = evidence.verify(&self.set, &self.params.chain_id, &InsecureTestVerifier) {
+        if let Err(e) = evidence.verify(
+            &self.set,
+            &self.params.chain_id,
+            make_verifier(self.config.ed25519).as_ref(),
+        ) {
             self.report
                 .violations
                 .push(format!("node {i} produced unverifiable evidence: {e}"));
@@ -848,7 +921,7 @@ impl<'a> Sim<'a> {
                 height,
                 &self.set,
                 &self.params.chain_id,
-                &InsecureTestVerifier,
+                make_verifier(self.config.ed25519).as_ref(),
             ) {
                 self.report
                     .violations
@@ -899,9 +972,10 @@ impl<'a> Sim<'a> {
                 self.nodes[i]
                     .alt
                     .insert((p.height, p.view), other.value.id());
-                Some(Message::Proposal(
-                    other.sign(&self.params.chain_id, &self.nodes[i].signer),
-                ))
+                Some(Message::Proposal(other.sign(
+                    &self.params.chain_id,
+                    make_signer(self.config.ed25519, self.nodes[i].key_seed).as_ref(),
+                )))
             }
             (Message::Vote(sv), Behaviour::DoubleVoter | Behaviour::Equivocator)
                 if sv.vote.validator == self.nodes[i].id =>
@@ -918,9 +992,10 @@ impl<'a> Sim<'a> {
                     None => Some(seen.unwrap_or(ValueId([self.rng.next_u64() as u8; 32]))),
                 };
                 let other = Vote { value, ..v };
-                Some(Message::Vote(
-                    other.sign(&self.params.chain_id, &self.nodes[i].signer),
-                ))
+                Some(Message::Vote(other.sign(
+                    &self.params.chain_id,
+                    make_signer(self.config.ed25519, self.nodes[i].key_seed).as_ref(),
+                )))
             }
             _ => None,
         };
@@ -1117,6 +1192,17 @@ mod tests {
                 );
                 assert!(report.terminated, "n={n} seed={seed}: {report:?}");
             }
+        }
+    }
+
+    #[test]
+    fn ed25519_runs_agree() {
+        for seed in 0..3 {
+            let mut config = SimConfig::adversarial(4, 2, seed);
+            config.ed25519 = true;
+            let report = run(&config);
+            assert!(report.violations.is_empty(), "{:?}", report.violations);
+            assert!(report.terminated, "{:?}", report.stuck);
         }
     }
 
