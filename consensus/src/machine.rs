@@ -62,9 +62,11 @@ impl Default for Timeouts {
                 base_ms: 1000,
                 per_view_ms: 500,
             },
+            // Fixed, not growing: lost votes must come back before the growing prevote and
+            // precommit timeouts give up on a view.
             rebroadcast: LinearTimeout {
-                base_ms: 4000,
-                per_view_ms: 1000,
+                base_ms: 1000,
+                per_view_ms: 0,
             },
             max_ms: 60_000,
         }

@@ -173,9 +173,11 @@ pub fn sim_timeouts() -> Timeouts {
             base_ms: 150,
             per_view_ms: 50,
         },
+        // Not growing: with persistent loss, lost votes must come back before the prevote
+        // and precommit timeouts (which do grow) give up on the view.
         rebroadcast: LinearTimeout {
-            base_ms: 500,
-            per_view_ms: 100,
+            base_ms: 250,
+            per_view_ms: 0,
         },
         max_ms: 5_000,
     }
