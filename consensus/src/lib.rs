@@ -18,6 +18,40 @@
 //! * [`wal`]: what is persisted before signing;
 //! * [`codec`]: the versioned, size-limited wire encoding;
 //! * `sim` (feature `sim`, and in tests): the deterministic fault simulator.
+//!
+//! # The host loop, on one validator that decides alone
+//!
+//! ```
+//! use consensus::*;
+//!
+//! let signer = InsecureTestSigner::new(ValidatorId([1; 32])); // Ed25519Signer in the node
+//! let set = ValidatorSet::new(vec![signer.id()]).unwrap();
+//! let params = Params { chain_id: ChainId::new("doc").unwrap(), timeouts: Timeouts::default() };
+//! let mut machine = Consensus::new(params, Height(1), set, Box::new(signer), Box::new(InsecureTestVerifier));
+//! let mut inputs = vec![Input::StartHeight];
+//! let mut wal = Vec::new();
+//! let mut decided = None;
+//! while let Some(input) = inputs.pop() {
+//!     for output in machine.apply(input).unwrap() {
+//!         match output {
+//!             // Durable (fsync) before anything that follows.
+//!             Output::Persist(entry) => wal.push(encode_wal_entry(&entry).unwrap()),
+//!             Output::Broadcast(message) => { let _bytes = encode_message(&message).unwrap(); }
+//!             Output::ScheduleTimeout { .. } => {}
+//!             Output::GetValue { height, view } => {
+//!                 inputs.push(Input::ProposeValue { height, view, value: Value(b"aggregate".to_vec()) })
+//!             }
+//!             Output::ValidateValue { id, .. } => inputs.push(Input::ValueVerdict { id, valid: true }),
+//!             Output::Decided { value, certificate, .. } => decided = Some((value, certificate)),
+//!             Output::Evidence(_) => {}
+//!         }
+//!     }
+//! }
+//! let (value, certificate) = decided.unwrap();
+//! assert_eq!(value, Value(b"aggregate".to_vec()));
+//! assert_eq!(certificate.value_id, value.id());
+//! assert_eq!(wal.len(), 4); // proposal, prevote, lock, precommit
+//! ```
 
 pub mod certificate;
 pub mod codec;

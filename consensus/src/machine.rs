@@ -215,8 +215,9 @@ pub enum Output {
         /// Its bytes.
         value: Value,
     },
-    /// The height decided: append (value, certificate) to the ledger, gossip it as
-    /// `Message::Commit` to laggards, and start the next height.
+    /// The height decided: append (value, certificate) to the ledger durably, start the next
+    /// height, and from then on answer messages of this height from peers that still lag
+    /// with `Message::Commit { value, certificate }`.
     Decided {
         /// Height.
         height: Height,
