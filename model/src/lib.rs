@@ -1,1 +1,31 @@
-//! placeholder, filled by its issue
+//! Cohort's training math, as a pure library: no tokio, no sockets, no clock, no global RNG (seeds
+//! come in as inputs through [`rng::Rng`]).
+//!
+//! Modules:
+//! - [`net`]: the models (2NN MLP, CNN, digits MLP) in candle-nn and their canonical parameter layout;
+//! - [`data`]: MNIST/Fashion-MNIST IDX loading with every header checked, the embedded 8x8 digits;
+//! - [`partition`]: IID, Dirichlet(alpha) and pathological-shard splits over nodes;
+//! - [`train`]: local SGD/Adam training with optional FedProx, and evaluation;
+//! - [`params`]: flat parameter vectors, their SHA-256 hash, safetensors files;
+//! - [`codec`]: dense, int8, top-k and top-k+int8 delta encodings with error feedback;
+//! - [`dp`]: L2 clipping, Gaussian noise and the RDP accountant;
+//! - [`aggregate`]: mean, median, trimmed mean, Multi-Krum, CenteredClip and the server step;
+//! - [`attack`]: Byzantine behaviours for experiments;
+//! - [`sim`]: N nodes in one process on the same per-round math as the networked node.
+#![deny(clippy::unwrap_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
+
+pub mod aggregate;
+pub mod attack;
+pub mod codec;
+pub mod data;
+pub mod dp;
+pub mod error;
+pub mod net;
+pub mod params;
+pub mod partition;
+pub mod rng;
+pub mod sim;
+pub mod train;
+
+pub use error::{Error, Result};

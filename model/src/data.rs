@@ -1,0 +1,395 @@
+//! Datasets: MNIST-format IDX files (MNIST, Fashion-MNIST) and the embedded 8x8 digits.
+//!
+//! A [`Dataset`] is a dense row-major `f32` matrix of features scaled to [0, 1] plus `u8` labels.
+//! Every header, magic number and length in an IDX file is checked; a bad file gives an
+//! [`Error::Data`] naming the file and what was wrong.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// The embedded scikit-learn 8x8 digits (BSD-3, see `model/data/COPYING`).
+const DIGITS_CSV_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
+
+/// Number of classes of every dataset here.
+pub const NUM_CLASSES: usize = 10;
+
+/// A labelled dataset held in memory.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Row-major features, `len * features` values in [0, 1].
+    pub x: Vec<f32>,
+    /// One label per row, in `0..NUM_CLASSES`.
+    pub y: Vec<u8>,
+    /// Features per row (784 for MNIST, 64 for digits).
+    pub features: usize,
+}
+
+impl Dataset {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    /// True when the set holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    /// The rows at `idx`, as a new dataset (used for partitions and splits).
+    pub fn subset(&self, idx: &[usize]) -> Dataset {
+        let mut x = Vec::with_capacity(idx.len() * self.features);
+        let mut y = Vec::with_capacity(idx.len());
+        for &i in idx {
+            x.extend_from_slice(&self.x[i * self.features..(i + 1) * self.features]);
+            y.push(self.y[i]);
+        }
+        Dataset {
+            x,
+            y,
+            features: self.features,
+        }
+    }
+
+    /// Count of samples per label.
+    pub fn label_counts(&self) -> [usize; NUM_CLASSES] {
+        let mut c = [0; NUM_CLASSES];
+        for &l in &self.y {
+            c[l as usize] += 1;
+        }
+        c
+    }
+}
+
+/// Which dataset a command works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// The embedded 8x8 digits (1,797 samples, 64 features).
+    Digits,
+    /// MNIST IDX files in a directory.
+    Mnist,
+    /// Fashion-MNIST IDX files in a directory (same file names and format as MNIST).
+    FashionMnist,
+}
+
+impl std::str::FromStr for DatasetKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "digits" => Ok(Self::Digits),
+            "mnist" => Ok(Self::Mnist),
+            "fashion-mnist" | "fashion" => Ok(Self::FashionMnist),
+            _ => Err(crate::error::parse_err(
+                "dataset",
+                s,
+                "expected digits, mnist or fashion-mnist",
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Digits => "digits",
+            Self::Mnist => "mnist",
+            Self::FashionMnist => "fashion-mnist",
+        })
+    }
+}
+
+/// A train and a test set.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// Training samples (partitioned over nodes).
+    pub train: Dataset,
+    /// Held-out samples for evaluation.
+    pub test: Dataset,
+}
+
+/// Loads a dataset. `dir` is needed for the IDX datasets and ignored for the embedded digits.
+pub fn load(kind: DatasetKind, dir: Option<&Path>) -> Result<Split> {
+    match kind {
+        DatasetKind::Digits => digits(),
+        DatasetKind::Mnist | DatasetKind::FashionMnist => {
+            let dir = dir.ok_or_else(|| Error::Data {
+                path: PathBuf::from("<none>"),
+                what: format!("dataset {kind} needs --data-dir with its IDX files"),
+            })?;
+            load_idx_dir(dir)
+        }
+    }
+}
+
+/// The embedded 8x8 digits with a deterministic stratified-by-shuffle 80/20 split (seed fixed).
+pub fn digits() -> Result<Split> {
+    let all = parse_digits(DIGITS_CSV_GZ, Path::new("<embedded digits.csv.gz>"))?;
+    let mut idx: Vec<usize> = (0..all.len()).collect();
+    Rng::seed(0xD161_7500).shuffle(&mut idx);
+    let n_test = all.len() / 5;
+    let (test_idx, train_idx) = idx.split_at(n_test);
+    Ok(Split {
+        train: all.subset(train_idx),
+        test: all.subset(test_idx),
+    })
+}
+
+fn parse_digits(gz: &[u8], path: &Path) -> Result<Dataset> {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_string(&mut text)
+        .map_err(|e| data_err(path, format!("gzip: {e}")))?;
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for (line_no, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields.len() != 65 {
+            return Err(data_err(
+                path,
+                format!("line {}: {} fields, expected 65", line_no + 1, fields.len()),
+            ));
+        }
+        for f in &fields[..64] {
+            let v: f32 = f
+                .trim()
+                .parse()
+                .map_err(|_| data_err(path, format!("line {}: bad value {f:?}", line_no + 1)))?;
+            x.push(v / 16.0);
+        }
+        let label: u8 = fields[64]
+            .trim()
+            .parse()
+            .ok()
+            .filter(|l| (*l as usize) < NUM_CLASSES)
+            .ok_or_else(|| data_err(path, format!("line {}: bad label", line_no + 1)))?;
+        y.push(label);
+    }
+    Ok(Dataset { x, y, features: 64 })
+}
+
+fn data_err(path: &Path, what: impl Into<String>) -> Error {
+    Error::Data {
+        path: path.to_path_buf(),
+        what: what.into(),
+    }
+}
+
+/// Reads `name` or `name.gz` from `dir`, decompressing if needed.
+fn read_maybe_gz(dir: &Path, name: &str) -> Result<(PathBuf, Vec<u8>)> {
+    let raw = dir.join(name);
+    let gz = dir.join(format!("{name}.gz"));
+    let (path, compressed) = if raw.is_file() {
+        (raw, false)
+    } else if gz.is_file() {
+        (gz, true)
+    } else {
+        return Err(data_err(&raw, "not found (nor with .gz)"));
+    };
+    let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    if !compressed {
+        return Ok((path, bytes));
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_end(&mut out)
+        .map_err(|e| data_err(&path, format!("gzip: {e}")))?;
+    Ok((path, out))
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Parses an IDX3 image file: magic 0x00000803, count, rows, cols, then `count*rows*cols` bytes.
+pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<(usize, usize, Vec<f32>)> {
+    if bytes.len() < 16 {
+        return Err(data_err(
+            path,
+            format!("truncated header ({} bytes, need 16)", bytes.len()),
+        ));
+    }
+    let magic = be_u32(bytes, 0);
+    if magic != 0x0803 {
+        return Err(data_err(
+            path,
+            format!("bad magic 0x{magic:08x}, expected 0x00000803 (IDX3 u8 images)"),
+        ));
+    }
+    let n = be_u32(bytes, 4) as usize;
+    let rows = be_u32(bytes, 8) as usize;
+    let cols = be_u32(bytes, 12) as usize;
+    if rows == 0 || cols == 0 || rows > 4096 || cols > 4096 {
+        return Err(data_err(
+            path,
+            format!("implausible image size {rows}x{cols}"),
+        ));
+    }
+    let want = n
+        .checked_mul(rows * cols)
+        .ok_or_else(|| data_err(path, "size overflow"))?;
+    let body = &bytes[16..];
+    if body.len() != want {
+        return Err(data_err(
+            path,
+            format!(
+                "header says {n} images of {rows}x{cols} ({want} bytes) but {} bytes follow",
+                body.len()
+            ),
+        ));
+    }
+    let x = body.iter().map(|&b| b as f32 / 255.0).collect();
+    Ok((n, rows * cols, x))
+}
+
+/// Parses an IDX1 label file: magic 0x00000801, count, then `count` labels in 0..10.
+pub fn parse_idx_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
+    if bytes.len() < 8 {
+        return Err(data_err(
+            path,
+            format!("truncated header ({} bytes, need 8)", bytes.len()),
+        ));
+    }
+    let magic = be_u32(bytes, 0);
+    if magic != 0x0801 {
+        return Err(data_err(
+            path,
+            format!("bad magic 0x{magic:08x}, expected 0x00000801 (IDX1 u8 labels)"),
+        ));
+    }
+    let n = be_u32(bytes, 4) as usize;
+    let body = &bytes[8..];
+    if body.len() != n {
+        return Err(data_err(
+            path,
+            format!("header says {n} labels but {} bytes follow", body.len()),
+        ));
+    }
+    if let Some(pos) = body.iter().position(|&l| l as usize >= NUM_CLASSES) {
+        return Err(data_err(
+            path,
+            format!("label {} at index {pos} is out of range", body[pos]),
+        ));
+    }
+    Ok(body.to_vec())
+}
+
+fn load_idx_pair(dir: &Path, images: &str, labels: &str) -> Result<Dataset> {
+    let (ipath, ibytes) = read_maybe_gz(dir, images)?;
+    let (lpath, lbytes) = read_maybe_gz(dir, labels)?;
+    let (n, features, x) = parse_idx_images(&ibytes, &ipath)?;
+    let y = parse_idx_labels(&lbytes, &lpath)?;
+    if y.len() != n {
+        return Err(data_err(
+            &lpath,
+            format!("{} labels but {} has {n} images", y.len(), ipath.display()),
+        ));
+    }
+    Ok(Dataset { x, y, features })
+}
+
+/// Loads `train-*` and `t10k-*` IDX files (raw or `.gz`) from `dir`.
+pub fn load_idx_dir(dir: &Path) -> Result<Split> {
+    if !dir.is_dir() {
+        return Err(data_err(dir, "data directory not found"));
+    }
+    Ok(Split {
+        train: load_idx_pair(dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")?,
+        test: load_idx_pair(dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_digits_split_is_deterministic() {
+        let a = digits().unwrap();
+        let b = digits().unwrap();
+        assert_eq!(a.train.len() + a.test.len(), 1797);
+        assert_eq!(a.test.len(), 359);
+        assert_eq!(a.train.y, b.train.y);
+        assert_eq!(a.train.features, 64);
+        assert!(a.train.x.iter().all(|v| (0.0..=1.0).contains(v)));
+        // Every class is present in both halves.
+        assert!(a.train.label_counts().iter().all(|&c| c > 100));
+        assert!(a.test.label_counts().iter().all(|&c| c > 20));
+    }
+
+    fn idx3(n: u32, r: u32, c: u32, body: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        for w in [0x0803, n, r, c] {
+            v.extend_from_slice(&u32::to_be_bytes(w));
+        }
+        v.extend(std::iter::repeat_n(255u8, body));
+        v
+    }
+
+    #[test]
+    fn idx_images_checks_header_and_length() {
+        let p = Path::new("imgs");
+        let (n, f, x) = parse_idx_images(&idx3(2, 2, 3, 12), p).unwrap();
+        assert_eq!((n, f, x.len()), (2, 6, 12));
+        assert_eq!(x[0], 1.0);
+        let err = parse_idx_images(&idx3(2, 2, 3, 11), p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("imgs") && err.contains("11 bytes follow"),
+            "{err}"
+        );
+        let mut bad = idx3(1, 1, 1, 1);
+        bad[3] = 0x01;
+        let err = parse_idx_images(&bad, p).unwrap_err().to_string();
+        assert!(err.contains("bad magic"), "{err}");
+        assert!(parse_idx_images(&[0, 0, 8], p).is_err());
+        // A count that would overflow must not panic.
+        assert!(parse_idx_images(&idx3(u32::MAX, 4096, 4096, 0), p).is_err());
+    }
+
+    #[test]
+    fn idx_labels_checks_range() {
+        let p = Path::new("labels");
+        let mut v = vec![0, 0, 8, 1, 0, 0, 0, 3, 1, 2, 3];
+        assert_eq!(parse_idx_labels(&v, p).unwrap(), vec![1, 2, 3]);
+        v[10] = 10;
+        let err = parse_idx_labels(&v, p).unwrap_err().to_string();
+        assert!(err.contains("out of range"), "{err}");
+        v.pop();
+        assert!(parse_idx_labels(&v, p).is_err());
+    }
+
+    #[test]
+    fn missing_dir_names_it() {
+        let err = load_idx_dir(Path::new("/nonexistent/cohort-data"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/cohort-data"), "{err}");
+    }
+
+    /// Reads the real MNIST files when `../shared/data/mnist` is present.
+    #[test]
+    fn real_mnist_when_present() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mnist");
+        if !dir.is_dir() {
+            eprintln!("skipping: {} not present", dir.display());
+            return;
+        }
+        let s = load_idx_dir(&dir).unwrap();
+        assert_eq!(
+            (s.train.len(), s.test.len(), s.train.features),
+            (60000, 10000, 784)
+        );
+        assert_eq!(&s.train.y[..10], &[5, 0, 4, 1, 9, 2, 1, 3, 1, 4]);
+        assert_eq!(&s.test.y[..10], &[7, 2, 1, 0, 4, 1, 4, 9, 5, 9]);
+    }
+}

@@ -1,0 +1,51 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the training math. Errors caused by bytes from a peer
+/// (`Codec`, `Aggregate` with non-finite input) are distinct from local failures (`Data`, `Candle`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A data file is missing, truncated or has a wrong header.
+    #[error("{path}: {what}")]
+    Data { path: PathBuf, what: String },
+    /// An encoded delta is malformed (from a peer: reject it).
+    #[error("malformed encoded delta: {0}")]
+    Codec(String),
+    /// Decoded delta has the wrong number of parameters.
+    #[error("wrong parameter count: got {got}, expected {expected}")]
+    WrongLength { got: usize, expected: usize },
+    /// Aggregation input is unusable (empty set, non-finite values, inconsistent lengths).
+    #[error("aggregation: {0}")]
+    Aggregate(String),
+    /// A configuration string (rule, partition, codec, attack) did not parse.
+    #[error("invalid {kind} '{input}': {why}")]
+    Parse {
+        kind: &'static str,
+        input: String,
+        why: String,
+    },
+    /// A checkpoint file is missing a tensor or has the wrong shape.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// An error from candle (tensor shapes, safetensors I/O).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// File I/O.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn parse_err(kind: &'static str, input: &str, why: impl Into<String>) -> Error {
+    Error::Parse {
+        kind,
+        input: input.to_string(),
+        why: why.into(),
+    }
+}

@@ -1,0 +1,394 @@
+//! Local training and evaluation with candle.
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
+
+use crate::data::Dataset;
+use crate::error::{Error, Result, parse_err};
+use crate::net::{Model, ModelKind};
+use crate::rng::Rng;
+
+/// The local optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Optimizer {
+    /// SGD with (heavy-ball) momentum; momentum 0 is plain SGD.
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum coefficient.
+        momentum: f64,
+    },
+    /// Adam (beta1 0.9, beta2 0.999, eps 1e-8, no weight decay).
+    Adam {
+        /// Learning rate.
+        lr: f64,
+    },
+}
+
+impl std::str::FromStr for Optimizer {
+    type Err = Error;
+    /// `sgd:LR`, `sgd:LR,MOMENTUM` or `adam:LR`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, arg) = s.split_once(':').unwrap_or((s, ""));
+        let v: Vec<f64> = arg
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0))
+            .collect::<Option<_>>()
+            .ok_or_else(|| parse_err("optimizer", s, "bad number"))?;
+        match name {
+            "sgd" => Ok(Self::Sgd {
+                lr: v.first().copied().unwrap_or(0.05),
+                momentum: v.get(1).copied().unwrap_or(0.0),
+            }),
+            "adam" => Ok(Self::Adam {
+                lr: v.first().copied().unwrap_or(1e-3),
+            }),
+            _ => Err(parse_err(
+                "optimizer",
+                s,
+                "expected sgd:LR[,MOMENTUM] or adam:LR",
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sgd { lr, momentum } => write!(f, "sgd:{lr},{momentum}"),
+            Self::Adam { lr } => write!(f, "adam:{lr}"),
+        }
+    }
+}
+
+/// How much local work one round does.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Work {
+    /// Whole passes over the local data.
+    Epochs(usize),
+    /// A fixed number of minibatch steps (the data is cycled, reshuffled on every pass).
+    Steps(usize),
+}
+
+/// Local training settings.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    /// Epochs or steps per round.
+    pub work: Work,
+    /// Minibatch size.
+    pub batch: usize,
+    /// The local optimiser (its state is reset every round).
+    pub optimizer: Optimizer,
+    /// FedProx proximal weight `mu` (0 disables): adds `mu/2 * ||w - w_global||^2` to the loss.
+    pub prox_mu: f64,
+}
+
+/// What a round of local training produced.
+#[derive(Debug, Clone)]
+pub struct TrainOutput {
+    /// `theta_local - theta_global`, canonical order.
+    pub delta: Vec<f32>,
+    /// Local training samples (the FedAvg weight).
+    pub samples: u64,
+    /// Mean minibatch loss over the round.
+    pub mean_loss: f32,
+    /// Minibatch steps taken.
+    pub steps: usize,
+}
+
+/// Copies the rows `idx` of `data` into a batch tensor and a label tensor.
+pub fn batch_tensors(data: &Dataset, idx: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
+    let f = data.features;
+    let mut x = Vec::with_capacity(idx.len() * f);
+    let mut y = Vec::with_capacity(idx.len());
+    for &i in idx {
+        x.extend_from_slice(&data.x[i * f..(i + 1) * f]);
+        y.push(u32::from(data.y[i]));
+    }
+    Ok((
+        Tensor::from_vec(x, (idx.len(), f), device)?,
+        Tensor::from_vec(y, idx.len(), device)?,
+    ))
+}
+
+/// Trains a copy of `global` on `data` and returns the delta. The batch order comes from `rng`.
+pub fn train_local(
+    kind: ModelKind,
+    global: &[f32],
+    data: &Dataset,
+    cfg: &TrainConfig,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<TrainOutput> {
+    let model = Model::new(kind, global, device)?;
+    let out = train_model(&model, data, cfg, rng, None)?;
+    let mut delta = model.flat()?;
+    for (d, g) in delta.iter_mut().zip(global) {
+        *d -= g;
+    }
+    Ok(TrainOutput {
+        delta,
+        samples: data.len() as u64,
+        mean_loss: out.0,
+        steps: out.1,
+    })
+}
+
+enum OptState {
+    Adam(AdamW),
+    Sgd {
+        lr: f64,
+        momentum: f64,
+        velocity: Vec<Option<Tensor>>,
+    },
+}
+
+/// Trains `model` in place; returns (mean loss, steps). `progress` is called after every step with
+/// (step, total steps) for progress bars.
+pub fn train_model(
+    model: &Model,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    rng: &mut Rng,
+    mut progress: Option<&mut dyn FnMut(usize, usize)>,
+) -> Result<(f32, usize)> {
+    if data.is_empty() {
+        return Ok((0.0, 0));
+    }
+    if data.features != model.kind().input_features() {
+        return Err(Error::WrongLength {
+            got: data.features,
+            expected: model.kind().input_features(),
+        });
+    }
+    let batch = cfg.batch.clamp(1, data.len());
+    let per_epoch = data.len().div_ceil(batch);
+    let total_steps = match cfg.work {
+        Work::Epochs(e) => e * per_epoch,
+        Work::Steps(s) => s,
+    };
+    let vars = model.vars().to_vec();
+    let device = vars
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu);
+    // Snapshot of the starting point for FedProx.
+    let anchors: Vec<Tensor> = if cfg.prox_mu > 0.0 {
+        vars.iter()
+            .map(|v| v.as_tensor().copy().map(|t| t.detach()))
+            .collect::<candle_core::Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let mut state = match cfg.optimizer {
+        Optimizer::Adam { lr } => OptState::Adam(AdamW::new(
+            vars.clone(),
+            ParamsAdamW {
+                lr,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?),
+        Optimizer::Sgd { lr, momentum } => OptState::Sgd {
+            lr,
+            momentum,
+            velocity: vec![None; vars.len()],
+        },
+    };
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    let mut pos = order.len();
+    let mut loss_sum = 0.0f64;
+    for step in 0..total_steps {
+        // A new pass reshuffles. Counting epochs keeps an epoch's final short batch; counting
+        // steps only takes full batches.
+        if pos >= order.len() || (matches!(cfg.work, Work::Steps(_)) && pos + batch > order.len()) {
+            rng.shuffle(&mut order);
+            pos = 0;
+        }
+        let end = (pos + batch).min(order.len());
+        let (xs, ys) = batch_tensors(data, &order[pos..end], &device)?;
+        pos = end;
+        let logits = model.forward(&xs)?;
+        let mut loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
+        loss_sum += f64::from(loss.to_scalar::<f32>()?);
+        if cfg.prox_mu > 0.0 {
+            let mut prox = Tensor::zeros((), DType::F32, &device)?;
+            for (v, a) in vars.iter().zip(&anchors) {
+                prox = (prox + (v.as_tensor() - a)?.sqr()?.sum_all()?)?;
+            }
+            loss = (loss + (prox * (cfg.prox_mu / 2.0))?)?;
+        }
+        match &mut state {
+            OptState::Adam(opt) => opt.backward_step(&loss)?,
+            OptState::Sgd {
+                lr,
+                momentum,
+                velocity,
+            } => {
+                let grads = loss.backward()?;
+                for (v, vel) in vars.iter().zip(velocity.iter_mut()) {
+                    let Some(g) = grads.get(v.as_tensor()) else {
+                        continue;
+                    };
+                    let upd = if *momentum > 0.0 {
+                        let nv = match vel.take() {
+                            Some(old) => ((old * *momentum)? + g)?,
+                            None => g.clone(),
+                        };
+                        *vel = Some(nv.clone());
+                        nv
+                    } else {
+                        g.clone()
+                    };
+                    v.set(&(v.as_tensor() - (upd * *lr)?)?)?;
+                }
+            }
+        }
+        if let Some(p) = progress.as_mut() {
+            p(step + 1, total_steps);
+        }
+    }
+    Ok(((loss_sum / total_steps.max(1) as f64) as f32, total_steps))
+}
+
+/// Test accuracy (fraction in [0, 1]) and mean cross-entropy loss of `model` on `data`.
+pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f32, f32)> {
+    if data.is_empty() {
+        return Ok((0.0, 0.0));
+    }
+    let device = model
+        .vars()
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu);
+    let mut correct = 0usize;
+    let mut loss = 0.0f64;
+    let idx: Vec<usize> = (0..data.len()).collect();
+    for chunk in idx.chunks(1000) {
+        let (xs, ys) = batch_tensors(data, chunk, &device)?;
+        let logits = model.forward(&xs)?;
+        loss += f64::from(candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()?)
+            * chunk.len() as f64;
+        let pred = logits.argmax(D::Minus1)?;
+        correct += pred
+            .eq(&ys)?
+            .to_dtype(DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()? as usize;
+    }
+    Ok((
+        correct as f32 / data.len() as f32,
+        (loss / data.len() as f64) as f32,
+    ))
+}
+
+/// Evaluates flat parameters of `kind` on `data`.
+pub fn evaluate_params(kind: ModelKind, params: &[f32], data: &Dataset) -> Result<(f32, f32)> {
+    let model = Model::new(kind, params, &Device::Cpu)?;
+    evaluate(&model, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(opt: Optimizer, prox: f64) -> TrainConfig {
+        TrainConfig {
+            work: Work::Epochs(8),
+            batch: 32,
+            optimizer: opt,
+            prox_mu: prox,
+        }
+    }
+
+    #[test]
+    fn sgd_and_adam_learn_digits() {
+        let split = crate::data::digits().unwrap();
+        let kind = ModelKind::DigitsMlp;
+        let init = kind.init(1);
+        for opt in [
+            Optimizer::Sgd {
+                lr: 0.1,
+                momentum: 0.9,
+            },
+            Optimizer::Adam { lr: 0.005 },
+        ] {
+            let before = evaluate_params(kind, &init, &split.test).unwrap();
+            let out = train_local(
+                kind,
+                &init,
+                &split.train,
+                &cfg(opt, 0.0),
+                &mut Rng::seed(3),
+                &Device::Cpu,
+            )
+            .unwrap();
+            assert_eq!(out.samples, split.train.len() as u64);
+            assert_eq!(out.steps, 8 * split.train.len().div_ceil(32));
+            let trained: Vec<f32> = init.iter().zip(&out.delta).map(|(a, b)| a + b).collect();
+            let after = evaluate_params(kind, &trained, &split.test).unwrap();
+            assert!(after.0 > 0.9, "{opt}: accuracy {}", after.0);
+            assert!(
+                after.1 < before.1,
+                "{opt}: loss {} -> {}",
+                before.1,
+                after.1
+            );
+        }
+    }
+
+    #[test]
+    fn fedprox_keeps_the_delta_smaller() {
+        let split = crate::data::digits().unwrap();
+        let kind = ModelKind::DigitsMlp;
+        let init = kind.init(1);
+        let sgd = Optimizer::Sgd {
+            lr: 0.1,
+            momentum: 0.0,
+        };
+        let norm = |prox| {
+            let out = train_local(
+                kind,
+                &init,
+                &split.train,
+                &cfg(sgd, prox),
+                &mut Rng::seed(3),
+                &Device::Cpu,
+            )
+            .unwrap();
+            crate::dp::l2_norm(&out.delta)
+        };
+        let free = norm(0.0);
+        let held = norm(1.0);
+        assert!(held < free * 0.9, "{held} vs {free}");
+    }
+
+    #[test]
+    fn step_budget_is_exact() {
+        let split = crate::data::digits().unwrap();
+        let kind = ModelKind::DigitsMlp;
+        let c = TrainConfig {
+            work: Work::Steps(7),
+            batch: 10,
+            optimizer: Optimizer::Sgd {
+                lr: 0.1,
+                momentum: 0.0,
+            },
+            prox_mu: 0.0,
+        };
+        let small = split.train.subset(&[0, 1, 2, 3, 4]);
+        let out = train_local(
+            kind,
+            &kind.init(0),
+            &small,
+            &c,
+            &mut Rng::seed(1),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(out.steps, 7);
+        assert!(out.mean_loss.is_finite());
+        assert!(out.delta.iter().any(|d| *d != 0.0));
+    }
+}

@@ -1,0 +1,235 @@
+//! `cohort simulate`: N nodes in one process, no network, on the networked node's per-round math.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use model::aggregate::{Rule, ServerOpt};
+use model::attack::Attack;
+use model::codec::Compression;
+use model::dp::DpConfig;
+use model::partition::{Partition, describe};
+use model::sim::{SimConfig, Simulation};
+use model::train::{Optimizer, TrainConfig, Work};
+
+use super::common::{DataArgs, human_bytes};
+
+/// `COUNT:ATTACK`, e.g. `2:sign-flip` or `2:alie`.
+#[derive(Debug, Clone, Copy)]
+pub struct Byzantine {
+    pub count: usize,
+    pub attack: Attack,
+}
+
+impl std::str::FromStr for Byzantine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (n, a) = s
+            .split_once(':')
+            .ok_or_else(|| format!("expected COUNT:ATTACK, got {s:?}"))?;
+        Ok(Byzantine {
+            count: n.parse().map_err(|_| format!("bad count {n:?}"))?,
+            attack: a.parse().map_err(|e: model::Error| e.to_string())?,
+        })
+    }
+}
+
+/// Flags of `cohort simulate`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Number of simulated nodes.
+    #[arg(long, default_value_t = 8)]
+    pub nodes: usize,
+    /// Data split over nodes: iid, dirichlet:ALPHA or shards[:K].
+    #[arg(long, default_value = "dirichlet:0.5")]
+    pub partition: Partition,
+    /// Training rounds.
+    #[arg(long, default_value_t = 40)]
+    pub rounds: usize,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 1, conflicts_with = "local_steps")]
+    pub local_epochs: usize,
+    /// Local minibatch steps per round (instead of epochs).
+    #[arg(long)]
+    pub local_steps: Option<usize>,
+    /// Local minibatch size.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Local optimizer: sgd:LR[,MOMENTUM] or adam:LR.
+    #[arg(long, default_value = "sgd:0.1,0.9")]
+    pub optimizer: Optimizer,
+    /// FedProx proximal weight mu (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub prox_mu: f64,
+    /// Aggregation rule: mean, median, trimmed-mean:BETA, multi-krum:F,M, centered-clip:TAU,ITERS.
+    #[arg(long, default_value = "mean")]
+    pub rule: Rule,
+    /// Server (outer) learning rate.
+    #[arg(long, default_value_t = 1.0)]
+    pub server_lr: f64,
+    /// Server momentum (FedAvgM); 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub server_momentum: f64,
+    /// Use Nesterov momentum for the server step (the DiLoCo outer step).
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Delta compression: dense, int8, topk:FRAC, topk:FRAC+int8.
+    #[arg(long, default_value = "dense")]
+    pub compress: Compression,
+    /// Turn off error feedback for lossy compression.
+    #[arg(long)]
+    pub no_error_feedback: bool,
+    /// Differential privacy: clip:C[,noise:SIGMA].
+    #[arg(long)]
+    pub dp: Option<DpConfig>,
+    /// Byzantine nodes: COUNT:ATTACK with ATTACK one of sign-flip[:SCALE], gaussian[:SIGMA],
+    /// alie[:Z], label-flip, zeros.
+    #[arg(long)]
+    pub byzantine: Option<Byzantine>,
+    /// Seed for the initial model, the partition and all training randomness.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Evaluate every N rounds (always at the last).
+    #[arg(long, default_value_t = 1)]
+    pub eval_every: usize,
+    /// Print the per-node label counts of the partition.
+    #[arg(long)]
+    pub show_partition: bool,
+    /// Also write one CSV row per round to this file.
+    #[arg(long)]
+    pub csv: Option<std::path::PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if a.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    if let Some(b) = a.byzantine
+        && b.count >= a.nodes
+    {
+        bail!(
+            "--byzantine {} must be fewer than --nodes {}",
+            b.count,
+            a.nodes
+        );
+    }
+    let (split, kind) = a.data.load()?;
+    let cfg = SimConfig {
+        model: kind,
+        nodes: a.nodes,
+        partition: a.partition,
+        train: TrainConfig {
+            work: match a.local_steps {
+                Some(s) => Work::Steps(s),
+                None => Work::Epochs(a.local_epochs),
+            },
+            batch: a.batch,
+            optimizer: a.optimizer,
+            prox_mu: a.prox_mu,
+        },
+        rule: a.rule,
+        server: ServerOpt {
+            lr: a.server_lr,
+            momentum: a.server_momentum,
+            nesterov: a.nesterov,
+        },
+        compression: a.compress,
+        error_feedback: !a.no_error_feedback,
+        dp: a.dp,
+        byzantine: a.byzantine.map(|b| (b.count, b.attack)),
+        seed: a.seed,
+        eval_every: a.eval_every,
+    };
+    println!(
+        "simulate: {} nodes, model {kind} ({} params), dataset {} ({} train / {} test), partition {}, rule {}, \
+         compress {}{}, local {} batch {} {}, server lr {} momentum {}{}{}",
+        a.nodes,
+        kind.num_params(),
+        a.data.dataset,
+        split.train.len(),
+        split.test.len(),
+        a.partition,
+        a.rule,
+        a.compress,
+        if a.no_error_feedback {
+            " (no error feedback)"
+        } else {
+            ""
+        },
+        a.local_steps
+            .map(|s| format!("{s} steps"))
+            .unwrap_or_else(|| format!("{} epochs", a.local_epochs)),
+        a.batch,
+        a.optimizer,
+        a.server_lr,
+        a.server_momentum,
+        a.dp.map(|d| format!(", dp clip {} noise {}", d.clip, d.noise))
+            .unwrap_or_default(),
+        a.byzantine
+            .map(|b| format!(", byzantine {} x {}", b.count, b.attack))
+            .unwrap_or_default(),
+    );
+    let mut sim = Simulation::new(cfg, &split)?;
+    if a.show_partition {
+        let parts: Vec<Vec<usize>> = {
+            // Re-derive the index sets for printing (same seed, same result).
+            model::partition::partition(&split.train, a.nodes, a.partition, a.seed)
+        };
+        print!("{}", describe(&split.train, &parts));
+    }
+    let mut csv =
+        String::from("round,accuracy,loss,train_loss,bytes_per_node,dense_bytes,epsilon,seconds\n");
+    let start = Instant::now();
+    let mut total_bytes = 0usize;
+    for _ in 0..a.rounds {
+        let t = Instant::now();
+        let rep = sim.step()?;
+        let secs = t.elapsed().as_secs_f64();
+        total_bytes += rep.bytes_per_node;
+        let acc = rep
+            .accuracy
+            .map(|v| format!("{:>6.2}%", v * 100.0))
+            .unwrap_or_else(|| "     -".into());
+        let loss = rep
+            .loss
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into());
+        let eps = rep
+            .epsilon
+            .map(|e| format!("  eps {e:.2}"))
+            .unwrap_or_default();
+        println!(
+            "round {:>4}  accuracy {acc}  test loss {loss}  train loss {:.4}  sent {}/node ({:.1}x less than dense){eps}  {secs:.2}s",
+            rep.round,
+            rep.train_loss,
+            human_bytes(rep.bytes_per_node as f64),
+            rep.dense_bytes as f64 / rep.bytes_per_node.max(1) as f64,
+        );
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{secs:.4}\n",
+            rep.round,
+            rep.accuracy.map(|v| v.to_string()).unwrap_or_default(),
+            rep.loss.map(|v| v.to_string()).unwrap_or_default(),
+            rep.train_loss,
+            rep.bytes_per_node,
+            rep.dense_bytes,
+            rep.epsilon.map(|v| v.to_string()).unwrap_or_default(),
+        ));
+    }
+    let (acc, loss) = sim.evaluate()?;
+    println!(
+        "final: accuracy {:.2}%  test loss {loss:.4}  model hash {}  {} sent per node in total  {:.1}s",
+        acc * 100.0,
+        model::params::hex(&model::params::hash_params(sim.params())),
+        human_bytes(total_bytes as f64),
+        start.elapsed().as_secs_f64()
+    );
+    if let Some(path) = a.csv {
+        std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
