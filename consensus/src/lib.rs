@@ -53,6 +53,13 @@
 //! assert_eq!(wal.len(), 4); // proposal, prevote, lock, precommit
 //! ```
 
+// Pure protocol logic never panics on peer input: no unwrap, expect or panic outside tests
+// (the simulator, test-only code, opts out explicitly).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod certificate;
 pub mod codec;
 pub mod error;
@@ -64,6 +71,7 @@ pub mod validators;
 pub mod wal;
 
 #[cfg(any(test, feature = "sim"))]
+#[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 pub mod sim;
 
 #[cfg(test)]

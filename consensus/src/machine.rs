@@ -910,12 +910,11 @@ impl Consensus {
     /// decision_p[h_p] = nil: if valid(v) then decision_p[h_p] = v.
     fn rule_decide(&mut self, out: &mut Vec<Output>) -> bool {
         for (view, id) in self.keeper.decided_candidates() {
-            if !self.values.contains_key(&id) {
+            let Some(value) = self.values.get(&id).cloned() else {
                 continue;
-            }
+            };
             match self.verdicts.get(&id) {
                 Some(true) => {
-                    let value = self.values[&id].clone();
                     let certificate = self.keeper.certificate(view, id);
                     self.decide(view, value, certificate, out);
                     return true;
