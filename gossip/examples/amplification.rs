@@ -105,7 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Wait for every node to have a full mesh view (bounded).
     let start = Instant::now();
-    let want = args.mesh.min(n - 1).saturating_sub(1).max(1);
+    let want = (args.mesh * 2 / 3).max(2).min(n - 1);
     loop {
         let mut ready = true;
         for h in &handles {
@@ -115,6 +115,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
         if start.elapsed() > Duration::from_secs(60) {
+            for h in &handles {
+                eprintln!(
+                    "peers {} mesh {}",
+                    h.peers().await?.len(),
+                    h.mesh_peers(Topic::Deltas).await?.len()
+                );
+            }
             return Err("mesh did not form in 60 s".into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

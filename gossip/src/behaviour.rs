@@ -3,7 +3,7 @@
 use std::{collections::HashSet, net::IpAddr, sync::Arc, time::Duration};
 
 use libp2p::{
-    PeerId, StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits,
+    PeerId, StreamProtocol, Swarm, SwarmBuilder, allow_block_list, autonat, connection_limits,
     core::{Transport as _, muxing::StreamMuxerBox, upgrade},
     dcutr, gossipsub, identify,
     identity::Keypair,
@@ -32,10 +32,11 @@ pub(crate) type BlobBehaviour = request_response::Behaviour<FrameCodec<BlobReque
 pub(crate) type StateBehaviour =
     request_response::Behaviour<FrameCodec<StateRequest, StateResponse>>;
 
-/// Every protocol the node speaks. The connection limits come first so a connection over the
-/// limit is refused before any other behaviour sees it.
+/// Every protocol the node speaks. The block list and connection limits come first so a banned
+/// peer or a connection over the limit is refused before any other behaviour sees it.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub limits: connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub blob: BlobBehaviour,
@@ -246,6 +247,7 @@ pub(crate) fn build_swarm(
 
             let nat = config.nat_traversal;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Behaviour {
+                blocked: allow_block_list::Behaviour::default(),
                 limits: connection_limits::Behaviour::new(limits),
                 gossipsub,
                 blob,

@@ -45,7 +45,4 @@ pub enum Error {
     /// The state request failed or the peer's answer did not check out.
     #[error("state sync from {peer} failed: {reason}")]
     StateSync { peer: PeerId, reason: String },
-    /// The request to the peer failed (timeout, connection closed, unsupported protocol).
-    #[error("request to {peer} failed: {reason}")]
-    Request { peer: PeerId, reason: String },
 }

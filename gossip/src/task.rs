@@ -87,6 +87,7 @@ struct Fetch {
     candidates: VecDeque<PeerId>,
     asked: usize,
     purpose: FetchPurpose,
+    started: Instant,
 }
 
 struct StateSync {
@@ -119,7 +120,7 @@ pub(crate) struct Task {
     inbound: FuturesUnordered<AnswerFuture>,
     inbound_channels: HashMap<u64, InboundChannel>,
     app_scores: HashMap<PeerId, f64>,
-    banned: HashSet<PeerId>,
+    banned: VecDeque<PeerId>,
     connected: HashSet<PeerId>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     bootstrapped: bool,
@@ -161,7 +162,7 @@ impl Task {
             inbound: FuturesUnordered::new(),
             inbound_channels: HashMap::new(),
             app_scores: HashMap::new(),
-            banned: HashSet::new(),
+            banned: VecDeque::new(),
             connected: HashSet::new(),
             listen_waiters: Vec::new(),
             bootstrapped: false,
@@ -429,17 +430,33 @@ impl Task {
             .report_message_validation_result(id, propagation_source, acceptance);
     }
 
+    fn is_banned(&self, peer: &PeerId) -> bool {
+        self.swarm
+            .behaviour()
+            .blocked
+            .blocked_peers()
+            .contains(peer)
+    }
+
     fn penalize(&mut self, peer: PeerId, action: PeerAction) {
         if action == PeerAction::Fatal {
             warn!(peer = %peer, "banning peer");
-            if self.banned.len() >= MAX_BANNED
-                && let Some(old) = self.banned.iter().next().copied()
-            {
-                self.banned.remove(&old);
+            if self.is_banned(&peer) {
+                return;
             }
-            self.banned.insert(peer);
+            if self.banned.len() >= MAX_BANNED
+                && let Some(old) = self.banned.pop_front()
+            {
+                self.swarm.behaviour_mut().blocked.unblock_peer(old);
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .remove_blacklisted_peer(&old);
+            }
+            self.banned.push_back(peer);
+            // The block list closes its connections and refuses new ones, both ways.
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
             self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
-            let _ = self.swarm.disconnect_peer_id(peer);
             return;
         }
         if self.app_scores.len() >= MAX_APP_SCORES && !self.app_scores.contains_key(&peer) {
@@ -497,7 +514,7 @@ impl Task {
         let mut seen = HashSet::new();
         let others: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in preferred.into_iter().chain(others) {
-            if !self.banned.contains(&peer) && seen.insert(peer) {
+            if !self.is_banned(&peer) && seen.insert(peer) {
                 out.push_back(peer);
             }
         }
@@ -523,6 +540,7 @@ impl Task {
                 candidates,
                 asked: 0,
                 purpose,
+                started: Instant::now(),
             },
         );
         self.next_attempt(id);
@@ -533,7 +551,10 @@ impl Task {
         let Some(fetch) = self.fetches.get_mut(&id) else {
             return;
         };
-        while fetch.asked < self.config.fetch_attempts {
+        // An announced payload is worthless once gossipsub has forgotten the announcement.
+        let expired = matches!(fetch.purpose, FetchPurpose::Announced { .. })
+            && fetch.started.elapsed() > self.config.validation_timeout;
+        while !expired && fetch.asked < self.config.fetch_attempts {
             let Some(peer) = fetch.candidates.pop_front() else {
                 break;
             };
@@ -1099,10 +1120,6 @@ impl Task {
                 endpoint,
                 ..
             } => {
-                if self.banned.contains(&peer_id) {
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                    return;
-                }
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 if num_established.get() == 1 && self.connected.insert(peer_id) {
                     self.emit(NetworkEvent::PeerConnected { peer: peer_id });
@@ -1142,7 +1159,7 @@ impl Task {
             BehaviourEvent::Dcutr(event) => debug!(?event, "dcutr"),
             BehaviourEvent::RelayClient(event) => debug!(?event, "relay client"),
             BehaviourEvent::RelayServer(event) => debug!(?event, "relay server"),
-            BehaviourEvent::Limits(never) => match never {},
+            BehaviourEvent::Limits(never) | BehaviourEvent::Blocked(never) => match never {},
         }
     }
 
@@ -1283,7 +1300,7 @@ impl Task {
     /// Dials a discovered peer while below the target peer count.
     fn maybe_dial(&mut self, peer: PeerId) {
         if peer == *self.swarm.local_peer_id()
-            || self.banned.contains(&peer)
+            || self.is_banned(&peer)
             || self.swarm.is_connected(&peer)
             || self.connected.len() >= self.config.target_peers
         {

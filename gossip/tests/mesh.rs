@@ -18,9 +18,9 @@ async fn eight_nodes_mesh_deliver_votes_and_4mib_deltas() -> anyhow::Result<()> 
     // Every node finds the others (Kademlia), not only the bootstrap node.
     for node in &nodes {
         let handle = node.handle.clone();
-        eventually("every node connects to at least 4 peers", || {
+        eventually("every node connects to all 7 others", || {
             let handle = handle.clone();
-            async move { handle.peers().await.map(|p| p.len()).unwrap_or(0) >= 4 }
+            async move { handle.peers().await.map(|p| p.len()).unwrap_or(0) == 7 }
         })
         .await;
     }
@@ -61,7 +61,7 @@ async fn eight_nodes_mesh_deliver_votes_and_4mib_deltas() -> anyhow::Result<()> 
     assert_eq!(c.topic(Topic::Deltas).received_bytes, 4 << 20);
     assert_eq!(c.verdicts_for(Topic::Deltas, Outcome::Accepted), 1);
     assert!(c.transport.bytes_in >= 4 << 20, "{c:?}");
-    assert!(c.peers_connected >= 4);
+    assert_eq!(c.peers_connected, 7);
     for node in &nodes {
         node.handle.shutdown().await?;
     }
