@@ -307,7 +307,7 @@ impl NetworkHandle {
         self.ask(|reply| Command::MeshPeers { topic, reply }).await
     }
 
-    /// The gossipsub score of `peer` as this node sees it (None if unknown).
+    /// The gossipsub score of `peer` as this node sees it (None unless connected).
     pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, Error> {
         self.ask(|reply| Command::PeerScore { peer, reply }).await
     }

@@ -297,7 +297,13 @@ impl Task {
                 let _ = reply.send(peers);
             }
             Command::PeerScore { peer, reply } => {
-                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+                // Gossipsub answers 0 for peers it does not know; say "unknown" instead.
+                let score = self
+                    .swarm
+                    .is_connected(&peer)
+                    .then(|| self.swarm.behaviour().gossipsub.peer_score(&peer))
+                    .flatten();
+                let _ = reply.send(score);
             }
             Command::Counters { reply } => {
                 let _ = reply.send(self.snapshot());
