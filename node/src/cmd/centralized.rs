@@ -49,43 +49,61 @@ pub fn run(a: Args) -> Result<()> {
         a.optimizer
     );
     let cfg = TrainConfig {
-        work: Work::Epochs(1),
+        work: Work::Epochs(a.epochs),
         batch: a.batch,
         optimizer: a.optimizer,
         prox_mu: 0.0,
     };
-    let mut csv = String::from("epoch,accuracy,loss,train_loss,samples_per_s\n");
-    let show_bar = std::io::stderr().is_terminal();
-    for epoch in 1..=a.epochs {
-        let bar = show_bar.then(|| {
-            let b = ProgressBar::new(split.train.len().div_ceil(a.batch.max(1)) as u64);
-            b.set_style(
-                ProgressStyle::with_template("epoch {msg} [{bar:30}] {pos}/{len} steps {per_sec}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            b.set_message(epoch.to_string());
-            b
-        });
-        let start = Instant::now();
-        let mut tick = |s: usize, _t: usize| {
-            if let Some(b) = &bar {
-                b.set_position(s as u64);
-            }
-        };
-        // Momentum restarts each epoch: the optimiser state lives inside one call.
-        let (train_loss, _) = train_model(&model, &split.train, &cfg, &mut rng, Some(&mut tick))?;
-        let secs = start.elapsed().as_secs_f64();
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        let (acc, loss) = evaluate(&model, &split.test)?;
-        let sps = split.train.len() as f64 / secs;
-        println!(
-            "epoch {epoch:>3}  accuracy {:>6.2}%  test loss {loss:.4}  train loss {train_loss:.4}  {sps:>8.0} samples/s",
-            acc * 100.0
+    let per_epoch = split
+        .train
+        .len()
+        .div_ceil(a.batch.clamp(1, split.train.len().max(1)));
+    let mut csv = String::from("epoch,accuracy,loss,samples_per_s\n");
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::new((per_epoch * a.epochs) as u64);
+        b.set_style(
+            ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        csv.push_str(&format!("{epoch},{acc},{loss},{train_loss},{sps:.0}\n"));
+        b
+    });
+    let mut epoch_start = Instant::now();
+    let mut failure: Option<anyhow::Error> = None;
+    // One optimiser state across all epochs; evaluate at every epoch boundary.
+    let mut on_step = |step: usize, _total: usize| {
+        if let Some(b) = &bar {
+            b.set_position(step as u64);
+        }
+        if !step.is_multiple_of(per_epoch) || failure.is_some() {
+            return;
+        }
+        let secs = epoch_start.elapsed().as_secs_f64();
+        let epoch = step / per_epoch;
+        match evaluate(&model, &split.test) {
+            Ok((acc, loss)) => {
+                let sps = split.train.len() as f64 / secs;
+                let line = format!(
+                    "epoch {epoch:>3}  accuracy {:>6.2}%  test loss {loss:.4}  {sps:>8.0} samples/s",
+                    acc * 100.0
+                );
+                match &bar {
+                    Some(b) => b.println(line),
+                    None => println!("{line}"),
+                }
+                csv.push_str(&format!("{epoch},{acc},{loss},{sps:.0}\n"));
+            }
+            Err(e) => failure = Some(e.into()),
+        }
+        epoch_start = Instant::now();
+    };
+    let (train_loss, _) = train_model(&model, &split.train, &cfg, &mut rng, Some(&mut on_step))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    println!("mean train loss over the run {train_loss:.4}");
     if let Some(path) = a.csv {
         std::fs::write(&path, csv)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
