@@ -3,8 +3,8 @@
 //! divided by the ideal (n - 1) x 1 MB.
 //!
 //! ```text
-//! cargo run --release -p gossip --example amplification -- --nodes 8 --mode announce
-//! cargo run --release -p gossip --example amplification -- --nodes 16 --mode inline --mesh 6
+//! cargo run -q -p gossip --example amplification -- --nodes 8 --mode announce --mesh 6
+//! cargo run -q -p gossip --example amplification -- --nodes 16 --mode inline --mesh 6
 //! ```
 //!
 //! Modes: `announce` (deltas as announce-then-fetch, the default), `inline` (deltas whole on

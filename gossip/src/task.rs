@@ -1139,6 +1139,14 @@ impl Task {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
             }
+            SwarmEvent::ListenerClosed { .. } | SwarmEvent::ListenerError { .. }
+                if self.swarm.listeners().next().is_none() =>
+            {
+                warn!("no listener left");
+                for waiter in self.listen_waiters.drain(..) {
+                    let _ = waiter.send(Vec::new());
+                }
+            }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 info!(%address, "external address confirmed");
             }
@@ -1346,12 +1354,40 @@ impl Task {
                 .gossipsub
                 .set_application_score(&peer, score);
         }
-        // Random walk for more peers every 30 s while below target.
-        if self.ticks.is_multiple_of(30)
-            && self.connected.len() < self.config.target_peers
-            && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
-        {
+        if self.ticks.is_multiple_of(10) {
+            self.top_up_peers();
+        }
+    }
+
+    /// Below `target_peers`, dials peers Kademlia knows (connections outside the gossipsub mesh
+    /// close when idle), and every 30 s walks the DHT for more.
+    fn top_up_peers(&mut self) {
+        let missing = self
+            .config
+            .target_peers
+            .saturating_sub(self.connected.len());
+        if missing == 0 {
+            return;
+        }
+        let walk = self.ticks.is_multiple_of(30);
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return;
+        };
+        if walk {
             let _ = kad.bootstrap();
+        }
+        let mut known: Vec<PeerId> = kad
+            .kbuckets()
+            .flat_map(|bucket| {
+                bucket
+                    .iter()
+                    .map(|entry| *entry.node.key.preimage())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        known.retain(|p| !self.connected.contains(p));
+        for peer in known.into_iter().take(missing) {
+            self.maybe_dial(peer);
         }
     }
 }
