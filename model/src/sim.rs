@@ -122,7 +122,9 @@ impl Simulation {
         let cfg = &self.cfg;
         let n_params = self.params.len();
         let (byz, attack) = cfg.byzantine.unwrap_or((0, Attack::Zeros));
-        let mut sent: Vec<Vec<f32>> = Vec::with_capacity(cfg.nodes);
+        // What every node's peers decode; `None` where decoding refused the bytes (a diverged,
+        // non-finite delta is rejected like any malformed one and left out of the round).
+        let mut sent: Vec<Option<Vec<f32>>> = Vec::with_capacity(cfg.nodes);
         let mut samples = Vec::with_capacity(cfg.nodes);
         let mut honest_bytes = 0usize;
         let mut honest_loss = 0.0f64;
@@ -142,7 +144,7 @@ impl Simulation {
             if i < byz && !attack.is_data_level() {
                 // Model-level attackers corrupt after seeing the honest deltas (below).
                 raw_byz.push((i, out.delta));
-                sent.push(Vec::new());
+                sent.push(None);
                 continue;
             }
             let bytes = prepare_update(
@@ -157,32 +159,40 @@ impl Simulation {
                 honest_loss += f64::from(out.mean_loss);
                 honest += 1;
             }
-            sent.push(decode(&bytes, n_params)?);
+            sent.push(decode(&bytes, n_params).ok());
         }
+        let mut corrupted = Vec::new();
         if !raw_byz.is_empty() {
-            let benign: Vec<Vec<f32>> = (byz..cfg.nodes).map(|j| sent[j].clone()).collect();
-            let benign_refs: Vec<&[f32]> = benign.iter().map(Vec::as_slice).collect();
+            let benign_refs: Vec<&[f32]> =
+                sent[byz..].iter().flatten().map(Vec::as_slice).collect();
             for (i, honest_delta) in raw_byz {
                 let mut rng = Rng::derive(cfg.seed ^ 0xBAD, (r << 20) | i as u64);
                 let bad = attack.corrupt(&honest_delta, &benign_refs, cfg.nodes, byz, &mut rng);
-                sent[i] = decode(&encode(cfg.compression, &bad), n_params)?;
+                corrupted.push((i, decode(&encode(cfg.compression, &bad), n_params).ok()));
             }
+        }
+        for (i, d) in corrupted {
+            sent[i] = d;
         }
         let inputs: Vec<Contribution<'_>> = sent
             .iter()
             .zip(&samples)
-            .map(|(d, &s)| Contribution {
-                delta: d,
-                samples: s,
+            .filter_map(|(d, &s)| {
+                d.as_ref().map(|d| Contribution {
+                    delta: d,
+                    samples: s,
+                })
             })
             .collect();
-        apply_round(
-            &mut self.params,
-            &mut self.velocity,
-            &cfg.rule,
-            &cfg.server,
-            &inputs,
-        )?;
+        if !inputs.is_empty() {
+            apply_round(
+                &mut self.params,
+                &mut self.velocity,
+                &cfg.rule,
+                &cfg.server,
+                &inputs,
+            )?;
+        }
         let evaluate_now = self.round.is_multiple_of(cfg.eval_every.max(1));
         let (accuracy, loss) = if evaluate_now {
             self.eval_model.set_flat(&self.params)?;
