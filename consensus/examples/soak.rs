@@ -89,8 +89,9 @@ fn main() {
                 let args = &args;
                 scope.spawn(move || {
                     let mut totals = Totals::default();
-                    let mut k = t;
-                    while k < args.runs {
+                    // Whole cycles of sizes per thread, so every thread gets every n.
+                    let cycle = args.sizes.len() as u64;
+                    for k in (0..args.runs).filter(|k| (k / cycle) % args.threads == t) {
                         let seed = args.first_seed + k;
                         let n = args.sizes[(k % args.sizes.len() as u64) as usize];
                         let config = if args.hostile {
@@ -115,14 +116,13 @@ fn main() {
                                 report.violations, report.terminated, report.stuck
                             ));
                         }
-                        if t == 0 && (k / args.threads) % 1000 == 999 {
+                        if t == 0 && totals.runs % 1000 == 0 {
                             eprintln!(
-                                "soak: {} runs, {:.0}s",
+                                "soak: thread 0 at run {}, {:.0}s",
                                 k + 1,
                                 started.elapsed().as_secs_f64()
                             );
                         }
-                        k += args.threads;
                     }
                     totals
                 })
