@@ -1262,6 +1262,9 @@ impl Task {
         };
         if info.protocol_version != crate::wire::identify_version(&self.config.chain_id) {
             info!(peer = %peer_id, version = %info.protocol_version, "peer of another network");
+            if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                kad.remove_peer(&peer_id);
+            }
             let _ = self.swarm.disconnect_peer_id(peer_id);
             return;
         }

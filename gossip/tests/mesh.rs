@@ -323,3 +323,65 @@ async fn oversized_messages_are_refused_and_cost_score() -> anyhow::Result<()> {
     .await;
     Ok(())
 }
+
+/// A response frame over the protocol's size limit is refused on its length prefix and costs
+/// the sender score.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_response_frame_is_refused_and_costs_score() -> anyhow::Result<()> {
+    let digest = Digest::of(b"small");
+    let mut answers = HashMap::new();
+    answers.insert(digest, payload(3 << 20, 4));
+    let server = spawn(
+        config("frames"),
+        Behaviour {
+            blobs: Arc::new(answers),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let mut cfg = config("frames");
+    cfg.deltas.max_message_size = 1 << 20;
+    cfg.state_chunk_size = 1 << 20;
+    cfg.bootstrap = vec![server.addr.clone()];
+    let asker = spawn(cfg, Behaviour::default()).await;
+    let (handle, server_peer) = (asker.handle.clone(), server.peer);
+    eventually("connected", || {
+        let handle = handle.clone();
+        async move {
+            handle
+                .peers()
+                .await
+                .unwrap_or_default()
+                .contains(&server_peer)
+        }
+    })
+    .await;
+    let err = asker
+        .handle
+        .request_blob(Some(server.peer), digest)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BlobNotFound { .. }), "{err}");
+    let c = asker.handle.counters().await?;
+    assert_eq!(c.digest_mismatches, 0, "refused before hashing");
+    assert!(
+        c.blob_protocol.bytes_in < 1 << 20,
+        "the oversized body was not read: {c:?}"
+    );
+    let score = asker.handle.peer_score(server.peer).await?.unwrap_or(0.0);
+    assert!(score < 0.0, "server's score {score}");
+    Ok(())
+}
+
+/// A node of another chain is disconnected as soon as identify tells us so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_of_another_chain_are_disconnected() -> anyhow::Result<()> {
+    let mut ours = spawn(config("chain-a"), Behaviour::default()).await;
+    let mut cfg = config("chain-b");
+    cfg.bootstrap = vec![ours.addr.clone()];
+    let theirs = spawn(cfg, Behaviour::default()).await;
+    assert_eq!(next_connection(&mut ours).await, (theirs.peer, true));
+    assert_eq!(next_connection(&mut ours).await, (theirs.peer, false));
+    assert!(ours.handle.mesh_peers(Topic::Consensus).await?.is_empty());
+    Ok(())
+}

@@ -52,6 +52,8 @@ pub struct Node {
     pub peer: PeerId,
     pub addr: Multiaddr,
     pub received: mpsc::Receiver<Received>,
+    /// `(peer, true)` on connect, `(peer, false)` on disconnect.
+    pub connections: mpsc::Receiver<(PeerId, bool)>,
 }
 
 pub fn config(chain: &str) -> NetworkConfig {
@@ -63,6 +65,7 @@ pub async fn spawn(config: NetworkConfig, behaviour: Behaviour) -> Node {
     let keypair = Keypair::generate_ed25519();
     let (handle, mut events) = Network::spawn(config, keypair).expect("network starts");
     let (tx, received) = mpsc::channel(1024);
+    let (conn_tx, connections) = mpsc::channel(1024);
     let pump_handle = handle.clone();
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
@@ -98,7 +101,12 @@ pub async fn spawn(config: NetworkConfig, behaviour: Behaviour) -> Node {
                 } => {
                     let _ = respond.send(behaviour.state.as_ref().and_then(|f| f(from_height)));
                 }
-                NetworkEvent::PeerConnected { .. } | NetworkEvent::PeerDisconnected { .. } => {}
+                NetworkEvent::PeerConnected { peer } => {
+                    let _ = conn_tx.try_send((peer, true));
+                }
+                NetworkEvent::PeerDisconnected { peer } => {
+                    let _ = conn_tx.try_send((peer, false));
+                }
             }
         }
     });
@@ -112,6 +120,7 @@ pub async fn spawn(config: NetworkConfig, behaviour: Behaviour) -> Node {
         handle,
         addr,
         received,
+        connections,
     }
 }
 
@@ -152,6 +161,14 @@ pub async fn next_message(node: &mut Node) -> Received {
     tokio::time::timeout(WAIT, node.received.recv())
         .await
         .expect("message arrives in time")
+        .expect("pump alive")
+}
+
+/// The next connection event on `node` (bounded wait).
+pub async fn next_connection(node: &mut Node) -> (PeerId, bool) {
+    tokio::time::timeout(WAIT, node.connections.recv())
+        .await
+        .expect("connection event in time")
         .expect("pump alive")
 }
 
