@@ -6,15 +6,17 @@ mod common;
 use common::*;
 use gossip::{Digest, PeerAction, Topic, Transfer};
 
-/// Two nodes over QUIC only, with NAT traversal (relay client, DCUtR, AutoNAT) and a relay
-/// server switched on, exchange a consensus message.
+/// Two nodes over QUIC only, with NAT traversal (relay client, DCUtR, AutoNAT), a relay server
+/// and mDNS switched on, exchange a consensus message. (mDNS discovery itself needs a multicast
+/// interface, which loopback-only test listeners do not offer; here it must only start.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quic_with_nat_traversal_and_relay_server() -> anyhow::Result<()> {
+async fn quic_with_nat_traversal_relay_server_and_mdns() -> anyhow::Result<()> {
     let quic = |boot: Option<gossip::Multiaddr>| {
         let mut cfg = config("quic");
         cfg.listen_addrs = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("valid")];
         cfg.nat_traversal = true;
         cfg.relay_server = true;
+        cfg.mdns = true;
         cfg.bootstrap = boot.into_iter().collect();
         cfg
     };
