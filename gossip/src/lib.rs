@@ -5,6 +5,35 @@
 //! (a bounded command channel, one reply per command) and reads [`NetworkEvent`]s from a bounded
 //! channel. See [`Network::spawn`].
 //!
+//! ```no_run
+//! use gossip::{Keypair, Network, NetworkConfig, NetworkEvent, Topic, Verdict};
+//!
+//! # async fn node() -> Result<(), gossip::Error> {
+//! let mut config = NetworkConfig::new("cohort-testnet-1");
+//! config.bootstrap = vec!["/dns4/boot.example.org/tcp/9000".parse().expect("valid multiaddr")];
+//! // The validator's ed25519 secret: the PeerId names the validator.
+//! let keypair = Keypair::ed25519_from_bytes([7u8; 32]).expect("32 bytes");
+//! let (net, mut events) = Network::spawn(config, keypair)?;
+//! net.publish(Topic::Consensus, b"signed vote".to_vec()).await?;
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         NetworkEvent::Message { propagation_source, message_id, data, .. } => {
+//!             let verdict = if data.is_empty() { Verdict::Reject("empty") } else { Verdict::Accept };
+//!             net.report_validation(message_id, propagation_source, verdict).await?;
+//!         }
+//!         NetworkEvent::InboundBlobRequest { respond, .. } => {
+//!             let _ = respond.send(None); // or the bytes from the node's store
+//!         }
+//!         NetworkEvent::InboundStateRequest { respond, .. } => {
+//!             let _ = respond.send(None); // or Some(StateSnapshot { .. })
+//!         }
+//!         NetworkEvent::PeerConnected { .. } | NetworkEvent::PeerDisconnected { .. } => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # What runs
 //! - **Transports**: TCP + noise + yamux, QUIC v1, DNS multiaddrs, relay v2 client; connection
 //!   limits (established total and per peer, pending each way).

@@ -304,13 +304,16 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(
     body: &[u8],
     max: usize,
 ) -> io::Result<()> {
-    if body.len() > max {
-        return Err(invalid(format!(
-            "refusing to send a frame of {} bytes (limit {max})",
-            body.len()
-        )));
-    }
-    io.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|_| body.len() <= max)
+        .ok_or_else(|| {
+            invalid(format!(
+                "refusing to send a frame of {} bytes (limit {max})",
+                body.len()
+            ))
+        })?;
+    io.write_all(&len.to_be_bytes()).await?;
     io.write_all(body).await?;
     io.flush().await
 }
