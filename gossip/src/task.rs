@@ -39,6 +39,8 @@ use crate::{
 const SERVED_CHECKPOINTS: usize = 2;
 /// Peers remembered as banned.
 const MAX_BANNED: usize = 4096;
+/// Checkpoint chunks fetched at once during a state sync.
+const CHUNKS_IN_FLIGHT: usize = 4;
 /// Application scores remembered.
 const MAX_APP_SCORES: usize = 4096;
 /// Per housekeeping tick, application scores move this fraction back toward zero.
@@ -95,7 +97,12 @@ struct StateSync {
     from_height: u64,
     reply: oneshot::Sender<Result<StateSnapshot, Error>>,
     manifest: Option<StateManifest>,
-    data: Vec<u8>,
+    /// Chunks received so far, by index.
+    chunks: Vec<Option<Vec<u8>>>,
+    /// Next chunk index to request.
+    next: usize,
+    /// Chunk fetches in flight.
+    in_flight: usize,
 }
 
 struct ServedCheckpoint {
@@ -262,7 +269,9 @@ impl Task {
                         from_height,
                         reply,
                         manifest: None,
-                        data: Vec::new(),
+                        chunks: Vec::new(),
+                        next: 0,
+                        in_flight: 0,
                     },
                 );
             }
@@ -712,48 +721,63 @@ impl Task {
                     self.finish_sync(id, Err(format!("bad manifest: {reason}")));
                     return;
                 }
-                // Grow with the chunks actually received (a lying total_len costs nothing).
+                // Memory grows with the chunks actually received, not the announced length.
+                let chunks = manifest.checkpoint.as_ref().map_or(0, |cp| cp.chunks.len());
+                sync.chunks = vec![None; chunks];
                 sync.manifest = Some(manifest);
-                self.request_chunk(id, 0);
+                self.request_chunks(id);
             }
         }
     }
 
-    /// Fetches chunk `index` of the sync's checkpoint, or completes the sync when all are in.
-    fn request_chunk(&mut self, id: u64, index: usize) {
-        let Some(sync) = self.syncs.get(&id) else {
-            return;
-        };
-        let Some(manifest) = &sync.manifest else {
-            return;
-        };
-        let Some(cp) = &manifest.checkpoint else {
-            self.finish_sync(id, Ok(()));
-            return;
-        };
-        let Some(&digest) = cp.chunks.get(index) else {
-            self.finish_sync(id, Ok(()));
-            return;
-        };
-        let expected = cp.chunk_len(index);
-        let candidates = self.candidates(vec![sync.peer]);
-        self.start_fetch(
-            digest,
-            Some(expected),
-            candidates,
-            FetchPurpose::StateChunk { sync: id, index },
-        );
+    /// Keeps up to [`CHUNKS_IN_FLIGHT`] chunk fetches going; completes the sync when every
+    /// chunk is in.
+    fn request_chunks(&mut self, id: u64) {
+        loop {
+            let Some(sync) = self.syncs.get_mut(&id) else {
+                return;
+            };
+            let Some(cp) = sync.manifest.as_ref().and_then(|m| m.checkpoint.as_ref()) else {
+                self.finish_sync(id, Ok(()));
+                return;
+            };
+            if sync.next >= cp.chunks.len() {
+                if sync.in_flight == 0 {
+                    self.finish_sync(id, Ok(()));
+                }
+                return;
+            }
+            if sync.in_flight >= CHUNKS_IN_FLIGHT {
+                return;
+            }
+            let index = sync.next;
+            let digest = cp.chunks[index];
+            let expected = cp.chunk_len(index);
+            sync.next += 1;
+            sync.in_flight += 1;
+            let peer = sync.peer;
+            let candidates = self.candidates(vec![peer]);
+            self.start_fetch(
+                digest,
+                Some(expected),
+                candidates,
+                FetchPurpose::StateChunk { sync: id, index },
+            );
+        }
     }
 
     fn on_chunk(&mut self, id: u64, index: usize, bytes: Vec<u8>) {
         let Some(sync) = self.syncs.get_mut(&id) else {
             return;
         };
-        sync.data.extend_from_slice(&bytes);
-        self.request_chunk(id, index + 1);
+        sync.in_flight -= 1;
+        if let Some(slot) = sync.chunks.get_mut(index) {
+            *slot = Some(bytes);
+        }
+        self.request_chunks(id);
     }
 
-    /// Completes a sync: on success, checks the whole checkpoint against its digest.
+    /// Completes a sync: on success, assembles the checkpoint and checks it against its digest.
     fn finish_sync(&mut self, id: u64, result: Result<(), String>) {
         let Some(sync) = self.syncs.remove(&id) else {
             return;
@@ -765,13 +789,18 @@ impl Task {
             let checkpoint = match manifest.checkpoint {
                 None => None,
                 Some(cp) => {
-                    if sync.data.len() as u64 != cp.total_len || Digest::of(&sync.data) != cp.digest
-                    {
+                    let mut bytes = Vec::with_capacity(cp.total_len as usize);
+                    for chunk in sync.chunks {
+                        bytes.extend(chunk.ok_or_else(|| fail("missing chunk".into()))?);
+                    }
+                    if bytes.len() as u64 != cp.total_len || Digest::of(&bytes) != cp.digest {
+                        // Every chunk matched its digest, so the manifest itself lied.
+                        self.penalize(peer, PeerAction::LowTolerance);
                         return Err(fail("checkpoint does not match its digest".into()));
                     }
                     Some(Checkpoint {
                         meta: cp.meta,
-                        bytes: sync.data,
+                        bytes,
                     })
                 }
             };
@@ -780,9 +809,6 @@ impl Task {
                 certificates: manifest.certificates,
             })
         });
-        if outcome.is_err() {
-            self.penalize(peer, PeerAction::MidTolerance);
-        }
         let _ = sync.reply.send(outcome);
     }
 

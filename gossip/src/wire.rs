@@ -16,6 +16,9 @@ use libp2p::{
 
 use crate::{Digest, counters::ProtocolCounters};
 
+/// Smallest chunk size a state manifest may use (unless the checkpoint is smaller).
+const MIN_CHUNK: u64 = 4096;
+
 /// Upper bound of one bincode-decoded value (the frame limit is usually much smaller).
 const BINCODE_LIMIT: usize = 256 << 20;
 
@@ -187,7 +190,9 @@ impl CheckpointManifest {
                 self.total_len
             ));
         }
-        if self.chunk_size == 0 || self.chunk_size > max_chunk as u64 {
+        // Tiny chunks would turn one sync into a flood of requests.
+        let min_chunk = MIN_CHUNK.min(self.total_len.max(1));
+        if self.chunk_size < min_chunk || self.chunk_size > max_chunk as u64 {
             return Err(format!("chunk size {} out of range", self.chunk_size));
         }
         let expected = self.total_len.div_ceil(self.chunk_size);
@@ -447,12 +452,19 @@ mod tests {
         let (m, chunks) = CheckpointManifest::build(b"meta".to_vec(), &data, 1000);
         assert_eq!(chunks.len(), 3);
         assert_eq!(m.chunk_len(2), 500);
-        assert_eq!(m.check(10_000, 1000), Ok(()));
-        assert!(m.check(2000, 1000).is_err());
-        assert!(m.check(10_000, 999).is_err());
+        assert!(m.check(10_000, 1000).is_err(), "chunks under 4 KiB");
+        let data: Vec<u8> = (0..25_000u32).map(|i| i as u8).collect();
+        let (m, chunks) = CheckpointManifest::build(b"meta".to_vec(), &data, 10_000);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(m.chunk_len(2), 5_000);
+        assert_eq!(m.check(100_000, 10_000), Ok(()));
+        assert!(m.check(20_000, 10_000).is_err());
+        assert!(m.check(100_000, 9_999).is_err());
         let mut lying = m.clone();
         lying.chunks.pop();
-        assert!(lying.check(10_000, 1000).is_err());
+        assert!(lying.check(100_000, 10_000).is_err());
+        let small = CheckpointManifest::build(vec![], &[1, 2, 3], 1000).0;
+        assert_eq!(small.check(10, 1000), Ok(()));
         let empty = CheckpointManifest::build(vec![], &[], 1000).0;
         assert_eq!(empty.check(10, 1000), Ok(()));
         assert!(empty.chunks.is_empty());

@@ -385,3 +385,42 @@ async fn peers_of_another_chain_are_disconnected() -> anyhow::Result<()> {
     assert!(ours.handle.mesh_peers(Topic::Consensus).await?.is_empty());
     Ok(())
 }
+
+/// A flood of invalid messages drives the sender's score below the graylist threshold (-80),
+/// after which gossipsub ignores everything it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_of_invalid_messages_graylists_the_sender() -> anyhow::Result<()> {
+    let judge = spawn(
+        config("flood"),
+        Behaviour {
+            verdict: Arc::new(|_, _| Verdict::Reject("garbage")),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let mut cfg = config("flood");
+    cfg.bootstrap = vec![judge.addr.clone()];
+    let flooder = spawn(cfg, Behaviour::default()).await;
+    let nodes = [judge, flooder];
+    wait_for_mesh(&nodes, Topic::Consensus, 1).await;
+    let [judge, flooder] = nodes;
+    for i in 0..5u8 {
+        flooder
+            .handle
+            .publish(Topic::Consensus, vec![i; 100])
+            .await?;
+    }
+    let (handle, peer) = (judge.handle.clone(), flooder.peer);
+    eventually("the flooder is graylisted", || {
+        let handle = handle.clone();
+        async move { handle.peer_score(peer).await.ok().flatten().unwrap_or(0.0) < -80.0 }
+    })
+    .await;
+    let c = judge.handle.counters().await?;
+    assert!(
+        c.verdicts_for(Topic::Consensus, Outcome::Rejected) >= 3,
+        "{c:?}"
+    );
+    assert_eq!(c.verdicts_for(Topic::Consensus, Outcome::Accepted), 0);
+    Ok(())
+}
