@@ -373,6 +373,12 @@ impl Consensus {
         self.skip_locking_rule = true;
     }
 
+    /// True when this node's key is in the validator set (else it only follows and decides
+    /// from others' votes or a `Commit`).
+    pub fn is_validator(&self) -> bool {
+        self.me.is_some()
+    }
+
     /// The height this instance runs.
     pub fn height(&self) -> Height {
         self.height

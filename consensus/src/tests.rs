@@ -1129,3 +1129,37 @@ fn ed25519_network_decides() {
         assert_eq!(d, Some((Value(b"aggregate".to_vec()), View(0))));
     }
 }
+
+#[test]
+fn consensus_is_send_and_followers_never_sign() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Consensus>();
+    let net = Net::new();
+    let outsider = ValidatorId([200; 32]);
+    let mut follower = Consensus::new(
+        net.params(),
+        Height(1),
+        net.set.clone(),
+        Box::new(InsecureTestSigner::new(outsider)),
+        Box::new(InsecureTestVerifier),
+    );
+    assert!(!follower.is_validator());
+    let a = value(0xa);
+    let out = apply_all(
+        &mut follower,
+        vec![
+            Input::StartHeight,
+            Input::Proposal(net.proposal(0, &a, None)),
+            verdict(&a, true),
+            timeout(0, TimeoutStep::Propose),
+            Input::Vote(net.vote(1, 0, VoteKind::Precommit, Some(&a))),
+            Input::Vote(net.vote(2, 0, VoteKind::Precommit, Some(&a))),
+            Input::Vote(net.vote(3, 0, VoteKind::Precommit, Some(&a))),
+        ],
+    );
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Persist(_) | Output::Broadcast(_)))
+    );
+    assert_eq!(follower.decision().map(|d| d.1.clone()), Some(a));
+}
