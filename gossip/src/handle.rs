@@ -150,6 +150,10 @@ pub(crate) enum Command {
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
+    AddExternalAddr {
+        addr: Multiaddr,
+        reply: oneshot::Sender<()>,
+    },
     Peers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
@@ -295,6 +299,14 @@ impl NetworkHandle {
     /// least one listener is up when any was configured.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, Error> {
         self.ask(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Declares `addr` a confirmed external address of this node (a public address the operator
+    /// knows, or one learnt after start): peers learn it, Kademlia answers queries, and a relay
+    /// server starts accepting reservations.
+    pub async fn add_external_addr(&self, addr: Multiaddr) -> Result<(), Error> {
+        self.ask(|reply| Command::AddExternalAddr { addr, reply })
+            .await
     }
 
     /// Peers with an established connection.

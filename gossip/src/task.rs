@@ -16,6 +16,7 @@ use libp2p::{
     gossipsub, identify,
     identity::Keypair,
     kad, mdns,
+    multiaddr::Protocol,
     request_response::{self, OutboundRequestId, ResponseChannel},
     swarm::SwarmEvent,
 };
@@ -130,6 +131,8 @@ pub(crate) struct Task {
     banned: VecDeque<PeerId>,
     connected: HashSet<PeerId>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    /// Relayed listen addresses waiting for a connection to their relay.
+    relay_listens: Vec<(PeerId, Multiaddr)>,
     bootstrapped: bool,
     ticks: u64,
     next_id: u64,
@@ -143,11 +146,27 @@ impl Task {
     ) -> Result<Self, Error> {
         let wire = Arc::new(WireCounters::default());
         let mut swarm = behaviour::build_swarm(&config, keypair, wire.clone())?;
+        // Relayed listen addresses (`<relay>/p2p-circuit`) wait until the relay is connected:
+        // the relay client's own dial would be refused while a bootstrap dial to the same peer
+        // is pending, and the listener would close.
+        let mut relay_listens = Vec::new();
         for addr in &config.listen_addrs {
-            swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
+            match relay_of(addr) {
+                Some(Ok(relay)) => relay_listens.push((relay, addr.clone())),
+                Some(Err(())) => {
+                    return Err(Error::Listen {
+                        addr: addr.clone(),
+                        reason: "a relayed address needs /p2p/<relay peer id> before /p2p-circuit"
+                            .into(),
+                    });
+                }
+                None => {
+                    swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
+                        addr: addr.clone(),
+                        reason: e.to_string(),
+                    })?;
+                }
+            }
         }
         for addr in &config.external_addrs {
             swarm.add_external_address(addr.clone());
@@ -172,15 +191,30 @@ impl Task {
             banned: VecDeque::new(),
             connected: HashSet::new(),
             listen_waiters: Vec::new(),
+            relay_listens: Vec::new(),
             bootstrapped: false,
             ticks: 0,
             next_id: 0,
         };
+        let mut dialled = HashSet::new();
         for addr in task.config.bootstrap.clone() {
+            dialled.extend(behaviour::peer_of(&addr));
             if let Err(e) = task.dial(addr) {
                 warn!(error = %e, "bootstrap dial failed");
             }
         }
+        for (relay, addr) in &relay_listens {
+            if dialled.insert(*relay) {
+                let relay_addr: Multiaddr = addr
+                    .iter()
+                    .take_while(|p| !matches!(p, Protocol::P2pCircuit))
+                    .collect();
+                if let Err(e) = task.dial(relay_addr) {
+                    warn!(error = %e, "relay dial failed");
+                }
+            }
+        }
+        task.relay_listens = relay_listens;
         Ok(task)
     }
 
@@ -290,6 +324,10 @@ impl Task {
                 } else {
                     let _ = reply.send(addrs);
                 }
+            }
+            Command::AddExternalAddr { addr, reply } => {
+                self.swarm.add_external_address(addr);
+                let _ = reply.send(());
             }
             Command::Peers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -1153,6 +1191,9 @@ impl Task {
                 ..
             } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if !endpoint.is_relayed() {
+                    self.listen_via_relay(peer_id);
+                }
                 if num_established.get() == 1 && self.connected.insert(peer_id) {
                     self.emit(NetworkEvent::PeerConnected { peer: peer_id });
                 }
@@ -1177,6 +1218,19 @@ impl Task {
                 info!(%address, "external address confirmed");
             }
             _ => {}
+        }
+    }
+
+    /// Starts the relayed listeners that waited for a connection to `relay`.
+    fn listen_via_relay(&mut self, relay: PeerId) {
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.relay_listens)
+            .into_iter()
+            .partition(|(r, _)| *r == relay);
+        self.relay_listens = waiting;
+        for (_, addr) in ready {
+            if let Err(e) = self.swarm.listen_on(addr.clone()) {
+                warn!(%addr, error = %e, "cannot listen via relay");
+            }
         }
     }
 
@@ -1419,6 +1473,16 @@ impl Task {
             self.maybe_dial(peer);
         }
     }
+}
+
+/// For a relayed address `<relay addr>/p2p/<relay>/p2p-circuit[...]`: the relay's peer id, or
+/// `Err` when it is missing; `None` for a direct address.
+fn relay_of(addr: &Multiaddr) -> Option<Result<PeerId, ()>> {
+    let circuit = addr
+        .iter()
+        .position(|p| matches!(p, Protocol::P2pCircuit))?;
+    let relay = addr.iter().take(circuit).collect::<Multiaddr>();
+    Some(behaviour::peer_of(&relay).ok_or(()))
 }
 
 /// Whether a failed request means the peer sent bytes that break our framing.

@@ -112,3 +112,61 @@ async fn inline_transfer_carries_a_4mib_delta() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A node reachable only through a relay: it reserves a slot on a relay server, a third node
+/// dials it through the circuit (and DCUtR may upgrade to a direct connection), and gossip
+/// flows between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_node_is_reachable_through_a_relay_server() -> anyhow::Result<()> {
+    let nat = || {
+        let mut cfg = config("relay");
+        cfg.nat_traversal = true;
+        cfg.kademlia = false;
+        cfg
+    };
+    let mut relay_cfg = nat();
+    relay_cfg.relay_server = true;
+    let relay = spawn(relay_cfg, Behaviour::default()).await;
+    relay.handle.add_external_addr(relay.addr.clone()).await?;
+    let circuit: gossip::Multiaddr = format!("{}/p2p-circuit", relay.addr).parse()?;
+
+    let mut hidden_cfg = nat();
+    hidden_cfg.listen_addrs = vec![circuit.clone()];
+    hidden_cfg.bootstrap = vec![relay.addr.clone()];
+    let mut hidden = spawn(hidden_cfg, Behaviour::default()).await;
+    assert!(
+        hidden.addr.to_string().contains("/p2p-circuit"),
+        "{}",
+        hidden.addr
+    );
+
+    let dialer = spawn(nat(), Behaviour::default()).await;
+    dialer
+        .handle
+        .dial(format!("{circuit}/p2p/{}", hidden.peer).parse()?)
+        .await?;
+    let nodes = [dialer];
+    let hidden_peer = hidden.peer;
+    let h = nodes[0].handle.clone();
+    eventually("the dialer meshes with the hidden node", || {
+        let h = h.clone();
+        async move {
+            h.mesh_peers(Topic::Consensus)
+                .await
+                .unwrap_or_default()
+                .contains(&hidden_peer)
+        }
+    })
+    .await;
+    let [dialer] = nodes;
+    dialer
+        .handle
+        .publish(Topic::Consensus, b"through the relay".to_vec())
+        .await?;
+    let got = next_message(&mut hidden).await;
+    assert_eq!(got.data, b"through the relay");
+    // Directly from the dialer, or forwarded by the relay (a gossip peer too).
+    assert!(got.from == dialer.peer || got.from == relay.peer);
+    assert!(dialer.handle.peers().await?.contains(&hidden.peer));
+    Ok(())
+}
