@@ -40,10 +40,12 @@
 //! - **Gossipsub** on three typed topics ([`Topic`], `/cohort/<chain-id>/<kind>/1`), signed
 //!   (strict), with application validation: every message waits for a [`Verdict`] from the node
 //!   ([`NetworkHandle::report_validation`]). Message ids are the sha256 of the gossiped bytes.
-//!   Peer scoring is on (see `behaviour::score_params`): a rejected message costs its senders
-//!   20 points squared per message (P4; graylisting at -80 means two invalid messages cut a peer
-//!   off until they decay, an hour to a tenth), and [`NetworkHandle::penalize`] feeds the node's
-//!   own judgement into P5.
+//!   Peer scoring is on (see `behaviour::score_params`): rejected messages cost their senders
+//!   -20 x (count)^2 (P4: one costs 20, three cost 180, past the graylist threshold of -80, after
+//!   which gossipsub ignores the peer until the count decays, to a tenth per hour), and
+//!   [`NetworkHandle::penalize`] feeds the node's own judgement into P5 (decaying 1 % a second);
+//!   [`PeerAction::Fatal`] bans through the block list. P3 (mesh delivery rate) is off: our
+//!   topics carry about one message per validator per round.
 //! - **Request-response** with a length-prefixed, size-limited codec (`wire`): `/cohort/<chain>/blob/1`
 //!   fetches bytes by sha256 digest; `/cohort/<chain>/state/1` returns a state manifest (the
 //!   latest checkpoint as chunk digests + opaque certificates after a height), whose chunks are
@@ -52,8 +54,10 @@
 //! - **Discovery**: bootstrap multiaddrs, identify (its protocol version carries the chain id;
 //!   peers of other networks are disconnected), Kademlia on `/cohort/<chain>/kad/1.0.0` (server
 //!   mode forced by config, else AutoNAT decides), newly found peers dialled up to
-//!   `target_peers`; mDNS when configured; AutoNAT + DCUtR + relay client for NATed nodes, relay
-//!   server when configured.
+//!   `target_peers`; mDNS when configured; AutoNAT + DCUtR + relay client for NATed nodes (a
+//!   listen address `<relay>/p2p/<relay id>/p2p-circuit` reserves a slot once the relay is
+//!   connected), relay server when configured (it serves once the node has a confirmed external
+//!   address: `external_addrs`, [`NetworkHandle::add_external_addr`] or AutoNAT).
 //! - **Counters** ([`NetworkCounters`]): transport bytes, blob/state protocol bytes, per-topic
 //!   payload bytes and messages, verdicts by topic and reason, digest mismatches, dropped events.
 //!
