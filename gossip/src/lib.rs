@@ -116,7 +116,9 @@
 //!
 //! # Modules
 //! - `handle`: [`Network`], [`NetworkHandle`], [`NetworkEvent`], commands.
-//! - `task`: the swarm-owning event loop.
+//! - `task`: the swarm-owning event loop (commands, housekeeping); `task::gossip` received
+//!   messages, `task::fetch` blob fetching and serving, `task::sync` state sync, `task::swarm`
+//!   connections and discovery.
 //! - `behaviour`: the composed behaviour, gossipsub and scoring parameters, swarm construction.
 //! - `wire`: request-response codec, frames, announcements, state manifest.
 //! - `config`, `topic`, `digest`, `counters`, `blobs`, `error`.
