@@ -424,3 +424,50 @@ async fn flood_of_invalid_messages_graylists_the_sender() -> anyhow::Result<()> 
     assert_eq!(c.verdicts_for(Topic::Consensus, Outcome::Accepted), 0);
     Ok(())
 }
+
+/// A message the node never gives a verdict on is dropped (ignored, counted) after
+/// `validation_timeout`, and a late verdict is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_messages_time_out() -> anyhow::Result<()> {
+    let mut cfg = config("silent");
+    cfg.validation_timeout = std::time::Duration::from_secs(1);
+    let mut silent = spawn(
+        cfg,
+        Behaviour {
+            answer: false,
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let mut cfg = config("silent");
+    cfg.bootstrap = vec![silent.addr.clone()];
+    let talker = spawn(cfg, Behaviour::default()).await;
+    let nodes = [silent, talker];
+    wait_for_mesh(&nodes, Topic::Consensus, 1).await;
+    let [s, talker] = nodes;
+    silent = s;
+    let id = talker
+        .handle
+        .publish(Topic::Consensus, b"anyone?".to_vec())
+        .await?;
+    let got = next_message(&mut silent).await;
+    assert_eq!(got.data, b"anyone?");
+    let handle = silent.handle.clone();
+    eventually("the verdict times out", || {
+        let handle = handle.clone();
+        async move {
+            handle.counters().await.is_ok_and(|c| {
+                c.verdicts
+                    .iter()
+                    .any(|v| v.reason == "validation_timeout" && v.outcome == Outcome::Ignored)
+            })
+        }
+    })
+    .await;
+    let late = silent
+        .handle
+        .report_validation(id, talker.peer, Verdict::Accept)
+        .await?;
+    assert!(!late, "a verdict after the timeout is refused");
+    Ok(())
+}

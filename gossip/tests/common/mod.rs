@@ -35,6 +35,8 @@ pub struct Behaviour {
     pub blobs: Arc<HashMap<gossip::Digest, Vec<u8>>>,
     /// Answer to state requests.
     pub state: Option<StateFn>,
+    /// Give verdicts at all (false: the node never answers, messages time out).
+    pub answer: bool,
 }
 
 impl Default for Behaviour {
@@ -43,6 +45,7 @@ impl Default for Behaviour {
             verdict: Arc::new(|_, _| Verdict::Accept),
             blobs: Arc::new(HashMap::new()),
             state: None,
+            answer: true,
         }
     }
 }
@@ -77,6 +80,14 @@ pub async fn spawn(config: NetworkConfig, behaviour: Behaviour) -> Node {
                     data,
                     ..
                 } => {
+                    if !behaviour.answer {
+                        let _ = tx.try_send(Received {
+                            topic,
+                            from: propagation_source,
+                            data,
+                        });
+                        continue;
+                    }
                     let verdict = (behaviour.verdict)(topic, &data);
                     let _ = pump_handle
                         .report_validation(message_id, propagation_source, verdict)
