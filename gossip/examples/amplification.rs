@@ -7,7 +7,8 @@
 //! cargo run -q -p gossip --example amplification -- --nodes 16 --mode inline --mesh 6
 //! ```
 //!
-//! Modes: `announce` (deltas as announce-then-fetch, the default), `inline` (deltas whole on
+//! Modes: `announce` (deltas as announce-then-fetch, the default, flood publish on),
+//! `announce-mesh` (the same with flood publish off), `inline` (deltas whole on
 //! gossipsub, flood publish off, IDONTWANT on as in gossipsub v1.2), `inline-flood` (inline with
 //! flood publish on). `--mesh D` sets the gossipsub mesh degree.
 
@@ -51,6 +52,10 @@ fn config(args: &Args) -> NetworkConfig {
     cfg.deltas.max_message_size = 2 << 20;
     match args.mode.as_str() {
         "announce" => cfg.deltas.transfer = Transfer::AnnounceFetch,
+        "announce-mesh" => {
+            cfg.deltas.transfer = Transfer::AnnounceFetch;
+            cfg.flood_publish = false;
+        }
         "inline" => {
             cfg.deltas.transfer = Transfer::Inline;
             cfg.flood_publish = false;

@@ -98,6 +98,7 @@
 //! | deltas travel as                          | n = 8: mean (worst) | n = 16: mean (worst) | all delivered (8 / 16) |
 //! |-------------------------------------------|---------------------|----------------------|------------------------|
 //! | announce + fetch (default)                | 1.005-1.006 (1.008) | 1.013-1.015 (1.025)  | 0.5-0.6 s / 3.1-3.5 s  |
+//! | announce + fetch, flood publish off       | 1.004-1.008 (1.012) | 1.012-1.015 (1.023)  | 0.7-1.1 s / 3.5-4.3 s  |
 //! | inline, D = 6, flood publish off          | 2.52-2.70 (3.58)    | 2.28-2.44 (3.28)     | 1.6 s / 5.9-7.1 s      |
 //! | inline, D = 6, flood publish on           | 2.51-2.68 (3.15)    | 2.17-2.30 (2.95)     | 0.8-1.2 s / 6.4-7.2 s  |
 //! | inline, D = 3, flood publish off          | 1.86-2.10 (2.58)    | 1.73-1.89 (2.42)     | 1.4-1.8 s / 5.8-6.4 s  |
@@ -105,8 +106,12 @@
 //! Only announce-then-fetch meets the 1.5x goal; halving the mesh degree does not (and weakens
 //! the mesh). Its costs: one request round trip per hop, and a node uploads a payload to each
 //! mesh peer that fetches from it (the busiest node sent 1.4-1.75x the ideal with 16 nodes,
-//! against up to 3.5x inline). Modes: `--mode announce | inline | inline-flood`, `--nodes N`,
-//! `--mesh D`.
+//! against up to 3.5x inline). With flood publish on (the default) an announcement reaches
+//! every connected subscriber at once, so most peers fetch straight from the author: fastest,
+//! but the author uploads its payload up to `target_peers` times. With `flood_publish = false`
+//! the author serves only its mesh (about D peers) and the rest fetch from forwarders, one hop
+//! later; received bytes stay at the ideal either way. Modes: `--mode announce | announce-mesh |
+//! inline | inline-flood`, `--nodes N`, `--mesh D`.
 //!
 //! # Bad input
 //! Frames over a protocol's limit fail on their length prefix; undecodable frames and wrong
