@@ -3,7 +3,14 @@
 //! The binary is thin: it parses the command line once into typed arguments and hands each
 //! subcommand to its module under [`cmd`]. Errors print as one line and exit non-zero.
 
+mod api;
 mod cmd;
+mod driver;
+mod genesis;
+mod keys;
+mod metrics;
+mod store;
+mod wire;
 
 use std::process::ExitCode;
 
@@ -23,6 +30,20 @@ enum Command {
     Centralized(cmd::centralized::Args),
     /// Simulate N nodes in one process on the same math as the networked node (no network).
     Simulate(cmd::simulate::Args),
+    /// Generate a node key (the libp2p identity and the validator key).
+    Keygen(cmd::keygen::Args),
+    /// Write a genesis file: chain id, model and training configuration, validators.
+    Genesis(cmd::genesis::Args),
+    /// Run a node.
+    Run(Box<cmd::run::Args>),
+    /// Start a local multi-process testnet on loopback and report every round.
+    Testnet(cmd::testnet::Args),
+    /// Show a running node's status.
+    Status(cmd::admin::StatusArgs),
+    /// Re-check a data dir's ledger from genesis and its stored model.
+    Verify(cmd::admin::VerifyArgs),
+    /// Export the committed model as safetensors.
+    Export(cmd::admin::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +58,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Centralized(a) => cmd::centralized::run(a),
         Command::Simulate(a) => cmd::simulate::run(a),
+        Command::Keygen(a) => cmd::keygen::run(a),
+        Command::Genesis(a) => cmd::genesis::run(a),
+        Command::Run(a) => cmd::run::run(*a),
+        Command::Testnet(a) => cmd::testnet::run(a),
+        Command::Status(a) => cmd::admin::status(a),
+        Command::Verify(a) => cmd::admin::verify(a),
+        Command::Export(a) => cmd::admin::export(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,10 @@
 //! One module per subcommand.
 
+pub mod admin;
 pub mod centralized;
 pub mod common;
+pub mod genesis;
+pub mod keygen;
+pub mod run;
 pub mod simulate;
+pub mod testnet;

@@ -1,0 +1,132 @@
+//! `cohort status`, `cohort verify`, `cohort export`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use consensus::Value;
+
+use crate::genesis::Genesis;
+use crate::keys::hex;
+use crate::metrics::Status;
+use crate::wire::RoundValue;
+
+/// Flags of `cohort status`.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// The node's API address, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub api: String,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn status(a: StatusArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let body = rt.block_on(crate::api::get(&a.api, "/status"))?;
+    if a.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let s: Status = serde_json::from_str(&body).context("parsing /status")?;
+    println!("chain        {}", s.chain_id);
+    println!("peer id      {}", s.peer_id);
+    println!("role         {}", if s.validator { "validator" } else { "observer" });
+    println!("round        {} (view {})", s.round, s.view);
+    println!("peers        {}", s.peers);
+    println!("validators   {}", s.validators);
+    println!("last commit  {} ({} deltas)", s.last_value, s.last_included);
+    println!("model hash   {}", s.model_hash);
+    println!("accuracy     {:.2}%  loss {:.4}", s.accuracy * 100.0, s.loss);
+    Ok(())
+}
+
+/// Flags of `cohort verify`.
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The node's data directory.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The network's genesis file.
+    #[arg(long)]
+    pub genesis: PathBuf,
+}
+
+/// Re-checks every commit certificate from genesis, the hash chain of values, and that the stored
+/// model hashes to the last committed value's model hash. Returns the number of rounds checked.
+pub fn verify_dir(data_dir: &std::path::Path, genesis: &Genesis) -> Result<u64> {
+    let ledger = crate::store::read_ledger(data_dir)?;
+    let mut base = model::params::hash_params(&genesis.initial_params());
+    let mut prev = [0u8; 32];
+    for (i, e) in ledger.iter().enumerate() {
+        let h = i as u64 + 1;
+        if e.height != h {
+            bail!("ledger entry {i} is for height {}, expected {h}", e.height);
+        }
+        let rv: RoundValue = e.verify(&genesis.chain_id, &genesis.validators)?;
+        if rv.base_hash != base {
+            bail!("round {h} starts from {}, but round {} ended at {}", hex(&rv.base_hash), h - 1, hex(&base));
+        }
+        if rv.prev_value != prev {
+            bail!("round {h} does not link to the previous commit");
+        }
+        if rv.included.len() < genesis.validators.quorum() {
+            bail!("round {h} includes {} deltas, fewer than a quorum", rv.included.len());
+        }
+        base = rv.model_hash;
+        prev = Value(e.value.clone()).id().0;
+    }
+    let state = crate::store::read_state(data_dir)?;
+    let rounds = ledger.len() as u64;
+    if state.round != rounds {
+        bail!("stored state is for round {}, the ledger ends at {rounds}", state.round);
+    }
+    let got = model::params::hash_params(&state.params);
+    if got != base {
+        bail!("stored model hashes to {}, the last commit says {}", hex(&got), hex(&base));
+    }
+    Ok(rounds)
+}
+
+pub fn verify(a: VerifyArgs) -> Result<()> {
+    let genesis = Genesis::load(&a.genesis)?;
+    let rounds = verify_dir(&a.data_dir, &genesis)
+        .with_context(|| format!("verifying {}", a.data_dir.display()))?;
+    let state = crate::store::read_state(&a.data_dir)?;
+    println!(
+        "ok: {rounds} rounds, every certificate valid, model hash {}",
+        hex(&model::params::hash_params(&state.params))
+    );
+    Ok(())
+}
+
+/// Flags of `cohort export`.
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// The node's data directory.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let state = crate::store::read_state(&a.data_dir)?;
+    let kind = [
+        model::net::ModelKind::Mlp,
+        model::net::ModelKind::Cnn,
+        model::net::ModelKind::DigitsMlp,
+    ]
+    .into_iter()
+    .find(|k| k.num_params() == state.params.len())
+    .context("the stored model matches no known architecture")?;
+    model::params::save_safetensors(kind, &state.params, &a.out)?;
+    println!(
+        "wrote {} ({kind}, round {}, model hash {})",
+        a.out.display(),
+        state.round,
+        hex(&model::params::hash_params(&state.params))
+    );
+    Ok(())
+}

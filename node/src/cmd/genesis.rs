@@ -1,0 +1,104 @@
+//! `cohort genesis`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::genesis::{demo, write};
+use crate::keys::load_public;
+
+/// Flags of `cohort genesis`. Every training flag has the demo's default.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Validators: comma-separated `.pub` files or hex public keys.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub validators: Vec<String>,
+    /// Network name.
+    #[arg(long, default_value = "cohort-local")]
+    pub chain_id: String,
+    /// mlp, cnn or digits-mlp.
+    #[arg(long, default_value = "digits-mlp")]
+    pub model: String,
+    /// digits, mnist or fashion-mnist.
+    #[arg(long, default_value = "digits")]
+    pub dataset: String,
+    /// How `--shard` splits the dataset.
+    #[arg(long, default_value = "dirichlet:0.5")]
+    pub partition: String,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 1)]
+    pub local_epochs: usize,
+    /// Local steps per round (instead of epochs).
+    #[arg(long)]
+    pub local_steps: Option<usize>,
+    /// Minibatch size.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// sgd:LR[,MOMENTUM] or adam:LR.
+    #[arg(long, default_value = "sgd:0.1,0.9")]
+    pub optimizer: String,
+    /// FedProx mu.
+    #[arg(long, default_value_t = 0.0)]
+    pub prox_mu: f64,
+    /// Aggregation rule.
+    #[arg(long, default_value = "mean")]
+    pub rule: String,
+    /// Server learning rate.
+    #[arg(long, default_value_t = 1.0)]
+    pub server_lr: f64,
+    /// Server momentum.
+    #[arg(long, default_value_t = 0.0)]
+    pub server_momentum: f64,
+    /// Delta compression.
+    #[arg(long, default_value = "dense")]
+    pub compress: String,
+    /// Differential privacy, clip:C,noise:SIGMA.
+    #[arg(long, default_value = "")]
+    pub dp: String,
+    /// Seed of the initial model.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Proposal timeout in view 0, ms (must cover local training).
+    #[arg(long, default_value_t = 4000)]
+    pub propose_ms: u64,
+    /// Checkpoint every K rounds.
+    #[arg(long, default_value_t = 5)]
+    pub checkpoint_every: u64,
+    /// Output file.
+    #[arg(long, default_value = "genesis.toml")]
+    pub out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let ids = a
+        .validators
+        .iter()
+        .map(|v| load_public(v))
+        .collect::<Result<Vec<_>>>()?;
+    let mut g = demo(&a.chain_id, &ids);
+    g.seed = a.seed;
+    g.checkpoint_every = a.checkpoint_every;
+    g.model.kind = a.model;
+    g.model.dataset = a.dataset;
+    g.model.partition = a.partition;
+    let t = &mut g.training;
+    t.local_epochs = a.local_epochs;
+    t.local_steps = a.local_steps;
+    t.batch = a.batch;
+    t.optimizer = a.optimizer;
+    t.prox_mu = a.prox_mu;
+    t.rule = a.rule;
+    t.server_lr = a.server_lr;
+    t.server_momentum = a.server_momentum;
+    t.compression = a.compress;
+    t.dp = a.dp;
+    g.timeouts.propose_ms = a.propose_ms;
+    write(&g, &a.out)?;
+    println!(
+        "wrote {} ({} validators, chain {})",
+        a.out.display(),
+        ids.len(),
+        g.chain_id
+    );
+    Ok(())
+}

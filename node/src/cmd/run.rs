@@ -1,0 +1,227 @@
+//! `cohort run`: a node. Settings come from `--config FILE` (TOML) with flags overriding it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::driver::{Byzantine, DriverConfig};
+use crate::genesis::Genesis;
+use crate::keys::NodeKey;
+use crate::metrics::{Metrics, Status};
+use crate::store::Store;
+
+/// Flags of `cohort run` (each overrides the same key of `--config`).
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// TOML file with any of the keys below (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The node's key file (from `cohort keygen`).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// The network's genesis file.
+    #[arg(long)]
+    pub genesis: Option<PathBuf>,
+    /// Where the ledger, WAL, state and checkpoints live.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Use shard I of the genesis dataset (with --shards N).
+    #[arg(long)]
+    pub shard: Option<usize>,
+    /// How many shards the genesis dataset is split into.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Train on this node's own IDX files in DIR instead of a shard.
+    #[arg(long)]
+    pub own_data: Option<PathBuf>,
+    /// IDX directory for the mnist/fashion-mnist genesis dataset (for --shard).
+    #[arg(long)]
+    pub dataset_dir: Option<PathBuf>,
+    /// Listen multiaddr (repeatable). Default /ip4/0.0.0.0/tcp/9000.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Bootstrap peer multiaddr with /p2p/PEERID (repeatable).
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+    /// HTTP address for /status and /metrics (e.g. 127.0.0.1:8080; port 0 picks one).
+    #[arg(long)]
+    pub api: Option<String>,
+    /// Demonstration misbehaviour: sign-flip[:S], gaussian[:S], alie, label-flip, zeros,
+    /// equivocate, silent.
+    #[arg(long)]
+    pub byzantine: Option<String>,
+    /// Discover peers on the local network with mDNS.
+    #[arg(long)]
+    pub mdns: bool,
+    /// Exit-free stop marker: report "done" after this round (testnets).
+    #[arg(long)]
+    pub rounds: Option<u64>,
+    /// Print one JSON line per committed round on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The TOML form of the same settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    key: Option<PathBuf>,
+    genesis: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    shard: Option<usize>,
+    shards: Option<usize>,
+    own_data: Option<PathBuf>,
+    dataset_dir: Option<PathBuf>,
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    bootstrap: Vec<String>,
+    api: Option<String>,
+    byzantine: Option<String>,
+    #[serde(default)]
+    mdns: bool,
+    rounds: Option<u64>,
+}
+
+fn merge(mut a: Args) -> Result<Args> {
+    let Some(path) = a.config.clone() else {
+        return Ok(a);
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let f: FileConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    a.key = a.key.or(f.key);
+    a.genesis = a.genesis.or(f.genesis);
+    a.data_dir = a.data_dir.or(f.data_dir);
+    a.shard = a.shard.or(f.shard);
+    a.shards = a.shards.or(f.shards);
+    a.own_data = a.own_data.or(f.own_data);
+    a.dataset_dir = a.dataset_dir.or(f.dataset_dir);
+    if a.listen.is_empty() {
+        a.listen = f.listen;
+    }
+    if a.bootstrap.is_empty() {
+        a.bootstrap = f.bootstrap;
+    }
+    a.api = a.api.or(f.api);
+    a.byzantine = a.byzantine.or(f.byzantine);
+    a.mdns |= f.mdns;
+    a.rounds = a.rounds.or(f.rounds);
+    Ok(a)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let a = merge(a)?;
+    let key_path = a.key.clone().context("--key is required")?;
+    let genesis_path = a.genesis.clone().context("--genesis is required")?;
+    let data_dir = a.data_dir.clone().context("--data-dir is required")?;
+    let key = NodeKey::load(&key_path)?;
+    let genesis = Genesis::load(&genesis_path)?;
+    let byzantine = a
+        .byzantine
+        .as_deref()
+        .map(|s| s.parse::<Byzantine>().map_err(|e| anyhow::anyhow!("--byzantine: {e}")))
+        .transpose()?;
+    // Data: this node's own files, or its shard of the genesis dataset.
+    let (mut train, test) = match (&a.own_data, a.shard) {
+        (Some(dir), _) => {
+            let s = model::data::load_idx_dir(dir)?;
+            (s.train, s.test)
+        }
+        (None, shard) => {
+            let split = model::data::load(genesis.dataset, a.dataset_dir.as_deref())?;
+            let shards = a.shards.unwrap_or(genesis.validators.len()).max(1);
+            let shard = shard.unwrap_or(0);
+            if shard >= shards {
+                bail!("--shard {shard} must be below --shards {shards}");
+            }
+            let parts = model::partition::partition(&split.train, shards, genesis.partition, genesis.file.seed);
+            (split.train.subset(&parts[shard]), split.test)
+        }
+    };
+    if train.features != genesis.model.input_features() {
+        bail!(
+            "model {} takes {} features, the data has {}",
+            genesis.model,
+            genesis.model.input_features(),
+            train.features
+        );
+    }
+    if matches!(byzantine, Some(Byzantine::Attack(m)) if m.is_data_level()) {
+        model::attack::flip_labels(&mut train.y);
+    }
+    let listen: Vec<gossip::Multiaddr> = if a.listen.is_empty() {
+        vec!["/ip4/0.0.0.0/tcp/9000".parse()?]
+    } else {
+        a.listen
+            .iter()
+            .map(|s| s.parse().with_context(|| format!("--listen {s}")))
+            .collect::<Result<_>>()?
+    };
+    let bootstrap: Vec<gossip::Multiaddr> = a
+        .bootstrap
+        .iter()
+        .map(|s| s.parse().with_context(|| format!("--bootstrap {s}")))
+        .collect::<Result<_>>()?;
+    let (store, recovered) = Store::open(&data_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()?;
+    rt.block_on(async move {
+        let mut net_cfg = gossip::NetworkConfig::new(genesis.chain_id.as_str());
+        net_cfg.listen_addrs = listen;
+        net_cfg.bootstrap = bootstrap;
+        net_cfg.mdns = a.mdns;
+        net_cfg.kademlia_server = true;
+        net_cfg.heartbeat_interval = Duration::from_millis(300);
+        net_cfg.request_timeout = Duration::from_secs(20);
+        let (net, events) = gossip::Network::spawn(net_cfg, key.libp2p()?)
+            .map_err(|e| anyhow::anyhow!("starting the network: {e}"))?;
+        // Tell launchers where we listen (after the swarm has bound its sockets).
+        let mut addrs = Vec::new();
+        for _ in 0..100 {
+            addrs = net.listen_addrs().await.unwrap_or_default();
+            if !addrs.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let peer = key.peer_id()?;
+        let lines: Vec<String> = addrs.iter().map(|m| format!("{m}/p2p/{peer}")).collect();
+        crate::store::log::write_atomic(&data_dir.join("listen.txt"), lines.join("\n").as_bytes())?;
+        let metrics = Arc::new(Metrics::default());
+        let (status_tx, status_rx) = watch::channel(Status::default());
+        if let Some(api) = &a.api {
+            let addr: SocketAddr = api.parse().with_context(|| format!("--api {api}"))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --api {api}"))?;
+            let bound = listener.local_addr()?;
+            crate::store::log::write_atomic(&data_dir.join("api.txt"), bound.to_string().as_bytes())?;
+            tokio::spawn(crate::api::serve(listener, metrics.clone(), status_rx, net.clone()));
+        }
+        tracing::info!(peer = %peer, listen = ?lines, "node started");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = stop_tx.send(true);
+        });
+        let cfg = DriverConfig {
+            key,
+            genesis,
+            train,
+            test,
+            byzantine,
+            max_rounds: a.rounds,
+            json_events: a.json,
+        };
+        let result = crate::driver::run(cfg, net.clone(), events, store, recovered, metrics, status_tx, stop_rx).await;
+        let _ = net.shutdown().await;
+        result
+    })
+}

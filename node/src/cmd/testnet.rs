@@ -1,0 +1,222 @@
+//! `cohort testnet`: keys and a genesis in a temp dir, N `cohort run` processes on loopback with
+//! real libp2p, one line per committed round, and every node's final model hash.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::genesis::{demo, write};
+use crate::keys::NodeKey;
+
+/// Flags of `cohort testnet`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Number of validator processes.
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
+    /// Rounds to commit.
+    #[arg(long, default_value_t = 10)]
+    pub rounds: u64,
+    /// Working directory (default: a new temp dir, removed at the end unless --keep).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Keep the working directory.
+    #[arg(long)]
+    pub keep: bool,
+    /// Make node I Byzantine: I:KIND, e.g. 3:sign-flip (repeatable).
+    #[arg(long)]
+    pub byzantine: Vec<String>,
+    /// Aggregation rule written into the genesis.
+    #[arg(long, default_value = "mean")]
+    pub rule: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+struct Node {
+    child: Child,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+enum Event {
+    Commit { node: usize, round: u64, line: serde_json::Value },
+    Done { node: usize, hash: String },
+    Exited { node: usize },
+}
+
+fn wait_for_file(path: &Path, deadline: Instant) -> Result<String> {
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.trim().is_empty()
+        {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let tmp = a.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("cohort-testnet-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let keys: Vec<NodeKey> = (0..a.nodes).map(|_| NodeKey::generate()).collect::<Result<_>>()?;
+    for (i, k) in keys.iter().enumerate() {
+        k.save(&tmp.join(format!("node{i}/node.key")))?;
+    }
+    let ids: Vec<_> = keys.iter().map(NodeKey::validator_id).collect();
+    let mut g = demo("cohort-testnet", &ids);
+    g.training.rule = a.rule.clone();
+    let genesis = tmp.join("genesis.toml");
+    write(&g, &genesis)?;
+    let mut byz = vec![None; a.nodes];
+    for b in &a.byzantine {
+        let (i, kind) = b.split_once(':').context("--byzantine I:KIND")?;
+        let i: usize = i.parse().context("--byzantine I:KIND")?;
+        *byz.get_mut(i).context("--byzantine index out of range")? = Some(kind.to_string());
+    }
+    println!(
+        "testnet: {} validators in {}, {} rounds, model {} on {} ({} partition)",
+        a.nodes,
+        tmp.display(),
+        a.rounds,
+        g.model.kind,
+        g.model.dataset,
+        g.model.partition
+    );
+    let exe = std::env::current_exe().context("locating the cohort binary")?;
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    let (tx, rx) = mpsc::channel::<Event>();
+    let mut nodes = Vec::new();
+    let mut bootstrap: Option<String> = None;
+    let start = Instant::now();
+    for i in 0..a.nodes {
+        let dir = tmp.join(format!("node{i}"));
+        let mut cmd = Command::new(&exe);
+        cmd.arg("run")
+            .arg("--key")
+            .arg(dir.join("node.key"))
+            .arg("--genesis")
+            .arg(&genesis)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--shard", &i.to_string(), "--shards", &a.nodes.to_string()])
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
+            .args(["--rounds", &a.rounds.to_string(), "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(b) = &bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        if let Some(k) = &byz[i] {
+            cmd.args(["--byzantine", k]);
+        }
+        let mut child = cmd.spawn().context("starting a node")?;
+        let stdout = child.stdout.take().context("node stdout")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let ev = match v["event"].as_str() {
+                    Some("commit") => Event::Commit {
+                        node: i,
+                        round: v["round"].as_u64().unwrap_or(0),
+                        line: v,
+                    },
+                    Some("done") => Event::Done {
+                        node: i,
+                        hash: v["model_hash"].as_str().unwrap_or("").to_string(),
+                    },
+                    _ => continue,
+                };
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+            let _ = tx.send(Event::Exited { node: i });
+        });
+        nodes.push(Node { child });
+        if i == 0 {
+            let addrs = wait_for_file(&dir.join("data/listen.txt"), deadline)?;
+            bootstrap = addrs.lines().next().map(str::to_string);
+        }
+    }
+    drop(tx);
+    let mut printed = 0u64;
+    let mut commits: std::collections::BTreeMap<u64, usize> = Default::default();
+    let mut hashes: Vec<Option<String>> = vec![None; a.nodes];
+    let mut last_round_at = start;
+    println!("round  accuracy   loss    deltas  delta bytes/node  seconds");
+    while hashes.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("testnet timed out after {} s ({printed} rounds printed)", a.timeout);
+        }
+        match rx.recv_timeout(left) {
+            Ok(Event::Commit { node, round, line }) => {
+                let c = commits.entry(round).or_default();
+                *c += 1;
+                // Print a round once, from the first node to commit it.
+                if round > printed && node < a.nodes {
+                    printed = round;
+                    let now = Instant::now();
+                    println!(
+                        "{round:>5}  {:>7.2}%  {:.4}  {:>6}  {:>16}  {:>7.2}",
+                        line["accuracy"].as_f64().unwrap_or(0.0) * 100.0,
+                        line["loss"].as_f64().unwrap_or(0.0),
+                        line["included"].as_u64().unwrap_or(0),
+                        line["delta_bytes_out"].as_u64().unwrap_or(0) / round.max(1),
+                        (now - last_round_at).as_secs_f64()
+                    );
+                    last_round_at = now;
+                }
+            }
+            Ok(Event::Done { node, hash }) => hashes[node] = Some(hash),
+            Ok(Event::Exited { node }) => {
+                if hashes[node].is_none() {
+                    bail!("node {node} exited before finishing (see its data dir in {})", tmp.display());
+                }
+            }
+            Err(_) => bail!("testnet timed out after {} s", a.timeout),
+        }
+    }
+    drop(nodes);
+    println!("final model hashes:");
+    for (i, h) in hashes.iter().enumerate() {
+        println!("  node{i}  {}", h.as_deref().unwrap_or("-"));
+    }
+    let first = hashes[0].clone();
+    let all_equal = hashes.iter().all(|h| *h == first);
+    println!(
+        "{} after {:.1}s",
+        if all_equal { "all hashes equal" } else { "HASHES DIFFER" },
+        start.elapsed().as_secs_f64()
+    );
+    if !a.keep && a.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    if !all_equal {
+        bail!("final model hashes differ");
+    }
+    Ok(())
+}

@@ -1,0 +1,1240 @@
+//! The round driver: one task that owns the node's state and selects over bounded channels
+//! (network events, training results, consensus timers, a periodic tick, shutdown).
+//!
+//! Round `r` (= consensus height `r`), from ARCHITECTURE.md:
+//! 1. train `theta_{r-1}` on the local shard (blocking thread), DP + compress, sign, gossip;
+//! 2. validate peers' deltas (size, decoding, author, round, base hash, signature, one per
+//!    author) and hold them;
+//! 3. the proposer proposes `RoundValue { included, model_hash, .. }` once it holds n - f deltas
+//!    (or 2f + 1 and `collect_ms` passed); validators recompute the aggregate and prevote only
+//!    if the hash matches;
+//! 4. on decision: append (value, certificate) to the ledger and fsync, then apply and persist
+//!    the state, then start the next round.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use consensus::{
+    Consensus, Ed25519Signer, Ed25519Verifier, ErrorKind, Height, Input, Message, Output, Params,
+    Timeout, ValidatorId, Value, ValueId, View, decode_message, decode_wal_entry, encode_message,
+    encode_wal_entry,
+};
+use gossip::{MessageId, NetworkEvent, NetworkHandle, PeerAction, PeerId, StateSnapshot, Topic, Verdict};
+use model::aggregate::Contribution;
+use model::attack::Attack;
+use model::data::Dataset;
+use model::rng::Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::genesis::Genesis;
+use crate::keys::{NodeKey, hex, peer_id_of};
+use crate::metrics::{Metrics, Status};
+use crate::store::Store;
+use crate::wire::{
+    DeltaMsg, Included, LedgerEntry, RoundValue, SignedDelta, StateBody, momentum_hash, sha256,
+};
+
+/// What a Byzantine demonstration node does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Byzantine {
+    /// A model-level or data-level attack from `model::attack`.
+    Attack(Attack),
+    /// Signs two different deltas for each round.
+    Equivocate,
+    /// Sends nothing: no deltas, no votes.
+    Silent,
+}
+
+impl std::str::FromStr for Byzantine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "equivocate" | "equivocation" => Ok(Self::Equivocate),
+            "silent" => Ok(Self::Silent),
+            _ => s
+                .parse::<Attack>()
+                .map(Self::Attack)
+                .map_err(|e| format!("{e}; or equivocate, silent")),
+        }
+    }
+}
+
+/// Everything the driver needs.
+pub struct DriverConfig {
+    /// The node key.
+    pub key: NodeKey,
+    /// The genesis.
+    pub genesis: Genesis,
+    /// This node's training data.
+    pub train: Dataset,
+    /// Held-out data for the accuracy metric.
+    pub test: Dataset,
+    /// Demonstration misbehaviour.
+    pub byzantine: Option<Byzantine>,
+    /// Stop after committing this round (the process keeps serving until killed).
+    pub max_rounds: Option<u64>,
+    /// Print one JSON line per commit on stdout (for `cohort testnet`).
+    pub json_events: bool,
+}
+
+/// One held delta of a round.
+struct Held {
+    digest: [u8; 32],
+    samples: u64,
+    base_hash: [u8; 32],
+    decoded: Arc<Vec<f32>>,
+}
+
+struct Trained {
+    round: u64,
+    out: model::Result<model::train::TrainOutput>,
+    secs: f64,
+}
+
+enum Fetched {
+    Blob {
+        round: u64,
+        bytes: Vec<u8>,
+    },
+    State {
+        peer: PeerId,
+        snapshot: Result<StateSnapshot, gossip::Error>,
+    },
+}
+
+/// The result of recomputing a value's aggregate.
+#[derive(Clone)]
+struct Applied {
+    params: Arc<Vec<f32>>,
+    velocity: Arc<Vec<f32>>,
+    included: usize,
+}
+
+/// The round driver.
+pub struct Driver {
+    cfg: DriverConfig,
+    me: ValidatorId,
+    my_peer: PeerId,
+    net: NetworkHandle,
+    store: Store,
+    metrics: Arc<Metrics>,
+    status: watch::Sender<Status>,
+
+    /// Last committed round.
+    committed: u64,
+    last_value: [u8; 32],
+    params: Arc<Vec<f32>>,
+    velocity: Arc<Vec<f32>>,
+    model_hash: [u8; 32],
+    residual: Vec<f32>,
+    ledger_len: u64,
+
+    consensus: Option<Consensus>,
+    /// Deltas held per round, per author.
+    deltas: BTreeMap<u64, BTreeMap<[u8; 32], Held>>,
+    /// Consensus messages for later heights, replayed when the height starts.
+    future: VecDeque<(u64, Message)>,
+    pending_propose: Option<(Height, View)>,
+    pending_validate: Vec<(ValueId, Value)>,
+    applied: HashMap<ValueId, Applied>,
+    fetching: HashSet<[u8; 32]>,
+    timers: BinaryHeap<Reverse<(Instant, u64, TimeoutKey)>>,
+    timer_seq: u64,
+    training_round: Option<u64>,
+    height_started: Instant,
+    trained_at: Option<Instant>,
+    proposal_seen_at: Option<Instant>,
+    train_secs: f64,
+    syncing: bool,
+    last_sync_try: Option<Instant>,
+    lag_signals: u32,
+    answered_lagging: HashMap<u64, Instant>,
+    done_announced: bool,
+    recovered_wal: Vec<Vec<u8>>,
+    /// Set when a height was committed; the main loop starts the next one.
+    need_start: bool,
+
+    train_tx: mpsc::Sender<Trained>,
+    fetch_tx: mpsc::Sender<Fetched>,
+}
+
+/// A timer in the heap (Ord for the heap; `Timeout` is the payload).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TimeoutKey {
+    height: u64,
+    view: u32,
+    step: u8,
+}
+
+fn key_of(t: &Timeout) -> TimeoutKey {
+    TimeoutKey {
+        height: t.height.0,
+        view: t.view.0,
+        step: match t.step {
+            consensus::TimeoutStep::Propose => 0,
+            consensus::TimeoutStep::Prevote => 1,
+            consensus::TimeoutStep::Precommit => 2,
+            _ => 3,
+        },
+    }
+}
+
+fn timeout_of(k: &TimeoutKey) -> Timeout {
+    Timeout {
+        height: Height(k.height),
+        view: View(k.view),
+        step: match k.step {
+            0 => consensus::TimeoutStep::Propose,
+            1 => consensus::TimeoutStep::Prevote,
+            2 => consensus::TimeoutStep::Precommit,
+            _ => consensus::TimeoutStep::Rebroadcast,
+        },
+    }
+}
+
+impl Driver {
+    /// Recovers from `store` and builds the driver.
+    fn new(
+        cfg: DriverConfig,
+        net: NetworkHandle,
+        store: Store,
+        recovered: crate::store::Recovered,
+        metrics: Arc<Metrics>,
+        status: watch::Sender<Status>,
+    ) -> Result<(Self, mpsc::Receiver<Trained>, mpsc::Receiver<Fetched>)> {
+        let me = cfg.key.validator_id();
+        let my_peer = cfg.key.peer_id()?;
+        let genesis_params = cfg.genesis.initial_params();
+        let ledger_len = recovered.ledger.len() as u64;
+        // Verify the ledger we hold (cheap; also catches a tampered file before we act on it).
+        let mut last_value = [0u8; 32];
+        let mut last_model_hash = model::params::hash_params(&genesis_params);
+        for e in &recovered.ledger {
+            let rv = e.verify(&cfg.genesis.chain_id, &cfg.genesis.validators)?;
+            last_value = Value(e.value.clone()).id().0;
+            last_model_hash = rv.model_hash;
+        }
+        let (committed, params, velocity, syncing) = match recovered.state {
+            Some(s) if s.round == ledger_len && model::params::hash_params(&s.params) == last_model_hash => {
+                (s.round, s.params, s.velocity, false)
+            }
+            Some(s) => {
+                tracing::warn!(
+                    state_round = s.round,
+                    ledger = ledger_len,
+                    "state does not match the ledger; will sync state from peers"
+                );
+                (ledger_len, genesis_params, Vec::new(), true)
+            }
+            None if ledger_len == 0 => (0, genesis_params, Vec::new(), false),
+            None => (ledger_len, genesis_params, Vec::new(), true),
+        };
+        let model_hash = if syncing {
+            last_model_hash
+        } else {
+            model::params::hash_params(&params)
+        };
+        let (train_tx, train_rx) = mpsc::channel(4);
+        let (fetch_tx, fetch_rx) = mpsc::channel(64);
+        let mut d = Driver {
+            me,
+            my_peer,
+            net,
+            store,
+            metrics,
+            status,
+            committed,
+            last_value,
+            params: Arc::new(params),
+            velocity: Arc::new(velocity),
+            model_hash,
+            residual: recovered.residual,
+            ledger_len,
+            consensus: None,
+            deltas: BTreeMap::new(),
+            future: VecDeque::new(),
+            pending_propose: None,
+            pending_validate: Vec::new(),
+            applied: HashMap::new(),
+            fetching: HashSet::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            training_round: None,
+            height_started: Instant::now(),
+            trained_at: None,
+            proposal_seen_at: None,
+            train_secs: 0.0,
+            syncing,
+            last_sync_try: None,
+            lag_signals: 0,
+            answered_lagging: HashMap::new(),
+            done_announced: false,
+            recovered_wal: Vec::new(),
+            need_start: false,
+            train_tx,
+            fetch_tx,
+            cfg,
+        };
+        d.recovered_wal = recovered.wal;
+        Ok((d, train_rx, fetch_rx))
+    }
+}
+
+/// Runs the node until `shutdown` fires or a fatal error.
+pub async fn run(
+    cfg: DriverConfig,
+    net: NetworkHandle,
+    mut events: mpsc::Receiver<NetworkEvent>,
+    store: Store,
+    recovered: crate::store::Recovered,
+    metrics: Arc<Metrics>,
+    status: watch::Sender<Status>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let (mut d, mut train_rx, mut fetch_rx) =
+        Driver::new(cfg, net, store, recovered, metrics, status)?;
+    d.publish_status();
+    if !d.syncing {
+        d.start_height().await?;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let next = d
+            .timers
+            .peek()
+            .map(|Reverse((at, _, _))| *at)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            ev = events.recv() => match ev {
+                Some(ev) => d.on_network(ev).await?,
+                None => anyhow::bail!("network task stopped"),
+            },
+            Some(t) = train_rx.recv() => d.on_trained(t).await?,
+            Some(f) = fetch_rx.recv() => d.on_fetched(f).await?,
+            _ = tokio::time::sleep_until(next.into()) => d.fire_timers().await?,
+            _ = tick.tick() => d.on_tick().await?,
+        }
+        if d.need_start {
+            d.need_start = false;
+            d.start_height().await?;
+        }
+    }
+    Ok(())
+}
+
+impl Driver {
+    fn validators(&self) -> &consensus::ValidatorSet {
+        &self.cfg.genesis.validators
+    }
+
+    fn is_validator(&self) -> bool {
+        self.validators().contains(&self.me)
+    }
+
+    fn height(&self) -> u64 {
+        self.committed + 1
+    }
+
+    fn n_params(&self) -> usize {
+        self.params.len()
+    }
+
+    fn publish_status(&self) {
+        let view = self.consensus.as_ref().map(|c| c.view().0).unwrap_or(0);
+        let acc = self.metrics.accuracy_ppm.load(Ordering::Relaxed) as f32 / 1e6;
+        let loss = self.metrics.loss_micro.load(Ordering::Relaxed) as f32 / 1e6;
+        let prev = self.status.borrow().clone();
+        let _ = self.status.send(Status {
+            chain_id: self.cfg.genesis.chain_id.as_str().to_string(),
+            peer_id: self.my_peer.to_string(),
+            validator: self.is_validator(),
+            round: self.committed,
+            view,
+            peers: prev.peers,
+            validators: self.validators().len(),
+            model_hash: hex(&self.model_hash),
+            last_value: hex(&self.last_value),
+            last_included: prev.last_included,
+            accuracy: acc,
+            loss,
+        });
+    }
+
+    /// Starts consensus and training for `committed + 1`.
+    async fn start_height(&mut self) -> Result<()> {
+        let h = self.height();
+        self.height_started = Instant::now();
+        self.trained_at = None;
+        self.proposal_seen_at = None;
+        self.pending_propose = None;
+        self.pending_validate.clear();
+        self.applied.clear();
+        self.timers.clear();
+        // Drop deltas of finished rounds.
+        self.deltas = self.deltas.split_off(&h);
+        if !self.is_validator() || self.cfg.byzantine == Some(Byzantine::Silent) {
+            self.consensus = None;
+            return Ok(());
+        }
+        let params = Params {
+            chain_id: self.cfg.genesis.chain_id.clone(),
+            timeouts: self.cfg.genesis.timeouts.clone(),
+        };
+        let signer = Box::new(Ed25519Signer::new(self.cfg.key.signing_key()));
+        let wal: Vec<consensus::WalEntry> = std::mem::take(&mut self.recovered_wal)
+            .iter()
+            .filter_map(|b| decode_wal_entry(b).ok())
+            .collect();
+        let machine = if wal.is_empty() {
+            Consensus::new(params, Height(h), self.validators().clone(), signer, Box::new(Ed25519Verifier))
+        } else {
+            tracing::info!(round = h, entries = wal.len(), "recovering consensus from the WAL");
+            Consensus::recover(params, Height(h), self.validators().clone(), signer, Box::new(Ed25519Verifier), wal)
+                .map_err(|e| anyhow::anyhow!("recovering consensus WAL: {e}"))?
+        };
+        self.consensus = Some(machine);
+        self.feed(vec![Input::StartHeight]).await?;
+        // Replay buffered messages of this height.
+        let buffered: Vec<(u64, Message)> = std::mem::take(&mut self.future).into_iter().collect();
+        let mut replay = Vec::new();
+        for (mh, m) in buffered {
+            if mh == h {
+                if let Some(i) = Input::from_message(m) {
+                    replay.push(i);
+                }
+            } else if mh > h {
+                self.future.push_back((mh, m));
+            }
+        }
+        for i in replay {
+            let _ = self.feed(vec![i]).await;
+        }
+        self.start_training();
+        Ok(())
+    }
+
+    fn start_training(&mut self) {
+        let round = self.height();
+        if self.training_round == Some(round) {
+            return;
+        }
+        self.training_round = Some(round);
+        let kind = self.cfg.genesis.model;
+        let params = self.params.clone();
+        let data = self.cfg.train.clone();
+        let train_cfg = self.cfg.genesis.train;
+        let seed = self.cfg.genesis.file.seed;
+        let me = self.me.0;
+        let tx = self.train_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let stream = u64::from_le_bytes([me[0], me[1], me[2], me[3], me[4], me[5], me[6], me[7]]);
+            let mut rng = Rng::derive(seed ^ stream, round);
+            let t = Instant::now();
+            let out = model::train::train_local(kind, &params, &data, &train_cfg, &mut rng, &candle_core::Device::Cpu);
+            let _ = tx.blocking_send(Trained {
+                round,
+                out,
+                secs: t.elapsed().as_secs_f64(),
+            });
+        });
+    }
+
+    /// Feeds inputs to consensus and performs every output, including the follow-up inputs.
+    async fn feed(&mut self, inputs: Vec<Input>) -> Result<()> {
+        let mut queue: VecDeque<Input> = inputs.into();
+        while let Some(input) = queue.pop_front() {
+            let Some(machine) = self.consensus.as_mut() else {
+                return Ok(());
+            };
+            let outputs = machine.apply(input).map_err(anyhow::Error::new)?;
+            let (follow, decided) = self.perform_outputs(outputs).await?;
+            if decided {
+                return Ok(());
+            }
+            queue.extend(follow);
+        }
+        Ok(())
+    }
+
+    /// Performs consensus outputs in order; returns follow-up inputs and whether the height
+    /// was decided (then the rest of this height's work is moot).
+    async fn perform_outputs(&mut self, outputs: Vec<Output>) -> Result<(Vec<Input>, bool)> {
+        let mut follow = Vec::new();
+        for out in outputs {
+            match out {
+                Output::Persist(entry) => {
+                    // Durable before any later output (the WAL rule).
+                    let bytes = encode_wal_entry(&entry).map_err(|e| anyhow::anyhow!("wal encode: {e}"))?;
+                    self.store.append_wal(&bytes)?;
+                }
+                Output::Broadcast(msg) => {
+                    if let Ok(bytes) = encode_message(&msg) {
+                        let _ = self.net.publish(Topic::Consensus, bytes).await;
+                    }
+                }
+                Output::ScheduleTimeout { timeout, after_ms } => {
+                    self.timer_seq += 1;
+                    let at = Instant::now() + Duration::from_millis(after_ms);
+                    self.timers.push(Reverse((at, self.timer_seq, key_of(&timeout))));
+                }
+                Output::GetValue { height, view } => {
+                    self.pending_propose = Some((height, view));
+                    if let Some(v) = self.try_propose()? {
+                        follow.push(v);
+                    }
+                }
+                Output::ValidateValue { id, value, .. } => {
+                    if self.proposal_seen_at.is_none() {
+                        self.proposal_seen_at = Some(Instant::now());
+                    }
+                    self.pending_validate.push((id, value));
+                    follow.extend(self.check_validations()?);
+                }
+                Output::Decided { height, value, certificate, .. } => {
+                    self.on_decided(height.0, value, certificate).await?;
+                    return Ok((Vec::new(), true));
+                }
+                Output::Evidence(e) => {
+                    self.metrics.equivocations_total.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(offender = %hex(&e.offender().0), "consensus equivocation evidence");
+                    if let Some(peer) = peer_id_of(&e.offender()) {
+                        let _ = self.net.penalize(peer, PeerAction::Fatal).await;
+                    }
+                    if let Ok(bytes) = encode_message(&Message::Evidence(e)) {
+                        let _ = self.net.publish(Topic::Consensus, bytes).await;
+                    }
+                }
+            }
+        }
+        Ok((follow, false))
+    }
+
+    async fn fire_timers(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            if let Some(Reverse((_, _, k))) = self.timers.pop() {
+                due.push(Input::TimeoutElapsed(timeout_of(&k)));
+            }
+        }
+        for i in due {
+            self.feed(vec![i]).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) -> Result<()> {
+        // The proposer may be waiting for the collection window to close.
+        if self.pending_propose.is_some()
+            && let Some(v) = self.try_propose()?
+        {
+            self.feed(vec![v]).await?;
+        }
+        // Observers, and validators that fell behind, catch up by state sync.
+        let stale = self.height_started.elapsed() > Duration::from_secs(3);
+        let want_sync = self.syncing || !self.is_validator() && stale || self.lag_signals >= 3;
+        if want_sync
+            && self
+                .last_sync_try
+                .is_none_or(|t| t.elapsed() > Duration::from_millis(1500))
+        {
+            self.last_sync_try = Some(Instant::now());
+            self.request_state().await;
+        }
+        Ok(())
+    }
+
+    async fn request_state(&mut self) {
+        let Ok(peers) = self.net.peers().await else {
+            return;
+        };
+        if peers.is_empty() {
+            return;
+        }
+        // Rotate over peers deterministically by time.
+        let idx = (self.height_started.elapsed().as_millis() as usize) % peers.len();
+        let peer = peers[idx];
+        let net = self.net.clone();
+        let tx = self.fetch_tx.clone();
+        let from = self.committed;
+        tokio::spawn(async move {
+            let snapshot = net.request_state(peer, from).await;
+            let _ = tx.send(Fetched::State { peer, snapshot }).await;
+        });
+    }
+
+    async fn on_network(&mut self, ev: NetworkEvent) -> Result<()> {
+        match ev {
+            NetworkEvent::Message {
+                topic,
+                propagation_source,
+                message_id,
+                data,
+                ..
+            } => {
+                let verdict = match topic {
+                    Topic::Deltas => self.on_delta_bytes(&data, Some(propagation_source)).await?,
+                    Topic::Consensus => self.on_consensus_bytes(&data, propagation_source).await?,
+                    Topic::Membership => Verdict::Ignore("membership not supported yet"),
+                };
+                self.verdict(message_id, propagation_source, verdict).await;
+            }
+            NetworkEvent::PeerConnected { .. } | NetworkEvent::PeerDisconnected { .. } => {
+                if let Ok(p) = self.net.peers().await {
+                    let mut s = self.status.borrow().clone();
+                    s.peers = p.len();
+                    let _ = self.status.send(s);
+                }
+            }
+            NetworkEvent::InboundBlobRequest { respond, .. } => {
+                // Deltas we hold are already in the network's cache; nothing else is served.
+                let _ = respond.send(None);
+            }
+            NetworkEvent::InboundStateRequest {
+                from_height,
+                respond,
+                ..
+            } => {
+                let _ = respond.send(self.snapshot_from(from_height));
+            }
+        }
+        Ok(())
+    }
+
+    async fn verdict(&self, id: MessageId, from: PeerId, v: Verdict) {
+        let _ = self.net.report_validation(id, from, v).await;
+    }
+
+    fn snapshot_from(&self, from_height: u64) -> Option<StateSnapshot> {
+        if self.syncing || self.committed <= from_height {
+            return None;
+        }
+        let ledger = crate::store::read_ledger(self.store.root()).ok()?;
+        let certificates: Vec<Vec<u8>> = ledger
+            .iter()
+            .filter(|e| e.height > from_height && e.height <= self.committed)
+            .take(10_000)
+            .filter_map(|e| e.encode().ok())
+            .collect();
+        let body = StateBody {
+            round: self.committed,
+            value_id: self.last_value,
+            params: self.params.to_vec(),
+            velocity: self.velocity.to_vec(),
+        };
+        Some(StateSnapshot {
+            checkpoint: Some(gossip::Checkpoint {
+                meta: self.committed.to_le_bytes().to_vec(),
+                bytes: body.encode().ok()?,
+            }),
+            certificates,
+        })
+    }
+
+    /// Validates a delta from the network (or fetched by digest). Order of checks: size and
+    /// decoding, chain, author, round, base hash, signature, one per author, payload.
+    async fn on_delta_bytes(&mut self, data: &[u8], from: Option<PeerId>) -> Result<Verdict> {
+        let m = &self.metrics;
+        let Ok(sd) = SignedDelta::decode(data) else {
+            m.reject("malformed");
+            return Ok(Verdict::Reject("malformed delta"));
+        };
+        if sd.msg.chain_id != self.cfg.genesis.chain_id.as_str() {
+            m.reject("wrong_chain");
+            return Ok(Verdict::Reject("wrong chain"));
+        }
+        if !self.validators().contains(&ValidatorId(sd.msg.author)) {
+            m.reject("not_validator");
+            return Ok(Verdict::Reject("author not a validator"));
+        }
+        let h = self.height();
+        if sd.msg.round < h {
+            m.deltas_ignored_total.fetch_add(1, Ordering::Relaxed);
+            return Ok(Verdict::Ignore("old round"));
+        }
+        if sd.msg.round > h + 2 {
+            m.deltas_ignored_total.fetch_add(1, Ordering::Relaxed);
+            self.lag_signals += 1;
+            return Ok(Verdict::Ignore("far future round"));
+        }
+        if sd.msg.round == h && sd.msg.base_hash != self.model_hash && !self.syncing {
+            m.reject("wrong_base");
+            return Ok(Verdict::Reject("wrong base hash"));
+        }
+        if sd.verify().is_err() {
+            m.reject("bad_signature");
+            return Ok(Verdict::Reject("bad signature"));
+        }
+        let digest = sha256(data);
+        if let Some(prev) = self.deltas.get(&sd.msg.round).and_then(|r| r.get(&sd.msg.author)) {
+            if prev.digest == digest {
+                m.deltas_ignored_total.fetch_add(1, Ordering::Relaxed);
+                return Ok(Verdict::Ignore("duplicate delta"));
+            }
+            m.reject("equivocation");
+            m.equivocations_total.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                round = sd.msg.round,
+                author = %hex(&sd.msg.author),
+                "delta equivocation: two different signed deltas for one round"
+            );
+            if let Some(peer) = peer_id_of(&ValidatorId(sd.msg.author)) {
+                let _ = self.net.penalize(peer, PeerAction::Fatal).await;
+            }
+            return Ok(Verdict::Reject("equivocation"));
+        }
+        let Ok(decoded) = model::codec::decode(&sd.msg.payload, self.n_params()) else {
+            m.reject("bad_payload");
+            if let Some(p) = from {
+                let _ = self.net.penalize(p, PeerAction::LowTolerance).await;
+            }
+            return Ok(Verdict::Reject("bad payload"));
+        };
+        m.deltas_accepted_total.fetch_add(1, Ordering::Relaxed);
+        self.deltas.entry(sd.msg.round).or_default().insert(
+            sd.msg.author,
+            Held {
+                digest,
+                samples: sd.msg.samples,
+                base_hash: sd.msg.base_hash,
+                decoded: Arc::new(decoded),
+            },
+        );
+        if sd.msg.round == h {
+            let mut follow = self.check_validations()?;
+            if let Some(v) = self.try_propose()? {
+                follow.push(v);
+            }
+            if !follow.is_empty() {
+                self.feed(follow).await?;
+            }
+        }
+        Ok(Verdict::Accept)
+    }
+
+    async fn on_consensus_bytes(&mut self, data: &[u8], from: PeerId) -> Result<Verdict> {
+        let Ok(msg) = decode_message(data) else {
+            return Ok(Verdict::Reject("malformed consensus message"));
+        };
+        if let Message::Evidence(e) = &msg {
+            return Ok(
+                if e.verify(self.validators(), &self.cfg.genesis.chain_id, &Ed25519Verifier).is_ok() {
+                    self.metrics.equivocations_total.fetch_add(1, Ordering::Relaxed);
+                    if let Some(peer) = peer_id_of(&e.offender()) {
+                        let _ = self.net.penalize(peer, PeerAction::Fatal).await;
+                    }
+                    Verdict::Accept
+                } else {
+                    Verdict::Reject("bad evidence")
+                },
+            );
+        }
+        let mh = msg.height().0;
+        let h = self.height();
+        if mh < h {
+            // A lagging peer: help it with the commit of that height (rate-limited).
+            self.answer_lagging(mh).await;
+            return Ok(Verdict::Ignore("past height"));
+        }
+        if mh > h {
+            if mh > h + 1 || matches!(msg, Message::Commit { .. }) {
+                self.lag_signals += 1;
+            }
+            if self.future.len() < 4096 && mh <= h + 2 {
+                self.future.push_back((mh, msg));
+            }
+            return Ok(Verdict::Ignore("future height"));
+        }
+        if self.consensus.is_none() {
+            // Observers and syncing nodes: a commit for our next height means we are behind.
+            if matches!(msg, Message::Commit { .. }) {
+                self.lag_signals += 1;
+            }
+            return Ok(Verdict::Ignore("not participating"));
+        }
+        let Some(input) = Input::from_message(msg) else {
+            return Ok(Verdict::Ignore("no input"));
+        };
+        let result = match self.consensus.as_mut() {
+            Some(c) => c.apply(input),
+            None => return Ok(Verdict::Ignore("not participating")),
+        };
+        match result {
+            Ok(outputs) => {
+                self.perform(outputs).await?;
+                Ok(Verdict::Accept)
+            }
+            Err(e) => Ok(match e.kind() {
+                ErrorKind::Misbehaviour => {
+                    let _ = self.net.penalize(from, PeerAction::MidTolerance).await;
+                    Verdict::Reject("consensus misbehaviour")
+                }
+                ErrorKind::NotValidYet => Verdict::Ignore("not valid yet"),
+                ErrorKind::Ignored | ErrorKind::Local => Verdict::Ignore("ignored"),
+            }),
+        }
+    }
+
+    /// Performs outputs produced outside `feed` (a network message applied directly).
+    async fn perform(&mut self, outputs: Vec<Output>) -> Result<()> {
+        let (follow, decided) = self.perform_outputs(outputs).await?;
+        if !decided && !follow.is_empty() {
+            self.feed(follow).await?;
+        }
+        Ok(())
+    }
+
+    async fn answer_lagging(&mut self, height: u64) {
+        if height == 0 || height > self.committed {
+            return;
+        }
+        if self
+            .answered_lagging
+            .get(&height)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        self.answered_lagging.insert(height, Instant::now());
+        self.answered_lagging.retain(|_, t| t.elapsed() < Duration::from_secs(30));
+        let Ok(ledger) = crate::store::read_ledger(self.store.root()) else {
+            return;
+        };
+        let Some(e) = ledger.get(height as usize - 1) else {
+            return;
+        };
+        let Ok(certificate) = consensus::decode_certificate(&e.certificate) else {
+            return;
+        };
+        let msg = Message::Commit {
+            value: Value(e.value.clone()),
+            certificate,
+        };
+        if let Ok(bytes) = encode_message(&msg) {
+            let _ = self.net.publish(Topic::Consensus, bytes).await;
+        }
+    }
+
+    /// Deltas of the current round that are usable (base hash matches), sorted by author.
+    fn usable_deltas(&self) -> Vec<([u8; 32], &Held)> {
+        let h = self.height();
+        self.deltas
+            .get(&h)
+            .map(|r| {
+                r.iter()
+                    .filter(|(_, d)| d.base_hash == self.model_hash)
+                    .map(|(a, d)| (*a, d))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Recomputes `theta + server_step(rule(deltas))` for the given (sorted) inclusion list.
+    fn compute(&self, included: &[Included]) -> Result<Option<Applied>> {
+        let h = self.height();
+        let Some(round) = self.deltas.get(&h) else {
+            return Ok(None);
+        };
+        let mut inputs = Vec::with_capacity(included.len());
+        for inc in included {
+            match round.get(&inc.author) {
+                Some(d) if d.digest == inc.digest => inputs.push(Contribution {
+                    delta: d.decoded.as_slice(),
+                    samples: inc.samples,
+                }),
+                _ => return Ok(None),
+            }
+        }
+        let mut params = self.params.to_vec();
+        let mut velocity = self.velocity.to_vec();
+        model::sim::apply_round(&mut params, &mut velocity, &self.cfg.genesis.rule, &self.cfg.genesis.server, &inputs)?;
+        Ok(Some(Applied {
+            params: Arc::new(params),
+            velocity: Arc::new(velocity),
+            included: included.len(),
+        }))
+    }
+
+    /// If this node must propose and holds enough deltas, builds the value.
+    fn try_propose(&mut self) -> Result<Option<Input>> {
+        let Some((height, view)) = self.pending_propose else {
+            return Ok(None);
+        };
+        if height.0 != self.height() {
+            self.pending_propose = None;
+            return Ok(None);
+        }
+        let set = self.validators();
+        let n = set.len();
+        let quorum = set.quorum();
+        let f = set.max_faulty();
+        let held = self.usable_deltas();
+        let window_closed = self
+            .trained_at
+            .is_some_and(|t| t.elapsed() >= Duration::from_millis(self.cfg.genesis.collect_ms()));
+        if !(held.len() >= n - f || held.len() >= quorum && window_closed) {
+            return Ok(None);
+        }
+        let included: Vec<Included> = held
+            .iter()
+            .map(|(a, d)| Included {
+                author: *a,
+                digest: d.digest,
+                samples: d.samples,
+            })
+            .collect();
+        let Some(applied) = self.compute(&included)? else {
+            return Ok(None);
+        };
+        let rv = RoundValue {
+            version: 1,
+            round: height.0,
+            base_hash: self.model_hash,
+            included,
+            rule: self.cfg.genesis.rule.to_string(),
+            model_hash: model::params::hash_params(&applied.params),
+            momentum_hash: momentum_hash(&applied.velocity),
+            prev_value: self.last_value,
+        };
+        let value = Value(rv.encode()?);
+        self.applied.insert(value.id(), applied);
+        self.pending_propose = None;
+        tracing::info!(round = height.0, view = view.0, included = rv.included.len(), "proposing");
+        Ok(Some(Input::ProposeValue { height, view, value }))
+    }
+
+    /// Decides pending validations whose deltas are all here; starts fetches for missing ones.
+    fn check_validations(&mut self) -> Result<Vec<Input>> {
+        let mut verdicts = Vec::new();
+        let pending = std::mem::take(&mut self.pending_validate);
+        for (id, value) in pending {
+            match self.validate(&id, &value)? {
+                Some(valid) => verdicts.push(Input::ValueVerdict { id, valid }),
+                None => self.pending_validate.push((id, value)),
+            }
+        }
+        Ok(verdicts)
+    }
+
+    /// `Some(valid)` when decided, `None` while deltas are missing.
+    fn validate(&mut self, id: &ValueId, value: &Value) -> Result<Option<bool>> {
+        if self.applied.contains_key(id) {
+            return Ok(Some(true));
+        }
+        let Ok(rv) = RoundValue::decode(&value.0) else {
+            return Ok(Some(false));
+        };
+        let set = self.validators();
+        let sorted = rv.included.windows(2).all(|w| w[0].author < w[1].author);
+        let members = rv.included.iter().all(|i| set.contains(&ValidatorId(i.author)));
+        if rv.version != 1
+            || rv.round != self.height()
+            || rv.base_hash != self.model_hash
+            || rv.prev_value != self.last_value
+            || rv.rule != self.cfg.genesis.rule.to_string()
+            || !sorted
+            || !members
+            || rv.included.len() < set.quorum()
+        {
+            return Ok(Some(false));
+        }
+        // Missing or different deltas: fetch by digest (the gossip layer checks the bytes).
+        let h = self.height();
+        let mut missing = Vec::new();
+        for inc in &rv.included {
+            let held = self.deltas.get(&h).and_then(|r| r.get(&inc.author));
+            match held {
+                Some(d) if d.digest == inc.digest => {
+                    if d.samples != inc.samples {
+                        return Ok(Some(false));
+                    }
+                }
+                // We hold a different delta from this author: the proposer included an
+                // equivocating or unknown delta; fetch it anyway and let the check decide.
+                _ => missing.push(inc.digest),
+            }
+        }
+        if !missing.is_empty() {
+            for digest in missing {
+                if self.fetching.insert(digest) {
+                    let net = self.net.clone();
+                    let tx = self.fetch_tx.clone();
+                    tokio::spawn(async move {
+                        if let Ok(bytes) = net.request_blob(None, gossip::Digest(digest)).await {
+                            let _ = tx.send(Fetched::Blob { round: h, bytes }).await;
+                        }
+                    });
+                }
+            }
+            return Ok(None);
+        }
+        let Some(applied) = self.compute(&rv.included)? else {
+            return Ok(Some(false));
+        };
+        let ok = model::params::hash_params(&applied.params) == rv.model_hash
+            && momentum_hash(&applied.velocity) == rv.momentum_hash;
+        if ok {
+            self.applied.insert(*id, applied);
+        } else {
+            tracing::warn!(round = rv.round, "proposed aggregate hash does not match ours");
+        }
+        Ok(Some(ok))
+    }
+
+    async fn on_fetched(&mut self, f: Fetched) -> Result<()> {
+        match f {
+            Fetched::Blob { round, bytes } => {
+                self.fetching.remove(&sha256(&bytes));
+                if round == self.height() {
+                    let _ = self.on_delta_bytes(&bytes, None).await?;
+                    let follow = self.check_validations()?;
+                    if !follow.is_empty() {
+                        self.feed(follow).await?;
+                    }
+                }
+            }
+            Fetched::State { peer, snapshot } => match snapshot {
+                Ok(s) => {
+                    if let Err(e) = self.adopt_state(s).await {
+                        tracing::warn!(peer = %peer, error = %format!("{e:#}"), "state sync refused");
+                        let _ = self.net.penalize(peer, PeerAction::LowTolerance).await;
+                    }
+                }
+                Err(e) => tracing::debug!(peer = %peer, error = %e, "state request failed"),
+            },
+        }
+        Ok(())
+    }
+
+    /// Verifies and adopts a peer's state: every certificate after our ledger, then the
+    /// checkpoint, whose hashes must match the last certified value.
+    async fn adopt_state(&mut self, s: StateSnapshot) -> Result<()> {
+        let mut entries = Vec::new();
+        for bytes in &s.certificates {
+            entries.push(LedgerEntry::decode(bytes)?);
+        }
+        let Some(cp) = s.checkpoint else {
+            return Ok(());
+        };
+        let body = StateBody::decode(&cp.bytes)?;
+        if body.round <= self.committed && !self.syncing {
+            return Ok(());
+        }
+        // Verify the chain of certificates from our ledger's end.
+        let mut expect = self.ledger_len + 1;
+        let mut last_rv = None;
+        let mut to_append = Vec::new();
+        for e in entries.into_iter().filter(|e| e.height > self.ledger_len) {
+            anyhow::ensure!(e.height == expect, "certificate gap: got {}, expected {expect}", e.height);
+            let rv = e.verify(&self.cfg.genesis.chain_id, self.validators())?;
+            expect += 1;
+            last_rv = Some((rv, Value(e.value.clone()).id().0));
+            to_append.push(e);
+        }
+        let target = expect - 1;
+        anyhow::ensure!(body.round == target, "checkpoint is for round {}, certificates end at {target}", body.round);
+        let (model_hash, value_id) = match last_rv {
+            Some((rv, id)) => (rv.model_hash, id),
+            None => {
+                // No new certificates: the checkpoint must match our own last commit.
+                let ledger = crate::store::read_ledger(self.store.root())?;
+                let last = ledger.last().context("no ledger to check a checkpoint against")?;
+                let rv = RoundValue::decode(&last.value)?;
+                (rv.model_hash, Value(last.value.clone()).id().0)
+            }
+        };
+        anyhow::ensure!(body.params.len() == self.cfg.genesis.model.num_params(), "checkpoint has the wrong parameter count");
+        anyhow::ensure!(model::params::hash_params(&body.params) == model_hash, "checkpoint does not hash to the certified model");
+        anyhow::ensure!(body.value_id == value_id, "checkpoint names another value");
+        for e in &to_append {
+            self.store.append_commit(e)?;
+        }
+        self.ledger_len = target;
+        self.store.write_state(&body)?;
+        self.store.reset_wal()?;
+        tracing::info!(round = target, "state synced from a peer");
+        self.metrics.state_syncs_total.fetch_add(1, Ordering::Relaxed);
+        self.committed = target;
+        self.last_value = value_id;
+        self.model_hash = model_hash;
+        self.params = Arc::new(body.params);
+        self.velocity = Arc::new(body.velocity);
+        self.syncing = false;
+        self.lag_signals = 0;
+        self.training_round = None;
+        self.after_commit(0, 0.0).await?;
+        self.need_start = true;
+        Ok(())
+    }
+
+    async fn on_trained(&mut self, t: Trained) -> Result<()> {
+        if t.round != self.height() || self.syncing {
+            return Ok(());
+        }
+        let out = t.out.context("local training")?;
+        self.train_secs = t.secs;
+        self.trained_at = Some(Instant::now());
+        if !self.is_validator() || self.cfg.byzantine == Some(Byzantine::Silent) {
+            return Ok(());
+        }
+        let g = &self.cfg.genesis;
+        let mut rng = Rng::derive(g.file.seed ^ 0xD9, t.round ^ u64::from(self.me.0[0]) << 40);
+        let mut delta = out.delta;
+        if let Some(Byzantine::Attack(a)) = self.cfg.byzantine
+            && !a.is_data_level()
+        {
+            let benign: Vec<Arc<Vec<f32>>> = self.usable_deltas().iter().map(|(_, d)| d.decoded.clone()).collect();
+            let refs: Vec<&[f32]> = benign.iter().map(|v| v.as_slice()).collect();
+            let n = self.validators().len();
+            delta = a.corrupt(&delta, &refs, n, self.validators().max_faulty(), &mut rng);
+        }
+        let residual = g.file.training.error_feedback.then_some(&mut self.residual);
+        let payload = model::sim::prepare_update(delta, g.dp.as_ref(), g.compression, residual, &mut rng);
+        if g.file.training.error_feedback {
+            self.store.write_residual(&self.residual)?;
+        }
+        let msg = DeltaMsg {
+            chain_id: g.chain_id.as_str().to_string(),
+            round: t.round,
+            base_hash: self.model_hash,
+            author: self.me.0,
+            samples: out.samples,
+            train_loss: out.mean_loss,
+            payload,
+        };
+        let mut to_send = vec![msg.clone()];
+        if self.cfg.byzantine == Some(Byzantine::Equivocate) {
+            let mut other = msg;
+            other.payload = model::codec::encode(model::codec::Compression::Dense, &vec![0.0; self.n_params()]);
+            to_send.push(other);
+        }
+        for (i, m) in to_send.into_iter().enumerate() {
+            let bytes = m.sign(&self.cfg.key.signing_key())?.encode()?;
+            if i == 0 {
+                // Hold our own delta as any other.
+                let _ = self.on_delta_bytes(&bytes, None).await?;
+            }
+            self.metrics.delta_bytes_out_total.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            if let Err(e) = self.net.publish(Topic::Deltas, bytes).await {
+                tracing::debug!(error = %e, "publishing delta");
+            }
+        }
+        if let Some(v) = self.try_propose()? {
+            self.feed(vec![v]).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_decided(&mut self, height: u64, value: Value, certificate: consensus::Certificate) -> Result<()> {
+        let decided_at = Instant::now();
+        let id = value.id();
+        let entry = LedgerEntry {
+            height,
+            value: value.0.clone(),
+            certificate: consensus::encode_certificate(&certificate).map_err(|e| anyhow::anyhow!("certificate encode: {e}"))?,
+        };
+        // Durable first: the commit is on disk before we act on it.
+        self.store.append_commit(&entry)?;
+        self.ledger_len = height;
+        let rv = RoundValue::decode(&value.0)?;
+        let applied = match self.applied.get(&id).cloned() {
+            Some(a) => Some(a),
+            None => self.compute(&rv.included)?,
+        };
+        self.store.reset_wal()?;
+        self.last_value = id.0;
+        self.committed = height;
+        self.model_hash = rv.model_hash;
+        match applied {
+            Some(a) if model::params::hash_params(&a.params) == rv.model_hash => {
+                self.params = a.params;
+                self.velocity = a.velocity;
+                self.store.write_state(&StateBody {
+                    round: height,
+                    value_id: id.0,
+                    params: self.params.to_vec(),
+                    velocity: self.velocity.to_vec(),
+                })?;
+                let agg_secs = decided_at.elapsed().as_secs_f64();
+                let mut s = self.status.borrow().clone();
+                s.last_included = a.included;
+                let _ = self.status.send(s);
+                self.after_commit(a.included, agg_secs).await?;
+                self.need_start = true;
+                Ok(())
+            }
+            _ => {
+                // Decided without the deltas (we missed the round): take the state from a peer.
+                tracing::warn!(round = height, "decided a value whose deltas we lack; syncing state");
+                self.syncing = true;
+                self.consensus = None;
+                self.publish_status();
+                Ok(())
+            }
+        }
+    }
+
+    /// Metrics, checkpoint, the commit line; after the state is on disk.
+    async fn after_commit(&mut self, included: usize, agg_secs: f64) -> Result<()> {
+        let g = &self.cfg.genesis;
+        if g.file.checkpoint_every > 0 && self.committed.is_multiple_of(g.file.checkpoint_every) {
+            self.store.write_checkpoint(g.model, self.committed, &self.params)?;
+        }
+        let total = self.height_started.elapsed().as_secs_f64();
+        let train = self.train_secs.min(total);
+        let gossip = self
+            .trained_at
+            .zip(self.proposal_seen_at)
+            .map(|(t, p)| p.saturating_duration_since(t).as_secs_f64())
+            .unwrap_or(0.0);
+        let consensus = (total - train - gossip - agg_secs).max(0.0);
+        for (i, v) in [train, gossip, consensus, agg_secs].iter().enumerate() {
+            let us = (v * 1e6) as u64;
+            self.metrics.phase_us[i].store(us, Ordering::Relaxed);
+            self.metrics.phase_us_sum[i].fetch_add(us, Ordering::Relaxed);
+        }
+        let (acc, loss) = model::train::evaluate_params(g.model, &self.params, &self.cfg.test)?;
+        self.metrics.accuracy_ppm.store((acc as f64 * 1e6) as u64, Ordering::Relaxed);
+        self.metrics.loss_micro.store((loss.max(0.0) as f64 * 1e6) as u64, Ordering::Relaxed);
+        self.metrics.rounds_committed_total.fetch_add(1, Ordering::Relaxed);
+        self.publish_status();
+        let bytes_out = self.metrics.delta_bytes_out_total.load(Ordering::Relaxed);
+        tracing::info!(round = self.committed, accuracy = acc, loss, included, hash = %hex(&self.model_hash), "committed");
+        if self.cfg.json_events {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "commit",
+                    "round": self.committed,
+                    "accuracy": acc,
+                    "loss": loss,
+                    "included": included,
+                    "model_hash": hex(&self.model_hash),
+                    "delta_bytes_out": bytes_out,
+                    "seconds": total,
+                    "train_seconds": train,
+                })
+            );
+        }
+        if let Some(max) = self.cfg.max_rounds
+            && self.committed >= max
+            && !self.done_announced
+        {
+            self.done_announced = true;
+            if self.cfg.json_events {
+                println!("{}", serde_json::json!({"event": "done", "round": self.committed, "model_hash": hex(&self.model_hash)}));
+            }
+        }
+        Ok(())
+    }
+}
+

@@ -1,0 +1,286 @@
+//! The genesis file: chain id, model and training configuration, round timeouts, the initial
+//! seed and the first validator set. Every node of a network loads the same file.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use consensus::{ChainId, LinearTimeout, Timeouts, ValidatorId, ValidatorSet};
+use model::aggregate::{Rule, ServerOpt};
+use model::codec::Compression;
+use model::data::DatasetKind;
+use model::dp::DpConfig;
+use model::net::ModelKind;
+use model::partition::Partition;
+use model::train::{Optimizer, TrainConfig, Work};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{hex, parse_hex32};
+
+/// The file as written (TOML); strings for the typed settings so the file stays readable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisFile {
+    /// Network name; part of every signature and topic.
+    pub chain_id: String,
+    /// Seed of the initial model (theta_0).
+    pub seed: u64,
+    /// Validators' ed25519 public keys (hex).
+    pub validators: Vec<String>,
+    /// Write a safetensors checkpoint every this many rounds.
+    pub checkpoint_every: u64,
+    /// Model and data.
+    pub model: ModelSection,
+    /// Local training and aggregation.
+    pub training: TrainingSection,
+    /// Consensus and round timers.
+    pub timeouts: TimeoutSection,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// mlp, cnn or digits-mlp.
+    pub kind: String,
+    /// digits, mnist or fashion-mnist: what `--shard` splits when a node has no data of its own.
+    pub dataset: String,
+    /// How `--shard I --shards N` splits the dataset: iid, dirichlet:ALPHA, shards:K.
+    pub partition: String,
+}
+
+/// `[training]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSection {
+    /// Local epochs per round (ignored when `local_steps` is set).
+    pub local_epochs: usize,
+    /// Local minibatch steps per round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_steps: Option<usize>,
+    /// Minibatch size.
+    pub batch: usize,
+    /// sgd:LR[,MOMENTUM] or adam:LR.
+    pub optimizer: String,
+    /// FedProx mu.
+    pub prox_mu: f64,
+    /// Aggregation rule.
+    pub rule: String,
+    /// Server learning rate.
+    pub server_lr: f64,
+    /// Server momentum.
+    pub server_momentum: f64,
+    /// Nesterov server momentum.
+    pub nesterov: bool,
+    /// dense, int8, topk:FRAC, topk:FRAC+int8.
+    pub compression: String,
+    /// Error feedback for lossy compression.
+    pub error_feedback: bool,
+    /// clip:C,noise:SIGMA, or empty for none.
+    #[serde(default)]
+    pub dp: String,
+}
+
+/// `[timeouts]`, milliseconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSection {
+    /// Waiting for a proposal in view 0 (must cover local training and delta gossip).
+    pub propose_ms: u64,
+    /// Added per view.
+    pub propose_per_view_ms: u64,
+    /// Prevote and precommit timeouts in view 0.
+    pub vote_ms: u64,
+    /// Added per view.
+    pub vote_per_view_ms: u64,
+    /// Once it holds 2f + 1 deltas, how long the proposer waits for the rest.
+    pub collect_ms: u64,
+    /// Cap on any timeout.
+    pub max_ms: u64,
+}
+
+/// The parsed, checked genesis.
+#[derive(Debug, Clone)]
+pub struct Genesis {
+    /// The file it came from.
+    pub file: GenesisFile,
+    /// Chain id.
+    pub chain_id: ChainId,
+    /// First validator set.
+    pub validators: ValidatorSet,
+    /// Model.
+    pub model: ModelKind,
+    /// Dataset for shards.
+    pub dataset: DatasetKind,
+    /// Partition for shards.
+    pub partition: Partition,
+    /// Local training.
+    pub train: TrainConfig,
+    /// Rule.
+    pub rule: Rule,
+    /// Server step.
+    pub server: ServerOpt,
+    /// Compression.
+    pub compression: Compression,
+    /// DP.
+    pub dp: Option<DpConfig>,
+    /// Consensus timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl GenesisFile {
+    /// Parses and checks every field.
+    pub fn check(self) -> Result<Genesis> {
+        let chain_id = ChainId::new(self.chain_id.clone())
+            .with_context(|| format!("chain id {:?} is not valid (1-64 bytes)", self.chain_id))?;
+        let ids = self
+            .validators
+            .iter()
+            .map(|v| parse_hex32(v).map(ValidatorId))
+            .collect::<Result<Vec<_>>>()
+            .context("validators")?;
+        if ids.is_empty() {
+            bail!("genesis has no validators");
+        }
+        let validators = ValidatorSet::new(ids).map_err(|e| anyhow::anyhow!("validators: {e}"))?;
+        let t = &self.training;
+        let train = TrainConfig {
+            work: match t.local_steps {
+                Some(s) => Work::Steps(s),
+                None => Work::Epochs(t.local_epochs),
+            },
+            batch: t.batch,
+            optimizer: t.optimizer.parse::<Optimizer>()?,
+            prox_mu: t.prox_mu,
+        };
+        let to = &self.timeouts;
+        let vote = LinearTimeout {
+            base_ms: to.vote_ms,
+            per_view_ms: to.vote_per_view_ms,
+        };
+        let timeouts = Timeouts {
+            propose: LinearTimeout {
+                base_ms: to.propose_ms,
+                per_view_ms: to.propose_per_view_ms,
+            },
+            prevote: vote,
+            precommit: vote,
+            rebroadcast: LinearTimeout {
+                base_ms: to.vote_ms.max(500),
+                per_view_ms: 0,
+            },
+            max_ms: to.max_ms,
+        };
+        let model: ModelKind = self.model.kind.parse()?;
+        let dataset: DatasetKind = self.model.dataset.parse()?;
+        Ok(Genesis {
+            chain_id,
+            validators,
+            model,
+            dataset,
+            partition: self.model.partition.parse()?,
+            train,
+            rule: t.rule.parse()?,
+            server: ServerOpt {
+                lr: t.server_lr,
+                momentum: t.server_momentum,
+                nesterov: t.nesterov,
+            },
+            compression: t.compression.parse()?,
+            dp: if t.dp.trim().is_empty() {
+                None
+            } else {
+                Some(t.dp.parse()?)
+            },
+            timeouts,
+            file: self,
+        })
+    }
+}
+
+impl Genesis {
+    /// Loads and checks a genesis file.
+    pub fn load(path: &Path) -> Result<Genesis> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading genesis {}", path.display()))?;
+        let file: GenesisFile =
+            toml::from_str(&text).with_context(|| format!("parsing genesis {}", path.display()))?;
+        file.check()
+            .with_context(|| format!("checking genesis {}", path.display()))
+    }
+
+    /// The initial parameters, the same bits on every node.
+    pub fn initial_params(&self) -> Vec<f32> {
+        self.model.init(self.file.seed)
+    }
+
+    /// Where the first validator's proposer would wait for deltas.
+    pub fn collect_ms(&self) -> u64 {
+        self.file.timeouts.collect_ms
+    }
+}
+
+/// Writes a genesis TOML.
+pub fn write(file: &GenesisFile, path: &Path) -> Result<()> {
+    file.clone().check()?;
+    let text = toml::to_string_pretty(file)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Defaults for a demo network on the embedded digits.
+pub fn demo(chain_id: &str, validators: &[ValidatorId]) -> GenesisFile {
+    GenesisFile {
+        chain_id: chain_id.to_string(),
+        seed: 1,
+        validators: validators.iter().map(|v| hex(&v.0)).collect(),
+        checkpoint_every: 5,
+        model: ModelSection {
+            kind: "digits-mlp".into(),
+            dataset: "digits".into(),
+            partition: "dirichlet:0.5".into(),
+        },
+        training: TrainingSection {
+            local_epochs: 1,
+            local_steps: None,
+            batch: 16,
+            optimizer: "sgd:0.1,0.9".into(),
+            prox_mu: 0.0,
+            rule: "mean".into(),
+            server_lr: 1.0,
+            server_momentum: 0.0,
+            nesterov: false,
+            compression: "dense".into(),
+            error_feedback: true,
+            dp: String::new(),
+        },
+        timeouts: TimeoutSection {
+            propose_ms: 4000,
+            propose_per_view_ms: 2000,
+            vote_ms: 1000,
+            vote_per_view_ms: 500,
+            collect_ms: 500,
+            max_ms: 60_000,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_genesis_round_trips_through_toml() {
+        let ids = [ValidatorId([1; 32]), ValidatorId([2; 32])];
+        let g = demo("test-chain", &ids);
+        let text = toml::to_string_pretty(&g).unwrap();
+        let back: GenesisFile = toml::from_str(&text).unwrap();
+        let checked = back.check().unwrap();
+        assert_eq!(checked.validators.len(), 2);
+        assert_eq!(checked.model, ModelKind::DigitsMlp);
+        let mut bad = g.clone();
+        bad.training.rule = "nonsense".into();
+        assert!(bad.check().is_err());
+        let mut bad = g;
+        bad.validators.push("xyz".into());
+        assert!(bad.check().is_err());
+    }
+}

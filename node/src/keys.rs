@@ -1,0 +1,160 @@
+//! Node keys: one ed25519 key is both the libp2p identity (so a `PeerId` names a validator) and
+//! the key that signs deltas and consensus votes.
+//!
+//! Files: `node.key` holds the 32-byte secret as hex (mode 0600); `node.key.pub` the public key as
+//! hex, which is what a genesis file lists.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use consensus::ValidatorId;
+use ed25519_dalek::SigningKey;
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    model::params::hex(bytes)
+}
+
+/// Parses 32 bytes of hex.
+pub fn parse_hex32(s: &str) -> Result<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        bail!("expected 64 hex characters, got {}", s.len());
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let txt = std::str::from_utf8(chunk).context("not hex")?;
+        out[i] = u8::from_str_radix(txt, 16).with_context(|| format!("bad hex {txt:?}"))?;
+    }
+    Ok(out)
+}
+
+/// A node's key.
+#[derive(Clone)]
+pub struct NodeKey {
+    secret: [u8; 32],
+}
+
+impl NodeKey {
+    /// A fresh random key (from the OS RNG, through libp2p's generator).
+    pub fn generate() -> Result<Self> {
+        let kp = gossip::Keypair::generate_ed25519();
+        let ed = kp
+            .try_into_ed25519()
+            .map_err(|e| anyhow::anyhow!("ed25519 key: {e}"))?;
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(ed.secret().as_ref());
+        Ok(NodeKey { secret })
+    }
+
+    /// Reads a key file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading key file {}", path.display()))?;
+        let secret =
+            parse_hex32(&text).with_context(|| format!("key file {} is malformed", path.display()))?;
+        Ok(NodeKey { secret })
+    }
+
+    /// Writes the key (0600) and its `.pub` beside it.
+    pub fn save(&self, path: &Path) -> Result<PathBuf> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        writeln!(f, "{}", hex(&self.secret))?;
+        f.sync_all()?;
+        let pub_path = pub_path(path);
+        std::fs::write(&pub_path, format!("{}\n", hex(&self.public())))
+            .with_context(|| format!("writing {}", pub_path.display()))?;
+        Ok(pub_path)
+    }
+
+    /// The ed25519-dalek signing key.
+    pub fn signing_key(&self) -> SigningKey {
+        SigningKey::from_bytes(&self.secret)
+    }
+
+    /// The public key bytes.
+    pub fn public(&self) -> [u8; 32] {
+        self.signing_key().verifying_key().to_bytes()
+    }
+
+    /// The validator id (the public key).
+    pub fn validator_id(&self) -> ValidatorId {
+        ValidatorId(self.public())
+    }
+
+    /// The libp2p keypair for the same key.
+    pub fn libp2p(&self) -> Result<gossip::Keypair> {
+        let mut copy = self.secret; // libp2p zeroes its input
+        gossip::Keypair::ed25519_from_bytes(&mut copy).map_err(|e| anyhow::anyhow!("libp2p key: {e}"))
+    }
+
+    /// The libp2p peer id.
+    pub fn peer_id(&self) -> Result<gossip::PeerId> {
+        Ok(self.libp2p()?.public().to_peer_id())
+    }
+}
+
+/// `node.key` -> `node.key.pub`.
+pub fn pub_path(key: &Path) -> PathBuf {
+    let mut s = key.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+/// The libp2p peer id of a validator's public key.
+pub fn peer_id_of(id: &ValidatorId) -> Option<gossip::PeerId> {
+    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(&id.0).ok()?;
+    Some(libp2p::identity::PublicKey::from(pk).to_peer_id())
+}
+
+/// Reads a `.pub` file (or a bare hex string).
+pub fn load_public(spec: &str) -> Result<ValidatorId> {
+    let text = if Path::new(spec).is_file() {
+        std::fs::read_to_string(spec).with_context(|| format!("reading {spec}"))?
+    } else {
+        spec.to_string()
+    };
+    Ok(ValidatorId(
+        parse_hex32(&text).with_context(|| format!("public key {spec} is malformed"))?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_round_trip_and_identity() {
+        let dir = std::env::temp_dir().join(format!("cohort-keys-{}", std::process::id()));
+        let k = NodeKey::generate().unwrap();
+        let path = dir.join("node.key");
+        let pubp = k.save(&path).unwrap();
+        let back = NodeKey::load(&path).unwrap();
+        assert_eq!(back.public(), k.public());
+        assert_eq!(load_public(pubp.to_str().unwrap()).unwrap(), k.validator_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // The PeerId derives from the same public key.
+        assert_eq!(peer_id_of(&k.validator_id()), Some(k.peer_id().unwrap()));
+        std::fs::write(&path, "zz").unwrap();
+        assert!(NodeKey::load(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,162 @@
+//! The data directory: an append-only ledger of commits, the consensus write-ahead record, the
+//! committed state, the error-feedback residual and periodic safetensors checkpoints.
+//!
+//! ```text
+//! DIR/ledger.log         one record per committed round (value + certificate), fsynced
+//! DIR/consensus.wal      what this validator persisted before signing, current height only
+//! DIR/state.bin          the committed parameters and momentum after the last ledger entry
+//! DIR/residual.bin       error-feedback residual (what compression has not sent yet)
+//! DIR/checkpoints/round-000010.safetensors   every `checkpoint_every` rounds
+//! DIR/listen.txt         the node's listen multiaddrs (for launchers)
+//! ```
+//!
+//! Order on commit: append to the ledger (fsync), then replace `state.bin` atomically. A crash
+//! between the two leaves the state one round behind the ledger; the node then syncs the state
+//! from peers rather than guessing.
+
+pub mod log;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::wire::{LedgerEntry, StateBody};
+use log::{AppendLog, write_atomic};
+
+/// An open data directory.
+pub struct Store {
+    root: PathBuf,
+    ledger: AppendLog,
+    wal: AppendLog,
+}
+
+/// What was on disk at start-up.
+pub struct Recovered {
+    /// Every committed entry, in height order.
+    pub ledger: Vec<LedgerEntry>,
+    /// The consensus WAL records (for the height after the ledger's last).
+    pub wal: Vec<Vec<u8>>,
+    /// The committed state, if any.
+    pub state: Option<StateBody>,
+    /// The residual, if any.
+    pub residual: Vec<f32>,
+}
+
+impl Store {
+    /// Opens (creating) `root` and reads everything back.
+    pub fn open(root: &Path) -> Result<(Store, Recovered)> {
+        std::fs::create_dir_all(root.join("checkpoints"))
+            .with_context(|| format!("creating data dir {}", root.display()))?;
+        let (ledger, records) = AppendLog::open(&root.join("ledger.log"))?;
+        let mut entries = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let e = LedgerEntry::decode(r)
+                .with_context(|| format!("{}: entry {i}", root.join("ledger.log").display()))?;
+            if e.height != i as u64 + 1 {
+                bail!(
+                    "{}: entry {i} is for height {}, expected {}",
+                    root.join("ledger.log").display(),
+                    e.height,
+                    i + 1
+                );
+            }
+            entries.push(e);
+        }
+        let (wal, wal_records) = AppendLog::open(&root.join("consensus.wal"))?;
+        let state_path = root.join("state.bin");
+        let state = if state_path.exists() {
+            let bytes = std::fs::read(&state_path)
+                .with_context(|| format!("reading {}", state_path.display()))?;
+            Some(
+                StateBody::decode(&bytes)
+                    .with_context(|| format!("{} is corrupt", state_path.display()))?,
+            )
+        } else {
+            None
+        };
+        let res_path = root.join("residual.bin");
+        let residual = match std::fs::read(&res_path) {
+            Ok(b) if b.len() % 4 == 0 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Ok(_) => bail!("{} is truncated", res_path.display()),
+            Err(_) => Vec::new(),
+        };
+        Ok((
+            Store {
+                root: root.to_path_buf(),
+                ledger,
+                wal,
+            },
+            Recovered {
+                ledger: entries,
+                wal: wal_records,
+                state,
+                residual,
+            },
+        ))
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Appends a commit durably.
+    pub fn append_commit(&mut self, e: &LedgerEntry) -> Result<()> {
+        self.ledger.append(&e.encode()?)
+    }
+
+    /// Appends a consensus WAL record durably.
+    pub fn append_wal(&mut self, bytes: &[u8]) -> Result<()> {
+        self.wal.append(bytes)
+    }
+
+    /// Starts a new, empty WAL (after a height is committed).
+    pub fn reset_wal(&mut self) -> Result<()> {
+        let path = self.root.join("consensus.wal");
+        write_atomic(&path, &[])?;
+        let (wal, _) = AppendLog::open(&path)?;
+        self.wal = wal;
+        Ok(())
+    }
+
+    /// Replaces the committed state.
+    pub fn write_state(&self, s: &StateBody) -> Result<()> {
+        write_atomic(&self.root.join("state.bin"), &s.encode()?)
+    }
+
+    /// Replaces the residual.
+    pub fn write_residual(&self, r: &[f32]) -> Result<()> {
+        let bytes: Vec<u8> = r.iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_atomic(&self.root.join("residual.bin"), &bytes)
+    }
+
+    /// Writes `checkpoints/round-NNNNNN.safetensors`.
+    pub fn write_checkpoint(&self, kind: model::net::ModelKind, round: u64, params: &[f32]) -> Result<()> {
+        let path = self
+            .root
+            .join("checkpoints")
+            .join(format!("round-{round:06}.safetensors"));
+        let bytes = model::params::to_safetensors_bytes(kind, params)?;
+        write_atomic(&path, &bytes)
+    }
+}
+
+/// Reads the ledger of a data dir without opening it for writing.
+pub fn read_ledger(root: &Path) -> Result<Vec<LedgerEntry>> {
+    let path = root.join("ledger.log");
+    AppendLog::read_all(&path)?
+        .iter()
+        .enumerate()
+        .map(|(i, r)| LedgerEntry::decode(r).with_context(|| format!("{}: entry {i}", path.display())))
+        .collect()
+}
+
+/// Reads the committed state of a data dir.
+pub fn read_state(root: &Path) -> Result<StateBody> {
+    let path = root.join("state.bin");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    StateBody::decode(&bytes).with_context(|| format!("{} is corrupt", path.display()))
+}

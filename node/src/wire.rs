@@ -1,0 +1,297 @@
+//! The node's own signed and stored formats: deltas, round values, ledger entries, checkpoints.
+//!
+//! All use bincode 2 with one fixed configuration (little-endian, fixed-width integers) and an
+//! explicit size limit, so signed bytes are canonical and a peer cannot make us allocate more
+//! than the limit.
+
+use anyhow::{Context, Result, bail};
+use consensus::ChainId;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Largest signed delta accepted (the CNN dense is 6.7 MB).
+pub const MAX_DELTA_BYTES: usize = 32 << 20;
+/// Largest checkpoint accepted.
+pub const MAX_CHECKPOINT_BYTES: usize = 64 << 20;
+/// Largest ledger entry.
+pub const MAX_ENTRY_BYTES: usize = 1 << 20;
+
+type Cfg<const L: usize> = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+    bincode::config::Limit<L>,
+>;
+
+fn cfg<const L: usize>() -> Cfg<L> {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<L>()
+}
+
+fn encode<T: Serialize, const L: usize>(v: &T) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(v, cfg::<L>()).context("encoding")
+}
+
+fn decode<T: for<'de> Deserialize<'de>, const L: usize>(bytes: &[u8]) -> Result<T> {
+    if bytes.len() > L {
+        bail!("{} bytes exceed the limit of {L}", bytes.len());
+    }
+    let (v, used) = bincode::serde::decode_from_slice(bytes, cfg::<L>()).context("decoding")?;
+    if used != bytes.len() {
+        bail!("{} trailing bytes", bytes.len() - used);
+    }
+    Ok(v)
+}
+
+/// SHA-256.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// A node's update for one round, before signing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeltaMsg {
+    /// Network.
+    pub chain_id: String,
+    /// Training round (= consensus height).
+    pub round: u64,
+    /// Hash of the parameters it was trained from.
+    pub base_hash: [u8; 32],
+    /// Author's public key.
+    pub author: [u8; 32],
+    /// Local training samples (the FedAvg weight).
+    pub samples: u64,
+    /// Mean local training loss (informational).
+    pub train_loss: f32,
+    /// The encoded delta (`model::codec`; the encoding is its first byte).
+    pub payload: Vec<u8>,
+}
+
+/// A delta with its ed25519 signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedDelta {
+    /// The message.
+    pub msg: DeltaMsg,
+    /// 64-byte ed25519 signature over [`DeltaMsg::sign_bytes`].
+    pub signature: Vec<u8>,
+}
+
+impl DeltaMsg {
+    /// Domain-separated bytes that are signed.
+    pub fn sign_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = b"cohort/delta/v1\0".to_vec();
+        out.extend(encode::<_, MAX_DELTA_BYTES>(self)?);
+        Ok(out)
+    }
+
+    /// Signs with `key`.
+    pub fn sign(self, key: &SigningKey) -> Result<SignedDelta> {
+        let sig = key.sign(&self.sign_bytes()?);
+        Ok(SignedDelta {
+            msg: self,
+            signature: sig.to_bytes().to_vec(),
+        })
+    }
+}
+
+impl SignedDelta {
+    /// Wire bytes.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        encode::<_, MAX_DELTA_BYTES>(self)
+    }
+
+    /// Parses wire bytes (untrusted).
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        decode::<_, MAX_DELTA_BYTES>(bytes)
+    }
+
+    /// Checks the signature against the author's key (strict verification, the same rule on
+    /// every node).
+    pub fn verify(&self) -> Result<()> {
+        let key = VerifyingKey::from_bytes(&self.msg.author).context("author key")?;
+        let sig_bytes: [u8; 64] = self
+            .signature
+            .as_slice()
+            .try_into()
+            .context("signature length")?;
+        key.verify_strict(&self.msg.sign_bytes()?, &Signature::from_bytes(&sig_bytes))
+            .context("bad signature")
+    }
+}
+
+/// One included delta in a round value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Included {
+    /// Author.
+    pub author: [u8; 32],
+    /// SHA-256 of the signed delta's wire bytes.
+    pub digest: [u8; 32],
+    /// Samples claimed (the aggregation weight).
+    pub samples: u64,
+}
+
+/// What consensus agrees on for a round (the opaque `consensus::Value` bytes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundValue {
+    /// Format version.
+    pub version: u8,
+    /// Round.
+    pub round: u64,
+    /// Hash of the parameters the round started from.
+    pub base_hash: [u8; 32],
+    /// Included deltas, sorted by author.
+    pub included: Vec<Included>,
+    /// The aggregation rule (its canonical string).
+    pub rule: String,
+    /// Hash of the parameters after the round.
+    pub model_hash: [u8; 32],
+    /// Hash of the server momentum buffer after the round.
+    pub momentum_hash: [u8; 32],
+    /// Id of the previous round's committed value (zeros for round 1).
+    pub prev_value: [u8; 32],
+}
+
+impl RoundValue {
+    /// Canonical bytes.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        encode::<_, { consensus::MAX_VALUE_BYTES }>(self)
+    }
+
+    /// Parses (untrusted) bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        decode::<_, { consensus::MAX_VALUE_BYTES }>(bytes)
+    }
+}
+
+/// One ledger record: a committed value and its certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Height (= round).
+    pub height: u64,
+    /// `consensus::Value` bytes (a [`RoundValue`]).
+    pub value: Vec<u8>,
+    /// `consensus::encode_certificate` bytes.
+    pub certificate: Vec<u8>,
+}
+
+impl LedgerEntry {
+    /// Bytes.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        encode::<_, MAX_ENTRY_BYTES>(self)
+    }
+
+    /// Parses (untrusted) bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        decode::<_, MAX_ENTRY_BYTES>(bytes)
+    }
+
+    /// Checks the certificate against `set` and that it certifies this value.
+    pub fn verify(&self, chain: &ChainId, set: &consensus::ValidatorSet) -> Result<RoundValue> {
+        let cert = consensus::decode_certificate(&self.certificate)
+            .map_err(|e| anyhow::anyhow!("certificate of height {}: {e}", self.height))?;
+        cert.verify_for_height(
+            consensus::Height(self.height),
+            set,
+            chain,
+            &consensus::Ed25519Verifier,
+        )
+        .map_err(|e| anyhow::anyhow!("certificate of height {}: {e}", self.height))?;
+        let value = consensus::Value(self.value.clone());
+        if value.id() != cert.value_id {
+            bail!("height {}: certificate is for another value", self.height);
+        }
+        let rv = RoundValue::decode(&self.value)
+            .with_context(|| format!("value of height {}", self.height))?;
+        if rv.round != self.height {
+            bail!("height {} holds a value for round {}", self.height, rv.round);
+        }
+        Ok(rv)
+    }
+}
+
+/// The committed state after a round: what a checkpoint carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateBody {
+    /// Last committed round (0 = genesis).
+    pub round: u64,
+    /// Id of that round's value.
+    pub value_id: [u8; 32],
+    /// Parameters, canonical order.
+    pub params: Vec<f32>,
+    /// Server momentum buffer (empty when unused).
+    pub velocity: Vec<f32>,
+}
+
+impl StateBody {
+    /// Bytes.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        encode::<_, MAX_CHECKPOINT_BYTES>(self)
+    }
+
+    /// Parses (untrusted) bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        decode::<_, MAX_CHECKPOINT_BYTES>(bytes)
+    }
+}
+
+/// Hash of a momentum buffer (all zeros when empty, i.e. momentum unused).
+pub fn momentum_hash(velocity: &[f32]) -> [u8; 32] {
+    if velocity.is_empty() {
+        [0; 32]
+    } else {
+        model::params::hash_params(velocity)
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta() -> DeltaMsg {
+        DeltaMsg {
+            chain_id: "c".into(),
+            round: 3,
+            base_hash: [1; 32],
+            author: [0; 32],
+            samples: 10,
+            train_loss: 0.5,
+            payload: vec![0, 1, 0, 0, 0, 0, 0, 0, 0],
+        }
+    }
+
+    #[test]
+    fn signed_delta_round_trip_and_tamper() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mut m = delta();
+        m.author = key.verifying_key().to_bytes();
+        let s = m.sign(&key).unwrap();
+        let bytes = s.encode().unwrap();
+        let back = SignedDelta::decode(&bytes).unwrap();
+        back.verify().unwrap();
+        let mut t = back.clone();
+        t.msg.samples = 11;
+        assert!(t.verify().is_err());
+        let mut t = back;
+        t.signature.pop();
+        assert!(t.verify().is_err());
+        // Garbage and truncations never panic.
+        for cut in 0..bytes.len() {
+            assert!(SignedDelta::decode(&bytes[..cut]).is_err());
+        }
+        let mut rng = model::rng::Rng::seed(1);
+        for _ in 0..2000 {
+            let n = rng.below(200);
+            let b: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+            let _ = SignedDelta::decode(&b);
+            let _ = RoundValue::decode(&b);
+            let _ = LedgerEntry::decode(&b);
+        }
+        // A claimed huge length is refused without allocating it.
+        let mut huge = vec![1u8];
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(SignedDelta::decode(&huge).is_err());
+    }
+}
