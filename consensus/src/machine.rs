@@ -342,9 +342,26 @@ impl Consensus {
                     // Own votes are members' votes of this height; a duplicate entry is fine.
                     let _ = c.keeper.add(sv);
                 }
-                WalEntry::Locked { view, value } => {
+                WalEntry::Locked { view, value, polka } => {
                     max_view = max_view.max(view);
                     let id = value.id();
+                    // The polka that justified the lock: needed to act on (and to relay with)
+                    // a re-proposal of the locked value after the restart (line 28).
+                    for vote in polka {
+                        let v = &vote.vote;
+                        let genuine = v.height == height
+                            && v.view == view
+                            && v.kind == VoteKind::Prevote
+                            && v.value == Some(id)
+                            && c.verifier.verify(
+                                &v.validator,
+                                &v.sign_bytes(&c.params.chain_id),
+                                &vote.signature,
+                            );
+                        if genuine {
+                            let _ = c.keeper.add(vote);
+                        }
+                    }
                     if c.locked.is_none_or(|(lv, _)| view >= lv) {
                         c.locked = Some((view, id));
                         c.valid = Some((view, id));
@@ -1020,6 +1037,9 @@ impl Consensus {
                 out.push(Output::Persist(WalEntry::Locked {
                     view: self.view,
                     value: value.clone(),
+                    polka: self
+                        .keeper
+                        .votes_for(self.view, VoteKind::Prevote, Some(id)),
                 }));
             }
             self.cast_vote(VoteKind::Precommit, Some(id), out);

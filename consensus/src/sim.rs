@@ -1197,6 +1197,15 @@ mod tests {
         }
     }
 
+    /// Found by the hostile soak before the lock's polka was persisted: two locked
+    /// validators restarted and could no longer prevote their own re-proposed value.
+    #[test]
+    fn restarted_locked_validators_still_terminate() {
+        let report = run(&SimConfig::hostile(4, 3, 1_007_104));
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+        assert!(report.terminated, "{:?}", report.stuck);
+    }
+
     #[test]
     fn ed25519_runs_agree() {
         for seed in 0..3 {

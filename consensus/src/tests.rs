@@ -1163,3 +1163,61 @@ fn consensus_is_send_and_followers_never_sign() {
     );
     assert_eq!(follower.decision().map(|d| d.1.clone()), Some(a));
 }
+
+#[test]
+fn recovered_lock_keeps_its_polka_for_re_proposals() {
+    use VoteKind::*;
+    let net = Net::new();
+    let a = value(0xa);
+    let me = net.member(0);
+    let (_, out) = started(
+        &net,
+        vec![
+            Input::Proposal(net.proposal(0, &a, None)),
+            verdict(&a, true),
+            Input::Vote(net.vote(1, 0, Prevote, Some(&a))),
+            Input::Vote(net.vote(2, 0, Prevote, Some(&a))),
+        ],
+    );
+    let wal: Vec<WalEntry> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Persist(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    let polka_len = wal
+        .iter()
+        .find_map(|e| match e {
+            WalEntry::Locked { polka, .. } => Some(polka.len()),
+            _ => None,
+        })
+        .expect("lock persisted");
+    assert_eq!(polka_len, 3);
+    let mut m = Consensus::recover(
+        net.params(),
+        Height(1),
+        net.set.clone(),
+        Box::new(net.signer(me)),
+        Box::new(InsecureTestVerifier),
+        wal,
+    )
+    .unwrap();
+    // After the restart, view 1 re-proposes a with valid round 0: the recovered node still
+    // holds the polka of view 0 and prevotes a (line 28), without any vote of view 0 resent.
+    let out = apply_all(
+        &mut m,
+        vec![
+            Input::StartHeight,
+            Input::Vote(net.vote(1, 0, Precommit, None)),
+            Input::Vote(net.vote(2, 0, Precommit, None)),
+            timeout(0, TimeoutStep::Precommit),
+            Input::Proposal(net.proposal(1, &a, Some(0))),
+        ],
+    );
+    assert_eq!(m.view(), View(1));
+    assert!(
+        own_votes(&out).contains(&(Prevote, View(1), Some(a.id()))),
+        "{out:?}"
+    );
+}

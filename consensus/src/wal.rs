@@ -17,6 +17,11 @@ pub enum WalEntry {
         view: View,
         /// The locked value's bytes (re-proposed as the valid value).
         value: Value,
+        /// The quorum of signed prevotes for it in `view` that justified the lock. After a
+        /// restart the node needs them to prevote a re-proposal of its locked value (line 28)
+        /// and to relay them with its own re-proposal; without them the simulator found
+        /// views failing forever when two locked validators had restarted.
+        polka: Vec<SignedVote>,
     },
     /// A vote this node signed.
     Vote(SignedVote),
