@@ -23,7 +23,9 @@ use consensus::{
     Timeout, ValidatorId, Value, ValueId, View, decode_message, decode_wal_entry, encode_message,
     encode_wal_entry,
 };
-use gossip::{MessageId, NetworkEvent, NetworkHandle, PeerAction, PeerId, StateSnapshot, Topic, Verdict};
+use gossip::{
+    MessageId, NetworkEvent, NetworkHandle, PeerAction, PeerId, StateSnapshot, Topic, Verdict,
+};
 use model::aggregate::Contribution;
 use model::attack::Attack;
 use model::data::Dataset;
@@ -100,6 +102,10 @@ enum Fetched {
         round: u64,
         bytes: Vec<u8>,
     },
+    /// No peer served it; a later validation pass may try again.
+    BlobFailed {
+        digest: [u8; 32],
+    },
     State {
         peer: PeerId,
         snapshot: Result<StateSnapshot, gossip::Error>,
@@ -134,8 +140,13 @@ pub struct Driver {
     ledger_len: u64,
 
     consensus: Option<Consensus>,
-    /// Deltas held per round, per author.
+    /// Deltas held per round, per author (the first version seen).
     deltas: BTreeMap<u64, BTreeMap<[u8; 32], Held>>,
+    /// Second versions from equivocating authors, by (round, digest): a proposal pins one
+    /// version by digest, so honest nodes still agree on the bytes whichever they saw first.
+    equivocated: BTreeMap<(u64, [u8; 32]), Held>,
+    /// (round, author) pairs caught equivocating; the proposer leaves them out.
+    equivocators: HashSet<(u64, [u8; 32])>,
     /// Consensus messages for later heights, replayed when the height starts.
     future: VecDeque<(u64, Message)>,
     pending_propose: Option<(Height, View)>,
@@ -219,7 +230,10 @@ impl Driver {
             last_model_hash = rv.model_hash;
         }
         let (committed, params, velocity, syncing) = match recovered.state {
-            Some(s) if s.round == ledger_len && model::params::hash_params(&s.params) == last_model_hash => {
+            Some(s)
+                if s.round == ledger_len
+                    && model::params::hash_params(&s.params) == last_model_hash =>
+            {
                 (s.round, s.params, s.velocity, false)
             }
             Some(s) => {
@@ -256,6 +270,8 @@ impl Driver {
             ledger_len,
             consensus: None,
             deltas: BTreeMap::new(),
+            equivocated: BTreeMap::new(),
+            equivocators: HashSet::new(),
             future: VecDeque::new(),
             pending_propose: None,
             pending_validate: Vec::new(),
@@ -378,6 +394,8 @@ impl Driver {
         self.timers.clear();
         // Drop deltas of finished rounds.
         self.deltas = self.deltas.split_off(&h);
+        self.equivocated = self.equivocated.split_off(&(h, [0; 32]));
+        self.equivocators.retain(|(r, _)| *r >= h);
         if !self.is_validator() || self.cfg.byzantine == Some(Byzantine::Silent) {
             self.consensus = None;
             return Ok(());
@@ -392,11 +410,28 @@ impl Driver {
             .filter_map(|b| decode_wal_entry(b).ok())
             .collect();
         let machine = if wal.is_empty() {
-            Consensus::new(params, Height(h), self.validators().clone(), signer, Box::new(Ed25519Verifier))
+            Consensus::new(
+                params,
+                Height(h),
+                self.validators().clone(),
+                signer,
+                Box::new(Ed25519Verifier),
+            )
         } else {
-            tracing::info!(round = h, entries = wal.len(), "recovering consensus from the WAL");
-            Consensus::recover(params, Height(h), self.validators().clone(), signer, Box::new(Ed25519Verifier), wal)
-                .map_err(|e| anyhow::anyhow!("recovering consensus WAL: {e}"))?
+            tracing::info!(
+                round = h,
+                entries = wal.len(),
+                "recovering consensus from the WAL"
+            );
+            Consensus::recover(
+                params,
+                Height(h),
+                self.validators().clone(),
+                signer,
+                Box::new(Ed25519Verifier),
+                wal,
+            )
+            .map_err(|e| anyhow::anyhow!("recovering consensus WAL: {e}"))?
         };
         self.consensus = Some(machine);
         self.feed(vec![Input::StartHeight]).await?;
@@ -433,10 +468,18 @@ impl Driver {
         let me = self.me.0;
         let tx = self.train_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let stream = u64::from_le_bytes([me[0], me[1], me[2], me[3], me[4], me[5], me[6], me[7]]);
+            let stream =
+                u64::from_le_bytes([me[0], me[1], me[2], me[3], me[4], me[5], me[6], me[7]]);
             let mut rng = Rng::derive(seed ^ stream, round);
             let t = Instant::now();
-            let out = model::train::train_local(kind, &params, &data, &train_cfg, &mut rng, &candle_core::Device::Cpu);
+            let out = model::train::train_local(
+                kind,
+                &params,
+                &data,
+                &train_cfg,
+                &mut rng,
+                &candle_core::Device::Cpu,
+            );
             let _ = tx.blocking_send(Trained {
                 round,
                 out,
@@ -470,7 +513,8 @@ impl Driver {
             match out {
                 Output::Persist(entry) => {
                     // Durable before any later output (the WAL rule).
-                    let bytes = encode_wal_entry(&entry).map_err(|e| anyhow::anyhow!("wal encode: {e}"))?;
+                    let bytes =
+                        encode_wal_entry(&entry).map_err(|e| anyhow::anyhow!("wal encode: {e}"))?;
                     self.store.append_wal(&bytes)?;
                 }
                 Output::Broadcast(msg) => {
@@ -481,7 +525,8 @@ impl Driver {
                 Output::ScheduleTimeout { timeout, after_ms } => {
                     self.timer_seq += 1;
                     let at = Instant::now() + Duration::from_millis(after_ms);
-                    self.timers.push(Reverse((at, self.timer_seq, key_of(&timeout))));
+                    self.timers
+                        .push(Reverse((at, self.timer_seq, key_of(&timeout))));
                 }
                 Output::GetValue { height, view } => {
                     self.pending_propose = Some((height, view));
@@ -496,12 +541,19 @@ impl Driver {
                     self.pending_validate.push((id, value));
                     follow.extend(self.check_validations()?);
                 }
-                Output::Decided { height, value, certificate, .. } => {
+                Output::Decided {
+                    height,
+                    value,
+                    certificate,
+                    ..
+                } => {
                     self.on_decided(height.0, value, certificate).await?;
                     return Ok((Vec::new(), true));
                 }
                 Output::Evidence(e) => {
-                    self.metrics.equivocations_total.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .equivocations_total
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(offender = %hex(&e.offender().0), "consensus equivocation evidence");
                     if let Some(peer) = peer_id_of(&e.offender()) {
                         let _ = self.net.penalize(peer, PeerAction::Fatal).await;
@@ -675,23 +727,20 @@ impl Driver {
             return Ok(Verdict::Reject("bad signature"));
         }
         let digest = sha256(data);
-        if let Some(prev) = self.deltas.get(&sd.msg.round).and_then(|r| r.get(&sd.msg.author)) {
-            if prev.digest == digest {
+        let round = sd.msg.round;
+        let author = sd.msg.author;
+        let second = match self.deltas.get(&round).and_then(|r| r.get(&author)) {
+            Some(prev) if prev.digest == digest => {
                 m.deltas_ignored_total.fetch_add(1, Ordering::Relaxed);
                 return Ok(Verdict::Ignore("duplicate delta"));
             }
-            m.reject("equivocation");
-            m.equivocations_total.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                round = sd.msg.round,
-                author = %hex(&sd.msg.author),
-                "delta equivocation: two different signed deltas for one round"
-            );
-            if let Some(peer) = peer_id_of(&ValidatorId(sd.msg.author)) {
-                let _ = self.net.penalize(peer, PeerAction::Fatal).await;
+            Some(_) if self.equivocated.contains_key(&(round, digest)) => {
+                m.deltas_ignored_total.fetch_add(1, Ordering::Relaxed);
+                return Ok(Verdict::Ignore("duplicate delta"));
             }
-            return Ok(Verdict::Reject("equivocation"));
-        }
+            Some(_) => true,
+            None => false,
+        };
         let Ok(decoded) = model::codec::decode(&sd.msg.payload, self.n_params()) else {
             m.reject("bad_payload");
             if let Some(p) = from {
@@ -699,16 +748,32 @@ impl Driver {
             }
             return Ok(Verdict::Reject("bad payload"));
         };
-        m.deltas_accepted_total.fetch_add(1, Ordering::Relaxed);
-        self.deltas.entry(sd.msg.round).or_default().insert(
-            sd.msg.author,
-            Held {
-                digest,
-                samples: sd.msg.samples,
-                base_hash: sd.msg.base_hash,
-                decoded: Arc::new(decoded),
-            },
-        );
+        let held = Held {
+            digest,
+            samples: sd.msg.samples,
+            base_hash: sd.msg.base_hash,
+            decoded: Arc::new(decoded),
+        };
+        let verdict = if second {
+            // Two different signed deltas for one round: keep both (a proposal may pin either),
+            // never propose this author's delta for the round, and penalise it.
+            m.reject("equivocation");
+            m.equivocations_total.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(round, author = %hex(&author), "delta equivocation: two different signed deltas for one round");
+            if self.equivocators.insert((round, author))
+                && let Some(peer) = peer_id_of(&ValidatorId(author))
+            {
+                let _ = self.net.penalize(peer, PeerAction::Fatal).await;
+            }
+            if self.equivocated.len() < 1024 {
+                self.equivocated.insert((round, digest), held);
+            }
+            Verdict::Reject("equivocation")
+        } else {
+            m.deltas_accepted_total.fetch_add(1, Ordering::Relaxed);
+            self.deltas.entry(round).or_default().insert(author, held);
+            Verdict::Accept
+        };
         if sd.msg.round == h {
             let mut follow = self.check_validations()?;
             if let Some(v) = self.try_propose()? {
@@ -718,7 +783,7 @@ impl Driver {
                 self.feed(follow).await?;
             }
         }
-        Ok(Verdict::Accept)
+        Ok(verdict)
     }
 
     async fn on_consensus_bytes(&mut self, data: &[u8], from: PeerId) -> Result<Verdict> {
@@ -727,8 +792,16 @@ impl Driver {
         };
         if let Message::Evidence(e) = &msg {
             return Ok(
-                if e.verify(self.validators(), &self.cfg.genesis.chain_id, &Ed25519Verifier).is_ok() {
-                    self.metrics.equivocations_total.fetch_add(1, Ordering::Relaxed);
+                if e.verify(
+                    self.validators(),
+                    &self.cfg.genesis.chain_id,
+                    &Ed25519Verifier,
+                )
+                .is_ok()
+                {
+                    self.metrics
+                        .equivocations_total
+                        .fetch_add(1, Ordering::Relaxed);
                     if let Some(peer) = peer_id_of(&e.offender()) {
                         let _ = self.net.penalize(peer, PeerAction::Fatal).await;
                     }
@@ -805,7 +878,8 @@ impl Driver {
             return;
         }
         self.answered_lagging.insert(height, Instant::now());
-        self.answered_lagging.retain(|_, t| t.elapsed() < Duration::from_secs(30));
+        self.answered_lagging
+            .retain(|_, t| t.elapsed() < Duration::from_secs(30));
         let Ok(ledger) = crate::store::read_ledger(self.store.root()) else {
             return;
         };
@@ -831,7 +905,9 @@ impl Driver {
             .get(&h)
             .map(|r| {
                 r.iter()
-                    .filter(|(_, d)| d.base_hash == self.model_hash)
+                    .filter(|(a, d)| {
+                        d.base_hash == self.model_hash && !self.equivocators.contains(&(h, **a))
+                    })
                     .map(|(a, d)| (*a, d))
                     .collect()
             })
@@ -846,17 +922,27 @@ impl Driver {
         };
         let mut inputs = Vec::with_capacity(included.len());
         for inc in included {
-            match round.get(&inc.author) {
-                Some(d) if d.digest == inc.digest => inputs.push(Contribution {
+            let d = round
+                .get(&inc.author)
+                .filter(|d| d.digest == inc.digest)
+                .or_else(|| self.equivocated.get(&(h, inc.digest)));
+            match d {
+                Some(d) => inputs.push(Contribution {
                     delta: d.decoded.as_slice(),
                     samples: inc.samples,
                 }),
-                _ => return Ok(None),
+                None => return Ok(None),
             }
         }
         let mut params = self.params.to_vec();
         let mut velocity = self.velocity.to_vec();
-        model::sim::apply_round(&mut params, &mut velocity, &self.cfg.genesis.rule, &self.cfg.genesis.server, &inputs)?;
+        model::sim::apply_round(
+            &mut params,
+            &mut velocity,
+            &self.cfg.genesis.rule,
+            &self.cfg.genesis.server,
+            &inputs,
+        )?;
         Ok(Some(Applied {
             params: Arc::new(params),
             velocity: Arc::new(velocity),
@@ -876,12 +962,13 @@ impl Driver {
         let set = self.validators();
         let n = set.len();
         let quorum = set.quorum();
-        let f = set.max_faulty();
         let held = self.usable_deltas();
-        let window_closed = self
-            .trained_at
-            .is_some_and(|t| t.elapsed() >= Duration::from_millis(self.cfg.genesis.collect_ms()));
-        if !(held.len() >= n - f || held.len() >= quorum && window_closed) {
+        // Wait for every validator's delta; once our own is done, wait at most `collect_ms` more
+        // and propose with a quorum (2f + 1 deltas hold at least f + 1 honest ones).
+        let collect = Duration::from_millis(self.cfg.genesis.collect_ms());
+        let window_closed = self.trained_at.is_some_and(|t| t.elapsed() >= collect)
+            || self.height_started.elapsed() >= collect * 8;
+        if !(held.len() >= n || held.len() >= quorum && window_closed) {
             return Ok(None);
         }
         let included: Vec<Included> = held
@@ -908,8 +995,17 @@ impl Driver {
         let value = Value(rv.encode()?);
         self.applied.insert(value.id(), applied);
         self.pending_propose = None;
-        tracing::info!(round = height.0, view = view.0, included = rv.included.len(), "proposing");
-        Ok(Some(Input::ProposeValue { height, view, value }))
+        tracing::info!(
+            round = height.0,
+            view = view.0,
+            included = rv.included.len(),
+            "proposing"
+        );
+        Ok(Some(Input::ProposeValue {
+            height,
+            view,
+            value,
+        }))
     }
 
     /// Decides pending validations whose deltas are all here; starts fetches for missing ones.
@@ -935,7 +1031,10 @@ impl Driver {
         };
         let set = self.validators();
         let sorted = rv.included.windows(2).all(|w| w[0].author < w[1].author);
-        let members = rv.included.iter().all(|i| set.contains(&ValidatorId(i.author)));
+        let members = rv
+            .included
+            .iter()
+            .all(|i| set.contains(&ValidatorId(i.author)));
         if rv.version != 1
             || rv.round != self.height()
             || rv.base_hash != self.model_hash
@@ -951,7 +1050,12 @@ impl Driver {
         let h = self.height();
         let mut missing = Vec::new();
         for inc in &rv.included {
-            let held = self.deltas.get(&h).and_then(|r| r.get(&inc.author));
+            let held = self
+                .deltas
+                .get(&h)
+                .and_then(|r| r.get(&inc.author))
+                .filter(|d| d.digest == inc.digest)
+                .or_else(|| self.equivocated.get(&(h, inc.digest)));
             match held {
                 Some(d) if d.digest == inc.digest => {
                     if d.samples != inc.samples {
@@ -969,9 +1073,11 @@ impl Driver {
                     let net = self.net.clone();
                     let tx = self.fetch_tx.clone();
                     tokio::spawn(async move {
-                        if let Ok(bytes) = net.request_blob(None, gossip::Digest(digest)).await {
-                            let _ = tx.send(Fetched::Blob { round: h, bytes }).await;
-                        }
+                        let fetched = match net.request_blob(None, gossip::Digest(digest)).await {
+                            Ok(bytes) => Fetched::Blob { round: h, bytes },
+                            Err(_) => Fetched::BlobFailed { digest },
+                        };
+                        let _ = tx.send(fetched).await;
                     });
                 }
             }
@@ -985,7 +1091,10 @@ impl Driver {
         if ok {
             self.applied.insert(*id, applied);
         } else {
-            tracing::warn!(round = rv.round, "proposed aggregate hash does not match ours");
+            tracing::warn!(
+                round = rv.round,
+                "proposed aggregate hash does not match ours"
+            );
         }
         Ok(Some(ok))
     }
@@ -1001,6 +1110,9 @@ impl Driver {
                         self.feed(follow).await?;
                     }
                 }
+            }
+            Fetched::BlobFailed { digest } => {
+                self.fetching.remove(&digest);
             }
             Fetched::State { peer, snapshot } => match snapshot {
                 Ok(s) => {
@@ -1034,26 +1146,42 @@ impl Driver {
         let mut last_rv = None;
         let mut to_append = Vec::new();
         for e in entries.into_iter().filter(|e| e.height > self.ledger_len) {
-            anyhow::ensure!(e.height == expect, "certificate gap: got {}, expected {expect}", e.height);
+            anyhow::ensure!(
+                e.height == expect,
+                "certificate gap: got {}, expected {expect}",
+                e.height
+            );
             let rv = e.verify(&self.cfg.genesis.chain_id, self.validators())?;
             expect += 1;
             last_rv = Some((rv, Value(e.value.clone()).id().0));
             to_append.push(e);
         }
         let target = expect - 1;
-        anyhow::ensure!(body.round == target, "checkpoint is for round {}, certificates end at {target}", body.round);
+        anyhow::ensure!(
+            body.round == target,
+            "checkpoint is for round {}, certificates end at {target}",
+            body.round
+        );
         let (model_hash, value_id) = match last_rv {
             Some((rv, id)) => (rv.model_hash, id),
             None => {
                 // No new certificates: the checkpoint must match our own last commit.
                 let ledger = crate::store::read_ledger(self.store.root())?;
-                let last = ledger.last().context("no ledger to check a checkpoint against")?;
+                let last = ledger
+                    .last()
+                    .context("no ledger to check a checkpoint against")?;
                 let rv = RoundValue::decode(&last.value)?;
                 (rv.model_hash, Value(last.value.clone()).id().0)
             }
         };
-        anyhow::ensure!(body.params.len() == self.cfg.genesis.model.num_params(), "checkpoint has the wrong parameter count");
-        anyhow::ensure!(model::params::hash_params(&body.params) == model_hash, "checkpoint does not hash to the certified model");
+        anyhow::ensure!(
+            body.params.len() == self.cfg.genesis.model.num_params(),
+            "checkpoint has the wrong parameter count"
+        );
+        anyhow::ensure!(
+            model::params::hash_params(&body.params) == model_hash,
+            "checkpoint does not hash to the certified model"
+        );
         anyhow::ensure!(body.value_id == value_id, "checkpoint names another value");
         for e in &to_append {
             self.store.append_commit(e)?;
@@ -1062,7 +1190,9 @@ impl Driver {
         self.store.write_state(&body)?;
         self.store.reset_wal()?;
         tracing::info!(round = target, "state synced from a peer");
-        self.metrics.state_syncs_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .state_syncs_total
+            .fetch_add(1, Ordering::Relaxed);
         self.committed = target;
         self.last_value = value_id;
         self.model_hash = model_hash;
@@ -1092,13 +1222,18 @@ impl Driver {
         if let Some(Byzantine::Attack(a)) = self.cfg.byzantine
             && !a.is_data_level()
         {
-            let benign: Vec<Arc<Vec<f32>>> = self.usable_deltas().iter().map(|(_, d)| d.decoded.clone()).collect();
+            let benign: Vec<Arc<Vec<f32>>> = self
+                .usable_deltas()
+                .iter()
+                .map(|(_, d)| d.decoded.clone())
+                .collect();
             let refs: Vec<&[f32]> = benign.iter().map(|v| v.as_slice()).collect();
             let n = self.validators().len();
             delta = a.corrupt(&delta, &refs, n, self.validators().max_faulty(), &mut rng);
         }
         let residual = g.file.training.error_feedback.then_some(&mut self.residual);
-        let payload = model::sim::prepare_update(delta, g.dp.as_ref(), g.compression, residual, &mut rng);
+        let payload =
+            model::sim::prepare_update(delta, g.dp.as_ref(), g.compression, residual, &mut rng);
         if g.file.training.error_feedback {
             self.store.write_residual(&self.residual)?;
         }
@@ -1114,7 +1249,10 @@ impl Driver {
         let mut to_send = vec![msg.clone()];
         if self.cfg.byzantine == Some(Byzantine::Equivocate) {
             let mut other = msg;
-            other.payload = model::codec::encode(model::codec::Compression::Dense, &vec![0.0; self.n_params()]);
+            other.payload = model::codec::encode(
+                model::codec::Compression::Dense,
+                &vec![0.0; self.n_params()],
+            );
             to_send.push(other);
         }
         for (i, m) in to_send.into_iter().enumerate() {
@@ -1123,7 +1261,9 @@ impl Driver {
                 // Hold our own delta as any other.
                 let _ = self.on_delta_bytes(&bytes, None).await?;
             }
-            self.metrics.delta_bytes_out_total.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.metrics
+                .delta_bytes_out_total
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             if let Err(e) = self.net.publish(Topic::Deltas, bytes).await {
                 tracing::debug!(error = %e, "publishing delta");
             }
@@ -1134,13 +1274,19 @@ impl Driver {
         Ok(())
     }
 
-    async fn on_decided(&mut self, height: u64, value: Value, certificate: consensus::Certificate) -> Result<()> {
+    async fn on_decided(
+        &mut self,
+        height: u64,
+        value: Value,
+        certificate: consensus::Certificate,
+    ) -> Result<()> {
         let decided_at = Instant::now();
         let id = value.id();
         let entry = LedgerEntry {
             height,
             value: value.0.clone(),
-            certificate: consensus::encode_certificate(&certificate).map_err(|e| anyhow::anyhow!("certificate encode: {e}"))?,
+            certificate: consensus::encode_certificate(&certificate)
+                .map_err(|e| anyhow::anyhow!("certificate encode: {e}"))?,
         };
         // Durable first: the commit is on disk before we act on it.
         self.store.append_commit(&entry)?;
@@ -1174,7 +1320,10 @@ impl Driver {
             }
             _ => {
                 // Decided without the deltas (we missed the round): take the state from a peer.
-                tracing::warn!(round = height, "decided a value whose deltas we lack; syncing state");
+                tracing::warn!(
+                    round = height,
+                    "decided a value whose deltas we lack; syncing state"
+                );
                 self.syncing = true;
                 self.consensus = None;
                 self.publish_status();
@@ -1187,7 +1336,8 @@ impl Driver {
     async fn after_commit(&mut self, included: usize, agg_secs: f64) -> Result<()> {
         let g = &self.cfg.genesis;
         if g.file.checkpoint_every > 0 && self.committed.is_multiple_of(g.file.checkpoint_every) {
-            self.store.write_checkpoint(g.model, self.committed, &self.params)?;
+            self.store
+                .write_checkpoint(g.model, self.committed, &self.params)?;
         }
         let total = self.height_started.elapsed().as_secs_f64();
         let train = self.train_secs.min(total);
@@ -1203,9 +1353,15 @@ impl Driver {
             self.metrics.phase_us_sum[i].fetch_add(us, Ordering::Relaxed);
         }
         let (acc, loss) = model::train::evaluate_params(g.model, &self.params, &self.cfg.test)?;
-        self.metrics.accuracy_ppm.store((acc as f64 * 1e6) as u64, Ordering::Relaxed);
-        self.metrics.loss_micro.store((loss.max(0.0) as f64 * 1e6) as u64, Ordering::Relaxed);
-        self.metrics.rounds_committed_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .accuracy_ppm
+            .store((acc as f64 * 1e6) as u64, Ordering::Relaxed);
+        self.metrics
+            .loss_micro
+            .store((loss.max(0.0) as f64 * 1e6) as u64, Ordering::Relaxed);
+        self.metrics
+            .rounds_committed_total
+            .fetch_add(1, Ordering::Relaxed);
         self.publish_status();
         let bytes_out = self.metrics.delta_bytes_out_total.load(Ordering::Relaxed);
         tracing::info!(round = self.committed, accuracy = acc, loss, included, hash = %hex(&self.model_hash), "committed");
@@ -1231,10 +1387,12 @@ impl Driver {
         {
             self.done_announced = true;
             if self.cfg.json_events {
-                println!("{}", serde_json::json!({"event": "done", "round": self.committed, "model_hash": hex(&self.model_hash)}));
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "done", "round": self.committed, "model_hash": hex(&self.model_hash)})
+                );
             }
         }
         Ok(())
     }
 }
-

@@ -239,7 +239,7 @@ pub fn demo(chain_id: &str, validators: &[ValidatorId]) -> GenesisFile {
             partition: "dirichlet:0.5".into(),
         },
         training: TrainingSection {
-            local_epochs: 1,
+            local_epochs: 2,
             local_steps: None,
             batch: 16,
             optimizer: "sgd:0.1,0.9".into(),

@@ -52,8 +52,8 @@ impl NodeKey {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading key file {}", path.display()))?;
-        let secret =
-            parse_hex32(&text).with_context(|| format!("key file {} is malformed", path.display()))?;
+        let secret = parse_hex32(&text)
+            .with_context(|| format!("key file {} is malformed", path.display()))?;
         Ok(NodeKey { secret })
     }
 
@@ -98,7 +98,8 @@ impl NodeKey {
     /// The libp2p keypair for the same key.
     pub fn libp2p(&self) -> Result<gossip::Keypair> {
         let mut copy = self.secret; // libp2p zeroes its input
-        gossip::Keypair::ed25519_from_bytes(&mut copy).map_err(|e| anyhow::anyhow!("libp2p key: {e}"))
+        gossip::Keypair::ed25519_from_bytes(&mut copy)
+            .map_err(|e| anyhow::anyhow!("libp2p key: {e}"))
     }
 
     /// The libp2p peer id.
@@ -127,9 +128,9 @@ pub fn load_public(spec: &str) -> Result<ValidatorId> {
     } else {
         spec.to_string()
     };
-    Ok(ValidatorId(
-        parse_hex32(&text).with_context(|| format!("public key {spec} is malformed"))?,
-    ))
+    Ok(ValidatorId(parse_hex32(&text).with_context(|| {
+        format!("public key {spec} is malformed")
+    })?))
 }
 
 #[cfg(test)]
@@ -144,7 +145,10 @@ mod tests {
         let pubp = k.save(&path).unwrap();
         let back = NodeKey::load(&path).unwrap();
         assert_eq!(back.public(), k.public());
-        assert_eq!(load_public(pubp.to_str().unwrap()).unwrap(), k.validator_id());
+        assert_eq!(
+            load_public(pubp.to_str().unwrap()).unwrap(),
+            k.validator_id()
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

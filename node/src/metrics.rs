@@ -54,17 +54,27 @@ impl Metrics {
     }
 
     /// Renders Prometheus text, adding the network's counters and peers.
-    pub fn render(&self, net: Option<&gossip::NetworkCounters>, peers: usize, status: &Status) -> String {
+    pub fn render(
+        &self,
+        net: Option<&gossip::NetworkCounters>,
+        peers: usize,
+        status: &Status,
+    ) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut s = String::new();
         let mut line = |name: &str, help: &str, kind: &str, body: String| {
-            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{body}"));
+            s.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{body}"
+            ));
         };
         line(
             "cohort_rounds_committed_total",
             "Rounds committed by this node.",
             "counter",
-            format!("cohort_rounds_committed_total {}\n", g(&self.rounds_committed_total)),
+            format!(
+                "cohort_rounds_committed_total {}\n",
+                g(&self.rounds_committed_total)
+            ),
         );
         line(
             "cohort_round",
@@ -76,7 +86,10 @@ impl Metrics {
             "cohort_deltas_accepted_total",
             "Peer deltas accepted.",
             "counter",
-            format!("cohort_deltas_accepted_total {}\n", g(&self.deltas_accepted_total)),
+            format!(
+                "cohort_deltas_accepted_total {}\n",
+                g(&self.deltas_accepted_total)
+            ),
         );
         let mut body = String::new();
         for (i, r) in REJECT_REASONS.iter().enumerate() {
@@ -85,18 +98,29 @@ impl Metrics {
                 g(&self.deltas_rejected[i])
             ));
         }
-        line("cohort_deltas_rejected_total", "Peer deltas rejected, by reason.", "counter", body);
+        line(
+            "cohort_deltas_rejected_total",
+            "Peer deltas rejected, by reason.",
+            "counter",
+            body,
+        );
         line(
             "cohort_deltas_ignored_total",
             "Peer deltas ignored (old, future, duplicate).",
             "counter",
-            format!("cohort_deltas_ignored_total {}\n", g(&self.deltas_ignored_total)),
+            format!(
+                "cohort_deltas_ignored_total {}\n",
+                g(&self.deltas_ignored_total)
+            ),
         );
         line(
             "cohort_equivocations_total",
             "Equivocations detected.",
             "counter",
-            format!("cohort_equivocations_total {}\n", g(&self.equivocations_total)),
+            format!(
+                "cohort_equivocations_total {}\n",
+                g(&self.equivocations_total)
+            ),
         );
         line(
             "cohort_state_syncs_total",
@@ -116,7 +140,12 @@ impl Metrics {
                 g(&self.phase_us_sum[i]) as f64 / 1e6
             ));
         }
-        line("cohort_round_phase_seconds", "Last round's duration by phase.", "gauge", body);
+        line(
+            "cohort_round_phase_seconds",
+            "Last round's duration by phase.",
+            "gauge",
+            body,
+        );
         line(
             "cohort_round_phase_seconds_total",
             "Time spent per phase over all rounds.",
@@ -127,7 +156,10 @@ impl Metrics {
             "cohort_accuracy",
             "Accuracy of the committed model on this node's held-out data.",
             "gauge",
-            format!("cohort_accuracy {:.6}\n", g(&self.accuracy_ppm) as f64 / 1e6),
+            format!(
+                "cohort_accuracy {:.6}\n",
+                g(&self.accuracy_ppm) as f64 / 1e6
+            ),
         );
         line(
             "cohort_loss",
@@ -145,7 +177,10 @@ impl Metrics {
             "cohort_delta_bytes_out_total",
             "Bytes of this node's signed deltas.",
             "counter",
-            format!("cohort_delta_bytes_out_total {}\n", g(&self.delta_bytes_out_total)),
+            format!(
+                "cohort_delta_bytes_out_total {}\n",
+                g(&self.delta_bytes_out_total)
+            ),
         );
         if let Some(c) = net {
             let mut by_topic = String::new();
@@ -157,7 +192,12 @@ impl Metrics {
                     tc.published_bytes, tc.received_bytes
                 ));
             }
-            line("cohort_topic_bytes_total", "Gossip payload bytes per topic.", "counter", by_topic);
+            line(
+                "cohort_topic_bytes_total",
+                "Gossip payload bytes per topic.",
+                "counter",
+                by_topic,
+            );
             line(
                 "cohort_protocol_bytes_total",
                 "Bytes per protocol.",

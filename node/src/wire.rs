@@ -205,7 +205,11 @@ impl LedgerEntry {
         let rv = RoundValue::decode(&self.value)
             .with_context(|| format!("value of height {}", self.height))?;
         if rv.round != self.height {
-            bail!("height {} holds a value for round {}", self.height, rv.round);
+            bail!(
+                "height {} holds a value for round {}",
+                self.height,
+                rv.round
+            );
         }
         Ok(rv)
     }
@@ -244,7 +248,6 @@ pub fn momentum_hash(velocity: &[f32]) -> [u8; 32] {
         model::params::hash_params(velocity)
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -22,7 +22,9 @@ pub struct StatusArgs {
 }
 
 pub fn status(a: StatusArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let body = rt.block_on(crate::api::get(&a.api, "/status"))?;
     if a.json {
         println!("{body}");
@@ -31,13 +33,20 @@ pub fn status(a: StatusArgs) -> Result<()> {
     let s: Status = serde_json::from_str(&body).context("parsing /status")?;
     println!("chain        {}", s.chain_id);
     println!("peer id      {}", s.peer_id);
-    println!("role         {}", if s.validator { "validator" } else { "observer" });
+    println!(
+        "role         {}",
+        if s.validator { "validator" } else { "observer" }
+    );
     println!("round        {} (view {})", s.round, s.view);
     println!("peers        {}", s.peers);
     println!("validators   {}", s.validators);
     println!("last commit  {} ({} deltas)", s.last_value, s.last_included);
     println!("model hash   {}", s.model_hash);
-    println!("accuracy     {:.2}%  loss {:.4}", s.accuracy * 100.0, s.loss);
+    println!(
+        "accuracy     {:.2}%  loss {:.4}",
+        s.accuracy * 100.0,
+        s.loss
+    );
     Ok(())
 }
 
@@ -65,13 +74,21 @@ pub fn verify_dir(data_dir: &std::path::Path, genesis: &Genesis) -> Result<u64> 
         }
         let rv: RoundValue = e.verify(&genesis.chain_id, &genesis.validators)?;
         if rv.base_hash != base {
-            bail!("round {h} starts from {}, but round {} ended at {}", hex(&rv.base_hash), h - 1, hex(&base));
+            bail!(
+                "round {h} starts from {}, but round {} ended at {}",
+                hex(&rv.base_hash),
+                h - 1,
+                hex(&base)
+            );
         }
         if rv.prev_value != prev {
             bail!("round {h} does not link to the previous commit");
         }
         if rv.included.len() < genesis.validators.quorum() {
-            bail!("round {h} includes {} deltas, fewer than a quorum", rv.included.len());
+            bail!(
+                "round {h} includes {} deltas, fewer than a quorum",
+                rv.included.len()
+            );
         }
         base = rv.model_hash;
         prev = Value(e.value.clone()).id().0;
@@ -79,11 +96,18 @@ pub fn verify_dir(data_dir: &std::path::Path, genesis: &Genesis) -> Result<u64> 
     let state = crate::store::read_state(data_dir)?;
     let rounds = ledger.len() as u64;
     if state.round != rounds {
-        bail!("stored state is for round {}, the ledger ends at {rounds}", state.round);
+        bail!(
+            "stored state is for round {}, the ledger ends at {rounds}",
+            state.round
+        );
     }
     let got = model::params::hash_params(&state.params);
     if got != base {
-        bail!("stored model hashes to {}, the last commit says {}", hex(&got), hex(&base));
+        bail!(
+            "stored model hashes to {}, the last commit says {}",
+            hex(&got),
+            hex(&base)
+        );
     }
     Ok(rounds)
 }

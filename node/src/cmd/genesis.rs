@@ -26,7 +26,7 @@ pub struct Args {
     #[arg(long, default_value = "dirichlet:0.5")]
     pub partition: String,
     /// Local epochs per round.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 2)]
     pub local_epochs: usize,
     /// Local steps per round (instead of epochs).
     #[arg(long)]

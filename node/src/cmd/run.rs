@@ -92,8 +92,10 @@ fn merge(mut a: Args) -> Result<Args> {
     let Some(path) = a.config.clone() else {
         return Ok(a);
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let f: FileConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let f: FileConfig =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     a.key = a.key.or(f.key);
     a.genesis = a.genesis.or(f.genesis);
     a.data_dir = a.data_dir.or(f.data_dir);
@@ -124,7 +126,10 @@ pub fn run(a: Args) -> Result<()> {
     let byzantine = a
         .byzantine
         .as_deref()
-        .map(|s| s.parse::<Byzantine>().map_err(|e| anyhow::anyhow!("--byzantine: {e}")))
+        .map(|s| {
+            s.parse::<Byzantine>()
+                .map_err(|e| anyhow::anyhow!("--byzantine: {e}"))
+        })
         .transpose()?;
     // Data: this node's own files, or its shard of the genesis dataset.
     let (mut train, test) = match (&a.own_data, a.shard) {
@@ -139,7 +144,12 @@ pub fn run(a: Args) -> Result<()> {
             if shard >= shards {
                 bail!("--shard {shard} must be below --shards {shards}");
             }
-            let parts = model::partition::partition(&split.train, shards, genesis.partition, genesis.file.seed);
+            let parts = model::partition::partition(
+                &split.train,
+                shards,
+                genesis.partition,
+                genesis.file.seed,
+            );
             (split.train.subset(&parts[shard]), split.test)
         }
     };
@@ -202,8 +212,17 @@ pub fn run(a: Args) -> Result<()> {
                 .await
                 .with_context(|| format!("binding --api {api}"))?;
             let bound = listener.local_addr()?;
-            crate::store::log::write_atomic(&data_dir.join("api.txt"), bound.to_string().as_bytes())?;
-            tokio::spawn(crate::api::serve(listener, metrics.clone(), status_rx, net.clone()));
+            crate::store::log::write_atomic(
+                &data_dir.join("api.txt"),
+                bound.to_string().as_bytes(),
+            )?;
+            tokio::spawn(crate::api::serve(
+                listener,
+                metrics.clone(),
+                status_rx,
+                net.clone(),
+                data_dir.clone(),
+            ));
         }
         tracing::info!(peer = %peer, listen = ?lines, "node started");
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -220,7 +239,17 @@ pub fn run(a: Args) -> Result<()> {
             max_rounds: a.rounds,
             json_events: a.json,
         };
-        let result = crate::driver::run(cfg, net.clone(), events, store, recovered, metrics, status_tx, stop_rx).await;
+        let result = crate::driver::run(
+            cfg,
+            net.clone(),
+            events,
+            store,
+            recovered,
+            metrics,
+            status_tx,
+            stop_rx,
+        )
+        .await;
         let _ = net.shutdown().await;
         result
     })

@@ -50,9 +50,18 @@ impl Drop for Node {
 }
 
 enum Event {
-    Commit { node: usize, round: u64, line: serde_json::Value },
-    Done { node: usize, hash: String },
-    Exited { node: usize },
+    Commit {
+        node: usize,
+        round: u64,
+        line: serde_json::Value,
+    },
+    Done {
+        node: usize,
+        hash: String,
+    },
+    Exited {
+        node: usize,
+    },
 }
 
 fn wait_for_file(path: &Path, deadline: Instant) -> Result<String> {
@@ -77,7 +86,9 @@ pub fn run(a: Args) -> Result<()> {
         std::env::temp_dir().join(format!("cohort-testnet-{}", std::process::id()))
     });
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let keys: Vec<NodeKey> = (0..a.nodes).map(|_| NodeKey::generate()).collect::<Result<_>>()?;
+    let keys: Vec<NodeKey> = (0..a.nodes)
+        .map(|_| NodeKey::generate())
+        .collect::<Result<_>>()?;
     for (i, k) in keys.iter().enumerate() {
         k.save(&tmp.join(format!("node{i}/node.key")))?;
     }
@@ -170,7 +181,10 @@ pub fn run(a: Args) -> Result<()> {
     while hashes.iter().any(Option::is_none) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            bail!("testnet timed out after {} s ({printed} rounds printed)", a.timeout);
+            bail!(
+                "testnet timed out after {} s ({printed} rounds printed)",
+                a.timeout
+            );
         }
         match rx.recv_timeout(left) {
             Ok(Event::Commit { node, round, line }) => {
@@ -194,7 +208,10 @@ pub fn run(a: Args) -> Result<()> {
             Ok(Event::Done { node, hash }) => hashes[node] = Some(hash),
             Ok(Event::Exited { node }) => {
                 if hashes[node].is_none() {
-                    bail!("node {node} exited before finishing (see its data dir in {})", tmp.display());
+                    bail!(
+                        "node {node} exited before finishing (see its data dir in {})",
+                        tmp.display()
+                    );
                 }
             }
             Err(_) => bail!("testnet timed out after {} s", a.timeout),
@@ -209,7 +226,11 @@ pub fn run(a: Args) -> Result<()> {
     let all_equal = hashes.iter().all(|h| *h == first);
     println!(
         "{} after {:.1}s",
-        if all_equal { "all hashes equal" } else { "HASHES DIFFER" },
+        if all_equal {
+            "all hashes equal"
+        } else {
+            "HASHES DIFFER"
+        },
         start.elapsed().as_secs_f64()
     );
     if !a.keep && a.dir.is_none() {

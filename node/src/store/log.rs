@@ -182,7 +182,10 @@ mod tests {
         // Every cut inside the second record recovers the first.
         for cut in (HEADER + 5 + 1)..full.len() {
             std::fs::write(&p, &full[..cut]).unwrap();
-            assert!(AppendLog::read_all(&p).is_err(), "read_all reports a torn tail");
+            assert!(
+                AppendLog::read_all(&p).is_err(),
+                "read_all reports a torn tail"
+            );
             let (_, recs) = AppendLog::open(&p).unwrap();
             assert_eq!(recs, vec![b"first".to_vec()], "cut {cut}");
             assert_eq!(std::fs::metadata(&p).unwrap().len() as usize, HEADER + 5);

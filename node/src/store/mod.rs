@@ -134,7 +134,12 @@ impl Store {
     }
 
     /// Writes `checkpoints/round-NNNNNN.safetensors`.
-    pub fn write_checkpoint(&self, kind: model::net::ModelKind, round: u64, params: &[f32]) -> Result<()> {
+    pub fn write_checkpoint(
+        &self,
+        kind: model::net::ModelKind,
+        round: u64,
+        params: &[f32],
+    ) -> Result<()> {
         let path = self
             .root
             .join("checkpoints")
@@ -150,7 +155,9 @@ pub fn read_ledger(root: &Path) -> Result<Vec<LedgerEntry>> {
     AppendLog::read_all(&path)?
         .iter()
         .enumerate()
-        .map(|(i, r)| LedgerEntry::decode(r).with_context(|| format!("{}: entry {i}", path.display())))
+        .map(|(i, r)| {
+            LedgerEntry::decode(r).with_context(|| format!("{}: entry {i}", path.display()))
+        })
         .collect()
 }
 
