@@ -8,6 +8,9 @@
 #  5. stops node2, waits for the other 3 to commit 2 more rounds
 #  6. starts node2, waits until it is at the same round with the same model hash
 #  (7. with SMOKE_JOINER=1: starts the joiner, waits until it reports the same hash)
+# "Equal hashes" = the nodes' records of the highest round they have all committed
+# (GET /round/R) carry one model_hash (or one GET /status snapshot shows one round and hash):
+# rounds on the digits data can be far shorter than a polling interval.
 # Everything is torn down on exit (trap). Exits non-zero with a message on failure.
 #
 # Environment:
@@ -107,7 +110,7 @@ summary() {
     echo "$out"
 }
 
-# wait_for SECONDS DESCRIPTION CHECK_FUNCTION NODES...: polls every 2 s until
+# wait_for SECONDS DESCRIPTION CHECK_FUNCTION NODES...: polls every second until
 # CHECK_FUNCTION succeeds (after refreshing the status of NODES) or the time runs out.
 wait_for() {
     local limit=$1 what=$2 check=$3 deadline last_print=0 n now
@@ -117,7 +120,7 @@ wait_for() {
     while :; do
         for n in "$@"; do status "$n" || true; done
         if "$check" "$@"; then
-            log "ok: $what -- $(summary "$@")"
+            log "ok: $what -- $CHECKED -- $(summary "$@")"
             return 0
         fi
         now=$(date +%s)
@@ -126,19 +129,48 @@ wait_for() {
             log "  ... $(summary "$@")"
             last_print=$now
         fi
-        sleep 2
+        sleep 1
     done
 }
 
-# all_synced NODES...: every node answered, at one round >= TARGET, with one model hash.
+# round_hash NAME R: the model hash in node NAME's record of committed round R (GET /round/R).
+round_hash() {
+    local body
+    body="$(http_get "${port[$1]}" "/round/$2" 2>/dev/null)" || return 1
+    json_field model_hash <<<"$body"
+}
+
+# all_synced NODES...: every node has committed round >= TARGET, and they agree on the model:
+# the /round/R records of R = the highest round they have all committed carry one model hash
+# (robust however fast rounds go), or else one /status snapshot shows them all at one round
+# with one hash. Different hashes for the same committed round fail the test at once.
 TARGET=0
+CHECKED=""
 all_synced() {
-    local n h="${HASH[$1]}"
-    [[ -n "$h" ]] || return 1
+    local n h rh min=-1 same=1
     for n in "$@"; do
         ((ROUND[$n] >= TARGET)) || return 1
-        [[ "${HASH[$n]}" == "$h" && "${ROUND[$n]}" == "${ROUND[$1]}" ]] || return 1
+        if ((min < 0 || ROUND[$n] < min)); then min=${ROUND[$n]}; fi
+        [[ "${HASH[$n]}" == "${HASH[$1]}" && "${ROUND[$n]}" == "${ROUND[$1]}" ]] || same=0
     done
+    h=""
+    for n in "$@"; do
+        if ! rh="$(round_hash "$n" "$min")" || [[ -z "$rh" ]]; then
+            h=""
+            break
+        fi
+        [[ -n "$h" ]] || h="$rh"
+        [[ "$rh" == "$h" ]] || fail "different model hashes for committed round $min: $1=${h:0:16} $n=${rh:0:16}"
+    done
+    if [[ -n "$h" ]]; then
+        CHECKED="round $min: every node's /round/$min has model hash ${h:0:16}"
+        return 0
+    fi
+    if ((same)); then
+        CHECKED="/status: all at round ${ROUND[$1]} with model hash ${HASH[$1]:0:16}"
+        return 0
+    fi
+    return 1
 }
 
 dump_state() {
@@ -201,6 +233,7 @@ wait_for "$timeout_first" "node0..node3 at round >= $TARGET with equal model has
 # --- 5. stop node2, the others go on -----------------------------------------------------
 others=(node0 node1 node3)
 "$here/node-stop.sh" node2
+! status node2 || fail "node2 still answers on port ${port[node2]} after it was stopped"
 # Two rounds past the highest round any of the others reports once node2 is down.
 base=${ROUND[node0]}
 for n in "${others[@]}"; do
@@ -212,6 +245,10 @@ wait_for "$timeout_step" "node0, node1, node3 at round >= $TARGET without node2"
 
 # --- 6. restart node2, it catches up -----------------------------------------------------
 "$here/node-start.sh" node2
+# Caught up = at least at the round the others had reached when it came back.
+for n in "${others[@]}"; do
+    if status "$n" && ((ROUND[$n] > TARGET)); then TARGET=${ROUND[$n]}; fi
+done
 wait_for "$timeout_step" "node2 restarted and caught up (round >= $TARGET, same hash)" \
     all_synced "${validators[@]}"
 
