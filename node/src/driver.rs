@@ -301,6 +301,7 @@ impl Driver {
 }
 
 /// Runs the node until `shutdown` fires or a fatal error.
+#[allow(clippy::too_many_arguments)] // each is a distinct resource the driver takes ownership of
 pub async fn run(
     cfg: DriverConfig,
     net: NetworkHandle,
@@ -402,7 +403,7 @@ impl Driver {
         }
         let params = Params {
             chain_id: self.cfg.genesis.chain_id.clone(),
-            timeouts: self.cfg.genesis.timeouts.clone(),
+            timeouts: self.cfg.genesis.timeouts,
         };
         let signer = Box::new(Ed25519Signer::new(self.cfg.key.signing_key()));
         let wal: Vec<consensus::WalEntry> = std::mem::take(&mut self.recovered_wal)

@@ -118,7 +118,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut nodes = Vec::new();
     let mut bootstrap: Option<String> = None;
     let start = Instant::now();
-    for i in 0..a.nodes {
+    for (i, byz_kind) in byz.iter().enumerate() {
         let dir = tmp.join(format!("node{i}"));
         let mut cmd = Command::new(&exe);
         cmd.arg("run")
@@ -136,7 +136,7 @@ pub fn run(a: Args) -> Result<()> {
         if let Some(b) = &bootstrap {
             cmd.args(["--bootstrap", b]);
         }
-        if let Some(k) = &byz[i] {
+        if let Some(k) = byz_kind {
             cmd.args(["--byzantine", k]);
         }
         let mut child = cmd.spawn().context("starting a node")?;
