@@ -397,10 +397,13 @@ impl Driver {
         self.deltas = self.deltas.split_off(&h);
         self.equivocated = self.equivocated.split_off(&(h, [0; 32]));
         self.equivocators.retain(|(r, _)| *r >= h);
-        if !self.is_validator() || self.cfg.byzantine == Some(Byzantine::Silent) {
+        if self.cfg.byzantine == Some(Byzantine::Silent) {
             self.consensus = None;
             return Ok(());
         }
+        // A node outside the validator set runs the same machine as a follower: it signs
+        // nothing, and decides when it sees 2f + 1 precommits, so observers keep up in real time
+        // (state sync remains the fallback when they fall behind).
         let params = Params {
             chain_id: self.cfg.genesis.chain_id.clone(),
             timeouts: self.cfg.genesis.timeouts,
@@ -451,7 +454,9 @@ impl Driver {
         for i in replay {
             let _ = self.feed(vec![i]).await;
         }
-        self.start_training();
+        if self.is_validator() {
+            self.start_training();
+        }
         Ok(())
     }
 
