@@ -32,13 +32,18 @@ use model::data::Dataset;
 use model::rng::Rng;
 use tokio::sync::{mpsc, watch};
 
+use crate::chain::Chain;
 use crate::genesis::Genesis;
 use crate::keys::{NodeKey, hex, peer_id_of};
 use crate::metrics::{Metrics, Status};
 use crate::store::Store;
 use crate::wire::{
-    DeltaMsg, Included, LedgerEntry, RoundValue, SignedDelta, StateBody, momentum_hash, sha256,
+    DeltaMsg, Included, LedgerEntry, RoundValue, SignedDelta, SignedJoin, StateBody, momentum_hash,
+    sha256,
 };
+
+/// At most this many validators are admitted per round.
+const MAX_JOINS_PER_ROUND: usize = 4;
 
 /// What a Byzantine demonstration node does.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,6 +86,8 @@ pub struct DriverConfig {
     pub max_rounds: Option<u64>,
     /// Print one JSON line per commit on stdout (for `cohort testnet`).
     pub json_events: bool,
+    /// Ask to become a validator (signed join request on the membership topic).
+    pub join: bool,
 }
 
 /// One held delta of a round.
@@ -130,6 +137,11 @@ pub struct Driver {
     metrics: Arc<Metrics>,
     status: watch::Sender<Status>,
 
+    /// The verified chain: validator sets by height (joins take effect two rounds after commit).
+    chain: Chain,
+    /// Verified join requests waiting to be proposed, by joiner.
+    pending_joins: BTreeMap<[u8; 32], SignedJoin>,
+    last_join_sent: Option<Instant>,
     /// Last committed round.
     committed: u64,
     last_value: [u8; 32],
@@ -222,13 +234,12 @@ impl Driver {
         let genesis_params = cfg.genesis.initial_params();
         let ledger_len = recovered.ledger.len() as u64;
         // Verify the ledger we hold (cheap; also catches a tampered file before we act on it).
-        let mut last_value = [0u8; 32];
-        let mut last_model_hash = model::params::hash_params(&genesis_params);
+        let mut chain = Chain::new(&cfg.genesis);
         for e in &recovered.ledger {
-            let rv = e.verify(&cfg.genesis.chain_id, &cfg.genesis.validators)?;
-            last_value = Value(e.value.clone()).id().0;
-            last_model_hash = rv.model_hash;
+            chain.apply(e, &cfg.genesis)?;
         }
+        let last_value = chain.last_value;
+        let last_model_hash = chain.model_hash;
         let (committed, params, velocity, syncing) = match recovered.state {
             Some(s)
                 if s.round == ledger_len
@@ -261,6 +272,9 @@ impl Driver {
             store,
             metrics,
             status,
+            chain,
+            pending_joins: BTreeMap::new(),
+            last_join_sent: None,
             committed,
             last_value,
             params: Arc::new(params),
@@ -346,8 +360,9 @@ pub async fn run(
 }
 
 impl Driver {
+    /// The validator set of the height being decided.
     fn validators(&self) -> &consensus::ValidatorSet {
-        &self.cfg.genesis.validators
+        self.chain.set_for(self.height())
     }
 
     fn is_validator(&self) -> bool {
@@ -591,6 +606,24 @@ impl Driver {
     }
 
     async fn on_tick(&mut self) -> Result<()> {
+        // A joining node repeats its signed request until a committed round admits it.
+        let h = self.height();
+        if self.cfg.join
+            && !self.chain.set_for(h).contains(&self.me)
+            && !self.chain.set_for(h + 1).contains(&self.me)
+            && self
+                .last_join_sent
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(2))
+        {
+            self.last_join_sent = Some(Instant::now());
+            let j = SignedJoin::new(
+                self.cfg.genesis.chain_id.as_str(),
+                &self.cfg.key.signing_key(),
+            );
+            if let Ok(bytes) = j.encode() {
+                let _ = self.net.publish(Topic::Membership, bytes).await;
+            }
+        }
         // The proposer may be waiting for the collection window to close.
         if self.pending_propose.is_some()
             && let Some(v) = self.try_propose()?
@@ -642,7 +675,7 @@ impl Driver {
                 let verdict = match topic {
                     Topic::Deltas => self.on_delta_bytes(&data, Some(propagation_source)).await?,
                     Topic::Consensus => self.on_consensus_bytes(&data, propagation_source).await?,
-                    Topic::Membership => Verdict::Ignore("membership not supported yet"),
+                    Topic::Membership => self.on_join_bytes(&data),
                 };
                 self.verdict(message_id, propagation_source, verdict).await;
             }
@@ -666,6 +699,28 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    fn on_join_bytes(&mut self, data: &[u8]) -> Verdict {
+        let Ok(j) = SignedJoin::decode(data) else {
+            return Verdict::Reject("malformed join request");
+        };
+        if j.verify(self.cfg.genesis.chain_id.as_str()).is_err() {
+            return Verdict::Reject("bad join request");
+        }
+        let h = self.height();
+        if self
+            .chain
+            .set_for(h + 1)
+            .contains(&ValidatorId(j.validator))
+        {
+            return Verdict::Ignore("already a validator");
+        }
+        if self.pending_joins.len() >= 64 && !self.pending_joins.contains_key(&j.validator) {
+            return Verdict::Ignore("too many pending joins");
+        }
+        self.pending_joins.insert(j.validator, j);
+        Verdict::Accept
     }
 
     async fn verdict(&self, id: MessageId, from: PeerId, v: Verdict) {
@@ -710,7 +765,11 @@ impl Driver {
             m.reject("wrong_chain");
             return Ok(Verdict::Reject("wrong chain"));
         }
-        if !self.validators().contains(&ValidatorId(sd.msg.author)) {
+        if !self
+            .chain
+            .set_for(sd.msg.round)
+            .contains(&ValidatorId(sd.msg.author))
+        {
             m.reject("not_validator");
             return Ok(Verdict::Reject("author not a validator"));
         }
@@ -997,6 +1056,18 @@ impl Driver {
             model_hash: model::params::hash_params(&applied.params),
             momentum_hash: momentum_hash(&applied.velocity),
             prev_value: self.last_value,
+            joins: self
+                .pending_joins
+                .values()
+                .filter(|j| {
+                    !self
+                        .chain
+                        .set_for(height.0 + 1)
+                        .contains(&ValidatorId(j.validator))
+                })
+                .take(MAX_JOINS_PER_ROUND)
+                .cloned()
+                .collect(),
         };
         let value = Value(rv.encode()?);
         self.applied.insert(value.id(), applied);
@@ -1050,6 +1121,16 @@ impl Driver {
             || !members
             || rv.included.len() < set.quorum()
         {
+            return Ok(Some(false));
+        }
+        let next = self.chain.set_for(rv.round + 1);
+        let joins_ok = rv.joins.len() <= MAX_JOINS_PER_ROUND
+            && rv.joins.windows(2).all(|w| w[0].validator < w[1].validator)
+            && rv.joins.iter().all(|j| {
+                j.verify(self.cfg.genesis.chain_id.as_str()).is_ok()
+                    && !next.contains(&ValidatorId(j.validator))
+            });
+        if !joins_ok {
             return Ok(Some(false));
         }
         // Missing or different deltas: fetch by digest (the gossip layer checks the bytes).
@@ -1148,38 +1229,19 @@ impl Driver {
             return Ok(());
         }
         // Verify the chain of certificates from our ledger's end.
-        let mut expect = self.ledger_len + 1;
-        let mut last_rv = None;
+        let mut chain = self.chain.clone();
         let mut to_append = Vec::new();
         for e in entries.into_iter().filter(|e| e.height > self.ledger_len) {
-            anyhow::ensure!(
-                e.height == expect,
-                "certificate gap: got {}, expected {expect}",
-                e.height
-            );
-            let rv = e.verify(&self.cfg.genesis.chain_id, self.validators())?;
-            expect += 1;
-            last_rv = Some((rv, Value(e.value.clone()).id().0));
+            chain.apply(&e, &self.cfg.genesis)?;
             to_append.push(e);
         }
-        let target = expect - 1;
+        let target = chain.height;
         anyhow::ensure!(
             body.round == target,
             "checkpoint is for round {}, certificates end at {target}",
             body.round
         );
-        let (model_hash, value_id) = match last_rv {
-            Some((rv, id)) => (rv.model_hash, id),
-            None => {
-                // No new certificates: the checkpoint must match our own last commit.
-                let ledger = crate::store::read_ledger(self.store.root())?;
-                let last = ledger
-                    .last()
-                    .context("no ledger to check a checkpoint against")?;
-                let rv = RoundValue::decode(&last.value)?;
-                (rv.model_hash, Value(last.value.clone()).id().0)
-            }
-        };
+        let (model_hash, value_id) = (chain.model_hash, chain.last_value);
         anyhow::ensure!(
             body.params.len() == self.cfg.genesis.model.num_params(),
             "checkpoint has the wrong parameter count"
@@ -1193,6 +1255,7 @@ impl Driver {
             self.store.append_commit(e)?;
         }
         self.ledger_len = target;
+        self.chain = chain;
         self.store.write_state(&body)?;
         self.store.reset_wal()?;
         tracing::info!(round = target, "state synced from a peer");
@@ -1297,7 +1360,11 @@ impl Driver {
         // Durable first: the commit is on disk before we act on it.
         self.store.append_commit(&entry)?;
         self.ledger_len = height;
-        let rv = RoundValue::decode(&value.0)?;
+        let rv = self.chain.apply(&entry, &self.cfg.genesis)?;
+        for j in &rv.joins {
+            self.pending_joins.remove(&j.validator);
+            tracing::info!(round = height, validator = %hex(&j.validator), "validator admitted");
+        }
         let applied = match self.applied.get(&id).cloned() {
             Some(a) => Some(a),
             None => self.compute(&rv.included)?,

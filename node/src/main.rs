@@ -4,6 +4,7 @@
 //! subcommand to its module under [`cmd`]. Errors print as one line and exit non-zero.
 
 mod api;
+mod chain;
 mod cmd;
 mod driver;
 mod genesis;

@@ -151,6 +151,68 @@ pub struct RoundValue {
     pub momentum_hash: [u8; 32],
     /// Id of the previous round's committed value (zeros for round 1).
     pub prev_value: [u8; 32],
+    /// Signed join requests admitted by this round; each joiner votes from round + 2.
+    pub joins: Vec<SignedJoin>,
+}
+
+/// A request to become a validator, signed by the joining key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedJoin {
+    /// Network.
+    pub chain_id: String,
+    /// The joining validator's public key.
+    pub validator: [u8; 32],
+    /// ed25519 signature by `validator` over `cohort/join/v1 || chain_id || validator`.
+    pub signature: Vec<u8>,
+}
+
+impl SignedJoin {
+    fn sign_bytes(chain_id: &str, validator: &[u8; 32]) -> Vec<u8> {
+        let mut out = b"cohort/join/v1\0".to_vec();
+        out.extend_from_slice(&(chain_id.len() as u32).to_le_bytes());
+        out.extend_from_slice(chain_id.as_bytes());
+        out.extend_from_slice(validator);
+        out
+    }
+
+    /// A join request for `key` on `chain_id`.
+    pub fn new(chain_id: &str, key: &SigningKey) -> SignedJoin {
+        let validator = key.verifying_key().to_bytes();
+        let sig = key.sign(&Self::sign_bytes(chain_id, &validator));
+        SignedJoin {
+            chain_id: chain_id.to_string(),
+            validator,
+            signature: sig.to_bytes().to_vec(),
+        }
+    }
+
+    /// Checks the chain and the signature.
+    pub fn verify(&self, chain_id: &str) -> Result<()> {
+        if self.chain_id != chain_id {
+            bail!("join request for chain {:?}", self.chain_id);
+        }
+        let key = VerifyingKey::from_bytes(&self.validator).context("joiner key")?;
+        let sig: [u8; 64] = self
+            .signature
+            .as_slice()
+            .try_into()
+            .context("signature length")?;
+        key.verify_strict(
+            &Self::sign_bytes(&self.chain_id, &self.validator),
+            &Signature::from_bytes(&sig),
+        )
+        .context("bad join signature")
+    }
+
+    /// Wire bytes.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        encode::<_, 4096>(self)
+    }
+
+    /// Parses (untrusted) bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        decode::<_, 4096>(bytes)
+    }
 }
 
 impl RoundValue {
@@ -187,7 +249,8 @@ impl LedgerEntry {
         decode::<_, MAX_ENTRY_BYTES>(bytes)
     }
 
-    /// Checks the certificate against `set` and that it certifies this value.
+    /// Checks the certificate against `set`, that it certifies this value, and every join
+    /// request in it.
     pub fn verify(&self, chain: &ChainId, set: &consensus::ValidatorSet) -> Result<RoundValue> {
         let cert = consensus::decode_certificate(&self.certificate)
             .map_err(|e| anyhow::anyhow!("certificate of height {}: {e}", self.height))?;

@@ -147,13 +147,7 @@ fn hash_at_least(node: &Node, r: u64) -> Option<(u64, String)> {
 
 /// The model hash a node's ledger records for round `r` (GET /round/r).
 fn model_hash_at(node: &Node, r: u64) -> Option<String> {
-    let api = std::fs::read_to_string(node.dir.join("data/api.txt")).ok()?;
-    let resp = http_get(api.trim(), &format!("/round/{r}"));
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let v = round_json(node, r)?;
     assert_eq!(v["round"].as_u64(), Some(r));
     assert!(v["certificate"]["signers"].as_array()?.len() >= 3, "{v}");
     v["model_hash"].as_str().map(str::to_string)
@@ -357,6 +351,42 @@ fn byzantine_sign_flip_and_equivocation_cannot_stop_commits() {
         .and_then(|v| v.parse().ok())
         .expect("number");
     assert!(n >= 1, "{line}");
+}
+
+#[test]
+fn join_request_makes_a_validator_whose_deltas_count() {
+    let net = Net::new("e2e-join", 4, 1, "mean");
+    let nodes = start_four(&net, None);
+    let boot = listen_addr(&nodes[0]);
+    let joiner = net.start(4, Some(&boot), &["--join"]);
+    let key = std::fs::read_to_string(net.root.join("node4/node.key.pub")).expect("pub key");
+    let key = key.trim().to_string();
+    wait_until("the joiner to become a validator", 120, || {
+        status(&joiner)?["validator"].as_bool()?.then_some(())
+    });
+    // A later committed round includes the joiner's delta and its precommit.
+    wait_until("a round that counts the joiner", 120, || {
+        let r = round(&nodes[0]);
+        let v = round_json(&nodes[0], r)?;
+        let authors: Vec<&str> = v["included"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| i["author"].as_str())
+            .collect();
+        authors.contains(&key.as_str()).then_some(())
+    });
+    let s = status(&nodes[0]).expect("status");
+    assert_eq!(s["validators"].as_u64(), Some(5));
+}
+
+fn round_json(node: &Node, r: u64) -> Option<serde_json::Value> {
+    let api = std::fs::read_to_string(node.dir.join("data/api.txt")).ok()?;
+    let resp = http_get(api.trim(), &format!("/round/{r}"));
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    serde_json::from_str(body).ok()
 }
 
 fn http_get(addr: &str, path: &str) -> String {

@@ -3,12 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use consensus::Value;
 
 use crate::genesis::Genesis;
 use crate::keys::hex;
 use crate::metrics::Status;
-use crate::wire::RoundValue;
 
 /// Flags of `cohort status`.
 #[derive(clap::Args, Debug)]
@@ -65,34 +63,11 @@ pub struct VerifyArgs {
 /// model hashes to the last committed value's model hash. Returns the number of rounds checked.
 pub fn verify_dir(data_dir: &std::path::Path, genesis: &Genesis) -> Result<u64> {
     let ledger = crate::store::read_ledger(data_dir)?;
-    let mut base = model::params::hash_params(&genesis.initial_params());
-    let mut prev = [0u8; 32];
-    for (i, e) in ledger.iter().enumerate() {
-        let h = i as u64 + 1;
-        if e.height != h {
-            bail!("ledger entry {i} is for height {}, expected {h}", e.height);
-        }
-        let rv: RoundValue = e.verify(&genesis.chain_id, &genesis.validators)?;
-        if rv.base_hash != base {
-            bail!(
-                "round {h} starts from {}, but round {} ended at {}",
-                hex(&rv.base_hash),
-                h - 1,
-                hex(&base)
-            );
-        }
-        if rv.prev_value != prev {
-            bail!("round {h} does not link to the previous commit");
-        }
-        if rv.included.len() < genesis.validators.quorum() {
-            bail!(
-                "round {h} includes {} deltas, fewer than a quorum",
-                rv.included.len()
-            );
-        }
-        base = rv.model_hash;
-        prev = Value(e.value.clone()).id().0;
+    let mut chain = crate::chain::Chain::new(genesis);
+    for e in &ledger {
+        chain.apply(e, genesis)?;
     }
+    let base = chain.model_hash;
     let state = crate::store::read_state(data_dir)?;
     let rounds = ledger.len() as u64;
     if state.round != rounds {

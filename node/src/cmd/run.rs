@@ -64,6 +64,10 @@ pub struct Args {
     /// Print one JSON line per committed round on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Ask the validators to admit this node (a signed join request); it votes and its deltas
+    /// count from two rounds after a committed round includes the request.
+    #[arg(long)]
+    pub join: bool,
 }
 
 /// The TOML form of the same settings.
@@ -86,6 +90,8 @@ struct FileConfig {
     #[serde(default)]
     mdns: bool,
     rounds: Option<u64>,
+    #[serde(default)]
+    join: bool,
 }
 
 fn merge(mut a: Args) -> Result<Args> {
@@ -113,6 +119,7 @@ fn merge(mut a: Args) -> Result<Args> {
     a.byzantine = a.byzantine.or(f.byzantine);
     a.mdns |= f.mdns;
     a.rounds = a.rounds.or(f.rounds);
+    a.join |= f.join;
     Ok(a)
 }
 
@@ -238,6 +245,7 @@ pub fn run(a: Args) -> Result<()> {
             byzantine,
             max_rounds: a.rounds,
             json_events: a.json,
+            join: a.join,
         };
         let result = crate::driver::run(
             cfg,

@@ -1,0 +1,88 @@
+//! Following the chain of commits from genesis: each certificate is checked against the
+//! validator set of its height (changes committed at `h` take effect at `h + 2`), and each value
+//! must start from the previous round's model and name the previous commit.
+
+use anyhow::{Result, bail};
+use consensus::{Height, MembershipChange, ValidatorId, ValidatorSchedule, ValidatorSet, Value};
+
+use crate::genesis::Genesis;
+use crate::keys::hex;
+use crate::wire::{LedgerEntry, RoundValue};
+
+/// Where a verified chain ends.
+#[derive(Clone)]
+pub struct Chain {
+    /// Validator sets by height.
+    pub schedule: ValidatorSchedule,
+    /// Last verified height (0 = genesis).
+    pub height: u64,
+    /// Id of the last verified value (zeros at genesis).
+    pub last_value: [u8; 32],
+    /// Model hash after the last verified height.
+    pub model_hash: [u8; 32],
+    genesis_set: ValidatorSet,
+}
+
+/// The membership changes a value carries.
+pub fn changes(rv: &RoundValue) -> Vec<MembershipChange> {
+    rv.joins
+        .iter()
+        .map(|j| MembershipChange::Add(ValidatorId(j.validator)))
+        .collect()
+}
+
+impl Chain {
+    /// The chain at genesis.
+    pub fn new(genesis: &Genesis) -> Chain {
+        Chain {
+            schedule: ValidatorSchedule::new(Height(1), genesis.validators.clone()),
+            height: 0,
+            last_value: [0; 32],
+            model_hash: model::params::hash_params(&genesis.initial_params()),
+            genesis_set: genesis.validators.clone(),
+        }
+    }
+
+    /// The validator set of `height` (known up to two heights past the chain's end).
+    pub fn set_for(&self, height: u64) -> &ValidatorSet {
+        self.schedule
+            .set_for(Height(height))
+            .or_else(|| self.schedule.set_for(Height(self.height + 1)))
+            .unwrap_or(&self.genesis_set)
+    }
+
+    /// Verifies the next entry and advances.
+    pub fn apply(&mut self, e: &LedgerEntry, genesis: &Genesis) -> Result<RoundValue> {
+        let h = self.height + 1;
+        if e.height != h {
+            bail!("entry for height {}, expected {h}", e.height);
+        }
+        let set = self.set_for(h).clone();
+        let rv = e.verify(&genesis.chain_id, &set)?;
+        if rv.base_hash != self.model_hash {
+            bail!(
+                "round {h} starts from {}, but round {} ended at {}",
+                hex(&rv.base_hash),
+                h - 1,
+                hex(&self.model_hash)
+            );
+        }
+        if rv.prev_value != self.last_value {
+            bail!("round {h} does not link to the previous commit");
+        }
+        if rv.included.len() < set.quorum() {
+            bail!(
+                "round {h} includes {} deltas, fewer than a quorum",
+                rv.included.len()
+            );
+        }
+        self.schedule
+            .record_decided(Height(h), &changes(&rv))
+            .map_err(|e| anyhow::anyhow!("membership change in round {h}: {e}"))?;
+        self.schedule.prune_below(Height(h.saturating_sub(4)));
+        self.height = h;
+        self.last_value = Value(e.value.clone()).id().0;
+        self.model_hash = rv.model_hash;
+        Ok(rv)
+    }
+}
