@@ -22,6 +22,7 @@
 #   SMOKE_PORT_BASE=18080  host ports: node0 = base .. joiner = base+4 (on 127.0.0.1)
 #   SMOKE_JOINER=0         also check the late joiner
 #   SMOKE_KEEP=1           leave the testnet running on exit (debugging)
+#   SMOKE_HTTP, SMOKE_JSON force the HTTP client (curl|wget|tcp) / JSON parser (jq|python3|sed)
 #   GENESIS_ARGS           passed to `cohort genesis` (e.g. shorter round timeouts)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -50,9 +51,16 @@ fail() {
 
 # --- HTTP GET without depending on curl ------------------------------------------------
 # http_get PORT PATH: the response body on stdout; non-zero on any failure or timeout.
-if command -v curl >/dev/null 2>&1; then
+# SMOKE_HTTP=curl|wget|tcp forces a client (default: the first of them that exists).
+http_client="${SMOKE_HTTP:-}"
+if [[ -z "$http_client" ]]; then
+    http_client=tcp
+    if command -v wget >/dev/null 2>&1; then http_client=wget; fi
+    if command -v curl >/dev/null 2>&1; then http_client=curl; fi
+fi
+if [[ "$http_client" == curl ]]; then
     http_get() { curl -fsS --connect-timeout 2 --max-time 5 "http://127.0.0.1:$1$2"; }
-elif command -v wget >/dev/null 2>&1; then
+elif [[ "$http_client" == wget ]]; then
     http_get() { wget -q -T 5 -t 1 -O - "http://127.0.0.1:$1$2"; }
 else
     # bash's /dev/tcp; HTTP/1.0 so the body is not chunked; bounded by read -t and a deadline.
@@ -78,9 +86,16 @@ else
 fi
 
 # json_field NAME: the top-level field NAME of the JSON object on stdin (string or number).
-if command -v jq >/dev/null 2>&1; then
+# SMOKE_JSON=jq|python3|sed forces a parser (default: the first of them that exists).
+json_parser="${SMOKE_JSON:-}"
+if [[ -z "$json_parser" ]]; then
+    json_parser="sed"
+    if command -v python3 >/dev/null 2>&1; then json_parser=python3; fi
+    if command -v jq >/dev/null 2>&1; then json_parser=jq; fi
+fi
+if [[ "$json_parser" == jq ]]; then
     json_field() { jq -er --arg k "$1" '.[$k] | if type == "string" or type == "number" then . else error("bad") end' 2>/dev/null; }
-elif command -v python3 >/dev/null 2>&1; then
+elif [[ "$json_parser" == python3 ]]; then
     json_field() { python3 -c 'import json,sys; v=json.load(sys.stdin)[sys.argv[1]]; print(v)' "$1" 2>/dev/null; }
 else
     # Good enough for a flat object: the first "NAME": value.
@@ -206,7 +221,8 @@ cleanup() {
 command -v docker >/dev/null 2>&1 || die "docker is not installed"
 docker info >/dev/null 2>&1 || die "cannot reach the Docker engine"
 detect_compose
-log "compose: ${COMPOSE_CMD[*]}; project: $COHORT_PROJECT; API ports: $port_base..$((port_base + 4))"
+log "compose: ${COMPOSE_CMD[*]}; project: $COHORT_PROJECT; API ports: $port_base..$((port_base + 4));" \
+    "HTTP client: $http_client; JSON: $json_parser"
 if [[ "${SMOKE_SKIP_BUILD:-0}" == 1 ]]; then
     docker image inspect "$COHORT_IMAGE" >/dev/null 2>&1 || die "SMOKE_SKIP_BUILD=1 but no image $COHORT_IMAGE"
 elif [[ "${SMOKE_SKIP_CARGO:-0}" == 1 ]]; then
