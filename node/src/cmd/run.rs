@@ -233,8 +233,27 @@ pub fn run(a: Args) -> Result<()> {
         }
         tracing::info!(peer = %peer, listen = ?lines, "node started");
         let (stop_tx, stop_rx) = watch::channel(false);
+        // SIGINT (Ctrl-C) or SIGTERM (docker stop): stop between two events, so no write is cut.
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+            }
             let _ = stop_tx.send(true);
         });
         let cfg = DriverConfig {
