@@ -180,6 +180,8 @@ pub struct Driver {
     recovered_wal: Vec<Vec<u8>>,
     /// Set when a height was committed; the main loop starts the next one.
     need_start: bool,
+    /// A decided height waiting for included deltas before it is written and applied.
+    pending_commit: Option<(u64, Value, consensus::Certificate, Instant)>,
 
     train_tx: mpsc::Sender<Trained>,
     fetch_tx: mpsc::Sender<Fetched>,
@@ -305,6 +307,7 @@ impl Driver {
             done_announced: false,
             recovered_wal: Vec::new(),
             need_start: false,
+            pending_commit: None,
             train_tx,
             fetch_tx,
             cfg,
@@ -629,6 +632,19 @@ impl Driver {
             && let Some(v) = self.try_propose()?
         {
             self.feed(vec![v]).await?;
+        }
+        // A decision whose deltas nobody served: take the state (and certificate) from a peer.
+        if self
+            .pending_commit
+            .as_ref()
+            .is_some_and(|(_, _, _, since)| since.elapsed() > Duration::from_secs(5))
+        {
+            tracing::warn!(
+                round = self.height(),
+                "could not fetch a decided round's deltas; syncing state"
+            );
+            self.pending_commit = None;
+            self.syncing = true;
         }
         // Observers, and validators that fell behind, catch up by state sync.
         let stale = self.height_started.elapsed() > Duration::from_secs(3);
@@ -1156,17 +1172,7 @@ impl Driver {
         }
         if !missing.is_empty() {
             for digest in missing {
-                if self.fetching.insert(digest) {
-                    let net = self.net.clone();
-                    let tx = self.fetch_tx.clone();
-                    tokio::spawn(async move {
-                        let fetched = match net.request_blob(None, gossip::Digest(digest)).await {
-                            Ok(bytes) => Fetched::Blob { round: h, bytes },
-                            Err(_) => Fetched::BlobFailed { digest },
-                        };
-                        let _ = tx.send(fetched).await;
-                    });
-                }
+                self.spawn_fetch(h, digest);
             }
             return Ok(None);
         }
@@ -1192,6 +1198,9 @@ impl Driver {
                 self.fetching.remove(&sha256(&bytes));
                 if round == self.height() {
                     let _ = self.on_delta_bytes(&bytes, None).await?;
+                    if self.pending_commit.is_some() {
+                        self.try_finish_commit().await?;
+                    }
                     let follow = self.check_validations()?;
                     if !follow.is_empty() {
                         self.feed(follow).await?;
@@ -1343,14 +1352,43 @@ impl Driver {
         Ok(())
     }
 
+    /// The height is decided. The commit goes to the ledger together with the model it produces:
+    /// if some included deltas are still missing they are fetched first, so the ledger never runs
+    /// ahead of the stored model (and a node that cannot get them syncs the state instead).
     async fn on_decided(
         &mut self,
         height: u64,
         value: Value,
         certificate: consensus::Certificate,
     ) -> Result<()> {
+        self.consensus = None;
+        self.pending_commit = Some((height, value, certificate, Instant::now()));
+        self.try_finish_commit().await
+    }
+
+    async fn try_finish_commit(&mut self) -> Result<()> {
+        let Some((height, value, certificate, _)) = self.pending_commit.clone() else {
+            return Ok(());
+        };
+        if height != self.height() {
+            self.pending_commit = None;
+            return Ok(());
+        }
         let decided_at = Instant::now();
         let id = value.id();
+        let rv = RoundValue::decode(&value.0)?;
+        let applied = match self.applied.get(&id).cloned() {
+            Some(a) => Some(a),
+            None => self.compute(&rv.included)?,
+        };
+        let Some(a) = applied.filter(|a| model::params::hash_params(&a.params) == rv.model_hash)
+        else {
+            for digest in self.missing(&rv.included) {
+                self.spawn_fetch(height, digest);
+            }
+            return Ok(());
+        };
+        self.pending_commit = None;
         let entry = LedgerEntry {
             height,
             value: value.0.clone(),
@@ -1365,44 +1403,58 @@ impl Driver {
             self.pending_joins.remove(&j.validator);
             tracing::info!(round = height, validator = %hex(&j.validator), "validator admitted");
         }
-        let applied = match self.applied.get(&id).cloned() {
-            Some(a) => Some(a),
-            None => self.compute(&rv.included)?,
-        };
         self.store.reset_wal()?;
         self.last_value = id.0;
         self.committed = height;
         self.model_hash = rv.model_hash;
-        match applied {
-            Some(a) if model::params::hash_params(&a.params) == rv.model_hash => {
-                self.params = a.params;
-                self.velocity = a.velocity;
-                self.store.write_state(&StateBody {
-                    round: height,
-                    value_id: id.0,
-                    params: self.params.to_vec(),
-                    velocity: self.velocity.to_vec(),
-                })?;
-                let agg_secs = decided_at.elapsed().as_secs_f64();
-                let mut s = self.status.borrow().clone();
-                s.last_included = a.included;
-                let _ = self.status.send(s);
-                self.after_commit(a.included, agg_secs).await?;
-                self.need_start = true;
-                Ok(())
-            }
-            _ => {
-                // Decided without the deltas (we missed the round): take the state from a peer.
-                tracing::warn!(
-                    round = height,
-                    "decided a value whose deltas we lack; syncing state"
-                );
-                self.syncing = true;
-                self.consensus = None;
-                self.publish_status();
-                Ok(())
-            }
+        self.params = a.params;
+        self.velocity = a.velocity;
+        self.store.write_state(&StateBody {
+            round: height,
+            value_id: id.0,
+            params: self.params.to_vec(),
+            velocity: self.velocity.to_vec(),
+        })?;
+        let agg_secs = decided_at.elapsed().as_secs_f64();
+        let mut s = self.status.borrow().clone();
+        s.last_included = a.included;
+        let _ = self.status.send(s);
+        self.after_commit(a.included, agg_secs).await?;
+        self.need_start = true;
+        Ok(())
+    }
+
+    /// Digests of included deltas this node does not hold.
+    fn missing(&self, included: &[Included]) -> Vec<[u8; 32]> {
+        let h = self.height();
+        included
+            .iter()
+            .filter(|inc| {
+                let by_author = self
+                    .deltas
+                    .get(&h)
+                    .and_then(|r| r.get(&inc.author))
+                    .is_some_and(|d| d.digest == inc.digest);
+                !by_author && !self.equivocated.contains_key(&(h, inc.digest))
+            })
+            .map(|inc| inc.digest)
+            .collect()
+    }
+
+    /// Fetches a delta by digest from any peer (once at a time per digest).
+    fn spawn_fetch(&mut self, round: u64, digest: [u8; 32]) {
+        if !self.fetching.insert(digest) {
+            return;
         }
+        let net = self.net.clone();
+        let tx = self.fetch_tx.clone();
+        tokio::spawn(async move {
+            let fetched = match net.request_blob(None, gossip::Digest(digest)).await {
+                Ok(bytes) => Fetched::Blob { round, bytes },
+                Err(_) => Fetched::BlobFailed { digest },
+            };
+            let _ = tx.send(fetched).await;
+        });
     }
 
     /// Metrics, checkpoint, the commit line; after the state is on disk.
