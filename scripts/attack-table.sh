@@ -22,7 +22,7 @@ for rule in "${RULES[@]}"; do
     extra=()
     [ "$attack" != none ] && extra=(--byzantine "2:$attack")
     acc=$("$BIN" "${COMMON[@]}" --rule "$rule" "${extra[@]}" | awk '/^final:/ {gsub("%","",$3); print $3}')
-    echo "$rule,$attack,$acc" | tee -a "$OUT" >&2
+    echo "\"$rule\",$attack,$acc" | tee -a "$OUT" >&2
   done
 done
 python3 - "$OUT" <<'PY'
