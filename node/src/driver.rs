@@ -92,6 +92,8 @@ pub struct DriverConfig {
 
 /// One held delta of a round.
 struct Held {
+    /// The signed delta as received (kept as evidence should the author equivocate).
+    raw: Arc<Vec<u8>>,
     digest: [u8; 32],
     samples: u64,
     base_hash: [u8; 32],
@@ -830,6 +832,7 @@ impl Driver {
             return Ok(Verdict::Reject("bad payload"));
         };
         let held = Held {
+            raw: Arc::new(data.to_vec()),
             digest,
             samples: sd.msg.samples,
             base_hash: sd.msg.base_hash,
@@ -841,10 +844,22 @@ impl Driver {
             m.reject("equivocation");
             m.equivocations_total.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(round, author = %hex(&author), "delta equivocation: two different signed deltas for one round");
-            if self.equivocators.insert((round, author))
-                && let Some(peer) = peer_id_of(&ValidatorId(author))
-            {
-                let _ = self.net.penalize(peer, PeerAction::Fatal).await;
+            if self.equivocators.insert((round, author)) {
+                // Evidence: both signed deltas, durably, for anyone to re-check.
+                if let Some(first) = self.deltas.get(&round).and_then(|r| r.get(&author)) {
+                    let ev = crate::wire::DeltaEvidence {
+                        round,
+                        author,
+                        first: first.raw.to_vec(),
+                        second: data.to_vec(),
+                    };
+                    if let Err(e) = ev.check().and_then(|_| self.store.append_evidence(&ev)) {
+                        tracing::warn!(error = %format!("{e:#}"), "recording equivocation evidence");
+                    }
+                }
+                if let Some(peer) = peer_id_of(&ValidatorId(author)) {
+                    let _ = self.net.penalize(peer, PeerAction::Fatal).await;
+                }
             }
             if self.equivocated.len() < 1024 {
                 self.equivocated.insert((round, digest), held);

@@ -278,6 +278,42 @@ impl LedgerEntry {
     }
 }
 
+/// Proof that `author` signed two different deltas for `round`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeltaEvidence {
+    /// Round.
+    pub round: u64,
+    /// The equivocating author.
+    pub author: [u8; 32],
+    /// One signed delta (wire bytes).
+    pub first: Vec<u8>,
+    /// Another, different one.
+    pub second: Vec<u8>,
+}
+
+impl DeltaEvidence {
+    /// Checks that both are validly signed by `author` for `round` and differ.
+    pub fn check(&self) -> Result<()> {
+        let a = SignedDelta::decode(&self.first)?;
+        let b = SignedDelta::decode(&self.second)?;
+        for d in [&a, &b] {
+            d.verify()?;
+            if d.msg.author != self.author || d.msg.round != self.round {
+                bail!("evidence delta is for another author or round");
+            }
+        }
+        if a == b {
+            bail!("the two deltas are the same");
+        }
+        Ok(())
+    }
+
+    /// Bytes.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        encode::<_, { 2 * MAX_DELTA_BYTES + 1024 }>(self)
+    }
+}
+
 /// The committed state after a round: what a checkpoint carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateBody {

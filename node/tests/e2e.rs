@@ -351,6 +351,11 @@ fn byzantine_sign_flip_and_equivocation_cannot_stop_commits() {
         .and_then(|v| v.parse().ok())
         .expect("number");
     assert!(n >= 1, "{line}");
+    // The evidence (both signed deltas) is on disk at some honest node.
+    let evidence = [0, 1, 3].iter().any(|&i| {
+        std::fs::metadata(nodes[i].dir.join("data/evidence.log")).is_ok_and(|m| m.len() > 0)
+    });
+    assert!(evidence, "no node wrote evidence.log");
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! DIR/state.bin          the committed parameters and momentum after the last ledger entry
 //! DIR/residual.bin       error-feedback residual (what compression has not sent yet)
 //! DIR/checkpoints/round-000010.safetensors   every `checkpoint_every` rounds
+//! DIR/evidence.log       two different signed deltas by one author for one round
 //! DIR/listen.txt         the node's listen multiaddrs (for launchers)
 //! ```
 //!
@@ -111,6 +112,12 @@ impl Store {
     /// Appends a consensus WAL record durably.
     pub fn append_wal(&mut self, bytes: &[u8]) -> Result<()> {
         self.wal.append(bytes)
+    }
+
+    /// Appends equivocation evidence to `evidence.log`.
+    pub fn append_evidence(&mut self, ev: &crate::wire::DeltaEvidence) -> Result<()> {
+        let (mut log, _) = AppendLog::open(&self.root.join("evidence.log"))?;
+        log.append(&ev.encode()?)
     }
 
     /// Starts a new, empty WAL (after a height is committed).
