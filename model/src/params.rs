@@ -71,26 +71,6 @@ pub fn flatten_named(kind: ModelKind, tensors: &HashMap<String, Tensor>) -> Resu
     Ok(out)
 }
 
-/// Named tensors of `kind` from a flat vector.
-pub fn unflatten(kind: ModelKind, flat: &[f32]) -> Result<HashMap<String, Tensor>> {
-    let expected = kind.num_params();
-    if flat.len() != expected {
-        return Err(Error::WrongLength {
-            got: flat.len(),
-            expected,
-        });
-    }
-    let mut out = HashMap::new();
-    let mut off = 0;
-    for spec in kind.layout() {
-        let n = spec.numel();
-        let t = Tensor::from_slice(&flat[off..off + n], spec.shape.as_slice(), &Device::Cpu)?;
-        out.insert(spec.name, t);
-        off += n;
-    }
-    Ok(out)
-}
-
 /// Writes `flat` as a safetensors file (loadable by PyTorch's `safetensors.torch.load_file`).
 pub fn save_safetensors(kind: ModelKind, flat: &[f32], path: &Path) -> Result<()> {
     let bytes = to_safetensors_bytes(kind, flat)?;

@@ -167,8 +167,7 @@ pub struct Driver {
     pending_validate: Vec<(ValueId, Value)>,
     applied: HashMap<ValueId, Applied>,
     fetching: HashSet<[u8; 32]>,
-    timers: BinaryHeap<Reverse<(Instant, u64, TimeoutKey)>>,
-    timer_seq: u64,
+    timers: BinaryHeap<Reverse<(Instant, Timeout)>>,
     training_round: Option<u64>,
     height_started: Instant,
     trained_at: Option<Instant>,
@@ -187,40 +186,6 @@ pub struct Driver {
 
     train_tx: mpsc::Sender<Trained>,
     fetch_tx: mpsc::Sender<Fetched>,
-}
-
-/// A timer in the heap (Ord for the heap; `Timeout` is the payload).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct TimeoutKey {
-    height: u64,
-    view: u32,
-    step: u8,
-}
-
-fn key_of(t: &Timeout) -> TimeoutKey {
-    TimeoutKey {
-        height: t.height.0,
-        view: t.view.0,
-        step: match t.step {
-            consensus::TimeoutStep::Propose => 0,
-            consensus::TimeoutStep::Prevote => 1,
-            consensus::TimeoutStep::Precommit => 2,
-            _ => 3,
-        },
-    }
-}
-
-fn timeout_of(k: &TimeoutKey) -> Timeout {
-    Timeout {
-        height: Height(k.height),
-        view: View(k.view),
-        step: match k.step {
-            0 => consensus::TimeoutStep::Propose,
-            1 => consensus::TimeoutStep::Prevote,
-            2 => consensus::TimeoutStep::Precommit,
-            _ => consensus::TimeoutStep::Rebroadcast,
-        },
-    }
 }
 
 impl Driver {
@@ -296,7 +261,6 @@ impl Driver {
             applied: HashMap::new(),
             fetching: HashSet::new(),
             timers: BinaryHeap::new(),
-            timer_seq: 0,
             training_round: None,
             height_started: Instant::now(),
             trained_at: None,
@@ -343,7 +307,7 @@ pub async fn run(
         let next = d
             .timers
             .peek()
-            .map(|Reverse((at, _, _))| *at)
+            .map(|Reverse((at, _))| *at)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -549,10 +513,8 @@ impl Driver {
                     }
                 }
                 Output::ScheduleTimeout { timeout, after_ms } => {
-                    self.timer_seq += 1;
                     let at = Instant::now() + Duration::from_millis(after_ms);
-                    self.timers
-                        .push(Reverse((at, self.timer_seq, key_of(&timeout))));
+                    self.timers.push(Reverse((at, timeout)));
                 }
                 Output::GetValue { height, view } => {
                     self.pending_propose = Some((height, view));
@@ -596,12 +558,12 @@ impl Driver {
     async fn fire_timers(&mut self) -> Result<()> {
         let now = Instant::now();
         let mut due = Vec::new();
-        while let Some(Reverse((at, _, _))) = self.timers.peek() {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
                 break;
             }
-            if let Some(Reverse((_, _, k))) = self.timers.pop() {
-                due.push(Input::TimeoutElapsed(timeout_of(&k)));
+            if let Some(Reverse((_, t))) = self.timers.pop() {
+                due.push(Input::TimeoutElapsed(t));
             }
         }
         for i in due {
@@ -1010,25 +972,28 @@ impl Driver {
             .unwrap_or_default()
     }
 
+    /// The delta `inc` names for the current round: the author's first version if the digest
+    /// matches, else an equivocating author's other version with that digest.
+    fn held(&self, inc: &Included) -> Option<&Held> {
+        let h = self.height();
+        self.deltas
+            .get(&h)
+            .and_then(|r| r.get(&inc.author))
+            .filter(|d| d.digest == inc.digest)
+            .or_else(|| self.equivocated.get(&(h, inc.digest)))
+    }
+
     /// Recomputes `theta + server_step(rule(deltas))` for the given (sorted) inclusion list.
     fn compute(&self, included: &[Included]) -> Result<Option<Applied>> {
-        let h = self.height();
-        let Some(round) = self.deltas.get(&h) else {
-            return Ok(None);
-        };
         let mut inputs = Vec::with_capacity(included.len());
         for inc in included {
-            let d = round
-                .get(&inc.author)
-                .filter(|d| d.digest == inc.digest)
-                .or_else(|| self.equivocated.get(&(h, inc.digest)));
-            match d {
-                Some(d) => inputs.push(Contribution {
-                    delta: d.decoded.as_slice(),
-                    samples: inc.samples,
-                }),
-                None => return Ok(None),
-            }
+            let Some(d) = self.held(inc) else {
+                return Ok(None);
+            };
+            inputs.push(Contribution {
+                delta: d.decoded.as_slice(),
+                samples: inc.samples,
+            });
         }
         let mut params = self.params.to_vec();
         let mut velocity = self.velocity.to_vec();
@@ -1061,7 +1026,7 @@ impl Driver {
         let held = self.usable_deltas();
         // Wait for every validator's delta; once our own is done, wait at most `collect_ms` more
         // and propose with a quorum (2f + 1 deltas hold at least f + 1 honest ones).
-        let collect = Duration::from_millis(self.cfg.genesis.collect_ms());
+        let collect = Duration::from_millis(self.cfg.genesis.file.timeouts.collect_ms);
         let window_closed = self.trained_at.is_some_and(|t| t.elapsed() >= collect)
             || self.height_started.elapsed() >= collect * 8;
         if !(held.len() >= n || held.len() >= quorum && window_closed) {
@@ -1164,30 +1129,19 @@ impl Driver {
         if !joins_ok {
             return Ok(Some(false));
         }
-        // Missing or different deltas: fetch by digest (the gossip layer checks the bytes).
-        let h = self.height();
-        let mut missing = Vec::new();
-        for inc in &rv.included {
-            let held = self
-                .deltas
-                .get(&h)
-                .and_then(|r| r.get(&inc.author))
-                .filter(|d| d.digest == inc.digest)
-                .or_else(|| self.equivocated.get(&(h, inc.digest)));
-            match held {
-                Some(d) if d.digest == inc.digest => {
-                    if d.samples != inc.samples {
-                        return Ok(Some(false));
-                    }
-                }
-                // We hold a different delta from this author: the proposer included an
-                // equivocating or unknown delta; fetch it anyway and let the check decide.
-                _ => missing.push(inc.digest),
-            }
+        if rv
+            .included
+            .iter()
+            .any(|inc| self.held(inc).is_some_and(|d| d.samples != inc.samples))
+        {
+            return Ok(Some(false));
         }
+        // Missing deltas (or another version than ours): fetch by digest; the gossip layer
+        // checks the bytes, and the delta checks run on them as on any other.
+        let missing = self.missing(&rv.included);
         if !missing.is_empty() {
             for digest in missing {
-                self.spawn_fetch(h, digest);
+                self.spawn_fetch(rv.round, digest);
             }
             return Ok(None);
         }
@@ -1441,17 +1395,9 @@ impl Driver {
 
     /// Digests of included deltas this node does not hold.
     fn missing(&self, included: &[Included]) -> Vec<[u8; 32]> {
-        let h = self.height();
         included
             .iter()
-            .filter(|inc| {
-                let by_author = self
-                    .deltas
-                    .get(&h)
-                    .and_then(|r| r.get(&inc.author))
-                    .is_some_and(|d| d.digest == inc.digest);
-                !by_author && !self.equivocated.contains_key(&(h, inc.digest))
-            })
+            .filter(|inc| self.held(inc).is_none())
             .map(|inc| inc.digest)
             .collect()
     }

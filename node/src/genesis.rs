@@ -212,11 +212,6 @@ impl Genesis {
     pub fn initial_params(&self) -> Vec<f32> {
         self.model.init(self.file.seed)
     }
-
-    /// Where the first validator's proposer would wait for deltas.
-    pub fn collect_ms(&self) -> u64 {
-        self.file.timeouts.collect_ms
-    }
 }
 
 /// Writes a genesis TOML.

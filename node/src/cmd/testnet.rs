@@ -50,18 +50,9 @@ impl Drop for Node {
 }
 
 enum Event {
-    Commit {
-        node: usize,
-        round: u64,
-        line: serde_json::Value,
-    },
-    Done {
-        node: usize,
-        hash: String,
-    },
-    Exited {
-        node: usize,
-    },
+    Commit { round: u64, line: serde_json::Value },
+    Done { node: usize, hash: String },
+    Exited { node: usize },
 }
 
 fn wait_for_file(path: &Path, deadline: Instant) -> Result<String> {
@@ -150,7 +141,6 @@ pub fn run(a: Args) -> Result<()> {
                 };
                 let ev = match v["event"].as_str() {
                     Some("commit") => Event::Commit {
-                        node: i,
                         round: v["round"].as_u64().unwrap_or(0),
                         line: v,
                     },
@@ -174,7 +164,6 @@ pub fn run(a: Args) -> Result<()> {
     }
     drop(tx);
     let mut printed = 0u64;
-    let mut commits: std::collections::BTreeMap<u64, usize> = Default::default();
     let mut hashes: Vec<Option<String>> = vec![None; a.nodes];
     let mut last_round_at = start;
     println!("round  accuracy   loss    deltas  delta bytes/node  seconds");
@@ -187,11 +176,9 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
         match rx.recv_timeout(left) {
-            Ok(Event::Commit { node, round, line }) => {
-                let c = commits.entry(round).or_default();
-                *c += 1;
+            Ok(Event::Commit { round, line }) => {
                 // Print a round once, from the first node to commit it.
-                if round > printed && node < a.nodes {
+                if round > printed {
                     printed = round;
                     let now = Instant::now();
                     println!(
