@@ -151,7 +151,8 @@ pub struct Driver {
     velocity: Arc<Vec<f32>>,
     model_hash: [u8; 32],
     residual: Vec<f32>,
-    ledger_len: u64,
+    /// The committed ledger, also on disk (served to lagging peers and state syncs).
+    ledger: Vec<LedgerEntry>,
 
     consensus: Option<Consensus>,
     /// Deltas held per round, per author (the first version seen).
@@ -250,7 +251,7 @@ impl Driver {
             velocity: Arc::new(velocity),
             model_hash,
             residual: recovered.residual,
-            ledger_len,
+            ledger: recovered.ledger,
             consensus: None,
             deltas: BTreeMap::new(),
             equivocated: BTreeMap::new(),
@@ -711,8 +712,8 @@ impl Driver {
         if self.syncing || self.committed <= from_height {
             return None;
         }
-        let ledger = crate::store::read_ledger(self.store.root()).ok()?;
-        let certificates: Vec<Vec<u8>> = ledger
+        let certificates: Vec<Vec<u8>> = self
+            .ledger
             .iter()
             .filter(|e| e.height > from_height && e.height <= self.committed)
             .take(10_000)
@@ -938,10 +939,7 @@ impl Driver {
         self.answered_lagging.insert(height, Instant::now());
         self.answered_lagging
             .retain(|_, t| t.elapsed() < Duration::from_secs(30));
-        let Ok(ledger) = crate::store::read_ledger(self.store.root()) else {
-            return;
-        };
-        let Some(e) = ledger.get(height as usize - 1) else {
+        let Some(e) = self.ledger.get(height as usize - 1) else {
             return;
         };
         let Ok(certificate) = consensus::decode_certificate(&e.certificate) else {
@@ -1209,7 +1207,10 @@ impl Driver {
         // Verify the chain of certificates from our ledger's end.
         let mut chain = self.chain.clone();
         let mut to_append = Vec::new();
-        for e in entries.into_iter().filter(|e| e.height > self.ledger_len) {
+        for e in entries
+            .into_iter()
+            .filter(|e| e.height > self.ledger.len() as u64)
+        {
             chain.apply(&e, &self.cfg.genesis)?;
             to_append.push(e);
         }
@@ -1229,10 +1230,10 @@ impl Driver {
             "checkpoint does not hash to the certified model"
         );
         anyhow::ensure!(body.value_id == value_id, "checkpoint names another value");
-        for e in &to_append {
-            self.store.append_commit(e)?;
+        for e in to_append {
+            self.store.append_commit(&e)?;
+            self.ledger.push(e);
         }
-        self.ledger_len = target;
         self.chain = chain;
         self.store.write_state(&body)?;
         self.store.reset_wal()?;
@@ -1366,8 +1367,8 @@ impl Driver {
         };
         // Durable first: the commit is on disk before we act on it.
         self.store.append_commit(&entry)?;
-        self.ledger_len = height;
         let rv = self.chain.apply(&entry, &self.cfg.genesis)?;
+        self.ledger.push(entry);
         for j in &rv.joins {
             self.pending_joins.remove(&j.validator);
             tracing::info!(round = height, validator = %hex(&j.validator), "validator admitted");

@@ -99,11 +99,6 @@ impl Store {
         ))
     }
 
-    /// The directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Appends a commit durably.
     pub fn append_commit(&mut self, e: &LedgerEntry) -> Result<()> {
         self.ledger.append(&e.encode()?)
