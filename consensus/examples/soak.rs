@@ -4,14 +4,16 @@
 //!
 //! Options: `--runs N` (default 10000), `--first-seed S` (0), `--heights H` (3),
 //! `--sizes 4,7,10,31` (validator counts, cycled), `--threads T` (1), `--hostile` (every
-//! Byzantine validator an equivocator, 30% loss, slow sync). Each run uses
+//! Byzantine validator an equivocator, 30% loss, slow sync), `--max-events N` (step bound of
+//! one run; default `sim::default_max_events(n, heights)`). Each run uses
 //! `SimConfig::adversarial(n, heights, seed)`: f = floor((n-1)/3) Byzantine validators of mixed
 //! behaviours, drops, duplicates, reordering, partitions and crashes. Exits non-zero on any
-//! safety violation or non-terminating run and prints the failing seeds.
+//! safety violation or non-terminating run (undecided at the virtual time limit, or stopped
+//! at the step bound, so a livelocked run cannot hang the soak) and prints the failing seeds.
 
 use std::time::Instant;
 
-use consensus::sim::{SimConfig, run};
+use consensus::sim::{SimConfig, default_max_events, run};
 
 struct Args {
     runs: u64,
@@ -20,6 +22,7 @@ struct Args {
     sizes: Vec<usize>,
     threads: u64,
     hostile: bool,
+    max_events: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -30,6 +33,7 @@ fn parse() -> Result<Args, String> {
         sizes: vec![4, 7, 10, 31],
         threads: 1,
         hostile: false,
+        max_events: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,6 +56,9 @@ fn parse() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--hostile" => args.hostile = true,
+            "--max-events" => {
+                args.max_events = Some(value()?.parse().map_err(|e| format!("--max-events: {e}"))?)
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -72,6 +79,9 @@ struct Totals {
     split_heights: u64,
     with_partition: u64,
     with_crash: u64,
+    events: u64,
+    max_run_events: u64,
+    max_run_secs: f64,
 }
 
 fn main() {
@@ -94,14 +104,22 @@ fn main() {
                     for k in (0..args.runs).filter(|k| (k / cycle) % args.threads == t) {
                         let seed = args.first_seed + k;
                         let n = args.sizes[(k % args.sizes.len() as u64) as usize];
-                        let config = if args.hostile {
+                        let mut config = if args.hostile {
                             SimConfig::hostile(n, args.heights, seed)
                         } else {
                             SimConfig::adversarial(n, args.heights, seed)
                         };
+                        config.max_events = args
+                            .max_events
+                            .unwrap_or_else(|| default_max_events(n, args.heights));
                         totals.with_partition += u64::from(config.partition.is_some());
                         totals.with_crash += u64::from(!config.crashes.is_empty());
+                        let run_started = Instant::now();
                         let report = run(&config);
+                        totals.max_run_secs =
+                            totals.max_run_secs.max(run_started.elapsed().as_secs_f64());
+                        totals.events += report.events;
+                        totals.max_run_events = totals.max_run_events.max(report.events);
                         totals.runs += 1;
                         totals.evidence += report.evidence;
                         totals.split_heights += report.split_heights;
@@ -112,8 +130,12 @@ fn main() {
                         }
                         if !report.violations.is_empty() || !report.terminated {
                             totals.failures.push(format!(
-                                "n={n} seed={seed} violations={:?} terminated={} stuck={:?}",
-                                report.violations, report.terminated, report.stuck
+                                "n={n} seed={seed} violations={:?} terminated={} step_bound_hit={} events={} stuck={:?}",
+                                report.violations,
+                                report.terminated,
+                                report.event_bound_hit,
+                                report.events,
+                                report.stuck
                             ));
                         }
                         if t == 0 && totals.runs % 1000 == 0 {
@@ -144,6 +166,9 @@ fn main() {
         all.split_heights += t.split_heights;
         all.with_partition += t.with_partition;
         all.with_crash += t.with_crash;
+        all.events += t.events;
+        all.max_run_events = all.max_run_events.max(t.max_run_events);
+        all.max_run_secs = all.max_run_secs.max(t.max_run_secs);
     }
     println!(
         "soak: runs={} sizes={:?} heights/run={} hostile={} seeds={}..{}",
@@ -163,6 +188,10 @@ fn main() {
         all.heights,
         all.views_sum as f64 / all.heights.max(1) as f64,
         all.max_view
+    );
+    println!(
+        "soak: events={} max events in a run={} slowest run={:.2}s",
+        all.events, all.max_run_events, all.max_run_secs
     );
     println!(
         "soak: failures={} wall={:.1}s",

@@ -15,14 +15,20 @@ pub enum VoteOutcome {
     /// Counted.
     Added,
     /// A second, different vote by the same validator for the same step. It is also
-    /// counted for its own value (up to [`MAX_VALUES_PER_VALIDATOR_STEP`] values), so a
-    /// quorum for a value means that many distinct validators signed for it (a quorum seen
-    /// by one node can then be shown to every other node), and returned as evidence.
+    /// counted for its own value (up to [`MAX_VALUES_PER_VALIDATOR_STEP`] values, and beyond
+    /// that for values that already have one-third-plus voters), so a quorum for a value
+    /// means that many distinct validators signed for it (a quorum seen by one node can then
+    /// be shown to every other node), and returned as evidence.
     Equivocation(Evidence),
 }
 
 /// Distinct values one validator's votes are counted for in one (view, kind): the first
-/// vote and a few conflicting ones (memory bound against Byzantine spam).
+/// vote and a few conflicting ones (memory bound against Byzantine spam). A vote for a value
+/// that already has votes of one-third-plus distinct validators (so of an honest one) is
+/// counted beyond this cap: otherwise an equivocator that filled its slots at one node with
+/// values nobody else voted for keeps its real vote out of a polka that node needs (the
+/// liveness failure of soak seed 59186, PROTOCOL.md section 4). Such values number at most
+/// the honest validators, so memory stays bounded.
 pub const MAX_VALUES_PER_VALIDATOR_STEP: usize = 3;
 
 /// Votes of one kind in one view.
@@ -136,8 +142,14 @@ impl VoteKeeper {
                 second: Box::new(vote),
             }),
         };
+        // The cap bounds the values nobody else voted for. A value that already has votes
+        // of one-third-plus distinct validators has an honest voter, so it is not spam: a
+        // Byzantine validator that filled its slots here with such values must not keep its
+        // vote out of a quorum other nodes count (line 28 needs the polka of `vr` at every
+        // honest node; with exactly a quorum of honest validators it includes that vote).
+        let supported = tally.count(v.value) >= self.set.one_third_plus();
         let counted = tally.values_per_validator.entry(v.validator).or_insert(0);
-        if *counted < MAX_VALUES_PER_VALIDATOR_STEP {
+        if *counted < MAX_VALUES_PER_VALIDATOR_STEP || supported {
             *counted += 1;
             tally
                 .by_value
@@ -309,6 +321,54 @@ mod tests {
         assert!(k.any_quorum(View(0), Prevote));
         assert!(!k.nil_quorum(View(0), Prevote));
         assert_eq!(k.quorum_value(View(0), Precommit), None);
+    }
+
+    /// Soak seed 59186 (n = 10): an equivocator filled its three slots at a node with values
+    /// nobody else voted for, so its real prevote, which completed the view's polka at the
+    /// other nodes, was dropped there and the re-proposal of that value never got a quorum.
+    #[test]
+    fn vote_for_a_supported_value_counts_beyond_the_cap() {
+        use VoteKind::*;
+        let set: Vec<ValidatorId> = (1..=10).map(id).collect();
+        let mut k = VoteKeeper::new(Height(1), ValidatorSet::new(set).unwrap());
+        assert_eq!(k.validator_set().quorum(), 7);
+        // Validator 10 fills its slots with values nobody else votes for.
+        for (i, garbage) in [0x6f, 0xb5, 0xea].into_iter().enumerate() {
+            let got = k.add(vote(10, 1, Prevote, Some(garbage))).unwrap();
+            assert_eq!(got == VoteOutcome::Added, i == 0);
+        }
+        // A fourth unsupported value is not counted (memory bound)...
+        assert!(matches!(
+            k.add(vote(10, 1, Prevote, Some(0x11))),
+            Ok(VoteOutcome::Equivocation(_))
+        ));
+        assert_eq!(k.count(View(1), Prevote, Some(ValueId([0x11; 32]))), 0);
+        // ... and neither is a vote for a value with fewer than one-third-plus (4) voters.
+        for who in 1..=3 {
+            k.add(vote(who, 1, Prevote, Some(9))).unwrap();
+        }
+        assert!(matches!(
+            k.add(vote(10, 1, Prevote, Some(9))),
+            Ok(VoteOutcome::Equivocation(_))
+        ));
+        assert_eq!(k.count(View(1), Prevote, Some(ValueId([9; 32]))), 3);
+        // Six honest voters: the equivocator's vote for the value completes the polka.
+        for who in 4..=6 {
+            k.add(vote(who, 1, Prevote, Some(9))).unwrap();
+        }
+        assert_eq!(k.quorum_value(View(1), Prevote), None);
+        assert!(matches!(
+            k.add(vote(10, 1, Prevote, Some(9))),
+            Ok(VoteOutcome::Equivocation(_))
+        ));
+        assert_eq!(k.count(View(1), Prevote, Some(ValueId([9; 32]))), 7);
+        assert_eq!(k.quorum_value(View(1), Prevote), Some(ValueId([9; 32])));
+        assert_eq!(
+            k.votes_for(View(1), Prevote, Some(ValueId([9; 32]))).len(),
+            7
+        );
+        // Counted once: the same vote again is a duplicate.
+        assert_eq!(k.add(vote(10, 1, Prevote, Some(9))), Err(Error::Duplicate));
     }
 
     #[test]

@@ -89,7 +89,8 @@ pub use machine::{
     TimeoutStep, Timeouts,
 };
 pub use signing::{
-    Ed25519Signer, Ed25519Verifier, InsecureTestSigner, InsecureTestVerifier, Signer, Verifier,
+    Ed25519KeyCache, Ed25519Signer, Ed25519Verifier, InsecureTestSigner, InsecureTestVerifier,
+    Signer, Verifier,
 };
 pub use types::{
     ChainId, Height, Proposal, Signature, SignedProposal, SignedVote, ValidatorId, Value, ValueId,

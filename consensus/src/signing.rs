@@ -64,6 +64,44 @@ impl Verifier for Ed25519Verifier {
     }
 }
 
+/// [`Ed25519Verifier`] with the validators' public keys decompressed once: the same
+/// `verify_strict` check, without decompressing the signer's key (a curve square root) on
+/// every message. Keys not in the cache are decompressed per call as by `Ed25519Verifier`.
+/// Cloning shares the cache, so one per validator set serves every node and height.
+#[derive(Clone, Debug, Default)]
+pub struct Ed25519KeyCache {
+    keys: std::sync::Arc<std::collections::BTreeMap<ValidatorId, ed25519_dalek::VerifyingKey>>,
+}
+
+impl Ed25519KeyCache {
+    /// A cache of these validators' keys (ids that are not valid keys are left out; they
+    /// never verify).
+    pub fn new(validators: impl IntoIterator<Item = ValidatorId>) -> Self {
+        let keys = validators
+            .into_iter()
+            .filter_map(|id| {
+                ed25519_dalek::VerifyingKey::from_bytes(&id.0)
+                    .ok()
+                    .map(|key| (id, key))
+            })
+            .collect();
+        Ed25519KeyCache {
+            keys: std::sync::Arc::new(keys),
+        }
+    }
+}
+
+impl Verifier for Ed25519KeyCache {
+    fn verify(&self, validator: &ValidatorId, bytes: &[u8], signature: &Signature) -> bool {
+        match self.keys.get(validator) {
+            Some(key) => key
+                .verify_strict(bytes, &ed25519_dalek::Signature::from_bytes(&signature.0))
+                .is_ok(),
+            None => Ed25519Verifier.verify(validator, bytes, signature),
+        }
+    }
+}
+
 /// INSECURE test scheme: the "signature" is `SHA-256("insecure" | id | bytes)` twice. Anyone
 /// can forge it; it exists so the simulator can run millions of messages cheaply. Never use
 /// it outside tests and simulation.
@@ -126,6 +164,29 @@ mod tests {
         assert!(!Ed25519Verifier.verify(&other.id(), b"hello", &sig));
         // A key that is not a valid curve point never verifies (and does not panic).
         assert!(!Ed25519Verifier.verify(&ValidatorId([0xff; 32]), b"hello", &sig));
+    }
+
+    #[test]
+    fn key_cache_verifies_like_ed25519_verifier() {
+        let signer = Ed25519Signer::from_seed(&[7u8; 32]);
+        let stranger = Ed25519Signer::from_seed(&[9u8; 32]);
+        let cache = Ed25519KeyCache::new([signer.id(), ValidatorId([0xff; 32])]);
+        let sig = signer.sign(b"hello");
+        let stranger_sig = stranger.sign(b"hello");
+        for (id, bytes, sig) in [
+            (signer.id(), &b"hello"[..], sig),
+            (signer.id(), &b"hellp"[..], sig),
+            (stranger.id(), &b"hello"[..], stranger_sig),
+            (stranger.id(), &b"hello"[..], sig),
+            (ValidatorId([0xff; 32]), &b"hello"[..], sig),
+        ] {
+            assert_eq!(
+                cache.verify(&id, bytes, &sig),
+                Ed25519Verifier.verify(&id, bytes, &sig)
+            );
+        }
+        assert!(cache.clone().verify(&signer.id(), b"hello", &sig));
+        assert!(cache.verify(&stranger.id(), b"hello", &stranger_sig));
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! ever proven to equivocate, that honest messages are never rejected as misbehaviour, and
 //! termination after the network stabilises.
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
@@ -19,9 +20,9 @@ use crate::codec::{Message, decode_message, decode_wal_entry, encode_message, en
 use crate::error::ErrorKind;
 use crate::machine::{Consensus, Input, LinearTimeout, Output, Params, Timeout, Timeouts};
 use crate::signing::{
-    Ed25519Signer, Ed25519Verifier, InsecureTestSigner, InsecureTestVerifier, Signer, Verifier,
+    Ed25519KeyCache, Ed25519Signer, InsecureTestSigner, InsecureTestVerifier, Signer, Verifier,
 };
-use crate::types::{ChainId, Height, Proposal, ValidatorId, Value, ValueId, View, Vote};
+use crate::types::{ChainId, Height, Proposal, Signature, ValidatorId, Value, ValueId, View, Vote};
 use crate::validators::ValidatorSet;
 
 /// Seeded splitmix64 PRNG (the simulator's only randomness; the library uses none).
@@ -156,6 +157,21 @@ pub struct SimConfig {
     pub sync_delay_ms: u64,
     /// Real ed25519 keys and `verify_strict` instead of the cheap insecure test scheme.
     pub ed25519: bool,
+    /// Step bound: a run that processes more events than this stops and counts as not
+    /// terminated (so a livelock that keeps virtual time from advancing cannot hang a soak).
+    pub max_events: u64,
+}
+
+/// The default step bound of a run: far above what terminating runs use (at least
+/// 2,000,000; the largest of 96,000 soak runs at n <= 31, hostile ones included, used
+/// about 300,000 events).
+pub fn default_max_events(n: usize, heights: u64) -> u64 {
+    let n = n.max(1) as u64;
+    2_000_000u64.saturating_add(
+        n.saturating_mul(n)
+            .saturating_mul(heights)
+            .saturating_mul(2_000),
+    )
 }
 
 /// Timeouts used by simulations (virtual milliseconds).
@@ -206,6 +222,7 @@ impl SimConfig {
             skip_locking_rule: false,
             sync_delay_ms: 0,
             ed25519: false,
+            max_events: default_max_events(n, heights),
         }
     }
 
@@ -297,6 +314,10 @@ pub struct SimReport {
     pub end_ms: u64,
     /// Virtual time when the last honest node decided the last height.
     pub last_decision_ms: u64,
+    /// Events processed (deliveries, timers, application answers, ...).
+    pub events: u64,
+    /// The run stopped at `SimConfig::max_events`.
+    pub event_bound_hit: bool,
 }
 
 enum Event {
@@ -314,7 +335,8 @@ enum Event {
         node: usize,
         incarnation: u64,
         height: Height,
-        input: Input,
+        // Boxed: an input is ~150 bytes, and the event queue moves events on every push/pop.
+        input: Box<Input>,
     },
     Crash {
         node: usize,
@@ -369,6 +391,8 @@ struct Node {
     wal: Vec<Vec<u8>>,
     /// Decided heights (durable).
     ledger: BTreeMap<Height, (Value, Certificate)>,
+    /// The `Commit` message of each ledger entry and its encoded size (derived from it).
+    commits: BTreeMap<Height, (Rc<Message>, u64)>,
     /// Messages of future heights (volatile, bounded).
     future: Vec<(usize, Rc<Message>)>,
     /// Last time a commit was sent to (peer, height).
@@ -426,11 +450,34 @@ fn make_signer(ed25519: bool, seed: [u8; 32]) -> Box<dyn Signer> {
     }
 }
 
-fn make_verifier(ed25519: bool) -> Box<dyn Verifier> {
-    if ed25519 {
-        Box::new(Ed25519Verifier)
-    } else {
-        Box::new(InsecureTestVerifier)
+/// The verifier of every node: ed25519 with the set's keys decompressed once (shared), or
+/// the insecure scheme.
+fn make_verifier(keys: &Option<Ed25519KeyCache>) -> Box<dyn Verifier> {
+    match keys {
+        Some(cache) => Box::new(cache.clone()),
+        None => Box::new(InsecureTestVerifier),
+    }
+}
+
+/// The simulator's own checks (certificates of every decision, evidence) verify the same
+/// signed precommits at every node; each distinct (signer, bytes, signature) is verified
+/// once. Only the checker uses it: nodes verify every message they receive themselves.
+struct CheckVerifier {
+    inner: Box<dyn Verifier>,
+    verified: RefCell<HashSet<(ValidatorId, Signature, Vec<u8>)>>,
+}
+
+impl Verifier for CheckVerifier {
+    fn verify(&self, validator: &ValidatorId, bytes: &[u8], signature: &Signature) -> bool {
+        let key = (*validator, *signature, bytes.to_vec());
+        if self.verified.borrow().contains(&key) {
+            return true;
+        }
+        let ok = self.inner.verify(validator, bytes, signature);
+        if ok {
+            self.verified.borrow_mut().insert(key);
+        }
+        ok
     }
 }
 
@@ -438,6 +485,12 @@ struct Sim<'a> {
     config: &'a SimConfig,
     params: Params,
     set: ValidatorSet,
+    /// ed25519 keys of the set, decompressed once (None with the insecure scheme).
+    keys: Option<Ed25519KeyCache>,
+    checker: CheckVerifier,
+    /// Honest nodes, and those that decided the last height.
+    honest_count: usize,
+    honest_done: usize,
     rng: Rng,
     now: u64,
     seq: u64,
@@ -460,11 +513,18 @@ impl<'a> Sim<'a> {
             .map(|i| make_signer(config.ed25519, key_seed(i)).id())
             .collect();
         let set = ValidatorSet::new(ids.clone()).expect("distinct simulated validators");
+        let keys = config
+            .ed25519
+            .then(|| Ed25519KeyCache::new(set.members().iter().copied()));
+        let checker = CheckVerifier {
+            inner: make_verifier(&keys),
+            verified: RefCell::new(HashSet::new()),
+        };
         let params = Params {
             chain_id: ChainId::new("cohort-sim").expect("short chain id"),
             timeouts: config.timeouts,
         };
-        let nodes = (0..config.n)
+        let nodes: Vec<Node> = (0..config.n)
             .map(|i| Node {
                 id: ids[i],
                 behaviour: config
@@ -478,6 +538,7 @@ impl<'a> Sim<'a> {
                 incarnation: 0,
                 wal: Vec::new(),
                 ledger: BTreeMap::new(),
+                commits: BTreeMap::new(),
                 future: Vec::new(),
                 synced: HashMap::new(),
                 peer_height: vec![Height(0); config.n],
@@ -491,6 +552,13 @@ impl<'a> Sim<'a> {
             config,
             params,
             set,
+            keys,
+            checker,
+            honest_count: nodes
+                .iter()
+                .filter(|n| n.behaviour == Behaviour::Honest)
+                .count(),
+            honest_done: 0,
             rng: Rng::new(config.seed),
             now: 0,
             seq: 0,
@@ -515,10 +583,8 @@ impl<'a> Sim<'a> {
     }
 
     fn all_honest_done(&self) -> bool {
-        let last = Height(self.config.heights);
-        (0..self.config.n)
-            .filter(|&i| self.honest(i))
-            .all(|i| self.nodes[i].ledger.contains_key(&last))
+        // Counted in `on_decided` (an O(n) scan after every event was quadratic work).
+        self.honest_done == self.honest_count
     }
 
     fn run(&mut self) {
@@ -540,6 +606,11 @@ impl<'a> Sim<'a> {
             if at > self.config.time_limit_ms {
                 break;
             }
+            if self.report.events >= self.config.max_events {
+                self.report.event_bound_hit = true;
+                break;
+            }
+            self.report.events += 1;
             self.now = at;
             self.handle(event);
             if self.all_honest_done() {
@@ -551,7 +622,13 @@ impl<'a> Sim<'a> {
 
     fn finish(&mut self) {
         self.report.end_ms = self.now;
-        let mut terminated = true;
+        let mut terminated = !self.report.event_bound_hit;
+        if self.report.event_bound_hit {
+            self.report.stuck.push(format!(
+                "stopped at the step bound of {} events, virtual time {} ms",
+                self.config.max_events, self.now
+            ));
+        }
         for h in 1..=self.config.heights {
             let mut max_view = 0;
             for i in 0..self.config.n {
@@ -599,7 +676,7 @@ impl<'a> Sim<'a> {
             node.height,
             self.set.clone(),
             make_signer(self.config.ed25519, node.key_seed),
-            make_verifier(self.config.ed25519),
+            make_verifier(&self.keys),
         );
         // Honest nodes run the broken rule only in the broken-variant runs; an equivocator
         // ignores its locks always (any behaviour is allowed to a Byzantine validator).
@@ -648,7 +725,7 @@ impl<'a> Sim<'a> {
             } => {
                 if self.nodes[node].incarnation == incarnation && self.nodes[node].height == height
                 {
-                    self.apply(node, input, None);
+                    self.apply(node, *input, None);
                 }
             }
             Event::Crash { node } => {
@@ -696,7 +773,7 @@ impl<'a> Sim<'a> {
             node.height,
             self.set.clone(),
             make_signer(self.config.ed25519, node.key_seed),
-            make_verifier(self.config.ed25519),
+            make_verifier(&self.keys),
             entries,
         ) {
             Ok(mut machine) => {
@@ -790,12 +867,25 @@ impl<'a> Sim<'a> {
             return;
         }
         node.synced.insert((peer, height), self.now);
-        let message = Rc::new(Message::Commit {
-            value: value.clone(),
-            certificate: certificate.clone(),
-        });
+        // One message (and one encoding) per decided height, however many laggards ask.
+        let cached = node.commits.get(&height).cloned();
+        let (message, size) = match cached {
+            Some(hit) => hit,
+            None => {
+                let message = Message::Commit {
+                    value: value.clone(),
+                    certificate: certificate.clone(),
+                };
+                let Some(size) = self.encoded_size(&message) else {
+                    return;
+                };
+                let entry = (Rc::new(message), size);
+                self.nodes[to].commits.insert(height, entry.clone());
+                entry
+            }
+        };
         self.report.broadcasts += 1;
-        self.send(to, peer, message);
+        self.send_sized(to, peer, message, size);
     }
 
     fn apply(&mut self, i: usize, input: Input, from: Option<usize>) {
@@ -886,7 +976,7 @@ impl<'a> Sim<'a> {
                 node: i,
                 incarnation,
                 height,
-                input,
+                input: Box::new(input),
             },
         );
     }
@@ -896,11 +986,7 @@ impl<'a> Sim<'a> {
             return;
         }
         self.report.evidence += 1;
-        if let Err(e) = evidence.verify(
-            &self.set,
-            &self.params.chain_id,
-            make_verifier(self.config.ed25519).as_ref(),
-        ) {
+        if let Err(e) = evidence.verify(&self.set, &self.params.chain_id, &self.checker) {
             self.report
                 .violations
                 .push(format!("node {i} produced unverifiable evidence: {e}"));
@@ -923,7 +1009,7 @@ impl<'a> Sim<'a> {
                 height,
                 &self.set,
                 &self.params.chain_id,
-                make_verifier(self.config.ed25519).as_ref(),
+                &self.checker,
             ) {
                 self.report
                     .violations
@@ -943,8 +1029,9 @@ impl<'a> Sim<'a> {
                     self.decided.insert(height, (id, i));
                 }
             }
-            if height.0 == self.config.heights {
+            if height.0 == self.config.heights && !self.nodes[i].ledger.contains_key(&height) {
                 self.report.last_decision_ms = self.report.last_decision_ms.max(self.now);
+                self.honest_done += 1;
             }
         }
         let node = &mut self.nodes[i];
@@ -1007,19 +1094,29 @@ impl<'a> Sim<'a> {
             Message::Vote(sv) => (sv.vote.height, sv.vote.view),
             _ => (Height(0), View(0)),
         };
+        // Encoded once per broadcast, not once per peer (the bytes are the same).
+        let Some(first_size) = self.encoded_size(&message) else {
+            return;
+        };
+        let second = match conflicting {
+            Some(other) => match self.encoded_size(&other) {
+                Some(size) => Some((Rc::new(other), size)),
+                None => return,
+            },
+            None => None,
+        };
         let first = Rc::new(message);
-        let second = conflicting.map(Rc::new);
         for to in 0..self.config.n {
             if to == i {
                 continue;
             }
             // An equivocator splits its peers the same way for every message of one
             // (height, view), rebroadcasts included, so the split does not heal by itself.
-            let message = match &second {
-                Some(other) if self.split(i, to, height, view) => other.clone(),
-                _ => first.clone(),
+            let (message, size) = match &second {
+                Some((other, size)) if self.split(i, to, height, view) => (other.clone(), *size),
+                _ => (first.clone(), first_size),
             };
-            self.send(i, to, message);
+            self.send_sized(i, to, message, size);
         }
     }
 
@@ -1035,28 +1132,35 @@ impl<'a> Sim<'a> {
     }
 
     fn send(&mut self, from: usize, to: usize, message: Rc<Message>) {
-        self.send_after(from, to, message, 0);
+        if let Some(size) = self.encoded_size(&message) {
+            self.send_sized(from, to, message, size);
+        }
     }
 
-    fn send_after(&mut self, from: usize, to: usize, message: Rc<Message>, extra_ms: u64) {
-        let config = self.config;
-        // Encode every transmission to count bytes and exercise the codec.
-        let size = match encode_message(&message) {
+    /// Encodes a message to count its bytes and checks that it decodes to itself (every
+    /// message sent goes through the codec once); `None` (a violation) if it does not encode.
+    fn encoded_size(&mut self, message: &Message) -> Option<u64> {
+        match encode_message(message) {
             Ok(bytes) => {
-                if decode_message(&bytes).as_ref() != Ok(&*message) {
+                if decode_message(&bytes).as_ref() != Ok(message) {
                     self.report
                         .violations
                         .push("codec round trip failed".to_string());
                 }
-                bytes.len() as u64
+                Some(bytes.len() as u64)
             }
             Err(e) => {
                 self.report
                     .violations
                     .push(format!("message does not encode: {e}"));
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// One transmission of an encoded message of `size` bytes.
+    fn send_sized(&mut self, from: usize, to: usize, message: Rc<Message>, size: u64) {
+        let config = self.config;
         self.report.transmissions += 1;
         self.report.bytes += size;
         let before_gst = self.now < config.gst_ms;
@@ -1081,10 +1185,9 @@ impl<'a> Sim<'a> {
             1
         };
         for _ in 0..copies {
-            let delay = extra_ms
-                + self
-                    .rng
-                    .range(config.min_delay_ms, max.max(config.min_delay_ms));
+            let delay = self
+                .rng
+                .range(config.min_delay_ms, max.max(config.min_delay_ms));
             self.push(
                 self.now + delay,
                 Event::Deliver {
@@ -1195,6 +1298,38 @@ mod tests {
                 assert!(report.terminated, "n={n} seed={seed}: {report:?}");
             }
         }
+    }
+
+    /// Soak seed 59186 (n = 10: seven honest validators, exactly a quorum, an equivocator,
+    /// two silent ones, a crash): the view-1 polka needed the equivocator's prevote, and two
+    /// honest nodes that held three of its other values dropped that prevote at the keeper's
+    /// per-validator cap, so re-proposals of the locked value never got a quorum again and the
+    /// run did not decide (PROTOCOL.md section 4). It must now decide within a step bound.
+    #[test]
+    fn equivocator_cannot_keep_its_vote_out_of_a_polka() {
+        let mut config = SimConfig::adversarial(10, 3, 59_186);
+        assert_eq!(
+            config
+                .behaviours
+                .iter()
+                .filter(|b| **b == Behaviour::Honest)
+                .count(),
+            7
+        );
+        config.max_events = 100_000;
+        let report = run(&config);
+        assert!(report.violations.is_empty(), "{:?}", report.violations);
+        assert!(
+            report.terminated && !report.event_bound_hit,
+            "events {}: {:?}",
+            report.events,
+            report.stuck
+        );
+        assert!(
+            report.decision_views.iter().all(|v| *v <= 4),
+            "{:?}",
+            report.decision_views
+        );
     }
 
     /// Found by the hostile soak before the lock's polka was persisted: two locked
