@@ -102,6 +102,201 @@ impl std::fmt::Display for Rule {
     }
 }
 
+/// A pre-aggregation step run before the rule, for heterogeneous (non-IID) honest deltas.
+/// `f` is the number of Byzantine inputs assumed; `None` takes the BFT bound `(n - 1) / 3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Pre {
+    /// Nearest Neighbour Mixing (Allouah et al., AISTATS 2023, "Fixing by Mixing"): every input
+    /// is replaced by the mean of its `n - f` nearest inputs (itself included). Mixing shrinks the
+    /// spread of the honest inputs before a coordinate-wise or distance-based rule, which removes
+    /// most of the bias those rules have when honest deltas differ (non-IID data).
+    Nnm {
+        /// Assumed Byzantine inputs.
+        f: Option<usize>,
+    },
+    /// Adaptive Robust Clipping (Allouah et al., NeurIPS 2024): the `floor(2 f (n - f) / n)`
+    /// inputs of largest L2 norm are scaled down to the norm of the largest one left.
+    Arc {
+        /// Assumed Byzantine inputs.
+        f: Option<usize>,
+    },
+}
+
+impl Pre {
+    fn f(self, n: usize) -> usize {
+        let (Pre::Nnm { f } | Pre::Arc { f }) = self;
+        f.unwrap_or(n.saturating_sub(1) / 3)
+    }
+}
+
+impl std::fmt::Display for Pre {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (name, f) = match *self {
+            Pre::Nnm { f } => ("nnm", f),
+            Pre::Arc { f } => ("arc", f),
+        };
+        match f {
+            Some(f) => write!(out, "{name}:{f}"),
+            None => write!(out, "{name}"),
+        }
+    }
+}
+
+/// The whole aggregation: optional pre-steps (applied left to right) and a rule.
+/// Written `[arc[:F]+][nnm[:F]+]RULE`, e.g. `nnm+median`, `arc:2+nnm:2+trimmed-mean:0.25`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Aggregator {
+    /// Steps run before the rule, in order.
+    pub pre: Vec<Pre>,
+    /// The rule.
+    pub rule: Rule,
+}
+
+impl From<Rule> for Aggregator {
+    fn from(rule: Rule) -> Self {
+        Aggregator {
+            pre: Vec::new(),
+            rule,
+        }
+    }
+}
+
+impl std::str::FromStr for Aggregator {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let mut parts: Vec<&str> = s.split('+').map(str::trim).collect();
+        let rule = parts
+            .pop()
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| parse_err("rule", s, "empty"))?
+            .parse::<Rule>()?;
+        let pre = parts
+            .into_iter()
+            .map(|p| {
+                let (name, arg) = p.split_once(':').unwrap_or((p, ""));
+                let f = if arg.is_empty() {
+                    None
+                } else {
+                    Some(arg.parse::<usize>().map_err(|_| {
+                        parse_err("rule", s, format!("bad f {arg:?} in {p:?}"))
+                    })?)
+                };
+                match name {
+                    "nnm" => Ok(Pre::Nnm { f }),
+                    "arc" => Ok(Pre::Arc { f }),
+                    _ => Err(parse_err(
+                        "rule",
+                        s,
+                        format!("unknown pre-aggregation step {p:?} (expected nnm[:F] or arc[:F])"),
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Aggregator { pre, rule })
+    }
+}
+
+impl std::fmt::Display for Aggregator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in &self.pre {
+            write!(f, "{p}+")?;
+        }
+        write!(f, "{}", self.rule)
+    }
+}
+
+impl Aggregator {
+    /// Runs the pre-steps, then the rule, on `inputs` in the given order.
+    pub fn aggregate(&self, inputs: &[Contribution<'_>]) -> Result<Vec<f32>> {
+        if self.pre.is_empty() {
+            return aggregate(&self.rule, inputs);
+        }
+        check(inputs)?;
+        let mut cur: Vec<Vec<f32>> = inputs.iter().map(|c| c.delta.to_vec()).collect();
+        for p in &self.pre {
+            let f = p.f(cur.len());
+            cur = match p {
+                Pre::Nnm { .. } => nearest_neighbour_mixing(&cur, f),
+                Pre::Arc { .. } => adaptive_robust_clipping(cur, f),
+            };
+        }
+        let mixed: Vec<Contribution<'_>> = cur
+            .iter()
+            .zip(inputs)
+            .map(|(d, c)| Contribution {
+                delta: d,
+                samples: c.samples,
+            })
+            .collect();
+        aggregate(&self.rule, &mixed)
+    }
+}
+
+/// Squared L2 distances between every pair, `d[i * k + j]`, summed in f64 in coordinate order.
+fn pairwise_sq_dists(xs: &[&[f32]]) -> Vec<f64> {
+    let k = xs.len();
+    let mut d = vec![0.0f64; k * k];
+    for i in 0..k {
+        for j in i + 1..k {
+            let dist: f64 = xs[i]
+                .iter()
+                .zip(xs[j])
+                .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+                .sum();
+            d[i * k + j] = dist;
+            d[j * k + i] = dist;
+        }
+    }
+    d
+}
+
+/// NNM: `y_i` = unweighted mean of the `n - f` inputs nearest to `x_i` (itself included; ties by index).
+fn nearest_neighbour_mixing(xs: &[Vec<f32>], f: usize) -> Vec<Vec<f32>> {
+    let k = xs.len();
+    let keep = k.saturating_sub(f).max(1);
+    let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+    let d = pairwise_sq_dists(&refs);
+    (0..k)
+        .map(|i| {
+            let mut order: Vec<usize> = (0..k).collect();
+            order.sort_by(|&a, &b| d[i * k + a].total_cmp(&d[i * k + b]).then(a.cmp(&b)));
+            let mut acc = vec![0.0f64; xs[i].len()];
+            for &j in &order[..keep] {
+                for (a, x) in acc.iter_mut().zip(&xs[j]) {
+                    *a += f64::from(*x);
+                }
+            }
+            acc.into_iter().map(|a| (a / keep as f64) as f32).collect()
+        })
+        .collect()
+}
+
+/// ARC: scale the `floor(2 f (n - f) / n)` largest-norm inputs down to the next largest norm.
+fn adaptive_robust_clipping(mut xs: Vec<Vec<f32>>, f: usize) -> Vec<Vec<f32>> {
+    let k = xs.len();
+    let clipped = (2 * f * k.saturating_sub(f)) / k.max(1);
+    if clipped == 0 || clipped >= k {
+        return xs;
+    }
+    let norms: Vec<f64> = xs
+        .iter()
+        .map(|x| x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt())
+        .collect();
+    let mut order: Vec<usize> = (0..k).collect();
+    // Largest first; ties by index.
+    order.sort_by(|&a, &b| norms[b].total_cmp(&norms[a]).then(a.cmp(&b)));
+    let radius = norms[order[clipped]];
+    for &i in &order[..clipped] {
+        if norms[i] > radius {
+            let scale = radius / norms[i];
+            for v in xs[i].iter_mut() {
+                *v = (f64::from(*v) * scale) as f32;
+            }
+        }
+    }
+    xs
+}
+
 /// One input to aggregation.
 #[derive(Debug, Clone, Copy)]
 pub struct Contribution<'a> {
@@ -226,19 +421,8 @@ fn coordinate_wise(inputs: &[Contribution<'_>], n: usize, f: impl Fn(&[f32]) -> 
 /// `m = 0` means `n - f`.
 pub fn krum_select(inputs: &[Contribution<'_>], f: usize, m: usize) -> Vec<usize> {
     let k = inputs.len();
-    let mut d = vec![0.0f64; k * k];
-    for i in 0..k {
-        for j in i + 1..k {
-            let dist: f64 = inputs[i]
-                .delta
-                .iter()
-                .zip(inputs[j].delta)
-                .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
-                .sum();
-            d[i * k + j] = dist;
-            d[j * k + i] = dist;
-        }
-    }
+    let refs: Vec<&[f32]> = inputs.iter().map(|c| c.delta).collect();
+    let d = pairwise_sq_dists(&refs);
     let neighbours = k.saturating_sub(f + 2).max(1);
     let mut scores: Vec<(f64, usize)> = (0..k)
         .map(|i| {
@@ -405,14 +589,20 @@ mod tests {
         let xs: Vec<(u64, Vec<f32>)> = (0..9u64)
             .map(|id| (id, (0..n).map(|_| rng.normal() as f32 * 0.01).collect()))
             .collect();
-        let rules = [
-            Rule::Mean,
-            Rule::Median,
-            Rule::TrimmedMean(0.2),
-            Rule::MultiKrum { f: 2, m: 5 },
-            Rule::CenteredClip { tau: 0.1, iters: 3 },
-        ];
-        for rule in rules {
+        let rules: Vec<Aggregator> = [
+            "mean",
+            "median",
+            "trimmed-mean:0.2",
+            "multi-krum:2,5",
+            "centered-clip:0.1,3",
+            "nnm+median",
+            "arc:2+nnm:2+trimmed-mean:0.25",
+            "nnm+centered-clip:0.1",
+        ]
+        .iter()
+        .map(|r| r.parse().unwrap())
+        .collect();
+        for rule in &rules {
             let run = |order_seed: u64| -> Vec<u8> {
                 let mut v = xs.clone();
                 Rng::seed(order_seed).shuffle(&mut v);
@@ -424,7 +614,7 @@ mod tests {
                         samples: 10 + id,
                     })
                     .collect();
-                aggregate(&rule, &c)
+                rule.aggregate(&c)
                     .unwrap()
                     .iter()
                     .flat_map(|x| x.to_le_bytes())
@@ -459,6 +649,84 @@ mod tests {
         let (mut p, mut v) = (vec![0.0f32], Vec::new());
         nest.step(&mut p, &mut v, &[1.0]).unwrap();
         assert_eq!(p[0], 1.5);
+    }
+
+    #[test]
+    fn nnm_exact() {
+        // n = 4, f = 1: each input is replaced by the mean of its 3 nearest (itself included).
+        // 0 -> {0, 1, 3}; 1 -> {1, 0, 3}; 3 -> {3, 1, 0}; 100 -> {100, 3, 1}.
+        let xs = vec![vec![0.0f32], vec![1.0], vec![3.0], vec![100.0]];
+        let mixed = nearest_neighbour_mixing(&xs, 1);
+        let want: Vec<Vec<f32>> = vec![
+            vec![(4.0f64 / 3.0) as f32],
+            vec![(4.0f64 / 3.0) as f32],
+            vec![(4.0f64 / 3.0) as f32],
+            vec![(104.0f64 / 3.0) as f32],
+        ];
+        assert_eq!(mixed, want);
+        // Then the median of the mixed values: (4/3 + 4/3) / 2.
+        let agg: Aggregator = "nnm:1+median".parse().unwrap();
+        let out = agg.aggregate(&contribs(&xs, &[1; 4])).unwrap();
+        assert_eq!(out, vec![(4.0f64 / 3.0) as f32]);
+        // f = 0 mixes everything into the plain mean.
+        assert_eq!(nearest_neighbour_mixing(&xs, 0)[3], vec![26.0]);
+    }
+
+    #[test]
+    fn arc_exact() {
+        // n = 5, f = 1: floor(2 * 1 * 4 / 5) = 1 input clipped, to the second largest norm (5).
+        let xs = vec![
+            vec![3.0f32, 4.0],
+            vec![0.0, 1.0],
+            vec![60.0, 80.0],
+            vec![1.0, 0.0],
+            vec![0.0, 2.0],
+        ];
+        let out = adaptive_robust_clipping(xs.clone(), 1);
+        assert_eq!(out[2], vec![3.0, 4.0]);
+        assert_eq!(out[0], xs[0]);
+        // n = 8, f = 2: floor(2 * 2 * 6 / 8) = 3 clipped to the 4th largest norm.
+        let ys: Vec<Vec<f32>> = (1..=8).map(|i| vec![i as f32]).collect();
+        let out = adaptive_robust_clipping(ys, 2);
+        let flat: Vec<f32> = out.into_iter().flatten().collect();
+        assert_eq!(flat, vec![1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0]);
+        // Default f for n = 8 is (8 - 1) / 3 = 2.
+        assert_eq!(Pre::Arc { f: None }.f(8), 2);
+    }
+
+    #[test]
+    fn aggregator_parses_and_prints() {
+        let a: Aggregator = "arc+nnm:2+trimmed-mean:0.25".parse().unwrap();
+        assert_eq!(
+            a,
+            Aggregator {
+                pre: vec![Pre::Arc { f: None }, Pre::Nnm { f: Some(2) }],
+                rule: Rule::TrimmedMean(0.25)
+            }
+        );
+        assert_eq!(a.to_string(), "arc+nnm:2+trimmed-mean:0.25");
+        assert_eq!(a.to_string().parse::<Aggregator>().unwrap(), a);
+        assert_eq!("mean".parse::<Aggregator>().unwrap(), Rule::Mean.into());
+        for bad in ["nnm+", "bucket+median", "nnm:x+median", "", "nnm+geomed"] {
+            assert!(bad.parse::<Aggregator>().is_err(), "{bad}");
+        }
+        let xs = vec![vec![1.0, f32::NAN], vec![1.0, 2.0]];
+        assert!(a.aggregate(&contribs(&xs, &[1, 1])).is_err());
+    }
+
+    /// With two large sign-flipped inputs among spread-out honest ones, NNM + median lands
+    /// nearer the honest mean than the median alone.
+    #[test]
+    fn nnm_reduces_median_bias() {
+        let honest: Vec<f32> = vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0];
+        let mut xs: Vec<Vec<f32>> = honest.iter().map(|v| vec![*v]).collect();
+        xs.push(vec![-25.0]);
+        xs.push(vec![-50.0]);
+        let c = contribs(&xs, &[1; 8]);
+        let mean = 2.5f32;
+        let plain = aggregate(&Rule::Median, &c).unwrap()[0];
+        let mixed = "nnm:2+median".parse::<Aggregator>().unwrap().aggregate(&c).unwrap()[0];
+        assert!((mixed - mean).abs() < (plain - mean).abs(), "{mixed} vs {plain}");
     }
 
     #[test]

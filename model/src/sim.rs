@@ -4,7 +4,7 @@
 
 use candle_core::Device;
 
-use crate::aggregate::{Contribution, Rule, ServerOpt, aggregate};
+use crate::aggregate::{Aggregator, Contribution, ServerOpt};
 use crate::attack::{Attack, flip_labels};
 use crate::codec::{Compression, decode, encode, encode_with_feedback};
 use crate::data::{Dataset, Split};
@@ -27,7 +27,7 @@ pub struct SimConfig {
     /// Local training per round.
     pub train: TrainConfig,
     /// Aggregation rule.
-    pub rule: Rule,
+    pub rule: Aggregator,
     /// Server (outer) optimiser.
     pub server: ServerOpt,
     /// Delta compression.
@@ -249,11 +249,11 @@ pub fn prepare_update(
 pub fn apply_round(
     params: &mut [f32],
     velocity: &mut Vec<f32>,
-    rule: &Rule,
+    rule: &Aggregator,
     server: &ServerOpt,
     inputs: &[Contribution<'_>],
 ) -> Result<Vec<f32>> {
-    let agg = aggregate(rule, inputs)?;
+    let agg = rule.aggregate(inputs)?;
     server.step(params, velocity, &agg)?;
     Ok(agg)
 }
@@ -262,6 +262,7 @@ pub fn apply_round(
 mod tests {
     use super::*;
     use crate::train::{Optimizer, Work};
+    use crate::aggregate::Rule;
 
     fn base(seed: u64) -> SimConfig {
         SimConfig {
@@ -277,7 +278,7 @@ mod tests {
                 },
                 prox_mu: 0.0,
             },
-            rule: Rule::Mean,
+            rule: Rule::Mean.into(),
             server: ServerOpt::default(),
             compression: Compression::Dense,
             error_feedback: true,
@@ -331,7 +332,7 @@ mod tests {
             SimConfig {
                 byzantine: attack,
                 nodes: 5,
-                rule: Rule::Median,
+                rule: Rule::Median.into(),
                 partition: Partition::Iid,
                 ..base(2)
             },

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use consensus::{ChainId, LinearTimeout, Timeouts, ValidatorId, ValidatorSet};
-use model::aggregate::{Rule, ServerOpt};
+use model::aggregate::{Aggregator, ServerOpt};
 use model::codec::Compression;
 use model::data::DatasetKind;
 use model::dp::DpConfig;
@@ -116,7 +116,7 @@ pub struct Genesis {
     /// Local training.
     pub train: TrainConfig,
     /// Rule.
-    pub rule: Rule,
+    pub rule: Aggregator,
     /// Server step.
     pub server: ServerOpt,
     /// Compression.

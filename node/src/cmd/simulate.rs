@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use model::aggregate::{Rule, ServerOpt};
+use model::aggregate::{Aggregator, ServerOpt};
 use model::attack::Attack;
 use model::codec::Compression;
 use model::dp::DpConfig;
@@ -62,9 +62,10 @@ pub struct Args {
     /// FedProx proximal weight mu (0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub prox_mu: f64,
-    /// Aggregation rule: mean, median, trimmed-mean:BETA, multi-krum:F,M, centered-clip:TAU,ITERS.
+    /// Aggregation rule: mean, median, trimmed-mean:BETA, multi-krum:F[,M], centered-clip:TAU[,ITERS],
+    /// optionally after pre-steps nnm[:F]+ (nearest neighbour mixing) or arc[:F]+ (adaptive clipping).
     #[arg(long, default_value = "mean")]
-    pub rule: Rule,
+    pub rule: Aggregator,
     /// Server (outer) learning rate.
     #[arg(long, default_value_t = 1.0)]
     pub server_lr: f64,
@@ -131,7 +132,7 @@ pub fn run(a: Args) -> Result<()> {
             optimizer: a.optimizer,
             prox_mu: a.prox_mu,
         },
-        rule: a.rule,
+        rule: a.rule.clone(),
         server: ServerOpt {
             lr: a.server_lr,
             momentum: a.server_momentum,
