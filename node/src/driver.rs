@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use consensus::{
-    Consensus, Ed25519Signer, Ed25519Verifier, ErrorKind, Height, Input, Message, Output, Params,
+    Consensus, Ed25519KeyCache, Ed25519Signer, Ed25519Verifier, ErrorKind, Height, Input, Message, Output, Params,
     Timeout, ValidatorId, Value, ValueId, View, decode_message, decode_wal_entry, encode_message,
     encode_wal_entry,
 };
@@ -398,13 +398,16 @@ impl Driver {
             .iter()
             .filter_map(|b| decode_wal_entry(b).ok())
             .collect();
+        // Keys decompressed once per height's validator set (consensus verifies 2n + 1
+        // signatures per height; unknown signers fall back to the plain verifier).
+        let verifier = Ed25519KeyCache::new(self.validators().members().iter().copied());
         let machine = if wal.is_empty() {
             Consensus::new(
                 params,
                 Height(h),
                 self.validators().clone(),
                 signer,
-                Box::new(Ed25519Verifier),
+                Box::new(verifier),
             )
         } else {
             tracing::info!(
@@ -417,7 +420,7 @@ impl Driver {
                 Height(h),
                 self.validators().clone(),
                 signer,
-                Box::new(Ed25519Verifier),
+                Box::new(verifier),
                 wal,
             )
             .map_err(|e| anyhow::anyhow!("recovering consensus WAL: {e}"))?
@@ -1453,6 +1456,8 @@ impl Driver {
         let bytes_out = self.metrics.delta_bytes_out_total.load(Ordering::Relaxed);
         tracing::info!(round = self.committed, accuracy = acc, loss, included, hash = %hex(&self.model_hash), "committed");
         if self.cfg.json_events {
+            // Cumulative wire counters, for benchmarks that difference them per round.
+            let c = self.net.counters().await.unwrap_or_default();
             println!(
                 "{}",
                 serde_json::json!({
@@ -1465,6 +1470,15 @@ impl Driver {
                     "delta_bytes_out": bytes_out,
                     "seconds": total,
                     "train_seconds": train,
+                    "gossip_seconds": gossip,
+                    "consensus_seconds": consensus,
+                    "aggregate_seconds": agg_secs,
+                    "wire_bytes_in": c.transport.bytes_in,
+                    "wire_bytes_out": c.transport.bytes_out,
+                    "blob_bytes_in": c.blob_protocol.bytes_in,
+                    "blob_bytes_out": c.blob_protocol.bytes_out,
+                    "delta_announce_bytes_in": c.topic(Topic::Deltas).gossip_bytes_in,
+                    "consensus_bytes_in": c.topic(Topic::Consensus).gossip_bytes_in,
                 })
             );
         }
@@ -1476,7 +1490,12 @@ impl Driver {
             if self.cfg.json_events {
                 println!(
                     "{}",
-                    serde_json::json!({"event": "done", "round": self.committed, "model_hash": hex(&self.model_hash)})
+                    serde_json::json!({
+                        "event": "done",
+                        "round": self.committed,
+                        "model_hash": hex(&self.model_hash),
+                        "peak_rss_kib": crate::metrics::peak_rss_kib(),
+                    })
                 );
             }
         }

@@ -266,3 +266,24 @@ pub struct Status {
     /// Its loss.
     pub loss: f32,
 }
+
+/// This process's peak resident set size in KiB (`VmHWM` of `/proc/self/status`), where Linux
+/// gives it; `None` elsewhere.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn peak_rss_is_read_on_linux() {
+        let kib = super::peak_rss_kib().expect("VmHWM in /proc/self/status");
+        // A test process holds at least its code and stack: more than 1 MiB, less than 1 TiB.
+        assert!(kib > 1024 && kib < (1 << 30), "{kib}");
+    }
+}

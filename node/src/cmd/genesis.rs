@@ -4,10 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::genesis::{demo, write};
+use consensus::ValidatorId;
+
+use crate::genesis::{GenesisFile, demo, write};
 use crate::keys::load_public;
 
-/// Flags of `cohort genesis`. Every training flag has the demo's default.
+/// Flags of `cohort genesis`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Validators: comma-separated `.pub` files or hex public keys.
@@ -16,13 +18,25 @@ pub struct Args {
     /// Network name.
     #[arg(long, default_value = "cohort-local")]
     pub chain_id: String,
+    /// Model, data and training settings.
+    #[command(flatten)]
+    pub training: TrainingArgs,
+    /// Output file.
+    #[arg(long, default_value = "genesis.toml")]
+    pub out: PathBuf,
+}
+
+/// The genesis settings a network is started with, shared by `cohort genesis` and
+/// `cohort testnet`. Every flag has the demo's default.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainingArgs {
     /// mlp, cnn or digits-mlp.
     #[arg(long, default_value = "digits-mlp")]
     pub model: String,
     /// digits, mnist or fashion-mnist.
     #[arg(long, default_value = "digits")]
     pub dataset: String,
-    /// How `--shard` splits the dataset.
+    /// How `--shard` splits the dataset: iid, dirichlet:ALPHA, shards:K.
     #[arg(long, default_value = "dirichlet:0.5")]
     pub partition: String,
     /// Local epochs per round.
@@ -40,7 +54,8 @@ pub struct Args {
     /// FedProx mu.
     #[arg(long, default_value_t = 0.0)]
     pub prox_mu: f64,
-    /// Aggregation rule.
+    /// Aggregation: [nnm[:F]+|arc[:F]+]RULE with RULE one of mean, median, trimmed-mean:BETA,
+    /// multi-krum:F[,M], centered-clip:TAU[,ITERS].
     #[arg(long, default_value = "mean")]
     pub rule: String,
     /// Server learning rate.
@@ -49,9 +64,12 @@ pub struct Args {
     /// Server momentum.
     #[arg(long, default_value_t = 0.0)]
     pub server_momentum: f64,
-    /// Delta compression.
+    /// Delta compression: dense, int8, topk:FRAC, topk:FRAC+int8.
     #[arg(long, default_value = "dense")]
     pub compress: String,
+    /// Turn off error feedback (the residual of lossy compression kept for the next round).
+    #[arg(long)]
+    pub no_error_feedback: bool,
     /// Differential privacy, clip:C,noise:SIGMA.
     #[arg(long, default_value = "")]
     pub dp: String,
@@ -64,9 +82,33 @@ pub struct Args {
     /// Checkpoint every K rounds.
     #[arg(long, default_value_t = 5)]
     pub checkpoint_every: u64,
-    /// Output file.
-    #[arg(long, default_value = "genesis.toml")]
-    pub out: PathBuf,
+}
+
+impl TrainingArgs {
+    /// The demo genesis for `ids` with these settings.
+    pub fn genesis(&self, chain_id: &str, ids: &[ValidatorId]) -> GenesisFile {
+        let a = self.clone();
+        let mut g = demo(chain_id, ids);
+        g.seed = a.seed;
+        g.checkpoint_every = a.checkpoint_every;
+        g.model.kind = a.model;
+        g.model.dataset = a.dataset;
+        g.model.partition = a.partition;
+        let t = &mut g.training;
+        t.local_epochs = a.local_epochs;
+        t.local_steps = a.local_steps;
+        t.batch = a.batch;
+        t.optimizer = a.optimizer;
+        t.prox_mu = a.prox_mu;
+        t.rule = a.rule;
+        t.server_lr = a.server_lr;
+        t.server_momentum = a.server_momentum;
+        t.compression = a.compress;
+        t.error_feedback = !a.no_error_feedback;
+        t.dp = a.dp;
+        g.timeouts.propose_ms = a.propose_ms;
+        g
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -75,24 +117,7 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|v| load_public(v))
         .collect::<Result<Vec<_>>>()?;
-    let mut g = demo(&a.chain_id, &ids);
-    g.seed = a.seed;
-    g.checkpoint_every = a.checkpoint_every;
-    g.model.kind = a.model;
-    g.model.dataset = a.dataset;
-    g.model.partition = a.partition;
-    let t = &mut g.training;
-    t.local_epochs = a.local_epochs;
-    t.local_steps = a.local_steps;
-    t.batch = a.batch;
-    t.optimizer = a.optimizer;
-    t.prox_mu = a.prox_mu;
-    t.rule = a.rule;
-    t.server_lr = a.server_lr;
-    t.server_momentum = a.server_momentum;
-    t.compression = a.compress;
-    t.dp = a.dp;
-    g.timeouts.propose_ms = a.propose_ms;
+    let g = a.training.genesis(&a.chain_id, &ids);
     write(&g, &a.out)?;
     println!(
         "wrote {} ({} validators, chain {})",

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::genesis::{demo, write};
+use crate::cmd::genesis::TrainingArgs;
+use crate::genesis::write;
 use crate::keys::NodeKey;
 
 /// Flags of `cohort testnet`.
@@ -30,9 +31,18 @@ pub struct Args {
     /// Make node I Byzantine: I:KIND, e.g. 3:sign-flip (repeatable).
     #[arg(long)]
     pub byzantine: Vec<String>,
-    /// Aggregation rule written into the genesis.
-    #[arg(long, default_value = "mean")]
-    pub rule: String,
+    /// Directory with the dataset's IDX files, given to every node (for --dataset mnist).
+    #[arg(long)]
+    pub dataset_dir: Option<PathBuf>,
+    /// Write every node's commit events here, one row per (round, node) with cumulative byte counters.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Write one row per node at the end: Byzantine kind, final hash, peak RSS.
+    #[arg(long)]
+    pub nodes_csv: Option<PathBuf>,
+    /// Model, data and training settings written into the genesis.
+    #[command(flatten)]
+    pub training: TrainingArgs,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -50,8 +60,16 @@ impl Drop for Node {
 }
 
 enum Event {
-    Commit { round: u64, line: serde_json::Value },
-    Done { node: usize, hash: String },
+    Commit {
+        node: usize,
+        round: u64,
+        line: serde_json::Value,
+    },
+    Done {
+        node: usize,
+        hash: String,
+        peak_rss_kib: Option<u64>,
+    },
     Exited { node: usize },
 }
 
@@ -84,8 +102,7 @@ pub fn run(a: Args) -> Result<()> {
         k.save(&tmp.join(format!("node{i}/node.key")))?;
     }
     let ids: Vec<_> = keys.iter().map(NodeKey::validator_id).collect();
-    let mut g = demo("cohort-testnet", &ids);
-    g.training.rule = a.rule.clone();
+    let g = a.training.genesis("cohort-testnet", &ids);
     let genesis = tmp.join("genesis.toml");
     write(&g, &genesis)?;
     let mut byz = vec![None; a.nodes];
@@ -122,6 +139,11 @@ pub fn run(a: Args) -> Result<()> {
             .args(["--shard", &i.to_string(), "--shards", &a.nodes.to_string()])
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
             .args(["--rounds", &a.rounds.to_string(), "--json"])
+            .args(
+                a.dataset_dir
+                    .iter()
+                    .flat_map(|d| [std::ffi::OsStr::new("--dataset-dir"), d.as_os_str()]),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         if let Some(b) = &bootstrap {
@@ -141,12 +163,14 @@ pub fn run(a: Args) -> Result<()> {
                 };
                 let ev = match v["event"].as_str() {
                     Some("commit") => Event::Commit {
+                        node: i,
                         round: v["round"].as_u64().unwrap_or(0),
                         line: v,
                     },
                     Some("done") => Event::Done {
                         node: i,
                         hash: v["model_hash"].as_str().unwrap_or("").to_string(),
+                        peak_rss_kib: v["peak_rss_kib"].as_u64(),
                     },
                     _ => continue,
                 };
@@ -165,6 +189,8 @@ pub fn run(a: Args) -> Result<()> {
     drop(tx);
     let mut printed = 0u64;
     let mut hashes: Vec<Option<String>> = vec![None; a.nodes];
+    let mut rss: Vec<Option<u64>> = vec![None; a.nodes];
+    let mut rows = String::from(CSV_HEADER);
     let mut last_round_at = start;
     println!("round  accuracy   loss    deltas  delta bytes/node  seconds");
     while hashes.iter().any(Option::is_none) {
@@ -176,7 +202,8 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
         match rx.recv_timeout(left) {
-            Ok(Event::Commit { round, line }) => {
+            Ok(Event::Commit { node, round, line }) => {
+                rows.push_str(&csv_row(node, &line));
                 // Print a round once, from the first node to commit it.
                 if round > printed {
                     printed = round;
@@ -192,7 +219,14 @@ pub fn run(a: Args) -> Result<()> {
                     last_round_at = now;
                 }
             }
-            Ok(Event::Done { node, hash }) => hashes[node] = Some(hash),
+            Ok(Event::Done {
+                node,
+                hash,
+                peak_rss_kib,
+            }) => {
+                hashes[node] = Some(hash);
+                rss[node] = peak_rss_kib;
+            }
             Ok(Event::Exited { node }) => {
                 if hashes[node].is_none() {
                     bail!(
@@ -206,8 +240,22 @@ pub fn run(a: Args) -> Result<()> {
     }
     drop(nodes);
     println!("final model hashes:");
+    let mut summary = String::from("node,byzantine,model_hash,peak_rss_kib\n");
     for (i, h) in hashes.iter().enumerate() {
-        println!("  node{i}  {}", h.as_deref().unwrap_or("-"));
+        let h = h.as_deref().unwrap_or("-");
+        let mem = rss[i].map(|k| format!("{:.1} MiB", k as f64 / 1024.0));
+        println!("  node{i}  {h}  peak RSS {}", mem.as_deref().unwrap_or("-"));
+        summary.push_str(&format!(
+            "{i},{},{h},{}\n",
+            byz[i].as_deref().unwrap_or(""),
+            rss[i].map(|k| k.to_string()).unwrap_or_default()
+        ));
+    }
+    if let Some(path) = &a.csv {
+        std::fs::write(path, &rows).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.nodes_csv {
+        std::fs::write(path, &summary).with_context(|| format!("writing {}", path.display()))?;
     }
     let first = hashes[0].clone();
     let all_equal = hashes.iter().all(|h| *h == first);
@@ -227,4 +275,61 @@ pub fn run(a: Args) -> Result<()> {
         bail!("final model hashes differ");
     }
     Ok(())
+}
+
+/// Columns of `--csv`: the fields of a node's commit event (byte counters are cumulative).
+const CSV_FIELDS: [&str; 16] = [
+    "accuracy",
+    "loss",
+    "included",
+    "seconds",
+    "train_seconds",
+    "gossip_seconds",
+    "consensus_seconds",
+    "aggregate_seconds",
+    "delta_bytes_out",
+    "wire_bytes_in",
+    "wire_bytes_out",
+    "blob_bytes_in",
+    "blob_bytes_out",
+    "delta_announce_bytes_in",
+    "consensus_bytes_in",
+    "model_hash",
+];
+const CSV_HEADER: &str = "round,node,accuracy,loss,included,seconds,train_seconds,gossip_seconds,\
+consensus_seconds,aggregate_seconds,delta_bytes_out,wire_bytes_in,wire_bytes_out,blob_bytes_in,\
+blob_bytes_out,delta_announce_bytes_in,consensus_bytes_in,model_hash\n";
+
+fn csv_row(node: usize, line: &serde_json::Value) -> String {
+    let mut row = format!("{},{node}", line["round"].as_u64().unwrap_or(0));
+    for f in CSV_FIELDS {
+        row.push(',');
+        match &line[f] {
+            serde_json::Value::String(s) => row.push_str(s),
+            serde_json::Value::Null => {}
+            v => row.push_str(&v.to_string()),
+        }
+    }
+    row.push('\n');
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_row_matches_header() {
+        let line = serde_json::json!({
+            "round": 3, "accuracy": 0.5, "loss": 1.25, "included": 4, "seconds": 0.5,
+            "wire_bytes_in": 1000, "model_hash": "ab"
+        });
+        let row = csv_row(2, &line);
+        assert_eq!(row, "3,2,0.5,1.25,4,0.5,,,,,,1000,,,,,,ab\n");
+        assert_eq!(
+            row.split(',').count(),
+            CSV_HEADER.split(',').count(),
+            "one field per column"
+        );
+    }
 }
