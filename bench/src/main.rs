@@ -63,14 +63,20 @@ fn machine(cli: &Cli) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
         .and_then(|kib| kib.parse::<f64>().ok())
         .map_or_else(|| "?".into(), |k| format!("{:.1} GiB", k / 1024.0 / 1024.0));
     let out = |cmd: &str, args: &[&str]| {
@@ -87,13 +93,16 @@ fn machine(cli: &Cli) -> String {
         out("uname", &["-sr"]),
         out("rustc", &["--version"]),
         out("git", &["rev-parse", "--short", "HEAD"]),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim(),
     )
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let mut suites: Vec<String> = if cli.suites.is_empty() || cli.suites.iter().any(|s| s == "all") {
+    let mut suites: Vec<String> = if cli.suites.is_empty() || cli.suites.iter().any(|s| s == "all")
+    {
         ALL.iter().map(|s| s.to_string()).collect()
     } else {
         cli.suites.clone()
@@ -102,7 +111,10 @@ fn main() -> Result<()> {
     suites.retain(|s| s != "render");
     for s in &suites {
         if !ALL.contains(&s.as_str()) {
-            bail!("unknown suite {s:?}: expected one of {} or all, render", ALL.join(", "));
+            bail!(
+                "unknown suite {s:?}: expected one of {} or all, render",
+                ALL.join(", ")
+            );
         }
     }
     std::fs::create_dir_all(&cli.results)

@@ -164,7 +164,10 @@ mod tests {
 
     #[test]
     fn sanitizes_labels() {
-        assert_eq!(sanitize("nnm+median / sign-flip:10"), "nnm-median---sign-flip-10");
+        assert_eq!(
+            sanitize("nnm+median / sign-flip:10"),
+            "nnm-median---sign-flip-10"
+        );
     }
 
     #[test]

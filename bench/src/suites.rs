@@ -15,6 +15,9 @@ const MNIST_TRAIN: f64 = 60_000.0;
 /// Local steps per round in the matched runs: 23 steps x 32 x 8 nodes ~ 0.1 epoch per round.
 const STEPS: usize = 23;
 const BATCH: usize = 32;
+/// The overhead suite's second workload: about one epoch of a node's shard at n = 8, the same
+/// for every node (Dirichlet shards differ in size, so "one epoch" would mostly measure waiting).
+const HEAVY: usize = 250;
 const OPT: &str = "sgd:0.05,0.9";
 
 /// Column `name` of `t`, parsed as f64, per row (None where empty or not a number).
@@ -42,7 +45,9 @@ fn pct(v: f64) -> String {
 
 /// First 1-based round whose accuracy reaches `target` (a fraction).
 fn first_reaching(acc: &[Option<f64>], target: f64) -> Option<usize> {
-    acc.iter().position(|a| a.is_some_and(|a| a >= target)).map(|i| i + 1)
+    acc.iter()
+        .position(|a| a.is_some_and(|a| a >= target))
+        .map(|i| i + 1)
 }
 
 fn last_some(v: &[Option<f64>]) -> Option<f64> {
@@ -177,10 +182,7 @@ pub fn parity(r: &mut Runner, quick: bool) -> Result<()> {
                 format!("{:+.2}", (fin - central) * 100.0),
                 pct(target),
                 to.map_or_else(|| format!("> {rounds}"), |v| v.to_string()),
-                to.map_or_else(
-                    || "-".into(),
-                    |v| format!("{:.2}", v as f64 * per_round),
-                ),
+                to.map_or_else(|| "-".into(), |v| format!("{:.2}", v as f64 * per_round)),
                 "-".into(),
             ]);
         }
@@ -248,6 +250,10 @@ struct Net<'a> {
     error_feedback: bool,
     byzantine: Vec<(usize, &'a str)>,
     partition: &'a str,
+    /// Evaluate every this many rounds (the last round always).
+    eval_every: usize,
+    /// `HEAVY` local steps per round instead of `STEPS`.
+    heavy: bool,
 }
 
 impl Default for Net<'_> {
@@ -260,6 +266,8 @@ impl Default for Net<'_> {
             error_feedback: true,
             byzantine: Vec::new(),
             partition: "dirichlet:0.5",
+            eval_every: 1,
+            heavy: false,
         }
     }
 }
@@ -299,13 +307,23 @@ impl NetRun {
         Ok(out)
     }
 
-    /// Mean over honest nodes of `field` over rounds `> skip`.
+    /// Mean over honest nodes of `field` over rounds `> skip`, leaving out the last round (it
+    /// evaluates the model, which the bench does only there).
     fn mean_over(&self, field: &str, honest: &[usize], skip: usize) -> Result<f64> {
         let per = self.per_round(field)?;
+        let last = per
+            .values()
+            .flat_map(|v| v.iter().map(|x| x.0))
+            .max()
+            .unwrap_or(0);
         let vals: Vec<f64> = honest
             .iter()
             .filter_map(|n| per.get(n))
-            .flat_map(|v| v.iter().filter(|x| x.0 > skip).map(|x| x.1))
+            .flat_map(|v| {
+                v.iter()
+                    .filter(|x| x.0 > skip && (x.0 < last || last <= skip + 1))
+                    .map(|x| x.1)
+            })
             .collect();
         if vals.is_empty() {
             bail!("no {field} values in {}", self.rounds_path.display());
@@ -341,8 +359,6 @@ fn testnet(r: &mut Runner, label: &str, net: &Net<'_>) -> Result<NetRun> {
         "mlp",
         "--partition",
         net.partition,
-        "--local-steps",
-        &STEPS.to_string(),
         "--batch",
         &BATCH.to_string(),
         "--optimizer",
@@ -357,11 +373,15 @@ fn testnet(r: &mut Runner, label: &str, net: &Net<'_>) -> Result<NetRun> {
         "30000",
         "--timeout",
         "3000",
+        "--eval-every",
+        &net.eval_every.to_string(),
         "--csv",
         &p(&rounds_path),
         "--nodes-csv",
         &p(&nodes_path),
     ]);
+    let steps = if net.heavy { HEAVY } else { STEPS };
+    a.extend(args(&["--local-steps", &steps.to_string()]));
     if !net.error_feedback {
         a.push("--no-error-feedback".into());
     }
@@ -576,42 +596,56 @@ pub fn overhead(r: &mut Runner, quick: bool) -> Result<()> {
     };
     let mut table = Table::new(&[
         "nodes",
+        "local work",
         "round s",
         "train s",
         "gossip s",
         "consensus s",
         "aggregate s",
+        "other s",
         "not training %",
         "local samples/s",
     ]);
-    for &n in sizes {
+    for (n, heavy) in sizes.iter().flat_map(|&n| [(n, false), (n, true)]) {
         let run = testnet(
             r,
-            &format!("n={n}"),
+            &format!("n={n}{}", if heavy { " heavy" } else { "" }),
             &Net {
                 nodes: n,
-                rounds,
+                rounds: if heavy {
+                    rounds.div_ceil(2).max(4)
+                } else {
+                    rounds
+                },
+                // Evaluation is observability, not protocol: only at the end here.
+                eval_every: rounds,
+                heavy,
                 ..Net::default()
             },
         )?;
+        let steps = if heavy { HEAVY } else { STEPS };
+        let samples = (steps * BATCH) as f64;
         let honest: Vec<usize> = (0..n).collect();
         // Round 1 includes connection setup and the first model load: left out.
         let m = |f: &str| run.mean_over(f, &honest, 1);
         let (total, train) = (m("seconds")?, m("train_seconds")?);
-        let (gossip, cons, agg) = (
+        let (gossip, cons, agg, other) = (
             m("gossip_seconds")?,
             m("consensus_seconds")?,
             m("aggregate_seconds")?,
+            m("other_seconds")?,
         );
         table.push(vec![
             n.to_string(),
+            format!("{steps} steps of {BATCH}"),
             format!("{total:.3}"),
             format!("{train:.3}"),
             format!("{gossip:.3}"),
             format!("{cons:.3}"),
             format!("{agg:.3}"),
+            format!("{other:.3}"),
             format!("{:.1}", (1.0 - train / total) * 100.0),
-            format!("{:.0}", (STEPS * BATCH) as f64 / train),
+            format!("{:.0}", samples / train),
         ]);
     }
     table.write_csv(&r.results.join("overhead.csv"))?;
@@ -650,6 +684,7 @@ pub fn scale(r: &mut Runner, quick: bool) -> Result<()> {
             &Net {
                 nodes: n,
                 rounds,
+                eval_every: rounds,
                 ..Net::default()
             },
         )?;
@@ -657,8 +692,16 @@ pub fn scale(r: &mut Runner, quick: bool) -> Result<()> {
         let secs = run.mean_over("seconds", &honest, 1)?;
         let rss = run.rss_mib()?;
         let hashes: std::collections::BTreeSet<&str> = {
-            let i = run.nodes.column("model_hash").context("model_hash column")?;
-            run.nodes.rows.iter().filter_map(|r| r.get(i)).map(String::as_str).collect()
+            let i = run
+                .nodes
+                .column("model_hash")
+                .context("model_hash column")?;
+            run.nodes
+                .rows
+                .iter()
+                .filter_map(|r| r.get(i))
+                .map(String::as_str)
+                .collect()
         };
         table.push(vec![
             n.to_string(),
@@ -698,8 +741,16 @@ pub fn privacy(r: &mut Runner, quick: bool) -> Result<()> {
     ]);
     let mut curves = Table::new(&["series", "x", "y"]);
     let mut clean = None;
-    for dp in ["", "clip:1.0,noise:0.3", "clip:1.0,noise:0.6", "clip:1.0,noise:1.0"] {
-        let csv = r.scratch(&format!("dp-{}.csv", if dp.is_empty() { "none" } else { dp }));
+    for dp in [
+        "",
+        "clip:1.0,noise:0.3",
+        "clip:1.0,noise:0.6",
+        "clip:1.0,noise:1.0",
+    ] {
+        let csv = r.scratch(&format!(
+            "dp-{}.csv",
+            if dp.is_empty() { "none" } else { dp }
+        ));
         let mut a = sim_base(r, "mlp", "iid", rounds);
         a.extend(args(&[
             "--local-steps",
@@ -761,10 +812,15 @@ mod tests {
         let np = dir.join("n.csv");
         std::fs::write(
             &rp,
-            "round,node,seconds,accuracy\n1,0,9,0.1\n2,0,1,0.5\n2,1,3,0.5\n1,1,9,0.1\n2,2,100,0.5\n",
+            "round,node,seconds,accuracy\n1,0,9,0.1\n2,0,1,0.5\n2,1,3,0.5\n1,1,9,0.1\n2,2,100,0.5\n\
+             3,0,50,0.6\n3,1,50,0.6\n",
         )
         .unwrap();
-        std::fs::write(&np, "node,byzantine,model_hash,peak_rss_kib\n0,,aa,2048\n1,,aa,1024\n").unwrap();
+        std::fs::write(
+            &np,
+            "node,byzantine,model_hash,peak_rss_kib\n0,,aa,2048\n1,,aa,1024\n",
+        )
+        .unwrap();
         let run = NetRun {
             rounds: read(&rp).unwrap(),
             rounds_path: rp,
@@ -772,7 +828,7 @@ mod tests {
             nodes_path: np,
         };
         assert_eq!(run.mean_over("seconds", &[0, 1], 1).unwrap(), 2.0);
-        assert_eq!(run.last("accuracy").unwrap()[&1], 0.5);
+        assert_eq!(run.last("accuracy").unwrap()[&1], 0.6);
         assert_eq!(run.rss_mib().unwrap(), vec![2.0, 1.0]);
         assert!(run.mean_over("seconds", &[5], 0).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

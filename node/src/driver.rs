@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use consensus::{
-    Consensus, Ed25519KeyCache, Ed25519Signer, Ed25519Verifier, ErrorKind, Height, Input, Message, Output, Params,
-    Timeout, ValidatorId, Value, ValueId, View, decode_message, decode_wal_entry, encode_message,
-    encode_wal_entry,
+    Consensus, Ed25519KeyCache, Ed25519Signer, Ed25519Verifier, ErrorKind, Height, Input, Message,
+    Output, Params, Timeout, ValidatorId, Value, ValueId, View, decode_message, decode_wal_entry,
+    encode_message, encode_wal_entry,
 };
 use gossip::{
     MessageId, NetworkEvent, NetworkHandle, PeerAction, PeerId, StateSnapshot, Topic, Verdict,
@@ -86,6 +86,10 @@ pub struct DriverConfig {
     pub max_rounds: Option<u64>,
     /// Print one JSON line per commit on stdout (for `cohort testnet`).
     pub json_events: bool,
+    /// Evaluate the committed model on the test set every this many rounds (and at
+    /// `max_rounds`); 0 never. Evaluation is observability, not protocol: it is CPU taken from
+    /// the next round's training.
+    pub eval_every: u64,
     /// Ask to become a validator (signed join request on the membership topic).
     pub join: bool,
 }
@@ -174,6 +178,8 @@ pub struct Driver {
     trained_at: Option<Instant>,
     proposal_seen_at: Option<Instant>,
     train_secs: f64,
+    /// When the last commit's bookkeeping finished (start of the next round's clock).
+    last_commit_done: Option<Instant>,
     syncing: bool,
     last_sync_try: Option<Instant>,
     lag_signals: u32,
@@ -182,6 +188,8 @@ pub struct Driver {
     recovered_wal: Vec<Vec<u8>>,
     /// Set when a height was committed; the main loop starts the next one.
     need_start: bool,
+    /// Commit events for `--json`, printed in order by a task that adds the wire counters.
+    json_tx: Option<mpsc::UnboundedSender<serde_json::Value>>,
     /// A decided height waiting for included deltas before it is written and applied.
     pending_commit: Option<(u64, Value, consensus::Certificate, Instant)>,
 
@@ -202,6 +210,7 @@ impl Driver {
         let me = cfg.key.validator_id();
         let my_peer = cfg.key.peer_id()?;
         let genesis_params = cfg.genesis.initial_params();
+        let json_tx = cfg.json_events.then(|| spawn_json_printer(net.clone()));
         let ledger_len = recovered.ledger.len() as u64;
         // Verify the ledger we hold (cheap; also catches a tampered file before we act on it).
         let mut chain = Chain::new(&cfg.genesis);
@@ -267,6 +276,7 @@ impl Driver {
             trained_at: None,
             proposal_seen_at: None,
             train_secs: 0.0,
+            last_commit_done: None,
             syncing,
             last_sync_try: None,
             lag_signals: 0,
@@ -274,6 +284,7 @@ impl Driver {
             done_announced: false,
             recovered_wal: Vec::new(),
             need_start: false,
+            json_tx,
             pending_commit: None,
             train_tx,
             fetch_tx,
@@ -282,6 +293,28 @@ impl Driver {
         d.recovered_wal = recovered.wal;
         Ok((d, train_rx, fetch_rx))
     }
+}
+
+/// Prints the JSON events in order, each commit event with the network's cumulative byte
+/// counters added. Asking the swarm task for counters is a round trip, so it happens here, off
+/// the driver's path, and does not show in the round's timings.
+fn spawn_json_printer(net: NetworkHandle) -> mpsc::UnboundedSender<serde_json::Value> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<serde_json::Value>();
+    tokio::spawn(async move {
+        while let Some(mut v) = rx.recv().await {
+            if v["event"] == "commit" {
+                let c = net.counters().await.unwrap_or_default();
+                v["wire_bytes_in"] = c.transport.bytes_in.into();
+                v["wire_bytes_out"] = c.transport.bytes_out.into();
+                v["blob_bytes_in"] = c.blob_protocol.bytes_in.into();
+                v["blob_bytes_out"] = c.blob_protocol.bytes_out.into();
+                v["delta_announce_bytes_in"] = c.topic(Topic::Deltas).gossip_bytes_in.into();
+                v["consensus_bytes_in"] = c.topic(Topic::Consensus).gossip_bytes_in.into();
+            }
+            println!("{v}");
+        }
+    });
+    tx
 }
 
 /// Runs the node until `shutdown` fires or a fatal error.
@@ -1425,10 +1458,6 @@ impl Driver {
     /// Metrics, checkpoint, the commit line; after the state is on disk.
     async fn after_commit(&mut self, included: usize, agg_secs: f64) -> Result<()> {
         let g = &self.cfg.genesis;
-        if g.file.checkpoint_every > 0 && self.committed.is_multiple_of(g.file.checkpoint_every) {
-            self.store
-                .write_checkpoint(g.model, self.committed, &self.params)?;
-        }
         let total = self.height_started.elapsed().as_secs_f64();
         let train = self.train_secs.min(total);
         let gossip = self
@@ -1437,30 +1466,49 @@ impl Driver {
             .map(|(t, p)| p.saturating_duration_since(t).as_secs_f64())
             .unwrap_or(0.0);
         let consensus = (total - train - gossip - agg_secs).max(0.0);
-        for (i, v) in [train, gossip, consensus, agg_secs].iter().enumerate() {
+        if g.file.checkpoint_every > 0 && self.committed.is_multiple_of(g.file.checkpoint_every) {
+            self.store
+                .write_checkpoint(g.model, self.committed, &self.params)?;
+        }
+        let last = self.cfg.max_rounds == Some(self.committed);
+        let every = self.cfg.eval_every;
+        let (acc, loss) = if last || (every > 0 && self.committed.is_multiple_of(every)) {
+            let (acc, loss) = model::train::evaluate_params(g.model, &self.params, &self.cfg.test)?;
+            self.metrics
+                .accuracy_ppm
+                .store((acc as f64 * 1e6) as u64, Ordering::Relaxed);
+            self.metrics
+                .loss_micro
+                .store((loss.max(0.0) as f64 * 1e6) as u64, Ordering::Relaxed);
+            (Some(acc), Some(loss))
+        } else {
+            (None, None)
+        };
+        // The whole round, commit to commit, and what fell outside the four phases: the gap
+        // between the last commit and this height's start, checkpoints, evaluation.
+        let now = Instant::now();
+        let cycle = self
+            .last_commit_done
+            .map(|t| now.saturating_duration_since(t).as_secs_f64())
+            .unwrap_or_else(|| self.height_started.elapsed().as_secs_f64());
+        self.last_commit_done = Some(now);
+        let other = (cycle - total).max(0.0);
+        for (i, v) in [train, gossip, consensus, agg_secs, other]
+            .iter()
+            .enumerate()
+        {
             let us = (v * 1e6) as u64;
             self.metrics.phase_us[i].store(us, Ordering::Relaxed);
             self.metrics.phase_us_sum[i].fetch_add(us, Ordering::Relaxed);
         }
-        let (acc, loss) = model::train::evaluate_params(g.model, &self.params, &self.cfg.test)?;
-        self.metrics
-            .accuracy_ppm
-            .store((acc as f64 * 1e6) as u64, Ordering::Relaxed);
-        self.metrics
-            .loss_micro
-            .store((loss.max(0.0) as f64 * 1e6) as u64, Ordering::Relaxed);
         self.metrics
             .rounds_committed_total
             .fetch_add(1, Ordering::Relaxed);
         self.publish_status();
         let bytes_out = self.metrics.delta_bytes_out_total.load(Ordering::Relaxed);
-        tracing::info!(round = self.committed, accuracy = acc, loss, included, hash = %hex(&self.model_hash), "committed");
-        if self.cfg.json_events {
-            // Cumulative wire counters, for benchmarks that difference them per round.
-            let c = self.net.counters().await.unwrap_or_default();
-            println!(
-                "{}",
-                serde_json::json!({
+        tracing::info!(round = self.committed, accuracy = ?acc, loss = ?loss, included, hash = %hex(&self.model_hash), "committed");
+        if let Some(tx) = &self.json_tx {
+            let _ = tx.send(serde_json::json!({
                     "event": "commit",
                     "round": self.committed,
                     "accuracy": acc,
@@ -1468,35 +1516,26 @@ impl Driver {
                     "included": included,
                     "model_hash": hex(&self.model_hash),
                     "delta_bytes_out": bytes_out,
-                    "seconds": total,
+                    "seconds": cycle,
                     "train_seconds": train,
+                    "other_seconds": other,
                     "gossip_seconds": gossip,
                     "consensus_seconds": consensus,
                     "aggregate_seconds": agg_secs,
-                    "wire_bytes_in": c.transport.bytes_in,
-                    "wire_bytes_out": c.transport.bytes_out,
-                    "blob_bytes_in": c.blob_protocol.bytes_in,
-                    "blob_bytes_out": c.blob_protocol.bytes_out,
-                    "delta_announce_bytes_in": c.topic(Topic::Deltas).gossip_bytes_in,
-                    "consensus_bytes_in": c.topic(Topic::Consensus).gossip_bytes_in,
-                })
-            );
+            }));
         }
         if let Some(max) = self.cfg.max_rounds
             && self.committed >= max
             && !self.done_announced
         {
             self.done_announced = true;
-            if self.cfg.json_events {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "event": "done",
-                        "round": self.committed,
-                        "model_hash": hex(&self.model_hash),
-                        "peak_rss_kib": crate::metrics::peak_rss_kib(),
-                    })
-                );
+            if let Some(tx) = &self.json_tx {
+                let _ = tx.send(serde_json::json!({
+                    "event": "done",
+                    "round": self.committed,
+                    "model_hash": hex(&self.model_hash),
+                    "peak_rss_kib": crate::metrics::peak_rss_kib(),
+                }));
             }
         }
         Ok(())

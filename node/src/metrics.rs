@@ -19,10 +19,10 @@ pub struct Metrics {
     pub equivocations_total: AtomicU64,
     /// State syncs completed.
     pub state_syncs_total: AtomicU64,
-    /// Last round's phase durations, microseconds: train, gossip, consensus, aggregate.
-    pub phase_us: [AtomicU64; 4],
+    /// Last round's phase durations, microseconds: train, gossip, consensus, aggregate, other.
+    pub phase_us: [AtomicU64; 5],
     /// Sum of phase durations over all rounds, microseconds.
-    pub phase_us_sum: [AtomicU64; 4],
+    pub phase_us_sum: [AtomicU64; 5],
     /// Accuracy of the committed model on held-out data, x 1e6.
     pub accuracy_ppm: AtomicU64,
     /// Loss x 1e6.
@@ -43,7 +43,8 @@ pub const REJECT_REASONS: [&str; 7] = [
 ];
 
 /// Round phases.
-pub const PHASES: [&str; 4] = ["train", "gossip", "consensus", "aggregate"];
+/// "other" is what falls outside the four: checkpoints, evaluation, the gap to the next start.
+pub const PHASES: [&str; 5] = ["train", "gossip", "consensus", "aggregate", "other"];
 
 impl Metrics {
     /// Counts a rejection.

@@ -64,6 +64,9 @@ pub struct Args {
     /// Print one JSON line per committed round on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Evaluate the model on the test set every N committed rounds (and at --rounds); 0 never.
+    #[arg(long, default_value_t = 1)]
+    pub eval_every: u64,
     /// Ask the validators to admit this node (a signed join request); it votes and its deltas
     /// count from two rounds after a committed round includes the request.
     #[arg(long)]
@@ -264,6 +267,7 @@ pub fn run(a: Args) -> Result<()> {
             byzantine,
             max_rounds: a.rounds,
             json_events: a.json,
+            eval_every: a.eval_every,
             join: a.join,
         };
         let result = crate::driver::run(

@@ -34,6 +34,9 @@ pub struct Args {
     /// Directory with the dataset's IDX files, given to every node (for --dataset mnist).
     #[arg(long)]
     pub dataset_dir: Option<PathBuf>,
+    /// Evaluate the model every N rounds on every node (always at the last round).
+    #[arg(long, default_value_t = 1)]
+    pub eval_every: u64,
     /// Write every node's commit events here, one row per (round, node) with cumulative byte counters.
     #[arg(long)]
     pub csv: Option<PathBuf>,
@@ -70,7 +73,9 @@ enum Event {
         hash: String,
         peak_rss_kib: Option<u64>,
     },
-    Exited { node: usize },
+    Exited {
+        node: usize,
+    },
 }
 
 fn wait_for_file(path: &Path, deadline: Instant) -> Result<String> {
@@ -139,6 +144,7 @@ pub fn run(a: Args) -> Result<()> {
             .args(["--shard", &i.to_string(), "--shards", &a.nodes.to_string()])
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
             .args(["--rounds", &a.rounds.to_string(), "--json"])
+            .args(["--eval-every", &a.eval_every.to_string()])
             .args(
                 a.dataset_dir
                     .iter()
@@ -208,10 +214,14 @@ pub fn run(a: Args) -> Result<()> {
                 if round > printed {
                     printed = round;
                     let now = Instant::now();
+                    let acc = line["accuracy"]
+                        .as_f64()
+                        .map_or_else(|| "-".into(), |a| format!("{:.2}%", a * 100.0));
+                    let loss = line["loss"]
+                        .as_f64()
+                        .map_or_else(|| "-".into(), |l| format!("{l:.4}"));
                     println!(
-                        "{round:>5}  {:>7.2}%  {:.4}  {:>6}  {:>16}  {:>7.2}",
-                        line["accuracy"].as_f64().unwrap_or(0.0) * 100.0,
-                        line["loss"].as_f64().unwrap_or(0.0),
+                        "{round:>5}  {acc:>8}  {loss:>6}  {:>6}  {:>16}  {:>7.2}",
                         line["included"].as_u64().unwrap_or(0),
                         line["delta_bytes_out"].as_u64().unwrap_or(0) / round.max(1),
                         (now - last_round_at).as_secs_f64()
@@ -278,7 +288,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// Columns of `--csv`: the fields of a node's commit event (byte counters are cumulative).
-const CSV_FIELDS: [&str; 16] = [
+const CSV_FIELDS: [&str; 17] = [
     "accuracy",
     "loss",
     "included",
@@ -287,6 +297,7 @@ const CSV_FIELDS: [&str; 16] = [
     "gossip_seconds",
     "consensus_seconds",
     "aggregate_seconds",
+    "other_seconds",
     "delta_bytes_out",
     "wire_bytes_in",
     "wire_bytes_out",
@@ -297,7 +308,7 @@ const CSV_FIELDS: [&str; 16] = [
     "model_hash",
 ];
 const CSV_HEADER: &str = "round,node,accuracy,loss,included,seconds,train_seconds,gossip_seconds,\
-consensus_seconds,aggregate_seconds,delta_bytes_out,wire_bytes_in,wire_bytes_out,blob_bytes_in,\
+consensus_seconds,aggregate_seconds,other_seconds,delta_bytes_out,wire_bytes_in,wire_bytes_out,blob_bytes_in,\
 blob_bytes_out,delta_announce_bytes_in,consensus_bytes_in,model_hash\n";
 
 fn csv_row(node: usize, line: &serde_json::Value) -> String {
@@ -325,7 +336,7 @@ mod tests {
             "wire_bytes_in": 1000, "model_hash": "ab"
         });
         let row = csv_row(2, &line);
-        assert_eq!(row, "3,2,0.5,1.25,4,0.5,,,,,,1000,,,,,,ab\n");
+        assert_eq!(row, "3,2,0.5,1.25,4,0.5,,,,,,,1000,,,,,,ab\n");
         assert_eq!(
             row.split(',').count(),
             CSV_HEADER.split(',').count(),
