@@ -177,9 +177,10 @@ impl std::str::FromStr for Aggregator {
                 let f = if arg.is_empty() {
                     None
                 } else {
-                    Some(arg.parse::<usize>().map_err(|_| {
-                        parse_err("rule", s, format!("bad f {arg:?} in {p:?}"))
-                    })?)
+                    Some(
+                        arg.parse::<usize>()
+                            .map_err(|_| parse_err("rule", s, format!("bad f {arg:?} in {p:?}")))?,
+                    )
                 };
                 match name {
                     "nnm" => Ok(Pre::Nnm { f }),
@@ -725,8 +726,15 @@ mod tests {
         let c = contribs(&xs, &[1; 8]);
         let mean = 2.5f32;
         let plain = aggregate(&Rule::Median, &c).unwrap()[0];
-        let mixed = "nnm:2+median".parse::<Aggregator>().unwrap().aggregate(&c).unwrap()[0];
-        assert!((mixed - mean).abs() < (plain - mean).abs(), "{mixed} vs {plain}");
+        let mixed = "nnm:2+median"
+            .parse::<Aggregator>()
+            .unwrap()
+            .aggregate(&c)
+            .unwrap()[0];
+        assert!(
+            (mixed - mean).abs() < (plain - mean).abs(),
+            "{mixed} vs {plain}"
+        );
     }
 
     #[test]

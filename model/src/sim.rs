@@ -261,8 +261,8 @@ pub fn apply_round(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::{Optimizer, Work};
     use crate::aggregate::Rule;
+    use crate::train::{Optimizer, Work};
 
     fn base(seed: u64) -> SimConfig {
         SimConfig {
