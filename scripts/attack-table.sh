@@ -8,12 +8,14 @@ DATA=${1:-../shared/data/mnist}
 ROUNDS=${2:-50}
 OUT=${3:-bench/results/attack-table.csv}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cohort/target}"
-cargo build -q -p node --bin cohort
-BIN="$CARGO_TARGET_DIR/debug/cohort"
+cargo build -q --release -p node --bin cohort
+BIN="${COHORT_BIN:-$CARGO_TARGET_DIR/release/cohort}"
 COMMON=(simulate --dataset mnist --data-dir "$DATA" --model mlp --nodes 8 --partition dirichlet:0.5
   --rounds "$ROUNDS" --local-steps 23 --batch 32 --optimizer sgd:0.05,0.9 --server-momentum 0.5
   --eval-every "$ROUNDS")
-RULES=(mean median trimmed-mean:0.25 multi-krum:2,4 centered-clip:1.0,3)
+# multi-krum:2 keeps m = n - f; nnm+ mixes each delta with its n - f nearest first (see README).
+RULES=(mean median trimmed-mean:0.25 multi-krum:2 centered-clip:1.0,3
+  nnm+median nnm+trimmed-mean:0.25 nnm+centered-clip:0.1,3)
 ATTACKS=(none sign-flip:10 gaussian:1 alie label-flip zeros)
 mkdir -p "$(dirname "$OUT")"
 echo "rule,attack,accuracy" > "$OUT"

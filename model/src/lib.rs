@@ -21,6 +21,7 @@ pub mod codec;
 pub mod data;
 pub mod dp;
 pub mod error;
+pub mod fast;
 pub mod net;
 pub mod params;
 pub mod partition;

@@ -1,4 +1,5 @@
-//! Local training and evaluation with candle.
+//! Local training and evaluation with candle. The MLPs train through the hand-written pass of
+//! [`crate::fast`] on the CPU, everything else through candle's autograd.
 
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
@@ -113,6 +114,9 @@ pub fn batch_tensors(data: &Dataset, idx: &[usize], device: &Device) -> Result<(
 }
 
 /// Trains a copy of `global` on `data` and returns the delta. The batch order comes from `rng`.
+///
+/// The MLP kinds on the CPU take the hand-written forward and backward pass in [`crate::fast`];
+/// everything else takes candle's autograd ([`train_model_autograd`]).
 pub fn train_local(
     kind: ModelKind,
     global: &[f32],
@@ -121,18 +125,88 @@ pub fn train_local(
     rng: &mut Rng,
     device: &Device,
 ) -> Result<TrainOutput> {
-    let model = Model::new(kind, global, device)?;
-    let out = train_model(&model, data, cfg, rng, None)?;
-    let mut delta = model.flat()?;
+    let (mean_loss, steps, trained) = if device.is_cpu() && crate::fast::supports(kind) {
+        let mut params = global.to_vec();
+        let (loss, steps) = crate::fast::train(kind, &mut params, data, cfg, rng, None)?;
+        (loss, steps, params)
+    } else {
+        let model = Model::new(kind, global, device)?;
+        let (loss, steps) = train_model(&model, data, cfg, rng, None)?;
+        (loss, steps, model.flat()?)
+    };
+    let mut delta = trained;
     for (d, g) in delta.iter_mut().zip(global) {
         *d -= g;
     }
     Ok(TrainOutput {
         delta,
         samples: data.len() as u64,
-        mean_loss: out.0,
-        steps: out.1,
+        mean_loss,
+        steps,
     })
+}
+
+/// The minibatch schedule shared by every training path: the batch size, the number of steps,
+/// and the sample order, reshuffled from `rng` on every pass.
+pub(crate) struct Batches {
+    order: Vec<usize>,
+    pos: usize,
+    batch: usize,
+    full_only: bool,
+    /// Steps this round takes.
+    pub(crate) total_steps: usize,
+}
+
+impl Batches {
+    /// The schedule for `cfg` over `len` samples (`len` > 0).
+    pub(crate) fn new(len: usize, cfg: &TrainConfig) -> Self {
+        let batch = cfg.batch.clamp(1, len);
+        let per_epoch = len.div_ceil(batch);
+        let total_steps = match cfg.work {
+            Work::Epochs(e) => e * per_epoch,
+            Work::Steps(s) => s,
+        };
+        Batches {
+            order: (0..len).collect(),
+            pos: len,
+            batch,
+            full_only: matches!(cfg.work, Work::Steps(_)),
+            total_steps,
+        }
+    }
+
+    /// The largest batch this schedule yields.
+    pub(crate) fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The sample indices of the next step. A new pass reshuffles. Counting epochs keeps an
+    /// epoch's final short batch; counting steps only takes full batches.
+    pub(crate) fn next(&mut self, rng: &mut Rng) -> &[usize] {
+        if self.pos >= self.order.len()
+            || (self.full_only && self.pos + self.batch > self.order.len())
+        {
+            rng.shuffle(&mut self.order);
+            self.pos = 0;
+        }
+        let start = self.pos;
+        self.pos = (start + self.batch).min(self.order.len());
+        &self.order[start..self.pos]
+    }
+}
+
+/// Checks that `data` fits `kind`; false when there is nothing to train on.
+pub(crate) fn check_data(kind: ModelKind, data: &Dataset) -> Result<bool> {
+    if data.is_empty() {
+        return Ok(false);
+    }
+    if data.features != kind.input_features() {
+        return Err(Error::WrongLength {
+            got: data.features,
+            expected: kind.input_features(),
+        });
+    }
+    Ok(true)
 }
 
 enum OptState {
@@ -145,29 +219,36 @@ enum OptState {
 }
 
 /// Trains `model` in place; returns (mean loss, steps). `progress` is called after every step with
-/// (step, total steps) for progress bars.
+/// (step, total steps) for progress bars. The MLP kinds on the CPU take the fast path
+/// ([`crate::fast`]), the rest candle's autograd ([`train_model_autograd`]).
 pub fn train_model(
+    model: &Model,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    rng: &mut Rng,
+    progress: Option<&mut dyn FnMut(usize, usize)>,
+) -> Result<(f32, usize)> {
+    let on_cpu = model.vars().first().is_none_or(|v| v.device().is_cpu());
+    if !(on_cpu && crate::fast::supports(model.kind())) {
+        return train_model_autograd(model, data, cfg, rng, progress);
+    }
+    crate::fast::train_model(model, data, cfg, rng, progress)
+}
+
+/// [`train_model`] on candle's autograd for every model kind: the reference the fast path is
+/// tested against, and the path for the CNN and non-CPU devices.
+pub fn train_model_autograd(
     model: &Model,
     data: &Dataset,
     cfg: &TrainConfig,
     rng: &mut Rng,
     mut progress: Option<&mut dyn FnMut(usize, usize)>,
 ) -> Result<(f32, usize)> {
-    if data.is_empty() {
+    if !check_data(model.kind(), data)? {
         return Ok((0.0, 0));
     }
-    if data.features != model.kind().input_features() {
-        return Err(Error::WrongLength {
-            got: data.features,
-            expected: model.kind().input_features(),
-        });
-    }
-    let batch = cfg.batch.clamp(1, data.len());
-    let per_epoch = data.len().div_ceil(batch);
-    let total_steps = match cfg.work {
-        Work::Epochs(e) => e * per_epoch,
-        Work::Steps(s) => s,
-    };
+    let mut batches = Batches::new(data.len(), cfg);
+    let total_steps = batches.total_steps;
     let vars = model.vars().to_vec();
     let device = vars
         .first()
@@ -196,19 +277,9 @@ pub fn train_model(
             velocity: vec![None; vars.len()],
         },
     };
-    let mut order: Vec<usize> = (0..data.len()).collect();
-    let mut pos = order.len();
     let mut loss_sum = 0.0f64;
     for step in 0..total_steps {
-        // A new pass reshuffles. Counting epochs keeps an epoch's final short batch; counting
-        // steps only takes full batches.
-        if pos >= order.len() || (matches!(cfg.work, Work::Steps(_)) && pos + batch > order.len()) {
-            rng.shuffle(&mut order);
-            pos = 0;
-        }
-        let end = (pos + batch).min(order.len());
-        let (xs, ys) = batch_tensors(data, &order[pos..end], &device)?;
-        pos = end;
+        let (xs, ys) = batch_tensors(data, batches.next(rng), &device)?;
         let logits = model.forward(&xs)?;
         let mut loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
         loss_sum += f64::from(loss.to_scalar::<f32>()?);

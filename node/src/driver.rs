@@ -178,6 +178,8 @@ pub struct Driver {
     trained_at: Option<Instant>,
     proposal_seen_at: Option<Instant>,
     train_secs: f64,
+    /// This height's own signed delta when publishing it failed (retried on every tick).
+    unpublished: Option<(u64, Vec<u8>)>,
     /// When the last commit's bookkeeping finished (start of the next round's clock).
     last_commit_done: Option<Instant>,
     syncing: bool,
@@ -277,6 +279,7 @@ impl Driver {
             proposal_seen_at: None,
             train_secs: 0.0,
             last_commit_done: None,
+            unpublished: None,
             syncing,
             last_sync_try: None,
             lag_signals: 0,
@@ -627,6 +630,13 @@ impl Driver {
             if let Ok(bytes) = j.encode() {
                 let _ = self.net.publish(Topic::Membership, bytes).await;
             }
+        }
+        // Our delta could not be published (no peers yet): try again.
+        if let Some((round, bytes)) = self.unpublished.take()
+            && round == h
+            && self.net.publish(Topic::Deltas, bytes.clone()).await.is_err()
+        {
+            self.unpublished = Some((round, bytes));
         }
         // The proposer may be waiting for the collection window to close.
         if self.pending_propose.is_some()
@@ -1348,8 +1358,14 @@ impl Driver {
             self.metrics
                 .delta_bytes_out_total
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            if let Err(e) = self.net.publish(Topic::Deltas, bytes).await {
-                tracing::debug!(error = %e, "publishing delta");
+            if let Err(e) = self.net.publish(Topic::Deltas, bytes.clone()).await {
+                // Typically no peer subscribed yet (a node that trains before its connections
+                // are up): keep the real delta and retry on every tick, or no proposer might
+                // ever hold a quorum of deltas.
+                tracing::debug!(error = %e, "publishing delta; will retry");
+                if i == 0 {
+                    self.unpublished = Some((t.round, bytes));
+                }
             }
         }
         if let Some(v) = self.try_propose()? {

@@ -89,6 +89,7 @@ impl Net {
     }
 
     fn start(&self, i: usize, bootstrap: Option<&str>, extra: &[&str]) -> Node {
+        std::fs::create_dir_all(&dir_of(&self.root, i)).expect("node dir");
         let dir = self.root.join(format!("node{i}"));
         let mut cmd = Command::new(bin());
         cmd.arg("run")
@@ -107,7 +108,7 @@ impl Net {
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log_file(&dir));
         if let Some(b) = bootstrap {
             cmd.args(["--bootstrap", b]);
         }
@@ -407,4 +408,18 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read");
     out
+}
+
+fn dir_of(root: &std::path::Path, i: usize) -> PathBuf {
+    root.join(format!("node{i}"))
+}
+
+/// The node's logs (RUST_LOG, default warnings), appended across restarts, for a failing test.
+fn log_file(dir: &std::path::Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
 }

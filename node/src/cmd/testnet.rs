@@ -151,7 +151,7 @@ pub fn run(a: Args) -> Result<()> {
                     .flat_map(|d| [std::ffi::OsStr::new("--dataset-dir"), d.as_os_str()]),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(node_log(&dir)?);
         if let Some(b) = &bootstrap {
             cmd.args(["--bootstrap", b]);
         }
@@ -310,6 +310,14 @@ const CSV_FIELDS: [&str; 17] = [
 const CSV_HEADER: &str = "round,node,accuracy,loss,included,seconds,train_seconds,gossip_seconds,\
 consensus_seconds,aggregate_seconds,other_seconds,delta_bytes_out,wire_bytes_in,wire_bytes_out,blob_bytes_in,\
 blob_bytes_out,delta_announce_bytes_in,consensus_bytes_in,model_hash\n";
+
+/// Each node's stderr (its tracing logs, RUST_LOG) goes to `nodeI/node.log`.
+fn node_log(dir: &Path) -> Result<Stdio> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("node.log");
+    let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(Stdio::from(f))
+}
 
 fn csv_row(node: usize, line: &serde_json::Value) -> String {
     let mut row = format!("{},{node}", line["round"].as_u64().unwrap_or(0));
