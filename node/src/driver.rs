@@ -634,7 +634,11 @@ impl Driver {
         // Our delta could not be published (no peers yet): try again.
         if let Some((round, bytes)) = self.unpublished.take()
             && round == h
-            && self.net.publish(Topic::Deltas, bytes.clone()).await.is_err()
+            && self
+                .net
+                .publish(Topic::Deltas, bytes.clone())
+                .await
+                .is_err()
         {
             self.unpublished = Some((round, bytes));
         }

@@ -89,7 +89,7 @@ impl Net {
     }
 
     fn start(&self, i: usize, bootstrap: Option<&str>, extra: &[&str]) -> Node {
-        std::fs::create_dir_all(&dir_of(&self.root, i)).expect("node dir");
+        std::fs::create_dir_all(dir_of(&self.root, i)).expect("node dir");
         let dir = self.root.join(format!("node{i}"));
         let mut cmd = Command::new(bin());
         cmd.arg("run")
