@@ -465,8 +465,25 @@ impl Default for ServerOpt {
 
 impl ServerOpt {
     /// Applies one step to `params` in place; `velocity` is the momentum buffer (resized on first use).
-    /// Deterministic: elementwise f64 arithmetic rounded to f32.
+    /// Deterministic: elementwise f64 arithmetic rounded to f32. A step that would make any
+    /// parameter or momentum value non-finite (a model driven to overflow by poisoned updates)
+    /// is not taken: both stay as they were, so the chain keeps a finite model and goes on.
     pub fn step(
+        &self,
+        params: &mut [f32],
+        velocity: &mut Vec<f32>,
+        aggregate: &[f32],
+    ) -> Result<()> {
+        let (old_p, old_v) = (params.to_vec(), velocity.clone());
+        self.step_unchecked(params, velocity, aggregate)?;
+        if params.iter().chain(velocity.iter()).any(|v| !v.is_finite()) {
+            params.copy_from_slice(&old_p);
+            *velocity = old_v;
+        }
+        Ok(())
+    }
+
+    fn step_unchecked(
         &self,
         params: &mut [f32],
         velocity: &mut Vec<f32>,
@@ -623,6 +640,23 @@ mod tests {
             };
             assert_eq!(run(1), run(2), "{rule}");
         }
+    }
+
+    #[test]
+    fn server_step_refuses_to_overflow() {
+        let mut p = vec![1.0f32, f32::MAX];
+        let mut v = Vec::new();
+        ServerOpt::default()
+            .step(&mut p, &mut v, &[1.0, f32::MAX])
+            .unwrap();
+        assert_eq!(p, vec![1.0, f32::MAX]);
+        let opt = ServerOpt {
+            lr: 1.0,
+            momentum: 0.5,
+            nesterov: false,
+        };
+        opt.step(&mut p, &mut v, &[1.0, f32::MAX]).unwrap();
+        assert_eq!((p, v), (vec![1.0, f32::MAX], vec![]));
     }
 
     #[test]

@@ -236,6 +236,12 @@ pub fn prepare_update(
     residual: Option<&mut Vec<f32>>,
     rng: &mut Rng,
 ) -> Vec<u8> {
+    // Training from a diverged model (a poisoned mean) overflows; a non-finite delta would be
+    // refused by every peer and aggregation, so the round could never gather a quorum. Send no
+    // change instead: rounds go on, the damage stays visible in the accuracy.
+    if delta.iter().any(|v| !v.is_finite()) {
+        delta.iter_mut().for_each(|v| *v = 0.0);
+    }
     if let Some(dp) = dp {
         privatise(&mut delta, dp, rng);
     }
@@ -261,6 +267,21 @@ pub fn apply_round(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_non_finite_delta_is_sent_as_no_change() {
+        let mut rng = Rng::seed(1);
+        let bytes = prepare_update(
+            vec![1.0, f32::NAN, 2.0],
+            None,
+            Compression::Dense,
+            None,
+            &mut rng,
+        );
+        assert_eq!(crate::codec::decode(&bytes, 3).unwrap(), vec![0.0; 3]);
+        let bytes = prepare_update(vec![1.0, 2.0], None, Compression::Dense, None, &mut rng);
+        assert_eq!(crate::codec::decode(&bytes, 2).unwrap(), vec![1.0, 2.0]);
+    }
     use crate::aggregate::Rule;
     use crate::train::{Optimizer, Work};
 
