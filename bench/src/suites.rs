@@ -54,6 +54,33 @@ fn last_some(v: &[Option<f64>]) -> Option<f64> {
     v.iter().rev().find_map(|x| *x)
 }
 
+/// Runs `cohort ARGS` that writes its per-round (or per-epoch) CSV to `csv`, adds its accuracy
+/// curve to `curves` as series `label` at x = row * `x_per_row`, and returns the accuracies
+/// (None where not evaluated) and the last one.
+fn run_curve(
+    r: &mut Runner,
+    label: &str,
+    a: &[String],
+    csv: &Path,
+    curves: &mut Table,
+    x_per_row: f64,
+) -> Result<(Vec<Option<f64>>, f64)> {
+    r.cohort(label, a)?;
+    let t = read(csv)?;
+    let acc = column(&t, "accuracy", csv)?;
+    let fin = last_some(&acc).with_context(|| format!("{label} printed no accuracy"))?;
+    for (i, v) in acc.iter().enumerate() {
+        if let Some(v) = v {
+            curves.push(vec![
+                label.to_string(),
+                format!("{:.3}", (i + 1) as f64 * x_per_row),
+                pct(*v),
+            ]);
+        }
+    }
+    Ok((acc, fin))
+}
+
 /// The common MNIST flags of `cohort simulate`.
 fn sim_base(r: &Runner, model: &str, partition: &str, rounds: usize) -> Vec<String> {
     args(&[
@@ -116,19 +143,8 @@ pub fn parity(r: &mut Runner, quick: bool) -> Result<()> {
             OPT,
         ]);
         a.extend(args(&["--csv", &p(&csv)]));
-        r.cohort(&format!("{model} centralized"), &a)?;
-        let t = read(&csv)?;
-        let acc = column(&t, "accuracy", &csv)?;
-        let central = last_some(&acc).context("centralized run printed no accuracy")?;
-        for (e, a) in acc.iter().enumerate() {
-            if let Some(a) = a {
-                curves.push(vec![
-                    format!("{model} centralized"),
-                    (e + 1).to_string(),
-                    pct(*a),
-                ]);
-            }
-        }
+        let label = format!("{model} centralized");
+        let (acc, central) = run_curve(r, &label, &a, &csv, &mut curves, 1.0)?;
         let e_to = first_reaching(&acc, target);
         summary.push(vec![
             model.into(),
@@ -162,19 +178,8 @@ pub fn parity(r: &mut Runner, quick: bool) -> Result<()> {
                 "--csv",
                 &p(&csv),
             ]));
-            r.cohort(&format!("{model} 8 nodes {part}"), &a)?;
-            let t = read(&csv)?;
-            let acc = column(&t, "accuracy", &csv)?;
-            let fin = last_some(&acc).context("simulation printed no accuracy")?;
-            for (i, a) in acc.iter().enumerate() {
-                if let Some(a) = a {
-                    curves.push(vec![
-                        format!("{model} 8 nodes {part}"),
-                        format!("{:.3}", (i + 1) as f64 * per_round),
-                        pct(*a),
-                    ]);
-                }
-            }
+            let label = format!("{model} 8 nodes {part}");
+            let (acc, fin) = run_curve(r, &label, &a, &csv, &mut curves, per_round)?;
             let to = first_reaching(&acc, target);
             summary.push(vec![
                 model.into(),
@@ -212,19 +217,8 @@ pub fn parity(r: &mut Runner, quick: bool) -> Result<()> {
             "--csv",
             &p(&csv),
         ]));
-        r.cohort(&format!("mlp E=1 B=10 {part}"), &a)?;
-        let t = read(&csv)?;
-        let acc = column(&t, "accuracy", &csv)?;
-        let fin = last_some(&acc).context("simulation printed no accuracy")?;
-        for (i, a) in acc.iter().enumerate() {
-            if let Some(a) = a {
-                curves.push(vec![
-                    format!("mlp E=1 B=10 {part}"),
-                    (i + 1).to_string(),
-                    pct(*a),
-                ]);
-            }
-        }
+        let label = format!("mlp E=1 B=10 {part}");
+        let (acc, fin) = run_curve(r, &label, &a, &csv, &mut curves, 1.0)?;
         let to = first_reaching(&acc, 0.97);
         summary.push(vec![
             "mlp".into(),
@@ -373,8 +367,10 @@ fn testnet(r: &mut Runner, label: &str, net: &Net<'_>) -> Result<NetRun> {
         net.rule,
         "--compress",
         net.compress,
+        // Covers local training (~0.1-0.5 s here) with room; it is also what a silent or
+        // crashed proposer costs per view.
         "--propose-ms",
-        "30000",
+        "3000",
         "--timeout",
         "3000",
         "--eval-every",
