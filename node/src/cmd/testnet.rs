@@ -199,7 +199,10 @@ pub fn run(a: Args) -> Result<()> {
     let mut rows = String::from(CSV_HEADER);
     let mut last_round_at = start;
     println!("round  accuracy   loss    deltas  delta bytes/node  seconds");
-    while hashes.iter().any(Option::is_none) {
+    // Byzantine nodes may be banned by their peers and fall behind: the run ends when every
+    // honest node is done, and only honest hashes must agree.
+    let honest = |i: usize| byz[i].is_none();
+    while (0..a.nodes).any(|i| honest(i) && hashes[i].is_none()) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!(
@@ -238,7 +241,7 @@ pub fn run(a: Args) -> Result<()> {
                 rss[node] = peak_rss_kib;
             }
             Ok(Event::Exited { node }) => {
-                if hashes[node].is_none() {
+                if hashes[node].is_none() && honest(node) {
                     bail!(
                         "node {node} exited before finishing (see its data dir in {})",
                         tmp.display()
@@ -267,8 +270,9 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(path) = &a.nodes_csv {
         std::fs::write(path, &summary).with_context(|| format!("writing {}", path.display()))?;
     }
-    let first = hashes[0].clone();
-    let all_equal = hashes.iter().all(|h| *h == first);
+    let honest_hashes: Vec<&Option<String>> =
+        (0..a.nodes).filter(|&i| honest(i)).map(|i| &hashes[i]).collect();
+    let all_equal = honest_hashes.windows(2).all(|w| w[0] == w[1]);
     println!(
         "{} after {:.1}s",
         if all_equal {
