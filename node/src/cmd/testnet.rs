@@ -270,8 +270,10 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(path) = &a.nodes_csv {
         std::fs::write(path, &summary).with_context(|| format!("writing {}", path.display()))?;
     }
-    let honest_hashes: Vec<&Option<String>> =
-        (0..a.nodes).filter(|&i| honest(i)).map(|i| &hashes[i]).collect();
+    let honest_hashes: Vec<&Option<String>> = (0..a.nodes)
+        .filter(|&i| honest(i))
+        .map(|i| &hashes[i])
+        .collect();
     let all_equal = honest_hashes.windows(2).all(|w| w[0] == w[1]);
     println!(
         "{} after {:.1}s",
