@@ -25,6 +25,9 @@ struct Cli {
     /// Small sizes that finish in minutes on 2 cores.
     #[arg(long)]
     quick: bool,
+    /// Leave the CNN out of the full parity suite (it takes ~20 minutes on one core).
+    #[arg(long)]
+    no_cnn: bool,
     /// The `cohort` binary (build it with `cargo build --release -p node`).
     #[arg(long, default_value = "target/release/cohort")]
     cohort: PathBuf,
@@ -144,7 +147,7 @@ fn main() -> Result<()> {
     for s in &suites {
         let t = Instant::now();
         let res = match s.as_str() {
-            "parity" => suites::parity(&mut runner, cli.quick),
+            "parity" => suites::parity(&mut runner, cli.quick, !cli.no_cnn),
             "attacks" => suites::attacks(&mut runner, cli.quick),
             "bandwidth" => suites::bandwidth(&mut runner, cli.quick),
             "overhead" => suites::overhead(&mut runner, cli.quick),

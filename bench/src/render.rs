@@ -314,7 +314,7 @@ fn goals(results: &Path) -> Table {
                 .rows
                 .iter()
                 .filter(|r| {
-                    r.get(ii).is_some_and(|i| i.contains("cohort"))
+                    r.get(ii).is_some_and(|i| i == "train_local")
                         && r.get(ti).is_some_and(|n| n == "1")
                 })
                 .filter_map(|r| r.get(si).and_then(|v| num(v)))

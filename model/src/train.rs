@@ -302,15 +302,20 @@ pub fn train_model_autograd(
                     let Some(g) = grads.get(v.as_tensor()) else {
                         continue;
                     };
+                    // Without detaching, each step's velocity holds the previous one and its
+                    // gradient's backward graph: memory grew without bound (the CNN reached
+                    // 24 GB in one epoch).
+                    let g = g.detach();
                     let upd = if *momentum > 0.0 {
                         let nv = match vel.take() {
                             Some(old) => ((old * *momentum)? + g)?,
-                            None => g.clone(),
+                            None => g,
                         };
+                        let nv = nv.detach();
                         *vel = Some(nv.clone());
                         nv
                     } else {
-                        g.clone()
+                        g
                     };
                     v.set(&(v.as_tensor() - (upd * *lr)?)?)?;
                 }
