@@ -100,6 +100,20 @@ fn sim_base(r: &Runner, model: &str, partition: &str, rounds: usize) -> Vec<Stri
     ])
 }
 
+/// `sim_base` with the matched local work: `STEPS` steps of `BATCH` with `OPT`.
+fn sim_matched(r: &Runner, model: &str, partition: &str, rounds: usize) -> Vec<String> {
+    let mut a = sim_base(r, model, partition, rounds);
+    a.extend(args(&[
+        "--local-steps",
+        &STEPS.to_string(),
+        "--batch",
+        &BATCH.to_string(),
+        "--optimizer",
+        OPT,
+    ]));
+    a
+}
+
 /// Suite 1: centralized vs 8 simulated nodes on the same sample passes, and McMahan et al.'s
 /// rounds-to-target setting (E = 1, B = 10).
 pub fn parity(r: &mut Runner, quick: bool, cnn: bool) -> Result<()> {
@@ -163,14 +177,8 @@ pub fn parity(r: &mut Runner, quick: bool, cnn: bool) -> Result<()> {
         let per_round = (STEPS * BATCH * 8) as f64 / MNIST_TRAIN;
         for part in ["iid", "dirichlet:0.5", "shards:2"] {
             let csv = r.scratch(&format!("{model}-{part}.csv"));
-            let mut a = sim_base(r, model, part, rounds);
+            let mut a = sim_matched(r, model, part, rounds);
             a.extend(args(&[
-                "--local-steps",
-                &STEPS.to_string(),
-                "--batch",
-                &BATCH.to_string(),
-                "--optimizer",
-                OPT,
                 "--server-momentum",
                 "0.5",
                 "--eval-every",
@@ -754,17 +762,8 @@ pub fn privacy(r: &mut Runner, quick: bool) -> Result<()> {
             "dp-{}.csv",
             if dp.is_empty() { "none" } else { dp }
         ));
-        let mut a = sim_base(r, "mlp", "iid", rounds);
-        a.extend(args(&[
-            "--local-steps",
-            &STEPS.to_string(),
-            "--batch",
-            &BATCH.to_string(),
-            "--optimizer",
-            OPT,
-            "--csv",
-            &p(&csv),
-        ]));
+        let mut a = sim_matched(r, "mlp", "iid", rounds);
+        a.extend(args(&["--csv", &p(&csv)]));
         if !dp.is_empty() {
             a.extend(args(&["--dp", dp]));
         }
