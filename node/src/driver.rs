@@ -298,6 +298,15 @@ impl Driver {
     }
 }
 
+/// The height a WAL entry belongs to (a lock: that of its polka's votes).
+fn wal_height(e: &consensus::WalEntry) -> Option<u64> {
+    match e {
+        consensus::WalEntry::Proposal(p) => Some(p.proposal.height.0),
+        consensus::WalEntry::Vote(v) => Some(v.vote.height.0),
+        consensus::WalEntry::Locked { polka, .. } => polka.first().map(|v| v.vote.height.0),
+    }
+}
+
 /// Prints the JSON events in order, each commit event with the network's cumulative byte
 /// counters added. Asking the swarm task for counters is a round trip, so it happens here, off
 /// the driver's path, and does not show in the round's timings.
@@ -430,10 +439,26 @@ impl Driver {
             timeouts: self.cfg.genesis.timeouts,
         };
         let signer = Box::new(Ed25519Signer::new(self.cfg.key.signing_key()));
-        let wal: Vec<consensus::WalEntry> = std::mem::take(&mut self.recovered_wal)
-            .iter()
-            .filter_map(|b| decode_wal_entry(b).ok())
-            .collect();
+        // The WAL of the height we were at when we stopped. A node killed between appending a
+        // commit to the ledger and storing the state restarts one height behind its WAL: the
+        // entries of a later height stay for when we get there (dropping them could let us sign
+        // twice at that height), those of a decided height are done.
+        let (wal, later): (Vec<consensus::WalEntry>, Vec<Vec<u8>>) = {
+            let mut now = Vec::new();
+            let mut later = Vec::new();
+            for b in std::mem::take(&mut self.recovered_wal) {
+                let Ok(e) = decode_wal_entry(&b) else {
+                    continue;
+                };
+                match wal_height(&e) {
+                    Some(eh) if eh > h => later.push(b),
+                    Some(eh) if eh < h => {}
+                    _ => now.push(e),
+                }
+            }
+            (now, later)
+        };
+        self.recovered_wal = later;
         // Keys decompressed once per height's validator set (consensus verifies 2n + 1
         // signatures per height; unknown signers fall back to the plain verifier).
         let verifier = Ed25519KeyCache::new(self.validators().members().iter().copied());
