@@ -474,46 +474,47 @@ impl ServerOpt {
         velocity: &mut Vec<f32>,
         aggregate: &[f32],
     ) -> Result<()> {
-        let (old_p, old_v) = (params.to_vec(), velocity.clone());
-        self.step_unchecked(params, velocity, aggregate)?;
-        if params.iter().chain(velocity.iter()).any(|v| !v.is_finite()) {
-            params.copy_from_slice(&old_p);
-            *velocity = old_v;
-        }
-        Ok(())
-    }
-
-    fn step_unchecked(
-        &self,
-        params: &mut [f32],
-        velocity: &mut Vec<f32>,
-        aggregate: &[f32],
-    ) -> Result<()> {
         if params.len() != aggregate.len() {
             return Err(Error::WrongLength {
                 got: aggregate.len(),
                 expected: params.len(),
             });
         }
+        // Checked before anything is written, so a refused step costs no copy of the model.
+        let v_at = |i: usize| velocity.get(i).copied().unwrap_or(0.0);
+        let finite = params.iter().zip(aggregate).enumerate().all(|(i, (p, a))| {
+            let (np, nv) = self.update(*p, v_at(i), *a);
+            np.is_finite() && nv.is_finite()
+        });
+        if !finite {
+            return Ok(());
+        }
         if self.momentum == 0.0 {
             for (p, a) in params.iter_mut().zip(aggregate) {
-                *p = (f64::from(*p) + self.lr * f64::from(*a)) as f32;
+                *p = self.update(*p, 0.0, *a).0;
             }
             return Ok(());
         }
         velocity.resize(params.len(), 0.0);
         for ((p, v), a) in params.iter_mut().zip(velocity.iter_mut()).zip(aggregate) {
-            let a = f64::from(*a);
-            let nv = self.momentum * f64::from(*v) + a;
-            *v = nv as f32;
-            let upd = if self.nesterov {
-                self.momentum * nv + a
-            } else {
-                nv
-            };
-            *p = (f64::from(*p) + self.lr * upd) as f32;
+            (*p, *v) = self.update(*p, *v, *a);
         }
         Ok(())
+    }
+
+    /// One coordinate: (new parameter, new momentum) from (parameter, momentum, aggregate).
+    fn update(&self, p: f32, v: f32, a: f32) -> (f32, f32) {
+        let a = f64::from(a);
+        if self.momentum == 0.0 {
+            return ((f64::from(p) + self.lr * a) as f32, v);
+        }
+        let nv = self.momentum * f64::from(v) + a;
+        let upd = if self.nesterov {
+            self.momentum * nv + a
+        } else {
+            nv
+        };
+        ((f64::from(p) + self.lr * upd) as f32, nv as f32)
     }
 }
 
