@@ -26,7 +26,7 @@
 //!
 //! let signer = InsecureTestSigner::new(ValidatorId([1; 32])); // Ed25519Signer in the node
 //! let set = ValidatorSet::new(vec![signer.id()]).unwrap();
-//! let params = Params { chain_id: ChainId::new("doc").unwrap(), timeouts: Timeouts::default() };
+//! let params = Params { chain_id: ChainId::new("doc").unwrap(), timeouts: Timeouts::default(), skip_proposers: vec![] };
 //! let mut machine = Consensus::new(params, Height(1), set, Box::new(signer), Box::new(InsecureTestVerifier));
 //! let mut inputs = vec![Input::StartHeight];
 //! let mut wal = Vec::new();

@@ -96,6 +96,11 @@ pub struct Params {
     pub chain_id: ChainId,
     /// Timeout durations.
     pub timeouts: Timeouts,
+    /// Validators left out of the proposer rotation at this height (PROTOCOL.md section 9): the
+    /// host derives them from committed history (e.g. validators that signed nothing in the last
+    /// rounds), so every honest node passes the same list for a height. An absent proposer then
+    /// costs nothing instead of a propose timeout per turn. Empty: plain rotation.
+    pub skip_proposers: Vec<ValidatorId>,
 }
 
 /// Which timer.
@@ -553,7 +558,7 @@ impl Consensus {
         let p = &sp.proposal;
         self.check_height(p.height)?;
         self.check_view(p.view)?;
-        let expected = self.validator_set().proposer(p.height, p.view);
+        let expected = self.proposer(p.height, p.view);
         if p.proposer != expected {
             return Err(Error::WrongProposer {
                 height: p.height,
@@ -781,7 +786,13 @@ impl Consensus {
     }
 
     fn is_proposer(&self) -> bool {
-        self.me == Some(self.validator_set().proposer(self.height, self.view))
+        self.me == Some(self.proposer(self.height, self.view))
+    }
+
+    /// The proposer of `(height, view)`: the rotation over the set without `skip_proposers`.
+    pub fn proposer(&self, height: Height, view: View) -> ValidatorId {
+        self.validator_set()
+            .proposer_skipping(height, view, &self.params.skip_proposers)
     }
 
     /// Lines 11-21: StartRound(round).

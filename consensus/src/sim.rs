@@ -523,6 +523,7 @@ impl<'a> Sim<'a> {
         let params = Params {
             chain_id: ChainId::new("cohort-sim").expect("short chain id"),
             timeouts: config.timeouts,
+            skip_proposers: Vec::new(),
         };
         let nodes: Vec<Node> = (0..config.n)
             .map(|i| Node {

@@ -27,6 +27,7 @@ impl Net {
         Params {
             chain_id: self.chain.clone(),
             timeouts: Timeouts::default(),
+            skip_proposers: Vec::new(),
         }
     }
 
@@ -1074,6 +1075,7 @@ fn ed25519_network_decides() {
     let params = Params {
         chain_id: chain.clone(),
         timeouts: Timeouts::default(),
+        skip_proposers: Vec::new(),
     };
     let mut machines: Vec<Consensus> = (0..4u8)
         .map(|i| {

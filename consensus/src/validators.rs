@@ -85,6 +85,31 @@ impl ValidatorSet {
         self.members[index as usize]
     }
 
+    /// The rotation over the members not in `skip`: `eligible[(h + v) mod |eligible|]`. When
+    /// `skip` leaves no member, the plain rotation.
+    pub fn proposer_skipping(
+        &self,
+        height: Height,
+        view: View,
+        skip: &[ValidatorId],
+    ) -> ValidatorId {
+        if skip.is_empty() {
+            return self.proposer(height, view);
+        }
+        let eligible: Vec<ValidatorId> = self
+            .members
+            .iter()
+            .filter(|m| !skip.contains(m))
+            .copied()
+            .collect();
+        if eligible.is_empty() {
+            return self.proposer(height, view);
+        }
+        let n = eligible.len() as u64;
+        let index = (height.0 % n + u64::from(view.0) % n) % n;
+        eligible[index as usize]
+    }
+
     /// `SHA-256("cohort/validator-set/v1" | keys in order)`, for the node to put into values.
     pub fn hash(&self) -> [u8; 32] {
         let mut hasher = Sha256::new();
@@ -183,6 +208,31 @@ mod tests {
 
     fn id(b: u8) -> ValidatorId {
         ValidatorId([b; 32])
+    }
+
+    #[test]
+    fn proposer_rotation_skips_the_listed_validators() {
+        let set = ValidatorSet::new(vec![id(1), id(2), id(3), id(4)]).unwrap();
+        for h in 0..20 {
+            for v in 0..5 {
+                assert_eq!(
+                    set.proposer_skipping(Height(h), View(v), &[]),
+                    set.proposer(Height(h), View(v))
+                );
+                let p = set.proposer_skipping(Height(h), View(v), &[id(2)]);
+                assert_ne!(p, id(2));
+            }
+        }
+        // Each remaining member gets its turn.
+        let turns: std::collections::BTreeSet<_> = (0..3)
+            .map(|h| set.proposer_skipping(Height(h), View(0), &[id(2)]))
+            .collect();
+        assert_eq!(turns.len(), 3);
+        let all = [id(1), id(2), id(3), id(4)];
+        assert_eq!(
+            set.proposer_skipping(Height(5), View(1), &all),
+            set.proposer(Height(5), View(1))
+        );
     }
 
     #[test]

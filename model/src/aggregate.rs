@@ -375,17 +375,32 @@ pub fn aggregate(rule: &Rule, inputs: &[Contribution<'_>]) -> Result<Vec<f32>> {
     }
 }
 
-fn weighted_mean(inputs: &[Contribution<'_>], n: usize) -> Vec<f32> {
-    let total: u64 = inputs.iter().map(|c| c.samples).sum();
-    // Zero samples everywhere: fall back to an unweighted mean.
-    let weights: Vec<f64> = if total == 0 {
-        vec![1.0 / inputs.len() as f64; inputs.len()]
-    } else {
-        inputs
-            .iter()
-            .map(|c| c.samples as f64 / total as f64)
-            .collect()
+/// A sample claim counts at most this many times the (lower) median claim.
+pub const SAMPLE_CAP_FACTOR: u64 = 4;
+
+/// The FedAvg weights of `samples`, each claim first capped at [`SAMPLE_CAP_FACTOR`] times the
+/// lower median claim, summed in `u128` (no overflow whatever the claims). Claims are the
+/// authors' own word: with fewer than half of them inflated, the lower median is at most the
+/// largest honest claim, so one inflated claim weighs at most `SAMPLE_CAP_FACTOR` honest
+/// medians, however large it is. All zero: equal weights.
+pub fn bounded_weights(samples: &[u64]) -> Vec<f64> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let Some(median) = sorted.get(sorted.len().saturating_sub(1) / 2) else {
+        return Vec::new();
     };
+    let cap = median.saturating_mul(SAMPLE_CAP_FACTOR);
+    let capped: Vec<u64> = samples.iter().map(|s| (*s).min(cap)).collect();
+    let total: u128 = capped.iter().map(|s| u128::from(*s)).sum();
+    if total == 0 {
+        return vec![1.0 / samples.len() as f64; samples.len()];
+    }
+    capped.iter().map(|s| *s as f64 / total as f64).collect()
+}
+
+fn weighted_mean(inputs: &[Contribution<'_>], n: usize) -> Vec<f32> {
+    let samples: Vec<u64> = inputs.iter().map(|c| c.samples).collect();
+    let weights = bounded_weights(&samples);
     let mut acc = vec![0.0f64; n];
     for (c, w) in inputs.iter().zip(&weights) {
         for (a, x) in acc.iter_mut().zip(c.delta) {
@@ -559,6 +574,26 @@ mod tests {
             vec![2.0, 1.0]
         );
         assert_eq!(aggregate(&Rule::Median, &c[..4]).unwrap(), vec![2.5, 0.5]);
+    }
+
+    #[test]
+    fn inflated_sample_claims_are_bounded_and_never_overflow() {
+        // One claim of u64::MAX among honest ones weighs at most SAMPLE_CAP_FACTOR medians.
+        let w = bounded_weights(&[100, 120, 90, u64::MAX]);
+        let cap = 4.0 * 100.0;
+        let total = 100.0 + 120.0 + 90.0 + cap;
+        assert_eq!(w[3], cap / total);
+        assert!(w[3] < 0.57, "inflated weight {}", w[3]);
+        // Every claim at the maximum: equal weights, no overflow.
+        let w = bounded_weights(&[u64::MAX; 5]);
+        assert!(w.iter().all(|x| (*x - 0.2).abs() < 1e-12));
+        assert_eq!(bounded_weights(&[0, 0]), vec![0.5, 0.5]);
+        assert!(bounded_weights(&[]).is_empty());
+        // The mean itself: the inflated author cannot take it over.
+        let xs = vec![vec![0.0f32; 3], vec![0.0; 3], vec![0.0; 3], vec![100.0; 3]];
+        let c = contribs(&xs, &[10, 10, 10, u64::MAX]);
+        let agg = "mean".parse::<Aggregator>().unwrap().aggregate(&c).unwrap();
+        assert!((agg[0] - 100.0 * 40.0 / 70.0).abs() < 1e-3, "{agg:?}");
     }
 
     #[test]

@@ -51,6 +51,40 @@ impl Chain {
             .unwrap_or(&self.genesis_set)
     }
 
+    /// Verifies `e` and advances: the next entry in order, or one further ahead (a state sync's
+    /// jump), which is verified against the latest known validator set. A jump is sound only if no
+    /// membership change was committed in the gap: a snapshot carries every entry that changed the
+    /// set, so the gap holds none, and an omitted change makes the certificate fail to verify.
+    pub fn follow(&mut self, e: &LedgerEntry, genesis: &Genesis) -> Result<RoundValue> {
+        if e.height <= self.height {
+            bail!(
+                "entry for height {}, the chain is already at {}",
+                e.height,
+                self.height
+            );
+        }
+        if e.height == self.height + 1 {
+            return self.apply(e, genesis);
+        }
+        let set = self.set_for(self.height + 2).clone();
+        let rv = e.verify(&genesis.chain_id, &set)?;
+        if rv.included.len() < set.quorum() {
+            bail!(
+                "round {} includes {} deltas, fewer than a quorum",
+                e.height,
+                rv.included.len()
+            );
+        }
+        self.schedule = ValidatorSchedule::new(Height(e.height), set);
+        self.schedule
+            .record_decided(Height(e.height), &changes(&rv))
+            .map_err(|err| anyhow::anyhow!("membership change in round {}: {err}", e.height))?;
+        self.height = e.height;
+        self.last_value = Value(e.value.clone()).id().0;
+        self.model_hash = rv.model_hash;
+        Ok(rv)
+    }
+
     /// Verifies the next entry and advances.
     pub fn apply(&mut self, e: &LedgerEntry, genesis: &Genesis) -> Result<RoundValue> {
         let h = self.height + 1;

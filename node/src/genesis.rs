@@ -78,6 +78,13 @@ pub struct TrainingSection {
     /// clip:C,noise:SIGMA, or empty for none.
     #[serde(default)]
     pub dp: String,
+    /// Largest sample claim a delta may carry (its FedAvg weight); a larger one is rejected.
+    #[serde(default = "default_max_samples")]
+    pub max_samples: u64,
+}
+
+fn default_max_samples() -> u64 {
+    1_000_000
 }
 
 /// `[timeouts]`, milliseconds.
@@ -125,6 +132,8 @@ pub struct Genesis {
     pub dp: Option<DpConfig>,
     /// Consensus timeouts.
     pub timeouts: Timeouts,
+    /// Largest sample claim accepted.
+    pub max_samples: u64,
 }
 
 impl GenesisFile {
@@ -170,6 +179,9 @@ impl GenesisFile {
             },
             max_ms: to.max_ms,
         };
+        if t.max_samples == 0 {
+            bail!("training.max_samples must be at least 1");
+        }
         let model: ModelKind = self.model.kind.parse()?;
         let dataset: DatasetKind = self.model.dataset.parse()?;
         Ok(Genesis {
@@ -192,6 +204,7 @@ impl GenesisFile {
                 Some(t.dp.parse()?)
             },
             timeouts,
+            max_samples: self.training.max_samples,
             file: self,
         })
     }
@@ -246,6 +259,7 @@ pub fn demo(chain_id: &str, validators: &[ValidatorId]) -> GenesisFile {
             compression: "dense".into(),
             error_feedback: true,
             dp: String::new(),
+            max_samples: default_max_samples(),
         },
         timeouts: TimeoutSection {
             propose_ms: 4000,

@@ -10,6 +10,7 @@ mod driver;
 mod genesis;
 mod keys;
 mod metrics;
+mod protocol;
 mod store;
 mod wire;
 

@@ -32,7 +32,7 @@ pub struct Metrics {
 }
 
 /// Reasons a delta is rejected.
-pub const REJECT_REASONS: [&str; 7] = [
+pub const REJECT_REASONS: [&str; 8] = [
     "malformed",
     "wrong_chain",
     "not_validator",
@@ -40,6 +40,7 @@ pub const REJECT_REASONS: [&str; 7] = [
     "bad_signature",
     "equivocation",
     "bad_payload",
+    "samples",
 ];
 
 /// Round phases.
@@ -47,11 +48,18 @@ pub const REJECT_REASONS: [&str; 7] = [
 pub const PHASES: [&str; 5] = ["train", "gossip", "consensus", "aggregate", "other"];
 
 impl Metrics {
-    /// Counts a rejection.
-    pub fn reject(&self, reason: &str) {
-        if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
-            self.deltas_rejected[i].fetch_add(1, Ordering::Relaxed);
+    /// Copies the node core's counters (the core counts; the HTTP task reads these).
+    pub fn mirror(&self, c: &crate::protocol::Counters) {
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&self.rounds_committed_total, c.rounds_committed);
+        set(&self.deltas_accepted_total, c.deltas_accepted);
+        for (a, v) in self.deltas_rejected.iter().zip(c.deltas_rejected) {
+            set(a, v);
         }
+        set(&self.deltas_ignored_total, c.deltas_ignored);
+        set(&self.equivocations_total, c.equivocations);
+        set(&self.state_syncs_total, c.state_syncs);
+        set(&self.delta_bytes_out_total, c.delta_bytes_out);
     }
 
     /// Renders Prometheus text, adding the network's counters and peers.

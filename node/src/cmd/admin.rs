@@ -65,11 +65,11 @@ pub fn verify_dir(data_dir: &std::path::Path, genesis: &Genesis) -> Result<u64> 
     let ledger = crate::store::read_ledger(data_dir)?;
     let mut chain = crate::chain::Chain::new(genesis);
     for e in &ledger {
-        chain.apply(e, genesis)?;
+        chain.follow(e, genesis)?;
     }
     let base = chain.model_hash;
     let state = crate::store::read_state(data_dir)?;
-    let rounds = ledger.len() as u64;
+    let rounds = chain.height;
     if state.round != rounds {
         bail!(
             "stored state is for round {}, the ledger ends at {rounds}",

@@ -1,0 +1,188 @@
+//! This node's own work: asking for training, turning a training result into a signed delta
+//! (attack for demonstrations, clip and noise, compression with error feedback), and join
+//! requests, its own and those it holds for proposals.
+//!
+//! The delta message carries no training loss (a data-dependent statistic that no privacy
+//! mechanism covers): the field is always 0.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+use consensus::ValidatorId;
+use gossip::{Topic, Verdict};
+use model::rng::Rng;
+
+use super::{Action, Byzantine, Core, Millis};
+use crate::wire::{DeltaMsg, SignedJoin};
+
+/// A joining node repeats its request this often until admitted.
+pub const JOIN_RETRY_MS: Millis = 2_000;
+/// Join requests held for proposals.
+pub const MAX_PENDING_JOINS: usize = 64;
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct LocalState {
+    /// The round training was last started for.
+    pub training_round: Option<u64>,
+    /// When this height's training result arrived.
+    pub trained_at: Option<Millis>,
+    /// How long the last training took.
+    pub train_secs: f64,
+    /// Error-feedback residual (what compression has not sent yet).
+    pub residual: Vec<f32>,
+    /// Verified join requests waiting to be proposed, by joiner.
+    pub pending_joins: BTreeMap<[u8; 32], SignedJoin>,
+    /// When our own join request last went out.
+    last_join_sent: Option<Millis>,
+}
+
+impl Core {
+    /// Asks the host to train the committed model for the current height (once per height).
+    pub(super) fn start_training(&mut self, out: &mut Vec<Action>) {
+        let round = self.committed.height() + 1;
+        if self.local.training_round == Some(round) {
+            return;
+        }
+        self.local.training_round = Some(round);
+        self.local.trained_at = None;
+        out.push(Action::Train {
+            round,
+            params: self.committed.params.clone(),
+        });
+    }
+
+    /// A training result: sign and publish the delta, hold it as any other, maybe propose.
+    pub(super) fn on_trained(
+        &mut self,
+        now: Millis,
+        round: u64,
+        trained: model::train::TrainOutput,
+        secs: f64,
+        noise_seed: u64,
+        out: &mut Vec<Action>,
+    ) -> Result<()> {
+        if round != self.committed.height() + 1 || self.sync.syncing {
+            return Ok(());
+        }
+        self.local.train_secs = secs;
+        self.local.trained_at = Some(now);
+        if !self.is_validator() || self.cfg.byzantine == Some(Byzantine::Silent) {
+            return Ok(());
+        }
+        let mut rng = Rng::derive(noise_seed, round);
+        let mut delta = trained.delta;
+        if let Some(Byzantine::Attack(a)) = self.cfg.byzantine
+            && !a.is_data_level()
+        {
+            let base = self.committed.chain.model_hash;
+            let benign: Vec<Arc<Vec<f32>>> = self
+                .pool
+                .usable(round, &base)
+                .iter()
+                .map(|(_, d)| d.decoded.clone())
+                .collect();
+            let refs: Vec<&[f32]> = benign.iter().map(|v| v.as_slice()).collect();
+            let set = self.validators();
+            delta = a.corrupt(&delta, &refs, set.len(), set.max_faulty(), &mut rng);
+        }
+        let g = &self.cfg.genesis;
+        let ef = g.file.training.error_feedback;
+        let residual = ef.then_some(&mut self.local.residual);
+        let payload =
+            model::sim::prepare_update(delta, g.dp.as_ref(), g.compression, residual, &mut rng);
+        if ef {
+            out.push(Action::WriteResidual(self.local.residual.clone()));
+        }
+        let samples = match self.cfg.byzantine {
+            Some(Byzantine::InflateSamples) => u64::MAX,
+            _ => trained.samples,
+        };
+        let msg = DeltaMsg {
+            chain_id: g.chain_id.as_str().to_string(),
+            round,
+            base_hash: self.committed.chain.model_hash,
+            author: self.me.0,
+            samples,
+            train_loss: 0.0,
+            payload,
+        };
+        let mut to_send = vec![msg.clone()];
+        if self.cfg.byzantine == Some(Byzantine::Equivocate) {
+            let mut other = msg;
+            other.payload = model::codec::encode(
+                model::codec::Compression::Dense,
+                &vec![0.0; self.committed.params.len()],
+            );
+            to_send.push(other);
+        }
+        for (i, m) in to_send.into_iter().enumerate() {
+            let bytes = m.sign(&self.cfg.key)?.encode()?;
+            if i == 0 {
+                // Hold our own delta as any other.
+                self.on_delta_bytes(now, &bytes, None, out)?;
+            }
+            self.telemetry.counters.delta_bytes_out += bytes.len() as u64;
+            out.push(Action::Publish {
+                topic: Topic::Deltas,
+                bytes,
+            });
+        }
+        let follow: Vec<_> = self.try_propose(now)?.into_iter().collect();
+        self.feed(now, follow, out)
+    }
+
+    /// A join request from the network.
+    pub(super) fn on_join_bytes(&mut self, data: &[u8]) -> Verdict {
+        let Ok(j) = SignedJoin::decode(data) else {
+            return Verdict::Reject("malformed join request");
+        };
+        if j.verify(self.cfg.genesis.chain_id.as_str()).is_err() {
+            return Verdict::Reject("bad join request");
+        }
+        let h = self.committed.height() + 1;
+        if self
+            .committed
+            .chain
+            .set_for(h + 1)
+            .contains(&ValidatorId(j.validator))
+        {
+            return Verdict::Ignore("already a validator");
+        }
+        let joins = &mut self.local.pending_joins;
+        if joins.len() >= MAX_PENDING_JOINS && !joins.contains_key(&j.validator) {
+            return Verdict::Ignore("too many pending joins");
+        }
+        joins.insert(j.validator, j);
+        Verdict::Accept
+    }
+
+    /// Periodic work: our join request, the proposer's collect window, timers, sync.
+    pub(super) fn on_tick(&mut self, now: Millis, out: &mut Vec<Action>) -> Result<()> {
+        let h = self.committed.height() + 1;
+        let chain = &self.committed.chain;
+        if self.cfg.join
+            && !chain.set_for(h).contains(&self.me)
+            && !chain.set_for(h + 1).contains(&self.me)
+            && self
+                .local
+                .last_join_sent
+                .is_none_or(|t| now.saturating_sub(t) > JOIN_RETRY_MS)
+        {
+            self.local.last_join_sent = Some(now);
+            let j = SignedJoin::new(self.cfg.genesis.chain_id.as_str(), &self.cfg.key);
+            if let Ok(bytes) = j.encode() {
+                out.push(Action::Publish {
+                    topic: Topic::Membership,
+                    bytes,
+                });
+            }
+        }
+        if let Some(v) = self.try_propose(now)? {
+            self.feed(now, vec![v], out)?;
+        }
+        self.sync_tick(now, out);
+        Ok(())
+    }
+}

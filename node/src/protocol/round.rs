@@ -1,0 +1,328 @@
+//! The round's application logic: building the proposal, validating a proposed value, computing
+//! the deterministic aggregate, and writing a decided round. No state of its own: it reads the
+//! pool and the committed model, and leaves its results in the height state.
+//!
+//! When to propose (the collect window). The proposer proposes as soon as it holds a usable delta
+//! from every validator, or from every *active* one (a validator is inactive when it took part in
+//! none of the last [`ACTIVITY_WINDOW`](super::committed::ACTIVITY_WINDOW) committed rounds: a down
+//! validator costs nothing). Otherwise, once it holds a quorum, it waits until `collect_ms` after
+//! its own delta and until the slowest active author's usual arrival time (observed, with a
+//! quarter's margin), but never past [`max_wait`]: a slow honest node is waited for, a dead one is
+//! not.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use consensus::{Input, ValidatorId, Value, ValueId};
+use model::aggregate::Contribution;
+
+use super::height::PendingCommit;
+use super::{Action, Core, Millis};
+use crate::keys::hex;
+use crate::wire::{Included, LedgerEntry, RoundValue, momentum_hash};
+
+/// At most this many validators are admitted per round.
+pub const MAX_JOINS_PER_ROUND: usize = 4;
+
+/// The result of recomputing a value's aggregate.
+#[derive(Clone)]
+pub struct Applied {
+    /// Parameters after the round.
+    pub params: Arc<Vec<f32>>,
+    /// Server momentum after the round.
+    pub velocity: Arc<Vec<f32>>,
+    /// Deltas included.
+    pub included: usize,
+}
+
+/// The longest the proposer waits for stragglers once it holds a quorum, from the height's start:
+/// half the view-0 propose timeout (so the others do not time out first), at most 8 windows.
+pub fn max_wait(genesis: &crate::genesis::Genesis) -> Millis {
+    let t = &genesis.file.timeouts;
+    (t.collect_ms * 8).min(t.propose_ms / 2).max(t.collect_ms)
+}
+
+impl Core {
+    /// Recomputes `theta + server_step(rule(deltas))` for an inclusion list; `None` when a
+    /// delta is missing.
+    pub(super) fn compute(&self, round: u64, included: &[Included]) -> Result<Option<Applied>> {
+        let mut inputs = Vec::with_capacity(included.len());
+        for inc in included {
+            let Some(d) = self.pool.held(round, inc) else {
+                return Ok(None);
+            };
+            inputs.push(Contribution {
+                delta: d.decoded.as_slice(),
+                samples: inc.samples,
+            });
+        }
+        let mut params = self.committed.params.to_vec();
+        let mut velocity = self.committed.velocity.to_vec();
+        model::sim::apply_round(
+            &mut params,
+            &mut velocity,
+            &self.cfg.genesis.rule,
+            &self.cfg.genesis.server,
+            &inputs,
+        )?;
+        Ok(Some(Applied {
+            params: Arc::new(params),
+            velocity: Arc::new(velocity),
+            included: included.len(),
+        }))
+    }
+
+    /// Whether the collect window is closed for a proposer holding `held` (see the module doc).
+    fn window_closed(&self, now: Millis, held: &[[u8; 32]]) -> bool {
+        let set = self.validators();
+        if held.len() >= set.len() {
+            return true;
+        }
+        if held.len() < set.quorum() {
+            return false;
+        }
+        let inactive = self.committed.inactive(set);
+        let waiting: Vec<&ValidatorId> = set
+            .members()
+            .iter()
+            .filter(|m| !inactive.contains(m) && !held.contains(&m.0))
+            .collect();
+        if waiting.is_empty() {
+            return true;
+        }
+        let started = self.telemetry.started();
+        let elapsed = now.saturating_sub(started);
+        if elapsed >= max_wait(&self.cfg.genesis) {
+            return true;
+        }
+        let collect = self.cfg.genesis.file.timeouts.collect_ms;
+        let own = self
+            .local
+            .trained_at
+            .is_some_and(|t| now.saturating_sub(t) >= collect);
+        let usual = waiting
+            .iter()
+            .map(|m| self.telemetry.usual_arrival(&m.0))
+            .max()
+            .unwrap_or(Some(0));
+        // An author never seen yet has no usual time: the window then rests on our own delta.
+        let stragglers = usual.is_none_or(|u| elapsed >= u + u / 4);
+        own && stragglers
+    }
+
+    /// If this node must propose and the window is closed, builds the value.
+    pub(super) fn try_propose(&mut self, now: Millis) -> Result<Option<Input>> {
+        let Some((height, view)) = self.height.pending_propose else {
+            return Ok(None);
+        };
+        let h = self.committed.height() + 1;
+        if height.0 != h {
+            self.height.pending_propose = None;
+            return Ok(None);
+        }
+        let base = self.committed.chain.model_hash;
+        let included: Vec<Included> = self
+            .pool
+            .usable(h, &base)
+            .iter()
+            .map(|(a, d)| Included {
+                author: *a,
+                digest: d.digest,
+                samples: d.samples,
+            })
+            .collect();
+        let authors: Vec<[u8; 32]> = included.iter().map(|i| i.author).collect();
+        if !self.window_closed(now, &authors) {
+            return Ok(None);
+        }
+        let Some(applied) = self.compute(h, &included)? else {
+            return Ok(None);
+        };
+        let next = self.committed.chain.set_for(h + 1);
+        let rv = RoundValue {
+            version: 1,
+            round: h,
+            base_hash: base,
+            included,
+            rule: self.cfg.genesis.rule.to_string(),
+            model_hash: model::params::hash_params(&applied.params),
+            momentum_hash: momentum_hash(&applied.velocity),
+            prev_value: self.committed.chain.last_value,
+            joins: self
+                .local
+                .pending_joins
+                .values()
+                .filter(|j| !next.contains(&ValidatorId(j.validator)))
+                .take(MAX_JOINS_PER_ROUND)
+                .cloned()
+                .collect(),
+        };
+        let value = Value(rv.encode()?);
+        self.height.applied.insert(value.id(), applied);
+        self.height.pending_propose = None;
+        tracing::info!(
+            round = h,
+            view = view.0,
+            included = rv.included.len(),
+            "proposing"
+        );
+        Ok(Some(Input::ProposeValue {
+            height,
+            view,
+            value,
+        }))
+    }
+
+    /// Decides pending validations whose deltas are all here; fetches missing ones.
+    pub(super) fn check_validations(&mut self, out: &mut Vec<Action>) -> Result<Vec<Input>> {
+        let mut verdicts = Vec::new();
+        for (id, value) in std::mem::take(&mut self.height.pending_validate) {
+            match self.validate(&id, &value, out)? {
+                Some(valid) => verdicts.push(Input::ValueVerdict { id, valid }),
+                None => self.height.pending_validate.push((id, value)),
+            }
+        }
+        Ok(verdicts)
+    }
+
+    /// `Some(valid)` when decided, `None` while deltas are missing.
+    fn validate(
+        &mut self,
+        id: &ValueId,
+        value: &Value,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<bool>> {
+        if self.height.applied.contains_key(id) {
+            return Ok(Some(true));
+        }
+        let Ok(rv) = RoundValue::decode(&value.0) else {
+            return Ok(Some(false));
+        };
+        let h = self.committed.height() + 1;
+        let set = self.validators();
+        let g = &self.cfg.genesis;
+        let sorted = rv.included.windows(2).all(|w| w[0].author < w[1].author);
+        let members = rv
+            .included
+            .iter()
+            .all(|i| set.contains(&ValidatorId(i.author)));
+        let samples_ok = rv
+            .included
+            .iter()
+            .all(|i| i.samples > 0 && i.samples <= g.max_samples);
+        if rv.version != 1
+            || rv.round != h
+            || rv.base_hash != self.committed.chain.model_hash
+            || rv.prev_value != self.committed.chain.last_value
+            || rv.rule != g.rule.to_string()
+            || !sorted
+            || !members
+            || !samples_ok
+            || rv.included.len() < set.quorum()
+        {
+            return Ok(Some(false));
+        }
+        let next = self.committed.chain.set_for(h + 1);
+        let joins_ok = rv.joins.len() <= MAX_JOINS_PER_ROUND
+            && rv.joins.windows(2).all(|w| w[0].validator < w[1].validator)
+            && rv.joins.iter().all(|j| {
+                j.verify(g.chain_id.as_str()).is_ok() && !next.contains(&ValidatorId(j.validator))
+            });
+        if !joins_ok {
+            return Ok(Some(false));
+        }
+        if rv.included.iter().any(|inc| {
+            self.pool
+                .held(h, inc)
+                .is_some_and(|d| d.samples != inc.samples)
+        }) {
+            return Ok(Some(false));
+        }
+        if rv.included.iter().any(|i| self.pool.held(h, i).is_none()) {
+            self.fetch_missing(h, &rv.included, out);
+            return Ok(None);
+        }
+        let Some(applied) = self.compute(h, &rv.included)? else {
+            return Ok(Some(false));
+        };
+        let ok = model::params::hash_params(&applied.params) == rv.model_hash
+            && momentum_hash(&applied.velocity) == rv.momentum_hash;
+        if ok {
+            self.height.applied.insert(*id, applied);
+        } else {
+            tracing::warn!(round = h, "proposed aggregate hash does not match ours");
+        }
+        Ok(Some(ok))
+    }
+
+    /// Writes a decided round once its deltas are here: the ledger entry first (durable), then
+    /// the state; the node acts on the commit only after both.
+    pub(super) fn try_finish_commit(&mut self, now: Millis, out: &mut Vec<Action>) -> Result<()> {
+        let Some(pc) = self.height.pending_commit.as_ref() else {
+            return Ok(());
+        };
+        let h = self.committed.height() + 1;
+        if pc.height != h {
+            self.height.pending_commit = None;
+            return Ok(());
+        }
+        let id = pc.value.id();
+        let rv = RoundValue::decode(&pc.value.0)?;
+        let applied = match self.height.applied.get(&id).cloned() {
+            Some(a) => Some(a),
+            None => self.compute(h, &rv.included)?,
+        };
+        let Some(a) = applied.filter(|a| model::params::hash_params(&a.params) == rv.model_hash)
+        else {
+            self.fetch_missing(h, &rv.included, out);
+            return Ok(());
+        };
+        let Some(PendingCommit {
+            value, certificate, ..
+        }) = self.height.pending_commit.take()
+        else {
+            return Ok(());
+        };
+        let entry = LedgerEntry {
+            height: h,
+            value: value.0,
+            certificate: consensus::encode_certificate(&certificate)
+                .map_err(|e| anyhow::anyhow!("certificate encode: {e}"))?,
+        };
+        let rv = self.committed.chain.apply(&entry, &self.cfg.genesis)?;
+        out.push(Action::AppendLedger(entry.clone()));
+        for j in &rv.joins {
+            self.local.pending_joins.remove(&j.validator);
+            tracing::info!(round = h, validator = %hex(&j.validator), "validator admitted");
+        }
+        out.push(Action::ResetWal);
+        self.committed
+            .advance(entry, &rv, a.params.clone(), a.velocity.clone());
+        out.push(Action::WriteState(self.committed.state_body()));
+        self.sync_committed();
+        self.after_commit(now, &rv, out);
+        self.need_start = true;
+        Ok(())
+    }
+
+    /// Checkpoint and the commit report, after the state is stored.
+    pub(super) fn after_commit(&mut self, now: Millis, rv: &RoundValue, out: &mut Vec<Action>) {
+        let round = self.committed.height();
+        let every = self.cfg.genesis.file.checkpoint_every;
+        if every > 0 && round.is_multiple_of(every) {
+            out.push(Action::WriteCheckpoint {
+                round,
+                params: self.committed.params.clone(),
+            });
+        }
+        let report = self.telemetry.committed(
+            now,
+            round,
+            rv,
+            self.committed.chain.model_hash,
+            self.committed.params.clone(),
+            self.local.train_secs,
+        );
+        out.push(Action::Committed(report));
+    }
+}

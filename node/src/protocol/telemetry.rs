@@ -1,0 +1,172 @@
+//! Counters, round phase timings, delta arrival times and per-author inclusion: what the node
+//! reports, computed from the `now` the host passes in. Arrival times also feed the proposer's
+//! collect window (`round.rs`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::Millis;
+use crate::metrics::REJECT_REASONS;
+use crate::wire::RoundValue;
+
+/// Monotonic counters (the host mirrors them into its metrics).
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Rounds committed (or adopted by state sync).
+    pub rounds_committed: u64,
+    /// Deltas accepted.
+    pub deltas_accepted: u64,
+    /// Deltas rejected, by [`REJECT_REASONS`].
+    pub deltas_rejected: [u64; REJECT_REASONS.len()],
+    /// Deltas ignored (old, future, duplicate).
+    pub deltas_ignored: u64,
+    /// Equivocations seen (deltas or votes).
+    pub equivocations: u64,
+    /// State syncs adopted.
+    pub state_syncs: u64,
+    /// Bytes of this node's own signed deltas.
+    pub delta_bytes_out: u64,
+}
+
+impl Counters {
+    /// Counts a rejection by reason.
+    pub fn reject(&mut self, reason: &str) {
+        if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
+            self.deltas_rejected[i] += 1;
+        }
+    }
+}
+
+/// A committed round, for metrics, evaluation and `--json`.
+#[derive(Debug, Clone)]
+pub struct CommitReport {
+    /// Round.
+    pub round: u64,
+    /// Deltas included.
+    pub included: usize,
+    /// Authors included.
+    pub authors: Vec<[u8; 32]>,
+    /// The model hash after the round.
+    pub model_hash: [u8; 32],
+    /// The committed parameters (for evaluation).
+    pub params: Arc<Vec<f32>>,
+    /// Seconds: whole round (commit to commit), train, gossip, consensus, aggregate, other.
+    pub seconds: f64,
+    /// Phase seconds in `metrics::PHASES` order.
+    pub phases: [f64; 5],
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct Telemetry {
+    /// Counters.
+    pub counters: Counters,
+    /// When the current height started.
+    started: Millis,
+    /// When the first proposal of this height was seen.
+    proposal_seen: Option<Millis>,
+    /// When the last commit finished.
+    last_commit: Option<Millis>,
+    /// Each author's usual delta arrival, ms after the height's start (exponential average).
+    arrival: BTreeMap<[u8; 32], Millis>,
+    /// Rounds in which each author's delta was included.
+    inclusions: BTreeMap<[u8; 32], u64>,
+}
+
+impl Telemetry {
+    /// A height started.
+    pub fn height_started(&mut self, now: Millis) {
+        self.started = now;
+        self.proposal_seen = None;
+    }
+
+    /// When the current height started.
+    pub fn started(&self) -> Millis {
+        self.started
+    }
+
+    /// A proposal was seen.
+    pub fn proposal_seen(&mut self, now: Millis) {
+        self.proposal_seen.get_or_insert(now);
+    }
+
+    /// A delta of the current height arrived from `author`.
+    pub fn arrived(&mut self, author: [u8; 32], now: Millis) {
+        let after = now.saturating_sub(self.started);
+        let avg = self.arrival.entry(author).or_insert(after);
+        *avg = (*avg * 3 + after) / 4;
+    }
+
+    /// `author`'s usual arrival after a height's start, if ever seen.
+    pub fn usual_arrival(&self, author: &[u8; 32]) -> Option<Millis> {
+        self.arrival.get(author).copied()
+    }
+
+    /// How often each author's delta was included.
+    pub fn inclusions(&self) -> &BTreeMap<[u8; 32], u64> {
+        &self.inclusions
+    }
+
+    /// A round was committed at `now`; `train_secs` is the local training time.
+    pub fn committed(
+        &mut self,
+        now: Millis,
+        round: u64,
+        rv: &RoundValue,
+        model_hash: [u8; 32],
+        params: Arc<Vec<f32>>,
+        train_secs: f64,
+    ) -> CommitReport {
+        self.counters.rounds_committed += 1;
+        for i in &rv.included {
+            *self.inclusions.entry(i.author).or_default() += 1;
+        }
+        // Authors that left keep no entry beyond the validator sets they were in.
+        if self.inclusions.len() > consensus::MAX_VALIDATORS * 2 {
+            self.inclusions.clear();
+        }
+        if self.arrival.len() > consensus::MAX_VALIDATORS * 2 {
+            self.arrival.clear();
+        }
+        let secs = |ms: Millis| ms as f64 / 1e3;
+        let total = secs(now.saturating_sub(self.started));
+        let train = train_secs.min(total);
+        let gossip = self
+            .proposal_seen
+            .map(|p| (secs(p.saturating_sub(self.started)) - train).max(0.0))
+            .unwrap_or(0.0);
+        let consensus = (total - train - gossip).max(0.0);
+        let cycle = self
+            .last_commit
+            .map(|t| secs(now.saturating_sub(t)))
+            .unwrap_or(total);
+        self.last_commit = Some(now);
+        let other = (cycle - total).max(0.0);
+        CommitReport {
+            round,
+            included: rv.included.len(),
+            authors: rv.included.iter().map(|i| i.author).collect(),
+            model_hash,
+            params,
+            seconds: cycle,
+            phases: [train, gossip, consensus, 0.0, other],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrival_average_follows_recent_rounds() {
+        let mut t = Telemetry::default();
+        t.height_started(1_000);
+        t.arrived([1; 32], 1_400);
+        assert_eq!(t.usual_arrival(&[1; 32]), Some(400));
+        t.height_started(2_000);
+        t.arrived([1; 32], 2_000);
+        assert_eq!(t.usual_arrival(&[1; 32]), Some(300));
+        assert_eq!(t.usual_arrival(&[2; 32]), None);
+    }
+}
