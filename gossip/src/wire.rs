@@ -230,20 +230,24 @@ impl Frame for StateResponse {
     }
 }
 
-/// What an announce-fetch topic gossips: the payload's digest and length.
+/// What an announce-fetch topic gossips: the payload's digest and length, and a nonce that is
+/// new for every publish, so re-announcing the same payload (a node re-publishing its delta after
+/// a partition, say) is a new gossip message rather than a duplicate that gossipsub drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Announcement {
     pub digest: Digest,
     pub len: u64,
+    pub nonce: u64,
 }
 
 impl Announcement {
-    pub const LEN: usize = 40;
+    pub const LEN: usize = 48;
 
     pub fn encode(self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::LEN);
         out.extend_from_slice(&self.digest.0);
         out.extend_from_slice(&self.len.to_be_bytes());
+        out.extend_from_slice(&self.nonce.to_be_bytes());
         out
     }
 
@@ -252,10 +256,12 @@ impl Announcement {
             return None;
         }
         let digest = <[u8; 32]>::try_from(&bytes[..32]).ok()?;
-        let len = <[u8; 8]>::try_from(&bytes[32..]).ok()?;
+        let len = <[u8; 8]>::try_from(&bytes[32..40]).ok()?;
+        let nonce = <[u8; 8]>::try_from(&bytes[40..]).ok()?;
         Some(Announcement {
             digest: Digest(digest),
             len: u64::from_be_bytes(len),
+            nonce: u64::from_be_bytes(nonce),
         })
     }
 }
@@ -473,10 +479,11 @@ mod tests {
     #[test]
     fn announcement_round_trips() {
         let a = Announcement {
+            nonce: 7,
             digest: Digest::of(b"delta"),
             len: 4 << 20,
         };
         assert_eq!(Announcement::decode(&a.encode()), Some(a));
-        assert_eq!(Announcement::decode(&[0; 39]), None);
+        assert_eq!(Announcement::decode(&[0; 47]), None);
     }
 }

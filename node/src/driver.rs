@@ -229,6 +229,7 @@ impl Shell {
             Action::AppendLedger(e) => self.store.append_commit(&e)?,
             Action::WriteState(s) => self.store.write_state(&s)?,
             Action::WriteResidual(r) => self.store.write_residual(&r)?,
+            Action::WriteOwnDelta(b) => self.store.write_own_delta(&b)?,
             Action::AppendEvidence(ev) => {
                 if let Err(e) = self.store.append_evidence(&ev) {
                     tracing::warn!(error = %format!("{e:#}"), "recording equivocation evidence");

@@ -10,6 +10,7 @@ mod driver;
 mod genesis;
 mod keys;
 mod metrics;
+mod netsim;
 mod protocol;
 mod store;
 mod wire;
@@ -38,6 +39,8 @@ enum Command {
     Genesis(cmd::genesis::Args),
     /// Run a node.
     Run(Box<cmd::run::Args>),
+    /// Seeded whole-network simulation: node cores, a faulty network, Byzantine nodes, invariants.
+    Netsim(cmd::netsim::Args),
     /// Start a local multi-process testnet on loopback and report every round.
     Testnet(cmd::testnet::Args),
     /// Show a running node's status.
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Command::Genesis(a) => cmd::genesis::run(a),
         Command::Run(a) => cmd::run::run(*a),
         Command::Testnet(a) => cmd::testnet::run(a),
+        Command::Netsim(a) => cmd::netsim::run(a),
         Command::Status(a) => cmd::admin::status(a),
         Command::Verify(a) => cmd::admin::verify(a),
         Command::Export(a) => cmd::admin::export(a),

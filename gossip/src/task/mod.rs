@@ -123,6 +123,8 @@ pub(crate) struct Task {
     wire: Arc<WireCounters>,
     counters: TaskCounters,
     blobs: BlobCache,
+    /// Announcement nonce: counts publishes from a start that differs per process start.
+    announced: u64,
     served: VecDeque<ServedCheckpoint>,
     pending: HashMap<MessageId, Pending>,
     fetches: HashMap<u64, Fetch>,
@@ -179,6 +181,9 @@ impl Task {
         let mut task = Task {
             swarm,
             blobs: BlobCache::new(config.blob_cache_bytes),
+            announced: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
             config,
             events,
             wire,
@@ -410,7 +415,13 @@ impl Task {
             Transfer::AnnounceFetch => {
                 let digest = Digest::of(&data);
                 self.blobs.insert(digest, data);
-                Announcement { digest, len: size }.encode()
+                self.announced = self.announced.wrapping_add(1);
+                Announcement {
+                    digest,
+                    len: size,
+                    nonce: self.announced,
+                }
+                .encode()
             }
         };
         let id = MessageId::of(&gossip);

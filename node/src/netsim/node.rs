@@ -62,6 +62,8 @@ pub struct SimStore {
     pub state: Option<StateBody>,
     /// The residual.
     pub residual: Vec<f32>,
+    /// This node's own last signed delta.
+    pub own_delta: Option<Vec<u8>>,
 }
 
 impl SimStore {
@@ -72,6 +74,7 @@ impl SimStore {
             wal: self.wal.clone(),
             state: self.state.clone(),
             residual: self.residual.clone(),
+            own_delta: self.own_delta.clone(),
         }
     }
 
@@ -83,6 +86,7 @@ impl SimStore {
             Action::AppendLedger(e) => self.ledger.push(e.clone()),
             Action::WriteState(s) => self.state = Some(s.clone()),
             Action::WriteResidual(r) => self.residual = r.clone(),
+            Action::WriteOwnDelta(b) => self.own_delta = Some(b.clone()),
             _ => {}
         }
     }
@@ -133,7 +137,9 @@ impl SimNode {
             return bytes;
         };
         match rng.below(4) {
-            0 => (0..rng.below(300) + 1).map(|_| rng.next_u64() as u8).collect(),
+            0 => (0..rng.below(300) + 1)
+                .map(|_| rng.next_u64() as u8)
+                .collect(),
             1 => {
                 sd.msg.base_hash = [7; 32];
                 resign(sd, &self.key).unwrap_or(bytes)
@@ -177,7 +183,12 @@ impl SimNode {
     }
 
     /// Signed votes for a random value at `height` (what a vote-forging node broadcasts).
-    pub fn bogus_votes(&self, chain: &consensus::ChainId, height: u64, rng: &mut Rng) -> Vec<Message> {
+    pub fn bogus_votes(
+        &self,
+        chain: &consensus::ChainId,
+        height: u64,
+        rng: &mut Rng,
+    ) -> Vec<Message> {
         let value = Value((0..32).map(|_| rng.next_u64() as u8).collect());
         let signer = consensus::Ed25519Signer::new(self.key.clone());
         [VoteKind::Prevote, VoteKind::Precommit]
@@ -203,5 +214,7 @@ fn resign(sd: SignedDelta, key: &SigningKey) -> Option<Vec<u8>> {
 /// Whether two snapshots' models differ (for the tests of lying servers).
 pub fn params_of(s: &StateSnapshot) -> Option<Arc<Vec<f32>>> {
     let cp = s.checkpoint.as_ref()?;
-    StateBody::decode(&cp.bytes).ok().map(|b| Arc::new(b.params))
+    StateBody::decode(&cp.bytes)
+        .ok()
+        .map(|b| Arc::new(b.params))
 }

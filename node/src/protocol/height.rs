@@ -190,7 +190,7 @@ impl Core {
             let _ = self.feed(now, vec![i], out);
         }
         if self.is_validator() {
-            self.start_training(out);
+            self.start_training(now, out);
         }
         Ok(())
     }

@@ -18,6 +18,9 @@ use crate::wire::{DeltaMsg, SignedJoin};
 
 /// A joining node repeats its request this often until admitted.
 pub const JOIN_RETRY_MS: Millis = 2_000;
+/// Our delta is published again this often until its round commits (a partition or loss may
+/// have kept it from the proposer; gossip sends each message once).
+pub const REPUBLISH_MS: Millis = 1_000;
 /// Join requests held for proposals.
 pub const MAX_PENDING_JOINS: usize = 64;
 
@@ -36,17 +39,42 @@ pub struct LocalState {
     pub pending_joins: BTreeMap<[u8; 32], SignedJoin>,
     /// When our own join request last went out.
     last_join_sent: Option<Millis>,
+    /// Our signed delta of the current round, and when it last went out.
+    own: Option<(u64, Vec<u8>, Millis)>,
+}
+
+impl LocalState {
+    /// Our delta from before a restart, to be sent again (never re-signed) if its round is
+    /// still open.
+    pub fn restore_own(&mut self, bytes: Option<Vec<u8>>) {
+        self.own = bytes.and_then(|b| {
+            let round = crate::wire::SignedDelta::decode(&b).ok()?.msg.round;
+            Some((round, b, 0))
+        });
+    }
 }
 
 impl Core {
     /// Asks the host to train the committed model for the current height (once per height).
-    pub(super) fn start_training(&mut self, out: &mut Vec<Action>) {
+    pub(super) fn start_training(&mut self, now: Millis, out: &mut Vec<Action>) {
         let round = self.committed.height() + 1;
         if self.local.training_round == Some(round) {
             return;
         }
         self.local.training_round = Some(round);
         self.local.trained_at = None;
+        if let Some((r, bytes, _)) = self.local.own.clone()
+            && r == round
+        {
+            // Signed before a restart: send the same delta again, never a second one.
+            let _ = self.on_delta_bytes(now, &bytes, None, out);
+            self.local.trained_at = Some(now);
+            out.push(Action::Publish {
+                topic: Topic::Deltas,
+                bytes,
+            });
+            return;
+        }
         out.push(Action::Train {
             round,
             params: self.committed.params.clone(),
@@ -121,7 +149,9 @@ impl Core {
             let bytes = m.sign(&self.cfg.key)?.encode()?;
             if i == 0 {
                 // Hold our own delta as any other.
+                out.push(Action::WriteOwnDelta(bytes.clone()));
                 self.on_delta_bytes(now, &bytes, None, out)?;
+                self.local.own = Some((round, bytes.clone(), now));
             }
             self.telemetry.counters.delta_bytes_out += bytes.len() as u64;
             out.push(Action::Publish {
@@ -178,6 +208,16 @@ impl Core {
                     bytes,
                 });
             }
+        }
+        if let Some((round, bytes, sent)) = self.local.own.as_mut()
+            && *round == h
+            && now.saturating_sub(*sent) >= REPUBLISH_MS
+        {
+            *sent = now;
+            out.push(Action::Publish {
+                topic: Topic::Deltas,
+                bytes: bytes.clone(),
+            });
         }
         if let Some(v) = self.try_propose(now)? {
             self.feed(now, vec![v], out)?;

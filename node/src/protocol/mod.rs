@@ -188,6 +188,8 @@ pub enum Action {
     AppendLedger(LedgerEntry),
     /// Replace the stored committed state.
     WriteState(StateBody),
+    /// Store this node's signed delta durably (before it is published).
+    WriteOwnDelta(Vec<u8>),
     /// Replace the stored error-feedback residual.
     WriteResidual(Vec<f32>),
     /// Record delta equivocation evidence.
@@ -231,6 +233,7 @@ impl Core {
         let (committed, syncing) = committed::Committed::recover(&cfg.genesis, &recovered)?;
         let mut local = local::LocalState::default();
         local.residual = recovered.residual;
+        local.restore_own(recovered.own_delta);
         Ok(Core {
             me,
             committed,
@@ -351,6 +354,16 @@ impl Core {
     /// How many deltas the core holds (for the simulator's memory invariant).
     pub fn held_deltas(&self) -> usize {
         self.pool.len()
+    }
+
+    /// How many rounds the delta pool holds deltas of.
+    pub fn rounds_held(&self) -> usize {
+        self.pool.rounds_held()
+    }
+
+    /// How often each author's delta was included in a round this node committed.
+    pub fn inclusions(&self) -> &std::collections::BTreeMap<[u8; 32], u64> {
+        self.telemetry.inclusions()
     }
 
     /// How many ledger entries the core keeps in memory (recent and membership changes).

@@ -33,8 +33,6 @@ pub struct Held {
     pub base_hash: [u8; 32],
     /// The decoded delta.
     pub decoded: Arc<Vec<f32>>,
-    /// When it arrived.
-    pub arrived: Millis,
 }
 
 /// See the module documentation.
@@ -142,6 +140,11 @@ impl DeltaPool {
         self.fetching.remove(digest);
     }
 
+    /// Distinct rounds with deltas held.
+    pub fn rounds_held(&self) -> usize {
+        self.rounds.len()
+    }
+
     /// Deltas held.
     pub fn len(&self) -> usize {
         self.rounds.values().map(|r| r.len()).sum::<usize>() + self.other.len()
@@ -243,7 +246,6 @@ impl Core {
             samples: sd.msg.samples,
             base_hash: sd.msg.base_hash,
             decoded: Arc::new(decoded),
-            arrived: now,
         };
         match self.pool.admit(round, author, held) {
             Admission::Duplicate => Verdict::Ignore("duplicate delta"),

@@ -6,6 +6,9 @@
 //! DIR/consensus.wal      what this validator persisted before signing, current height only
 //! DIR/state.bin          the committed parameters and momentum after the last ledger entry
 //! DIR/residual.bin       error-feedback residual (what compression has not sent yet)
+//! DIR/own_delta.bin      this node's signed delta of its current round (written before it
+//!                        is published: after a restart the node sends the same one again
+//!                        instead of signing a second, different delta for the round)
 //! DIR/checkpoints/round-000010.safetensors   every `checkpoint_every` rounds
 //! DIR/evidence.log       two different signed deltas by one author for one round
 //! DIR/listen.txt         the node's listen multiaddrs (for launchers)
@@ -41,6 +44,8 @@ pub struct Recovered {
     pub state: Option<StateBody>,
     /// The residual, if any.
     pub residual: Vec<f32>,
+    /// This node's last signed delta, if any.
+    pub own_delta: Option<Vec<u8>>,
 }
 
 impl Store {
@@ -87,6 +92,7 @@ impl Store {
             Ok(_) => bail!("{} is truncated", res_path.display()),
             Err(_) => Vec::new(),
         };
+        let own_delta = std::fs::read(root.join("own_delta.bin")).ok();
         Ok((
             Store {
                 root: root.to_path_buf(),
@@ -98,6 +104,7 @@ impl Store {
                 wal: wal_records,
                 state,
                 residual,
+                own_delta,
             },
         ))
     }
@@ -130,6 +137,11 @@ impl Store {
     /// Replaces the committed state.
     pub fn write_state(&self, s: &StateBody) -> Result<()> {
         write_atomic(&self.root.join("state.bin"), &s.encode()?)
+    }
+
+    /// Replaces this node's own signed delta (durably, before it is published).
+    pub fn write_own_delta(&self, bytes: &[u8]) -> Result<()> {
+        write_atomic(&self.root.join("own_delta.bin"), bytes)
     }
 
     /// Replaces the residual.

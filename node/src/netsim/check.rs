@@ -1,0 +1,154 @@
+//! The invariants a run must keep, checked after every step of every node.
+
+use std::collections::BTreeMap;
+
+use gossip::{PeerAction, PeerId, Verdict};
+
+use super::Outcome;
+use super::node::SimStore;
+use crate::protocol::Core;
+use crate::protocol::committed::RECENT;
+use crate::protocol::height::BUFFER_PER_SIGNER;
+use crate::protocol::pool::LOOKAHEAD;
+use crate::wire::RoundValue;
+
+/// See the module documentation.
+pub struct Checker {
+    honest: Vec<bool>,
+    peers: Vec<PeerId>,
+    /// The value id committed at each height (the first honest commit).
+    decided: BTreeMap<u64, [u8; 32]>,
+    /// Ledger entries of each node already checked.
+    checked: Vec<usize>,
+    /// Violations found.
+    pub violations: Vec<String>,
+    liveness: Option<String>,
+    max_rounds_held: usize,
+    max_snapshot_bytes: usize,
+}
+
+impl Checker {
+    /// For nodes with these honesty flags and peer ids.
+    pub fn new(honest: Vec<bool>, peers: Vec<PeerId>) -> Checker {
+        Checker {
+            checked: vec![0; honest.len()],
+            honest,
+            peers,
+            decided: BTreeMap::new(),
+            violations: Vec::new(),
+            liveness: None,
+            max_rounds_held: 0,
+            max_snapshot_bytes: 0,
+        }
+    }
+
+    /// Records a safety violation.
+    pub fn violation(&mut self, what: String) {
+        self.violations.push(what);
+    }
+
+    /// Records a liveness failure.
+    pub fn liveness(&mut self, what: String) {
+        self.liveness.get_or_insert(what);
+    }
+
+    fn honest_peer(&self, p: &PeerId) -> Option<usize> {
+        self.peers
+            .iter()
+            .position(|q| q == p)
+            .filter(|&j| self.honest[j])
+    }
+
+    /// An honest node never rejects an honest peer's message.
+    pub fn verdict(&mut self, i: usize, from: PeerId, v: Verdict) {
+        if let (true, Verdict::Reject(why), Some(j)) = (self.honest[i], v, self.honest_peer(&from))
+        {
+            self.violation(format!("honest node {i} rejected honest node {j}: {why}"));
+        }
+    }
+
+    /// An honest node never penalises an honest peer.
+    pub fn penalty(&mut self, i: usize, peer: PeerId, a: PeerAction) {
+        if let (true, Some(j)) = (self.honest[i], self.honest_peer(&peer)) {
+            self.violation(format!("honest node {i} penalised honest node {j}: {a:?}"));
+        }
+    }
+
+    /// A snapshot of `bytes` was served by an honest node.
+    pub fn snapshot_served(&mut self, bytes: usize) {
+        self.max_snapshot_bytes = self.max_snapshot_bytes.max(bytes);
+    }
+
+    /// After node `i` handled an event: agreement, state vs ledger, memory bounds.
+    pub fn after_step(&mut self, i: usize, core: &Core, store: &SimStore, stored: bool) {
+        if !self.honest[i] {
+            return;
+        }
+        let n = self.honest.len();
+        for e in &store.ledger[self.checked[i]..] {
+            let id = consensus::Value(e.value.clone()).id().0;
+            let first = *self.decided.entry(e.height).or_insert(id);
+            if first != id {
+                self.violations.push(format!(
+                    "agreement: node {i} committed another value at round {}",
+                    e.height
+                ));
+            }
+        }
+        self.checked[i] = store.ledger.len();
+        if stored && !core.is_syncing() {
+            self.state_matches_ledger(i, store);
+        }
+        let rounds = core.rounds_held();
+        self.max_rounds_held = self.max_rounds_held.max(rounds);
+        let bounds = [
+            ("rounds of deltas", rounds, LOOKAHEAD as usize + 1),
+            (
+                "deltas",
+                core.held_deltas(),
+                2 * n * (LOOKAHEAD as usize + 1),
+            ),
+            ("ledger entries", core.held_entries(), RECENT + 64),
+            (
+                "buffered messages",
+                core.buffered_messages(),
+                BUFFER_PER_SIGNER * n,
+            ),
+        ];
+        for (what, got, max) in bounds {
+            if got > max {
+                self.violations
+                    .push(format!("memory: node {i} holds {got} {what} (bound {max})"));
+            }
+        }
+    }
+
+    fn state_matches_ledger(&mut self, i: usize, store: &SimStore) {
+        let (Some(last), Some(state)) = (store.ledger.last(), store.state.as_ref()) else {
+            return;
+        };
+        let Ok(rv) = RoundValue::decode(&last.value) else {
+            self.violations
+                .push(format!("node {i}: undecodable ledger value"));
+            return;
+        };
+        if state.round != last.height || model::params::hash_params(&state.params) != rv.model_hash
+        {
+            self.violations.push(format!(
+                "node {i}: stored state (round {}) does not match its ledger (round {})",
+                state.round, last.height
+            ));
+        }
+    }
+
+    /// The outcome so far.
+    pub fn finish(self) -> Outcome {
+        Outcome {
+            violations: self.violations,
+            liveness: self.liveness,
+            max_rounds_held: self.max_rounds_held,
+            max_snapshot_bytes: self.max_snapshot_bytes,
+            ..Outcome::default()
+        }
+    }
+}

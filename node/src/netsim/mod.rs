@@ -1,0 +1,473 @@
+//! The whole-network simulator: many node cores (real consensus, real ed25519 signatures, real
+//! aggregation and local training of the digits MLP) in one thread, under one seed, over a
+//! simulated network (delays, loss, duplication, reordering, partitions that heal) with crashes
+//! and restarts from each node's simulated store, late joiners and Byzantine nodes. The
+//! simulator owns every source of nondeterminism, so one seed replays one execution exactly.
+//!
+//! Invariants, checked as the run goes (see [`check`]): no two honest nodes commit different
+//! values for a round; an honest node's stored state matches its ledger; memory held per node
+//! is bounded by a constant number of rounds; no honest node penalises an honest peer; and,
+//! once faults stop with 2f + 1 validators up and connected, every honest node commits again
+//! within a bounded simulated time.
+
+pub mod check;
+pub mod node;
+pub mod scenario;
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use consensus::{ValidatorId, encode_message};
+use ed25519_dalek::SigningKey;
+use gossip::{MessageId, Topic};
+use model::rng::Rng;
+
+use crate::keys::peer_id_of;
+use crate::protocol::{Action, Event, Millis};
+use check::Checker;
+use node::{Fault, SimNode};
+pub use scenario::{Scenario, SimConfig};
+
+/// Period of the nodes' ticks.
+const TICK_MS: Millis = 200;
+
+/// What the queue delivers.
+enum Delivery {
+    /// An event for a node's core.
+    Event(Event),
+    /// The node's periodic tick (reschedules itself).
+    Periodic,
+    /// A deadline the core asked for.
+    Wake,
+    /// Start or restart the node from its store.
+    Boot,
+    /// Crash the node (its core is dropped; the store stays).
+    Crash,
+    /// Split the network: a group per node.
+    Partition(Vec<u8>),
+    /// One group again.
+    Heal,
+}
+
+/// What one run found.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Safety violations (agreement, state vs ledger, memory, false penalties).
+    pub violations: Vec<String>,
+    /// Why liveness failed, if it did.
+    pub liveness: Option<String>,
+    /// Most rounds any honest node held deltas of at once.
+    pub max_rounds_held: usize,
+    /// Highest round committed by an honest node.
+    pub height: u64,
+    /// Largest state snapshot served, in bytes.
+    pub max_snapshot_bytes: usize,
+    /// How many rounds each honest validator's delta was included in (seen by node 0).
+    pub inclusions: Vec<u64>,
+}
+
+/// One simulated network.
+pub struct Sim {
+    cfg: SimConfig,
+    genesis: crate::genesis::Genesis,
+    nodes: Vec<SimNode>,
+    queue: BTreeMap<(Millis, u64), (usize, Delivery)>,
+    seq: u64,
+    now: Millis,
+    rng: Rng,
+    groups: Vec<u8>,
+    wake: Vec<Option<Millis>>,
+    checker: Checker,
+}
+
+impl Sim {
+    /// Builds the network of `cfg` (nothing runs yet).
+    pub fn new(cfg: SimConfig) -> Result<Sim> {
+        let mut rng = Rng::derive(cfg.seed, 0x5113);
+        let total = cfg.nodes + cfg.joiners;
+        let keys: Vec<SigningKey> = (0..total)
+            .map(|_| {
+                let mut b = [0u8; 32];
+                b.iter_mut().for_each(|x| *x = rng.next_u64() as u8);
+                SigningKey::from_bytes(&b)
+            })
+            .collect();
+        let ids: Vec<ValidatorId> = keys[..cfg.nodes]
+            .iter()
+            .map(|k| ValidatorId(k.verifying_key().to_bytes()))
+            .collect();
+        let genesis = scenario::genesis(&ids, &cfg)?;
+        let split = model::data::load(model::data::DatasetKind::Digits, None)?;
+        let parts = model::partition::partition(
+            &split.train,
+            total,
+            model::partition::Partition::Iid,
+            cfg.seed,
+        );
+        let mut nodes = Vec::new();
+        for (i, key) in keys.into_iter().enumerate() {
+            let id = ValidatorId(key.verifying_key().to_bytes());
+            let fault = cfg.faults.get(i).copied().flatten();
+            nodes.push(SimNode {
+                peer: peer_id_of(&id).ok_or_else(|| anyhow::anyhow!("peer id"))?,
+                key,
+                data: split.train.subset(&parts[i]),
+                fault,
+                join: i >= cfg.nodes,
+                store: Default::default(),
+                core: None,
+                // One node trains three times longer (it holds the most data, say).
+                train_ms: if i == 1 { 240 } else { 60 + 10 * i as u64 },
+            });
+        }
+        let honest: Vec<bool> = nodes.iter().map(|n| n.fault.is_none()).collect();
+        Ok(Sim {
+            checker: Checker::new(honest, nodes.iter().map(|n| n.peer).collect()),
+            groups: vec![0; total],
+            wake: vec![None; total],
+            queue: BTreeMap::new(),
+            seq: 0,
+            now: 0,
+            rng,
+            nodes,
+            genesis,
+            cfg,
+        })
+    }
+
+    fn at(&mut self, t: Millis, node: usize, d: Delivery) {
+        self.seq += 1;
+        self.queue.insert((t, self.seq), (node, d));
+    }
+
+    fn faulty_phase(&self) -> bool {
+        self.now < self.cfg.faults_until
+    }
+
+    /// Runs to the end: the liveness target or the time bound.
+    pub fn run(mut self) -> Outcome {
+        for i in 0..self.nodes.len() {
+            let start = self.cfg.start_at(i);
+            self.at(start, i, Delivery::Boot);
+            self.at(start + 1 + i as u64, i, Delivery::Periodic);
+        }
+        self.schedule_faults();
+        let mut target: Option<u64> = None;
+        let deadline = self.cfg.faults_until + self.cfg.liveness_ms;
+        while let Some(((t, _), (i, d))) = self.queue.pop_first() {
+            self.now = t;
+            if target.is_none() && t >= self.cfg.faults_until {
+                target = Some(self.honest_max_height() + self.cfg.rounds_after);
+            }
+            if let Some(goal) = target
+                && self.honest_min_height() >= goal
+            {
+                break;
+            }
+            if t > deadline {
+                let goal = target.unwrap_or(0);
+                self.checker.liveness(format!(
+                    "honest nodes at rounds {:?} after {} ms, want {goal} (faults stopped at {} ms)",
+                    self.honest_heights(),
+                    t,
+                    self.cfg.faults_until
+                ));
+                break;
+            }
+            if let Err(e) = self.deliver(i, d) {
+                self.checker
+                    .violation(format!("node {i} failed at {t} ms: {e:#}"));
+                break;
+            }
+            if !self.checker.violations.is_empty() {
+                break;
+            }
+        }
+        let height = self.honest_max_height();
+        let mut out = self.checker.finish();
+        out.height = height;
+        if let Some(c) = self.nodes[0].core.as_ref() {
+            out.inclusions = self.nodes[..self.cfg.nodes]
+                .iter()
+                .filter(|n| n.fault.is_none())
+                .map(|n| c.inclusions().get(&n.id().0).copied().unwrap_or(0))
+                .collect();
+        }
+        out
+    }
+
+    fn honest_heights(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.fault.is_none() && !n.join)
+            .map(|n| n.core.as_ref().map_or(0, |c| c.committed_round()))
+            .collect()
+    }
+
+    fn honest_max_height(&self) -> u64 {
+        self.honest_heights().into_iter().max().unwrap_or(0)
+    }
+
+    fn honest_min_height(&self) -> u64 {
+        self.honest_heights().into_iter().min().unwrap_or(0)
+    }
+
+    /// Crashes, restarts and partitions during the faulty phase, from the seed.
+    fn schedule_faults(&mut self) {
+        let n = self.nodes.len();
+        let end = self.cfg.faults_until;
+        if self.cfg.crashes {
+            let mut t = 500 + self.rng.below(1_000) as u64;
+            while t < end {
+                let i = self.rng.below(self.cfg.nodes);
+                let down = 300 + self.rng.below(2_500) as u64;
+                self.at(t, i, Delivery::Crash);
+                self.at((t + down).min(end), i, Delivery::Boot);
+                t += down + self.rng.below(2_000) as u64;
+            }
+        }
+        if let Some(t) = self.cfg.joiners_silent_at {
+            for j in self.cfg.nodes..n {
+                self.at(t, j, Delivery::Crash);
+            }
+        }
+        if self.cfg.partitions {
+            let mut t = 300 + self.rng.below(1_500) as u64;
+            while t < end {
+                let groups: Vec<u8> = (0..n).map(|_| self.rng.below(2) as u8).collect();
+                let len = 200 + self.rng.below(2_500) as u64;
+                self.at(t, 0, Delivery::Partition(groups));
+                self.at((t + len).min(end), 0, Delivery::Heal);
+                t += len + self.rng.below(2_000) as u64;
+            }
+        }
+    }
+
+    fn deliver(&mut self, i: usize, d: Delivery) -> Result<()> {
+        match d {
+            Delivery::Boot => {
+                if self.nodes[i].core.is_none() {
+                    let instance = self.rng.next_u64();
+                    let g = self.genesis.clone();
+                    self.nodes[i].boot(&g, instance)?;
+                    self.handle(i, Event::Start)?;
+                }
+            }
+            Delivery::Crash => {
+                self.nodes[i].core = None;
+                self.wake[i] = None;
+            }
+            Delivery::Partition(g) => self.groups = g,
+            Delivery::Heal => self.groups.iter_mut().for_each(|g| *g = 0),
+            Delivery::Periodic => {
+                self.at(self.now + TICK_MS, i, Delivery::Periodic);
+                if self.nodes[i].fault == Some(Fault::BogusVotes) {
+                    self.forge_votes(i);
+                }
+                self.handle(i, Event::Tick)?;
+            }
+            Delivery::Wake => {
+                if self.wake[i] == Some(self.now) {
+                    self.wake[i] = None;
+                }
+                self.handle(i, Event::Tick)?;
+            }
+            Delivery::Event(e) => self.handle(i, e)?,
+        }
+        Ok(())
+    }
+
+    /// Runs one event through node `i`'s core (if it is up) and performs the actions.
+    fn handle(&mut self, i: usize, e: Event) -> Result<()> {
+        let now = self.now;
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return Ok(());
+        };
+        let actions = core.handle(now, e)?;
+        let mut stored = false;
+        for a in actions {
+            self.nodes[i].store.perform(&a);
+            stored |= matches!(a, Action::AppendLedger(_) | Action::WriteState(_));
+            self.perform(i, a);
+        }
+        if let Some(core) = self.nodes[i].core.as_ref() {
+            self.checker
+                .after_step(i, core, &self.nodes[i].store, stored);
+            if let Some(d) = core.next_deadline()
+                && self.wake[i].is_none_or(|w| d < w)
+            {
+                self.wake[i] = Some(d.max(now));
+                self.at(d.max(now), i, Delivery::Wake);
+            }
+        }
+        Ok(())
+    }
+
+    fn linked(&self, a: usize, b: usize) -> bool {
+        self.groups[a] == self.groups[b]
+    }
+
+    fn delay(&mut self) -> Millis {
+        let (lo, hi) = if self.faulty_phase() {
+            self.cfg.delay_faulty
+        } else {
+            self.cfg.delay
+        };
+        lo + self.rng.below((hi - lo + 1) as usize) as u64
+    }
+
+    /// Sends gossip from `i` to every linked node, with loss and duplication while faulty.
+    fn broadcast(&mut self, i: usize, topic: Topic, bytes: Vec<u8>) {
+        let id = MessageId::of(&bytes);
+        for j in 0..self.nodes.len() {
+            if j == i || !self.linked(i, j) {
+                continue;
+            }
+            let faulty = self.faulty_phase();
+            if faulty && self.rng.next_f64() < self.cfg.loss {
+                continue;
+            }
+            let copies = if faulty && self.rng.next_f64() < self.cfg.duplicate {
+                2
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                let t = self.now + self.delay();
+                let ev = Event::Gossip {
+                    topic,
+                    from: self.nodes[i].peer,
+                    id,
+                    data: bytes.clone(),
+                };
+                self.at(t, j, Delivery::Event(ev));
+            }
+        }
+    }
+
+    fn perform(&mut self, i: usize, a: Action) {
+        let fault = self.nodes[i].fault;
+        match a {
+            Action::Publish { topic, bytes } => {
+                if fault == Some(Fault::Silent) {
+                    return;
+                }
+                let bytes = if topic == Topic::Deltas && fault == Some(Fault::BadDeltas) {
+                    self.nodes[i].mangle_delta(bytes, &mut self.rng)
+                } else {
+                    bytes
+                };
+                self.broadcast(i, topic, bytes);
+            }
+            Action::Report { from, verdict, .. } => self.checker.verdict(i, from, verdict),
+            Action::Penalize { peer, action } => self.checker.penalty(i, peer, action),
+            Action::Fetch { round, digest } => self.fetch(i, round, digest),
+            Action::RequestState { from_height } => self.request_state(i, from_height),
+            Action::Train { round, params } => self.train(i, round, &params),
+            Action::Committed(_)
+            | Action::AppendEvidence(_)
+            | Action::WriteCheckpoint { .. }
+            | Action::AppendWal(_)
+            | Action::ResetWal
+            | Action::AppendLedger(_)
+            | Action::WriteState(_)
+            | Action::WriteResidual(_)
+            | Action::WriteOwnDelta(_) => {}
+        }
+    }
+
+    fn fetch(&mut self, i: usize, round: u64, digest: [u8; 32]) {
+        let holders: Vec<usize> = (0..self.nodes.len())
+            .filter(|&j| j != i && self.linked(i, j))
+            .filter(|&j| {
+                self.nodes[j]
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.blob(&digest).is_some())
+            })
+            .collect();
+        let t = self.now + 2 * self.delay();
+        let ev = match holders.get(self.rng.below(holders.len().max(1))) {
+            Some(&j) => match self.nodes[j].core.as_ref().and_then(|c| c.blob(&digest)) {
+                Some(b) => Event::Fetched {
+                    round,
+                    bytes: b.to_vec(),
+                },
+                None => Event::FetchFailed { digest },
+            },
+            None => Event::FetchFailed { digest },
+        };
+        self.at(t + 100, i, Delivery::Event(ev));
+    }
+
+    fn request_state(&mut self, i: usize, from_height: u64) {
+        let peers: Vec<usize> = (0..self.nodes.len())
+            .filter(|&j| j != i && self.linked(i, j) && self.nodes[j].core.is_some())
+            .collect();
+        let Some(&j) = peers.get(self.rng.below(peers.len().max(1))) else {
+            return;
+        };
+        let Some(snapshot) = self.nodes[j]
+            .core
+            .as_ref()
+            .and_then(|c| c.snapshot_from(from_height))
+        else {
+            return;
+        };
+        let snapshot = if self.nodes[j].fault == Some(Fault::LyingSnapshots) {
+            self.nodes[j].lie(snapshot, &mut self.rng)
+        } else {
+            let bytes = snapshot.certificates.iter().map(Vec::len).sum::<usize>()
+                + snapshot.checkpoint.as_ref().map_or(0, |c| c.bytes.len());
+            self.checker.snapshot_served(bytes);
+            snapshot
+        };
+        let t = self.now + 2 * self.delay();
+        let peer = self.nodes[j].peer;
+        self.at(t, i, Delivery::Event(Event::State { peer, snapshot }));
+    }
+
+    fn train(&mut self, i: usize, round: u64, params: &[f32]) {
+        let node = &self.nodes[i];
+        let g = &self.genesis;
+        let mut rng = Rng::derive(self.cfg.seed ^ (i as u64) << 32, round);
+        let out = model::train::train_local(
+            g.model,
+            params,
+            &node.data,
+            &g.train,
+            &mut rng,
+            &candle_core::Device::Cpu,
+        );
+        let Ok(out) = out else {
+            self.checker
+                .violation(format!("node {i}: local training failed"));
+            return;
+        };
+        let t = self.now + node.train_ms + self.rng.below(20) as u64;
+        let ev = Event::Trained {
+            round,
+            out,
+            secs: node.train_ms as f64 / 1e3,
+            // Reproducible runs: the noise seed comes from the simulation's seed.
+            noise_seed: self.rng.next_u64(),
+        };
+        self.at(t, i, Delivery::Event(ev));
+    }
+
+    /// A vote-forging node signs votes for random values at its current height.
+    fn forge_votes(&mut self, i: usize) {
+        let Some(h) = self.nodes[i].core.as_ref().map(|c| c.committed_round() + 1) else {
+            return;
+        };
+        let chain = self.genesis.chain_id.clone();
+        let msgs = self.nodes[i].bogus_votes(&chain, h, &mut self.rng);
+        for m in msgs {
+            if let Ok(b) = encode_message(&m) {
+                let mut bytes = self.rng.next_u64().to_le_bytes().to_vec();
+                bytes.extend(b);
+                self.broadcast(i, Topic::Consensus, bytes);
+            }
+        }
+    }
+}

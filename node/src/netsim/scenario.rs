@@ -1,0 +1,179 @@
+//! Named scenarios: which faults a run injects, and the genesis it runs.
+
+use anyhow::Result;
+use consensus::ValidatorId;
+
+use super::node::Fault;
+use crate::genesis::Genesis;
+use crate::protocol::Millis;
+
+/// A named set of faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// No faults.
+    Calm,
+    /// Message loss, duplication and reordering.
+    Lossy,
+    /// Partitions that heal.
+    Partition,
+    /// Crashes and restarts from the store.
+    Crash,
+    /// f Byzantine validators, each with a behaviour drawn from the seed.
+    Byzantine,
+    /// A validator that starts late with an empty store and must sync.
+    LateJoiner,
+    /// All of the above at once.
+    Mixed,
+    /// Each run one of the above, by run index.
+    All,
+    /// Membership: fresh keys flood join requests (they stay up).
+    JoinFlood,
+    /// Membership: fresh keys join, are admitted, then go silent for good.
+    JoinSilent,
+}
+
+impl Scenario {
+    /// The scenarios `All` cycles over (not the membership ones: those belong to the
+    /// membership issue's admission policy).
+    pub const CYCLE: [Scenario; 7] = [
+        Scenario::Calm,
+        Scenario::Lossy,
+        Scenario::Partition,
+        Scenario::Crash,
+        Scenario::Byzantine,
+        Scenario::LateJoiner,
+        Scenario::Mixed,
+    ];
+}
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seed of everything.
+    pub seed: u64,
+    /// Genesis validators.
+    pub nodes: usize,
+    /// Extra nodes that ask to join.
+    pub joiners: usize,
+    /// Byzantine behaviour per node index.
+    pub faults: Vec<Option<Fault>>,
+    /// Message loss while faulty.
+    pub loss: f64,
+    /// Duplication while faulty.
+    pub duplicate: f64,
+    /// Delay range after the faults stop, ms.
+    pub delay: (Millis, Millis),
+    /// Delay range while faulty (wide: reordering), ms.
+    pub delay_faulty: (Millis, Millis),
+    /// Partitions while faulty.
+    pub partitions: bool,
+    /// Crashes while faulty.
+    pub crashes: bool,
+    /// When faults stop.
+    pub faults_until: Millis,
+    /// Liveness bound after that.
+    pub liveness_ms: Millis,
+    /// Rounds every honest node must commit after the faults stop.
+    pub rounds_after: u64,
+    /// Node started late (with an empty store), and when.
+    pub late: Option<(usize, Millis)>,
+    /// Joiners crash for good at this time.
+    pub joiners_silent_at: Option<Millis>,
+    /// Aggregation rule.
+    pub rule: String,
+}
+
+impl SimConfig {
+    /// The settings of `scenario` for run `seed` with `nodes` validators. `All` picks by seed.
+    pub fn new(scenario: Scenario, seed: u64, nodes: usize) -> SimConfig {
+        let scenario = match scenario {
+            Scenario::All => Scenario::CYCLE[(seed % Scenario::CYCLE.len() as u64) as usize],
+            s => s,
+        };
+        let f = (nodes.saturating_sub(1)) / 3;
+        let mut c = SimConfig {
+            seed,
+            nodes,
+            joiners: 0,
+            faults: vec![None; nodes],
+            loss: 0.0,
+            duplicate: 0.0,
+            delay: (2, 30),
+            delay_faulty: (2, 30),
+            partitions: false,
+            crashes: false,
+            faults_until: 4_000,
+            liveness_ms: 40_000,
+            rounds_after: 3,
+            late: None,
+            joiners_silent_at: None,
+            rule: "nnm+median".into(),
+        };
+        let mut rng = model::rng::Rng::derive(seed, 0xFA17);
+        let byzantine = |c: &mut SimConfig, rng: &mut model::rng::Rng| {
+            for i in nodes - f..nodes {
+                c.faults[i] = Some(Fault::ALL[rng.below(Fault::ALL.len())]);
+            }
+        };
+        match scenario {
+            Scenario::Calm | Scenario::All => {}
+            Scenario::Lossy => {
+                c.loss = 0.2;
+                c.duplicate = 0.1;
+                c.delay_faulty = (1, 400);
+            }
+            Scenario::Partition => c.partitions = true,
+            Scenario::Crash => c.crashes = true,
+            Scenario::Byzantine => byzantine(&mut c, &mut rng),
+            Scenario::LateJoiner => c.late = Some((0, 3_000)),
+            Scenario::Mixed => {
+                c.loss = 0.1;
+                c.duplicate = 0.05;
+                c.delay_faulty = (1, 300);
+                c.partitions = true;
+                c.crashes = true;
+                byzantine(&mut c, &mut rng);
+            }
+            Scenario::JoinFlood => {
+                c.joiners = 4;
+                c.faults.resize(nodes + 4, None);
+            }
+            Scenario::JoinSilent => {
+                c.joiners = 2;
+                c.faults.resize(nodes + 2, None);
+                c.joiners_silent_at = Some(3_000);
+            }
+        }
+        c.faults.resize(nodes + c.joiners, None);
+        c
+    }
+
+    /// When node `i` starts.
+    pub fn start_at(&self, i: usize) -> Millis {
+        match self.late {
+            Some((late, at)) if late == i => at,
+            _ => 0,
+        }
+    }
+}
+
+/// The genesis of a simulated network: the digits MLP, two local steps of 16, fast timeouts.
+pub fn genesis(ids: &[ValidatorId], c: &SimConfig) -> Result<Genesis> {
+    let mut g = crate::genesis::demo("cohort-netsim", ids);
+    g.seed = c.seed;
+    g.checkpoint_every = 0;
+    g.training.local_steps = Some(2);
+    g.training.batch = 16;
+    g.training.rule = c.rule.clone();
+    g.training.error_feedback = false;
+    // Node-level noise: each delta differs with the secret noise seed, so a node that trained a
+    // round twice (a restart) would sign two different deltas.
+    g.training.dp = "clip:10,noise:0.0001".into();
+    g.timeouts.propose_ms = 1_000;
+    g.timeouts.propose_per_view_ms = 500;
+    g.timeouts.vote_ms = 500;
+    g.timeouts.vote_per_view_ms = 250;
+    g.timeouts.collect_ms = 100;
+    g.timeouts.max_ms = 8_000;
+    g.check()
+}
