@@ -22,9 +22,9 @@ pub struct Args {
     /// Which faults.
     #[arg(long, value_enum, default_value_t = Scenario::All)]
     pub scenario: Scenario,
-    /// Aggregation rule of the simulated genesis.
-    #[arg(long, default_value = "nnm+median")]
-    pub rule: String,
+    /// Aggregation rule of the simulated genesis (default: by seed, nnm+median or mean).
+    #[arg(long)]
+    pub rule: Option<String>,
     /// Print one line per run.
     #[arg(long)]
     pub verbose: bool,
@@ -39,14 +39,20 @@ pub fn run(a: Args) -> Result<()> {
     let mut max_snapshot = 0usize;
     for seed in a.seed..a.seed + a.runs {
         let mut cfg = SimConfig::new(a.scenario, seed, a.nodes);
-        cfg.rule = a.rule.clone();
+        if let Some(r) = &a.rule {
+            cfg.rule = r.clone();
+        }
         let out = Sim::new(cfg)?.run();
         max_rounds_held = max_rounds_held.max(out.max_rounds_held);
         max_snapshot = max_snapshot.max(out.max_snapshot_bytes);
         if a.verbose {
             println!(
-                "seed={seed} height={} snapshot_bytes={} inclusions={:?}",
-                out.height, out.max_snapshot_bytes, out.inclusions
+                "seed={seed} height={} sim_seconds={:.1} rounds_per_sim_second={:.2} snapshot_bytes={} inclusions={:?}",
+                out.height,
+                out.end_ms as f64 / 1e3,
+                out.height as f64 * 1e3 / out.end_ms.max(1) as f64,
+                out.max_snapshot_bytes,
+                out.inclusions
             );
         }
         if !out.violations.is_empty() {

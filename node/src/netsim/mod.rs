@@ -13,6 +13,8 @@
 pub mod check;
 pub mod node;
 pub mod scenario;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
@@ -30,6 +32,8 @@ pub use scenario::{Scenario, SimConfig};
 
 /// Period of the nodes' ticks.
 const TICK_MS: Millis = 200;
+/// Gossipsub's duplicate cache time as the node configures it.
+const DUPLICATE_CACHE_MS: Millis = 120_000;
 
 /// What the queue delivers.
 enum Delivery {
@@ -64,6 +68,8 @@ pub struct Outcome {
     pub max_snapshot_bytes: usize,
     /// How many rounds each honest validator's delta was included in (seen by node 0).
     pub inclusions: Vec<u64>,
+    /// Simulated time at the end, ms.
+    pub end_ms: Millis,
 }
 
 /// One simulated network.
@@ -71,7 +77,12 @@ pub struct Sim {
     cfg: SimConfig,
     genesis: crate::genesis::Genesis,
     nodes: Vec<SimNode>,
-    queue: BTreeMap<(Millis, u64), (usize, Delivery)>,
+    queue: BTreeMap<(Millis, u64), (usize, Delivery, u64)>,
+    /// Per node, how many times it crashed: an event in flight across a crash is lost.
+    epoch: Vec<u64>,
+    /// Gossipsub names a message by the hash of its bytes and refuses to publish the same bytes
+    /// again within its duplicate-cache time: per node, what it published and when.
+    published: Vec<BTreeMap<MessageId, Millis>>,
     seq: u64,
     now: Millis,
     rng: Rng,
@@ -125,6 +136,8 @@ impl Sim {
             checker: Checker::new(honest, nodes.iter().map(|n| n.peer).collect()),
             groups: vec![0; total],
             wake: vec![None; total],
+            epoch: vec![0; total],
+            published: vec![BTreeMap::new(); total],
             queue: BTreeMap::new(),
             seq: 0,
             now: 0,
@@ -137,7 +150,8 @@ impl Sim {
 
     fn at(&mut self, t: Millis, node: usize, d: Delivery) {
         self.seq += 1;
-        self.queue.insert((t, self.seq), (node, d));
+        let epoch = self.epoch[node];
+        self.queue.insert((t, self.seq), (node, d, epoch));
     }
 
     fn faulty_phase(&self) -> bool {
@@ -154,7 +168,10 @@ impl Sim {
         self.schedule_faults();
         let mut target: Option<u64> = None;
         let deadline = self.cfg.faults_until + self.cfg.liveness_ms;
-        while let Some(((t, _), (i, d))) = self.queue.pop_first() {
+        while let Some(((t, _), (i, d, epoch))) = self.queue.pop_first() {
+            if matches!(d, Delivery::Event(_)) && epoch != self.epoch[i] {
+                continue;
+            }
             self.now = t;
             if target.is_none() && t >= self.cfg.faults_until {
                 target = Some(self.honest_max_height() + self.cfg.rounds_after);
@@ -186,6 +203,7 @@ impl Sim {
         let height = self.honest_max_height();
         let mut out = self.checker.finish();
         out.height = height;
+        out.end_ms = self.now;
         if let Some(c) = self.nodes[0].core.as_ref() {
             out.inclusions = self.nodes[..self.cfg.nodes]
                 .iter()
@@ -200,7 +218,7 @@ impl Sim {
         self.nodes
             .iter()
             .filter(|n| n.fault.is_none() && !n.join)
-            .map(|n| n.core.as_ref().map_or(0, |c| c.committed_round()))
+            .filter_map(|n| n.core.as_ref().map(|c| c.committed_round()))
             .collect()
     }
 
@@ -224,6 +242,12 @@ impl Sim {
                 self.at(t, i, Delivery::Crash);
                 self.at((t + down).min(end), i, Delivery::Boot);
                 t += down + self.rng.below(2_000) as u64;
+            }
+        }
+        for (i, down, up) in self.cfg.outages.clone() {
+            self.at(down, i, Delivery::Crash);
+            if let Some(up) = up {
+                self.at(up, i, Delivery::Boot);
             }
         }
         if let Some(t) = self.cfg.joiners_silent_at {
@@ -254,6 +278,7 @@ impl Sim {
                 }
             }
             Delivery::Crash => {
+                self.epoch[i] += 1;
                 self.nodes[i].core = None;
                 self.wake[i] = None;
             }
@@ -319,6 +344,16 @@ impl Sim {
     /// Sends gossip from `i` to every linked node, with loss and duplication while faulty.
     fn broadcast(&mut self, i: usize, topic: Topic, bytes: Vec<u8>) {
         let id = MessageId::of(&bytes);
+        // Deltas go out as announcements with a fresh nonce (gossip's announce-fetch), so only
+        // inline topics meet the duplicate cache.
+        if topic != Topic::Deltas {
+            let now = self.now;
+            let seen = &mut self.published[i];
+            seen.retain(|_, t| now.saturating_sub(*t) < DUPLICATE_CACHE_MS);
+            if seen.insert(id, now).is_some() {
+                return;
+            }
+        }
         for j in 0..self.nodes.len() {
             if j == i || !self.linked(i, j) {
                 continue;

@@ -24,6 +24,10 @@ pub enum Scenario {
     LateJoiner,
     /// All of the above at once.
     Mixed,
+    /// Two of the validators crash, one comes back: a quorum again (n = 4).
+    QuorumLoss,
+    /// One validator is down from the start and never comes back.
+    OneDown,
     /// Each run one of the above, by run index.
     All,
     /// Membership: fresh keys flood join requests (they stay up).
@@ -35,7 +39,7 @@ pub enum Scenario {
 impl Scenario {
     /// The scenarios `All` cycles over (not the membership ones: those belong to the
     /// membership issue's admission policy).
-    pub const CYCLE: [Scenario; 7] = [
+    pub const CYCLE: [Scenario; 9] = [
         Scenario::Calm,
         Scenario::Lossy,
         Scenario::Partition,
@@ -43,6 +47,8 @@ impl Scenario {
         Scenario::Byzantine,
         Scenario::LateJoiner,
         Scenario::Mixed,
+        Scenario::QuorumLoss,
+        Scenario::OneDown,
     ];
 }
 
@@ -79,6 +85,8 @@ pub struct SimConfig {
     pub late: Option<(usize, Millis)>,
     /// Joiners crash for good at this time.
     pub joiners_silent_at: Option<Millis>,
+    /// Crashes at fixed times: (node, crash at, back at; None = never).
+    pub outages: Vec<(usize, Millis, Option<Millis>)>,
     /// Aggregation rule.
     pub rule: String,
 }
@@ -107,7 +115,9 @@ impl SimConfig {
             rounds_after: 3,
             late: None,
             joiners_silent_at: None,
-            rule: "nnm+median".into(),
+            outages: Vec::new(),
+            // Sample-weighted and not: inflated claims must stay bounded under both.
+            rule: if seed % 2 == 0 { "nnm+median" } else { "mean" }.into(),
         };
         let mut rng = model::rng::Rng::derive(seed, 0xFA17);
         let byzantine = |c: &mut SimConfig, rng: &mut model::rng::Rng| {
@@ -133,6 +143,18 @@ impl SimConfig {
                 c.partitions = true;
                 c.crashes = true;
                 byzantine(&mut c, &mut rng);
+            }
+            Scenario::QuorumLoss => {
+                let (a, b) = (nodes - 1, nodes - 2);
+                c.outages = vec![(a, 1_000, None), (b, 1_000, Some(3_000))];
+                c.faults_until = 3_000;
+                // Back within a few timeouts once 2f + 1 are up again.
+                c.liveness_ms = 10_000;
+            }
+            Scenario::OneDown => {
+                // Long enough that the steady state (the down node skipped) dominates.
+                c.outages = vec![(nodes - 1, 0, None)];
+                c.faults_until = 15_000;
             }
             Scenario::JoinFlood => {
                 c.joiners = 4;

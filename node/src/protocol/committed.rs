@@ -16,14 +16,16 @@ use crate::wire::{LedgerEntry, RoundValue, StateBody};
 
 /// Recent ledger entries kept in memory.
 pub const RECENT: usize = 16;
-/// A validator that neither signed a certificate nor had a delta included in this many
-/// committed rounds is skipped as proposer (and not waited for by the proposer).
+/// A validator whose delta was included in none of this many committed rounds is skipped as
+/// proposer.
 pub const ACTIVITY_WINDOW: usize = 8;
 
 /// One recent entry with who took part in it.
 struct Recent {
     entry: LedgerEntry,
-    /// Included authors and certificate signers.
+    /// Authors of the included deltas. (Not the certificate's signers: each node assembles its
+    /// own certificate from the precommits it received, so signers differ between honest nodes,
+    /// and the proposer rotation must be the same on all of them. The simulator found this.)
     participants: BTreeSet<[u8; 32]>,
 }
 
@@ -39,12 +41,8 @@ pub struct Committed {
     changes: Vec<LedgerEntry>,
 }
 
-fn participants(e: &LedgerEntry, rv: &RoundValue) -> BTreeSet<[u8; 32]> {
-    let mut p: BTreeSet<[u8; 32]> = rv.included.iter().map(|i| i.author).collect();
-    if let Ok(cert) = consensus::decode_certificate(&e.certificate) {
-        p.extend(cert.precommits.iter().map(|s| s.validator.0));
-    }
-    p
+fn participants(rv: &RoundValue) -> BTreeSet<[u8; 32]> {
+    rv.included.iter().map(|i| i.author).collect()
 }
 
 impl Committed {
@@ -95,7 +93,7 @@ impl Committed {
         if !rv.joins.is_empty() {
             self.changes.push(e.clone());
         }
-        let participants = participants(&e, rv);
+        let participants = participants(rv);
         self.recent.push_back(Recent {
             entry: e,
             participants,
@@ -154,8 +152,8 @@ impl Committed {
         out
     }
 
-    /// Validators of `set` that took part in none of the last [`ACTIVITY_WINDOW`] committed
-    /// rounds; empty until that many consecutive rounds are known. The same on every honest node
+    /// Validators of `set` whose delta was included in none of the last [`ACTIVITY_WINDOW`]
+    /// committed rounds; empty until that many consecutive rounds are known. The same on every honest node
     /// for a given height (it reads committed history only).
     pub fn inactive(&self, set: &consensus::ValidatorSet) -> Vec<ValidatorId> {
         let window: Vec<&Recent> = self.recent.iter().rev().take(ACTIVITY_WINDOW).collect();

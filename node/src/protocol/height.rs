@@ -372,6 +372,7 @@ impl Core {
             }
             Err(e) => Ok(match e.kind() {
                 ErrorKind::Misbehaviour => {
+                    tracing::debug!(peer = %from, error = %e, "consensus misbehaviour");
                     out.push(Action::Penalize {
                         peer: from,
                         action: PeerAction::MidTolerance,

@@ -94,6 +94,10 @@ impl Core {
         if round != self.committed.height() + 1 || self.sync.syncing {
             return Ok(());
         }
+        if self.local.own.as_ref().is_some_and(|(r, _, _)| *r == round) {
+            // Already signed a delta for this round: a second one would be equivocation.
+            return Ok(());
+        }
         self.local.train_secs = secs;
         self.local.trained_at = Some(now);
         if !self.is_validator() || self.cfg.byzantine == Some(Byzantine::Silent) {

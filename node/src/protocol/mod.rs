@@ -23,6 +23,8 @@ pub mod pool;
 pub mod round;
 pub mod sync;
 pub mod telemetry;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

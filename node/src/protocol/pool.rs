@@ -250,6 +250,7 @@ impl Core {
         match self.pool.admit(round, author, held) {
             Admission::Duplicate => Verdict::Ignore("duplicate delta"),
             Admission::New => {
+                self.telemetry.heard(author, round);
                 if round == h {
                     self.telemetry.arrived(author, now);
                 }

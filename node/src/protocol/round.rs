@@ -3,12 +3,11 @@
 //! pool and the committed model, and leaves its results in the height state.
 //!
 //! When to propose (the collect window). The proposer proposes as soon as it holds a usable delta
-//! from every validator, or from every *active* one (a validator is inactive when it took part in
-//! none of the last [`ACTIVITY_WINDOW`](super::committed::ACTIVITY_WINDOW) committed rounds: a down
-//! validator costs nothing). Otherwise, once it holds a quorum, it waits until `collect_ms` after
-//! its own delta and until the slowest active author's usual arrival time (observed, with a
-//! quarter's margin), but never past [`max_wait`]: a slow honest node is waited for, a dead one is
-//! not.
+//! from every validator it has heard from lately (a valid delta for one of the last
+//! [`ACTIVITY_WINDOW`](super::committed::ACTIVITY_WINDOW) rounds): a down validator costs nothing.
+//! Otherwise, once it holds a quorum, it waits until `collect_ms` after its own delta and until
+//! the slowest awaited author's usual arrival time (observed, with a quarter's margin), but never
+//! past [`max_wait`]: a slow honest node is waited for, a dead one is not.
 
 use std::sync::Arc;
 
@@ -81,11 +80,12 @@ impl Core {
         if held.len() < set.quorum() {
             return false;
         }
-        let inactive = self.committed.inactive(set);
+        let h = self.committed.height() + 1;
+        let window = super::committed::ACTIVITY_WINDOW as u64;
         let waiting: Vec<&ValidatorId> = set
             .members()
             .iter()
-            .filter(|m| !inactive.contains(m) && !held.contains(&m.0))
+            .filter(|m| !held.contains(&m.0) && self.telemetry.recently_heard(&m.0, h, window))
             .collect();
         if waiting.is_empty() {
             return true;

@@ -71,6 +71,8 @@ pub struct Telemetry {
     arrival: BTreeMap<[u8; 32], Millis>,
     /// Rounds in which each author's delta was included.
     inclusions: BTreeMap<[u8; 32], u64>,
+    /// The latest round each author sent a valid delta for.
+    heard: BTreeMap<[u8; 32], u64>,
 }
 
 impl Telemetry {
@@ -95,6 +97,22 @@ impl Telemetry {
         let after = now.saturating_sub(self.started);
         let avg = self.arrival.entry(author).or_insert(after);
         *avg = (*avg * 3 + after) / 4;
+    }
+
+    /// A valid delta of `author` for `round` arrived (any round the pool keeps).
+    pub fn heard(&mut self, author: [u8; 32], round: u64) {
+        let r = self.heard.entry(author).or_default();
+        *r = (*r).max(round);
+    }
+
+    /// Whether `author` sent a delta for one of the `window` rounds up to `round` (a node the
+    /// proposer should wait for); at the start of a chain every validator counts.
+    pub fn recently_heard(&self, author: &[u8; 32], round: u64, window: u64) -> bool {
+        round <= window
+            || self
+                .heard
+                .get(author)
+                .is_some_and(|r| r.saturating_add(window) >= round)
     }
 
     /// `author`'s usual arrival after a height's start, if ever seen.
@@ -127,6 +145,9 @@ impl Telemetry {
         }
         if self.arrival.len() > consensus::MAX_VALIDATORS * 2 {
             self.arrival.clear();
+        }
+        if self.heard.len() > consensus::MAX_VALIDATORS * 2 {
+            self.heard.clear();
         }
         let secs = |ms: Millis| ms as f64 / 1e3;
         let total = secs(now.saturating_sub(self.started));

@@ -1,0 +1,328 @@
+//! Unit tests of the core's parts, driven through `Core::handle` with hand-made peer input.
+
+use consensus::{
+    Height, Message, Signer, ValidatorId, Value, View, Vote, VoteKind, encode_message,
+};
+use ed25519_dalek::SigningKey;
+use gossip::{MessageId, Topic, Verdict};
+
+use super::committed::{ACTIVITY_WINDOW, Committed, RECENT};
+use super::pool::{Admission, DeltaPool, Held};
+use super::*;
+use crate::store::Recovered;
+use crate::wire::{DeltaMsg, Included, LedgerEntry, RoundValue};
+
+fn keys() -> Vec<SigningKey> {
+    (1..=4u8)
+        .map(|b| SigningKey::from_bytes(&[b; 32]))
+        .collect()
+}
+
+fn genesis(keys: &[SigningKey]) -> crate::genesis::Genesis {
+    let ids: Vec<ValidatorId> = keys
+        .iter()
+        .map(|k| ValidatorId(k.verifying_key().to_bytes()))
+        .collect();
+    crate::genesis::demo("core-test", &ids)
+        .check()
+        .expect("genesis")
+}
+
+fn core(keys: &[SigningKey]) -> Core {
+    let cfg = CoreConfig {
+        key: keys[0].clone(),
+        genesis: genesis(keys),
+        byzantine: None,
+        join: false,
+        instance: 9,
+    };
+    let recovered = Recovered {
+        ledger: Vec::new(),
+        wal: Vec::new(),
+        state: None,
+        residual: Vec::new(),
+        own_delta: None,
+    };
+    let mut c = Core::new(cfg, recovered).expect("core");
+    c.handle(0, Event::Start).expect("start");
+    c
+}
+
+fn peer() -> gossip::PeerId {
+    crate::keys::peer_id_of(&ValidatorId(keys()[1].verifying_key().to_bytes())).expect("peer")
+}
+
+fn gossip(c: &mut Core, topic: Topic, data: Vec<u8>) -> Verdict {
+    let actions = c
+        .handle(
+            10,
+            Event::Gossip {
+                topic,
+                from: peer(),
+                id: MessageId::of(&data),
+                data,
+            },
+        )
+        .expect("handle");
+    actions
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Report { verdict, .. } => Some(verdict),
+            _ => None,
+        })
+        .expect("a verdict")
+}
+
+fn envelope(m: &Message) -> Vec<u8> {
+    let mut b = 1u64.to_le_bytes().to_vec();
+    b.extend(encode_message(m).expect("encode"));
+    b
+}
+
+fn vote(key: &SigningKey, height: u64, view: u32) -> Message {
+    let s = consensus::Ed25519Signer::new(key.clone());
+    let v = Vote {
+        height: Height(height),
+        view: View(view),
+        kind: VoteKind::Prevote,
+        value: Some(Value(vec![view as u8]).id()),
+        validator: s.id(),
+    };
+    Message::Vote(v.sign(&consensus::ChainId::new("core-test").expect("id"), &s))
+}
+
+#[test]
+fn future_messages_are_buffered_only_when_signed_and_at_most_64_per_signer() {
+    let k = keys();
+    let mut c = core(&k);
+    // A vote for height 2 signed by a key outside the set, then a forged signature.
+    let outsider = SigningKey::from_bytes(&[99; 32]);
+    assert_eq!(
+        gossip(&mut c, Topic::Consensus, envelope(&vote(&outsider, 2, 0))),
+        Verdict::Reject("bad signature")
+    );
+    let Message::Vote(mut forged) = vote(&k[1], 2, 0) else {
+        unreachable!()
+    };
+    forged.signature = consensus::Signature([0; 64]);
+    assert_eq!(
+        gossip(&mut c, Topic::Consensus, envelope(&Message::Vote(forged))),
+        Verdict::Reject("bad signature")
+    );
+    assert_eq!(c.buffered_messages(), 0);
+    for view in 0..100 {
+        gossip(&mut c, Topic::Consensus, envelope(&vote(&k[1], 2, view)));
+    }
+    assert_eq!(c.buffered_messages(), height::BUFFER_PER_SIGNER);
+}
+
+#[test]
+fn consensus_broadcasts_are_new_bytes_each_time() {
+    let k = keys();
+    let mut c = core(&k);
+    // Prevote/precommit timeouts make the machine re-broadcast; each carries a new nonce.
+    let mut sent = Vec::new();
+    for t in (0..60_000).step_by(500) {
+        for a in c.handle(t, Event::Tick).expect("tick") {
+            if let Action::Publish {
+                topic: Topic::Consensus,
+                bytes,
+            } = a
+            {
+                sent.push(bytes);
+            }
+        }
+    }
+    assert!(sent.len() >= 4, "{} broadcasts", sent.len());
+    let distinct: std::collections::BTreeSet<_> = sent.iter().collect();
+    assert_eq!(distinct.len(), sent.len());
+}
+
+fn signed_delta(key: &SigningKey, round: u64, samples: u64, base: [u8; 32], n: usize) -> Vec<u8> {
+    DeltaMsg {
+        chain_id: "core-test".into(),
+        round,
+        base_hash: base,
+        author: key.verifying_key().to_bytes(),
+        samples,
+        train_loss: 0.0,
+        payload: model::codec::encode(model::codec::Compression::Dense, &vec![0.01; n]),
+    }
+    .sign(key)
+    .expect("sign")
+    .encode()
+    .expect("encode")
+}
+
+#[test]
+fn far_future_deltas_need_signatures_from_f_plus_one_validators_to_mean_we_are_behind() {
+    let k = keys();
+    let mut c = core(&k);
+    let n = c.params().len();
+    let base = c.model_hash();
+    let mut bad = signed_delta(&k[1], 50, 10, base, n);
+    let last = bad.len() - 1;
+    bad[last - 100] ^= 1;
+    assert!(matches!(
+        gossip(&mut c, Topic::Deltas, bad),
+        Verdict::Reject(_)
+    ));
+    assert!(!c.is_syncing());
+    gossip(&mut c, Topic::Deltas, signed_delta(&k[1], 50, 10, base, n));
+    gossip(&mut c, Topic::Deltas, signed_delta(&k[1], 51, 10, base, n));
+    assert!(!c.is_syncing(), "one validator (f = 1) is not enough");
+    gossip(&mut c, Topic::Deltas, signed_delta(&k[2], 50, 10, base, n));
+    assert!(c.is_syncing());
+}
+
+#[test]
+fn sample_claims_are_bounded_by_the_genesis() {
+    let k = keys();
+    let mut c = core(&k);
+    let n = c.params().len();
+    let base = c.model_hash();
+    assert_eq!(
+        gossip(
+            &mut c,
+            Topic::Deltas,
+            signed_delta(&k[1], 1, u64::MAX, base, n)
+        ),
+        Verdict::Reject("samples")
+    );
+    assert_eq!(
+        gossip(&mut c, Topic::Deltas, signed_delta(&k[1], 1, 0, base, n)),
+        Verdict::Reject("samples")
+    );
+    assert_eq!(
+        gossip(&mut c, Topic::Deltas, signed_delta(&k[1], 1, 100, base, n)),
+        Verdict::Accept
+    );
+    assert_eq!(c.held_deltas(), 1);
+}
+
+fn held(digest: u8, round: u64) -> Held {
+    Held {
+        raw: std::sync::Arc::new(vec![digest, round as u8]),
+        digest: [digest; 32],
+        samples: 1,
+        base_hash: [0; 32],
+        decoded: std::sync::Arc::new(vec![0.0]),
+    }
+}
+
+#[test]
+fn the_pool_keeps_usable_rounds_and_one_other_version() {
+    let mut p = DeltaPool::default();
+    let a = [1; 32];
+    assert!(matches!(p.admit(5, a, held(1, 5)), Admission::New));
+    assert!(matches!(p.admit(5, a, held(1, 5)), Admission::Duplicate));
+    assert!(matches!(
+        p.admit(5, a, held(2, 5)),
+        Admission::Equivocation(_)
+    ));
+    assert!(matches!(
+        p.admit(5, a, held(3, 5)),
+        Admission::Equivocation(_)
+    ));
+    assert_eq!(p.len(), 2, "a third version is not kept");
+    assert!(
+        p.usable(5, &[0; 32]).is_empty(),
+        "an equivocator is never proposed"
+    );
+    let inc = Included {
+        author: a,
+        digest: [2; 32],
+        samples: 1,
+    };
+    assert!(
+        p.held(5, &inc).is_some(),
+        "a proposal may pin either version"
+    );
+    for r in 6..20 {
+        p.admit(r, a, held(r as u8 + 10, r));
+    }
+    p.prune(18);
+    assert_eq!(p.rounds_held(), 2);
+    assert!(p.blob(&[1; 32]).is_none());
+}
+
+fn entry(height: u64, joins: bool) -> (LedgerEntry, RoundValue) {
+    let rv = RoundValue {
+        version: 1,
+        round: height,
+        base_hash: [0; 32],
+        included: vec![Included {
+            author: [1; 32],
+            digest: [2; 32],
+            samples: 1,
+        }],
+        rule: "mean".into(),
+        model_hash: [0; 32],
+        momentum_hash: [0; 32],
+        prev_value: [0; 32],
+        joins: if joins {
+            vec![crate::wire::SignedJoin::new(
+                "c",
+                &SigningKey::from_bytes(&[7; 32]),
+            )]
+        } else {
+            Vec::new()
+        },
+    };
+    let e = LedgerEntry {
+        height,
+        value: rv.encode().expect("encode"),
+        certificate: vec![0; 200],
+    };
+    (e, rv)
+}
+
+#[test]
+fn a_snapshot_at_round_100000_carries_as_many_entries_as_at_round_100() {
+    let g = genesis(&keys());
+    let recovered = Recovered {
+        ledger: Vec::new(),
+        wal: Vec::new(),
+        state: None,
+        residual: Vec::new(),
+        own_delta: None,
+    };
+    let (mut c, _) = Committed::recover(&g, &recovered).expect("recover");
+    let mut sizes = Vec::new();
+    for h in 1..=100_000 {
+        let (e, rv) = entry(h, h % 25_000 == 0);
+        c.remember(e, &rv);
+        if h == 100 || h == 100_000 {
+            sizes.push((c.entries_for_snapshot(0).len(), c.held_entries()));
+        }
+    }
+    // Round 100: the last 16. Round 100,000: the last 16 and the 3 earlier ones that changed
+    // the set (the fourth, round 100,000, is among the last 16 and sent once).
+    assert_eq!(sizes[0], (RECENT, RECENT));
+    assert_eq!(sizes[1], (RECENT + 3, RECENT + 4));
+    let heights: Vec<u64> = c.entries_for_snapshot(0).iter().map(|e| e.height).collect();
+    assert!(heights.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(c.entries_for_snapshot(99_990).len(), 10);
+}
+
+#[test]
+fn a_validator_is_inactive_only_after_a_full_window_without_it() {
+    let g = genesis(&keys());
+    let recovered = Recovered {
+        ledger: Vec::new(),
+        wal: Vec::new(),
+        state: None,
+        residual: Vec::new(),
+        own_delta: None,
+    };
+    let (mut c, _) = Committed::recover(&g, &recovered).expect("recover");
+    for h in 1..ACTIVITY_WINDOW as u64 {
+        let (e, rv) = entry(h, false);
+        c.remember(e, &rv);
+        assert!(c.inactive(&g.validators).is_empty(), "round {h}");
+    }
+    let (e, rv) = entry(ACTIVITY_WINDOW as u64, false);
+    c.remember(e, &rv);
+    // Only [1; 32] took part (it is not a member): every member is inactive.
+    assert_eq!(c.inactive(&g.validators).len(), 4);
+}
