@@ -26,6 +26,13 @@ pub enum Attack {
     LabelFlip,
     /// Sends an all-zero delta (a free rider).
     Zeros,
+    /// Sends `-scale * honest_delta` and claims `u64::MAX` training samples, to take over
+    /// sample-weighted rules (the claim is capped by `aggregate::bounded_weights`, and the node
+    /// refuses claims above the genesis bound).
+    InflateSamples {
+        /// Multiplier on the flipped delta.
+        scale: f64,
+    },
 }
 
 impl std::str::FromStr for Attack {
@@ -54,10 +61,12 @@ impl std::str::FromStr for Attack {
             }),
             "label-flip" | "labelflip" => Ok(Self::LabelFlip),
             "zeros" | "zero" => Ok(Self::Zeros),
+            "inflate-samples" => Ok(Self::InflateSamples { scale: num(1.0)? }),
             _ => Err(parse_err(
                 "attack",
                 s,
-                "expected sign-flip[:SCALE], gaussian[:SIGMA], alie[:Z], label-flip or zeros",
+                "expected sign-flip[:SCALE], gaussian[:SIGMA], alie[:Z], label-flip, zeros or \
+                 inflate-samples[:SCALE]",
             )),
         }
     }
@@ -67,6 +76,7 @@ impl std::fmt::Display for Attack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::SignFlip { scale } => write!(f, "sign-flip:{scale}"),
+            Self::InflateSamples { scale } => write!(f, "inflate-samples:{scale}"),
             Self::Gaussian { sigma } => write!(f, "gaussian:{sigma}"),
             Self::Alie { z: Some(z) } => write!(f, "alie:{z}"),
             Self::Alie { z: None } => write!(f, "alie"),
@@ -138,6 +148,15 @@ impl Attack {
 
     /// The delta a Byzantine node sends. `honest` is what it would have sent; `benign` are the
     /// honest deltas it can see this round (used by ALIE); `n` and `f` are the node counts.
+    /// The sample count this attacker claims for `honest` samples.
+    pub fn claimed_samples(&self, honest: u64) -> u64 {
+        match self {
+            Attack::InflateSamples { .. } => u64::MAX,
+            _ => honest,
+        }
+    }
+
+    /// The corrupted delta.
     pub fn corrupt(
         &self,
         honest: &[f32],
@@ -147,7 +166,7 @@ impl Attack {
         rng: &mut Rng,
     ) -> Vec<f32> {
         match *self {
-            Attack::SignFlip { scale } => honest
+            Attack::SignFlip { scale } | Attack::InflateSamples { scale } => honest
                 .iter()
                 .map(|v| (-scale * f64::from(*v)) as f32)
                 .collect(),

@@ -140,7 +140,11 @@ impl Simulation {
                 &mut rng,
                 &Device::Cpu,
             )?;
-            samples.push(out.samples);
+            samples.push(if i < byz {
+                attack.claimed_samples(out.samples)
+            } else {
+                out.samples
+            });
             if i < byz && !attack.is_data_level() {
                 // Model-level attackers corrupt after seeing the honest deltas (below).
                 raw_byz.push((i, out.delta));

@@ -240,6 +240,7 @@ impl Shell {
                     .write_checkpoint(core.genesis().model, round, &params)?;
             }
             Action::Committed(report) => self.committed(core, report, handled)?,
+            Action::Fatal(why) => anyhow::bail!(why),
         }
         Ok(())
     }

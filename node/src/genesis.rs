@@ -13,6 +13,7 @@ use model::net::ModelKind;
 use model::partition::Partition;
 use model::train::{Optimizer, TrainConfig, Work};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::keys::{hex, parse_hex32};
 
@@ -110,8 +111,12 @@ pub struct TimeoutSection {
 pub struct Genesis {
     /// The file it came from.
     pub file: GenesisFile,
-    /// Chain id.
+    /// The chain's identity in every signature: `NAME@HASH`, the file's chain id and the first
+    /// 8 bytes (hex) of [`Genesis::hash`], so a node whose genesis differs in any setting signs
+    /// for another chain and its messages fail every check.
     pub chain_id: ChainId,
+    /// SHA-256 of the canonical TOML of the whole file.
+    pub hash: [u8; 32],
     /// First validator set.
     pub validators: ValidatorSet,
     /// Model.
@@ -139,8 +144,16 @@ pub struct Genesis {
 impl GenesisFile {
     /// Parses and checks every field.
     pub fn check(self) -> Result<Genesis> {
-        let chain_id = ChainId::new(self.chain_id.clone())
-            .with_context(|| format!("chain id {:?} is not valid (1-64 bytes)", self.chain_id))?;
+        if self.chain_id.is_empty() || self.chain_id.len() > 47 || self.chain_id.contains('@') {
+            bail!(
+                "chain id {:?} is not valid (1-47 bytes, no '@')",
+                self.chain_id
+            );
+        }
+        let canonical = toml::to_string(&self).context("canonical genesis")?;
+        let hash: [u8; 32] = sha2::Sha256::digest(canonical.as_bytes()).into();
+        let chain_id = ChainId::new(format!("{}@{}", self.chain_id, hex(&hash[..8])))
+            .context("chain id with the genesis hash")?;
         let ids = self
             .validators
             .iter()
@@ -204,6 +217,7 @@ impl GenesisFile {
                 Some(t.dp.parse()?)
             },
             timeouts,
+            hash,
             max_samples: self.training.max_samples,
             file: self,
         })
@@ -224,6 +238,45 @@ impl Genesis {
     /// The initial parameters, the same bits on every node.
     pub fn initial_params(&self) -> Vec<f32> {
         self.model.init(self.file.seed)
+    }
+}
+
+impl Genesis {
+    /// The settings in which `other` differs from this genesis, as `key: ours vs theirs`.
+    pub fn differences(&self, other: &GenesisFile) -> Vec<String> {
+        let (Ok(a), Ok(b)) = (
+            serde_json::to_value(&self.file),
+            serde_json::to_value(other),
+        ) else {
+            return vec!["(unreadable)".into()];
+        };
+        let mut out = Vec::new();
+        diff("", &a, &b, &mut out);
+        out
+    }
+}
+
+fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                let null = serde_json::Value::Null;
+                diff(
+                    &p,
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push(format!("{path}: {a} here, {b} there")),
+        _ => {}
     }
 }
 
@@ -288,8 +341,19 @@ mod tests {
         let mut bad = g.clone();
         bad.training.rule = "nonsense".into();
         assert!(bad.check().is_err());
-        let mut bad = g;
+        let mut bad = g.clone();
         bad.validators.push("xyz".into());
         assert!(bad.check().is_err());
+        // Any other setting is another chain, and the difference is named.
+        let mut other = g.clone();
+        other.training.rule = "nnm+median".into();
+        let (a, b) = (g.check().unwrap(), other.clone().check().unwrap());
+        assert_ne!(a.chain_id, b.chain_id);
+        assert!(a.chain_id.as_str().starts_with("test-chain@"));
+        assert_eq!(
+            a.differences(&other),
+            vec!["training.rule: \"mean\" here, \"nnm+median\" there".to_string()]
+        );
+        assert!(a.differences(&a.file).is_empty());
     }
 }

@@ -227,6 +227,34 @@ impl RoundValue {
     }
 }
 
+/// What a node tells the membership topic now and then: its genesis file and how far it got, so
+/// a node started with another genesis under the same chain name learns what differs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenesisHello {
+    /// The genesis file (canonical TOML).
+    pub genesis: String,
+    /// The sender's last committed round.
+    pub height: u64,
+}
+
+impl GenesisHello {
+    /// Prefix that tells a hello from a join request on the membership topic.
+    pub const MAGIC: &'static [u8] = b"cohort/hello/v1\0";
+
+    /// Wire bytes.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut out = Self::MAGIC.to_vec();
+        out.extend(encode::<_, 65_536>(self)?);
+        Ok(out)
+    }
+
+    /// Parses (untrusted) bytes; `None` when they are not a hello at all.
+    pub fn decode(bytes: &[u8]) -> Option<Result<Self>> {
+        let body = bytes.strip_prefix(Self::MAGIC)?;
+        Some(decode::<_, 65_536>(body))
+    }
+}
+
 /// One ledger record: a committed value and its certificate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {

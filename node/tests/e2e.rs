@@ -89,6 +89,16 @@ impl Net {
     }
 
     fn start(&self, i: usize, bootstrap: Option<&str>, extra: &[&str]) -> Node {
+        self.start_with(&self.genesis, i, bootstrap, extra)
+    }
+
+    fn start_with(
+        &self,
+        genesis: &std::path::Path,
+        i: usize,
+        bootstrap: Option<&str>,
+        extra: &[&str],
+    ) -> Node {
         std::fs::create_dir_all(dir_of(&self.root, i)).expect("node dir");
         let dir = self.root.join(format!("node{i}"));
         let mut cmd = Command::new(bin());
@@ -96,7 +106,7 @@ impl Net {
             .arg("--key")
             .arg(dir.join("node.key"))
             .arg("--genesis")
-            .arg(&self.genesis)
+            .arg(genesis)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args([
@@ -383,6 +393,34 @@ fn join_request_makes_a_validator_whose_deltas_count() {
     });
     let s = status(&nodes[0]).expect("status");
     assert_eq!(s["validators"].as_u64(), Some(5));
+}
+
+#[test]
+fn a_node_with_another_genesis_exits_naming_the_difference() {
+    let net = Net::new("e2e-genesis", 4, 1, "mean");
+    let nodes = start_four(&net, None);
+    wait_until("2 rounds", 120, || (round(&nodes[0]) >= 2).then_some(()));
+    let other = net.root.join("other-genesis.toml");
+    let g = std::fs::read_to_string(&net.genesis).expect("genesis");
+    let changed = g.replace("rule = \"mean\"", "rule = \"median\"");
+    assert_ne!(g, changed);
+    std::fs::write(&other, changed).expect("write");
+    let boot = listen_addr(&nodes[0]);
+    let mut odd = net.start_with(&other, 4, Some(&boot), &[]);
+    let exit = wait_until("the node with another genesis to exit", 120, || {
+        odd.child.try_wait().ok().flatten()
+    });
+    assert!(!exit.success());
+    let log = std::fs::read_to_string(net.root.join("node4/node.log")).expect("log");
+    assert!(
+        log.contains("genesis differs") && log.contains("training.rule"),
+        "{log}"
+    );
+    // The network goes on.
+    let r = round(&nodes[0]);
+    wait_until("a round after that", 60, || {
+        (round(&nodes[0]) > r).then_some(())
+    });
 }
 
 fn round_json(node: &Node, r: u64) -> Option<serde_json::Value> {

@@ -193,13 +193,14 @@ pub fn run(a: Args) -> Result<()> {
         .worker_threads(2)
         .build()?;
     rt.block_on(async move {
-        let mut net_cfg = gossip::NetworkConfig::new(genesis.chain_id.as_str());
+        let mut net_cfg = gossip::NetworkConfig::new(&genesis.file.chain_id);
         net_cfg.listen_addrs = listen;
         net_cfg.bootstrap = bootstrap;
         net_cfg.mdns = a.mdns;
         net_cfg.kademlia_server = true;
         net_cfg.heartbeat_interval = Duration::from_millis(300);
         net_cfg.request_timeout = Duration::from_secs(20);
+        net_cfg.blob_cache_bytes = blob_cache_bytes(&genesis);
         let (net, events) = gossip::Network::spawn(net_cfg, key.libp2p()?)
             .map_err(|e| anyhow::anyhow!("starting the network: {e}"))?;
         // Tell launchers where we listen (after the swarm has bound its sockets).
@@ -284,4 +285,13 @@ pub fn run(a: Args) -> Result<()> {
         let _ = net.shutdown().await;
         result
     })
+}
+
+/// What the network keeps to serve peers: the deltas of the rounds the node still uses (three,
+/// two versions per validator at most, room for a few joiners) and two state snapshots; between
+/// 8 MiB and 512 MiB. Older deltas are evicted, so memory stays flat however many rounds pass.
+fn blob_cache_bytes(genesis: &Genesis) -> usize {
+    let params = genesis.model.num_params() * 4;
+    let deltas = 3 * 2 * (genesis.validators.len() + 4) * (params + 4096);
+    (deltas + 4 * params).clamp(8 << 20, 512 << 20)
 }

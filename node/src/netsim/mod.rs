@@ -399,6 +399,12 @@ impl Sim {
             Action::Fetch { round, digest } => self.fetch(i, round, digest),
             Action::RequestState { from_height } => self.request_state(i, from_height),
             Action::Train { round, params } => self.train(i, round, &params),
+            Action::Fatal(why) => {
+                // A Byzantine node may well trip over its own tricks; an honest one never stops.
+                if fault.is_none() {
+                    self.checker.violation(format!("node {i} stopped: {why}"));
+                }
+            }
             Action::Committed(_)
             | Action::AppendEvidence(_)
             | Action::WriteCheckpoint { .. }

@@ -44,7 +44,11 @@ impl Fault {
     pub fn core_behaviour(self) -> Option<Byzantine> {
         match self {
             Fault::Equivocate => Some(Byzantine::Equivocate),
-            Fault::InflateSamples => Some(Byzantine::InflateSamples),
+            Fault::InflateSamples => {
+                Some(Byzantine::Attack(model::attack::Attack::InflateSamples {
+                    scale: 1.0,
+                }))
+            }
             Fault::Silent => Some(Byzantine::Silent),
             _ => None,
         }

@@ -14,13 +14,15 @@ use gossip::{Topic, Verdict};
 use model::rng::Rng;
 
 use super::{Action, Byzantine, Core, Millis};
-use crate::wire::{DeltaMsg, SignedJoin};
+use crate::wire::{DeltaMsg, GenesisHello, SignedJoin};
 
 /// A joining node repeats its request this often until admitted.
 pub const JOIN_RETRY_MS: Millis = 2_000;
 /// Our delta is published again this often until its round commits (a partition or loss may
 /// have kept it from the proposer; gossip sends each message once).
 pub const REPUBLISH_MS: Millis = 1_000;
+/// A node tells the membership topic its genesis this often.
+pub const HELLO_EVERY_MS: Millis = 10_000;
 /// Join requests held for proposals.
 pub const MAX_PENDING_JOINS: usize = 64;
 
@@ -40,7 +42,11 @@ pub struct LocalState {
     /// When our own join request last went out.
     last_join_sent: Option<Millis>,
     /// Our signed delta of the current round, and when it last went out.
-    own: Option<(u64, Vec<u8>, Millis)>,
+    pub(super) own: Option<(u64, Vec<u8>, Millis)>,
+    /// When our genesis hello last went out.
+    last_hello: Option<Millis>,
+    /// Foreign genesis hashes already reported.
+    foreign: std::collections::BTreeSet<[u8; 32]>,
 }
 
 impl LocalState {
@@ -128,7 +134,7 @@ impl Core {
             out.push(Action::WriteResidual(self.local.residual.clone()));
         }
         let samples = match self.cfg.byzantine {
-            Some(Byzantine::InflateSamples) => u64::MAX,
+            Some(Byzantine::Attack(a)) => a.claimed_samples(trained.samples),
             _ => trained.samples,
         };
         let msg = DeltaMsg {
@@ -154,8 +160,8 @@ impl Core {
             if i == 0 {
                 // Hold our own delta as any other.
                 out.push(Action::WriteOwnDelta(bytes.clone()));
-                self.on_delta_bytes(now, &bytes, None, out)?;
                 self.local.own = Some((round, bytes.clone(), now));
+                self.on_delta_bytes(now, &bytes, None, out)?;
             }
             self.telemetry.counters.delta_bytes_out += bytes.len() as u64;
             out.push(Action::Publish {
@@ -167,8 +173,51 @@ impl Core {
         self.feed(now, follow, out)
     }
 
+    /// A membership message: a genesis hello or a join request.
+    pub(super) fn on_membership_bytes(&mut self, data: &[u8], out: &mut Vec<Action>) -> Verdict {
+        match GenesisHello::decode(data) {
+            Some(Ok(hello)) => self.on_hello(hello, out),
+            Some(Err(_)) => Verdict::Reject("malformed hello"),
+            None => self.on_join_bytes(data),
+        }
+    }
+
+    /// Another node's genesis. Under our chain name but different: name what differs; and if we
+    /// have committed nothing while the other network has, we are the odd one out: stop.
+    pub(super) fn on_hello(&mut self, hello: GenesisHello, out: &mut Vec<Action>) -> Verdict {
+        let Ok(file) = toml::from_str::<crate::genesis::GenesisFile>(&hello.genesis) else {
+            return Verdict::Reject("malformed hello");
+        };
+        let Ok(theirs) = file.clone().check() else {
+            return Verdict::Reject("invalid genesis in hello");
+        };
+        let ours = &self.cfg.genesis;
+        if theirs.hash == ours.hash || file.chain_id != ours.file.chain_id {
+            return Verdict::Accept;
+        }
+        let what = ours.differences(&file).join("; ");
+        if self.committed.height() == 0 && hello.height > 0 {
+            out.push(Action::Fatal(format!(
+                "this node's genesis differs from that of the running network {:?} (at round {}): {what}; \
+                 use the network's genesis file",
+                ours.file.chain_id, hello.height
+            )));
+        } else if self.local.foreign.insert(theirs.hash) {
+            tracing::error!(chain = %ours.file.chain_id, differences = %what, "a peer runs another genesis under our chain name; its messages are refused");
+        }
+        Verdict::Ignore("another genesis")
+    }
+
+    /// Our genesis and height, as a hello.
+    pub(super) fn hello(&self) -> GenesisHello {
+        GenesisHello {
+            genesis: toml::to_string(&self.cfg.genesis.file).unwrap_or_default(),
+            height: self.committed.height(),
+        }
+    }
+
     /// A join request from the network.
-    pub(super) fn on_join_bytes(&mut self, data: &[u8]) -> Verdict {
+    fn on_join_bytes(&mut self, data: &[u8]) -> Verdict {
         let Ok(j) = SignedJoin::decode(data) else {
             return Verdict::Reject("malformed join request");
         };
@@ -207,6 +256,19 @@ impl Core {
             self.local.last_join_sent = Some(now);
             let j = SignedJoin::new(self.cfg.genesis.chain_id.as_str(), &self.cfg.key);
             if let Ok(bytes) = j.encode() {
+                out.push(Action::Publish {
+                    topic: Topic::Membership,
+                    bytes,
+                });
+            }
+        }
+        if self
+            .local
+            .last_hello
+            .is_none_or(|t| now.saturating_sub(t) >= HELLO_EVERY_MS)
+        {
+            self.local.last_hello = Some(now);
+            if let Ok(bytes) = self.hello().encode() {
                 out.push(Action::Publish {
                     topic: Topic::Membership,
                     bytes,

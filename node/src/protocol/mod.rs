@@ -52,8 +52,6 @@ pub enum Byzantine {
     Equivocate,
     /// Sends nothing: no deltas, no votes.
     Silent,
-    /// Claims `u64::MAX` training samples, to take over sample-weighted rules.
-    InflateSamples,
 }
 
 impl std::str::FromStr for Byzantine {
@@ -62,11 +60,10 @@ impl std::str::FromStr for Byzantine {
         match s {
             "equivocate" | "equivocation" => Ok(Self::Equivocate),
             "silent" => Ok(Self::Silent),
-            "inflate-samples" => Ok(Self::InflateSamples),
             _ => s
                 .parse::<Attack>()
                 .map(Self::Attack)
-                .map_err(|e| format!("{e}; or equivocate, silent, inflate-samples")),
+                .map_err(|e| format!("{e}; or equivocate, silent")),
         }
     }
 }
@@ -205,6 +202,9 @@ pub enum Action {
     },
     /// A round was committed and stored (for metrics, evaluation and `--json`).
     Committed(CommitReport),
+    /// The node cannot take part (e.g. its genesis differs from the network's): stop with
+    /// this message.
+    Fatal(String),
 }
 
 /// The node core. See the module documentation.
@@ -268,7 +268,7 @@ impl Core {
                 let verdict = match topic {
                     Topic::Deltas => self.on_delta_bytes(now, &data, Some(from), &mut out)?,
                     Topic::Consensus => self.on_consensus_bytes(now, &data, from, &mut out)?,
-                    Topic::Membership => self.on_join_bytes(&data),
+                    Topic::Membership => self.on_membership_bytes(&data, &mut out),
                 };
                 out.push(Action::Report { id, from, verdict });
             }

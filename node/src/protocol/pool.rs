@@ -215,6 +215,22 @@ impl Core {
         if sd.verify().is_err() {
             return Verdict::Reject("bad_signature");
         }
+        let digest = sha256(data);
+        if author == self.me.0
+            && self
+                .local
+                .own
+                .as_ref()
+                .is_none_or(|(r, b, _)| *r != round || sha256(b) != digest)
+        {
+            // We sign one delta per round and store it before it leaves (own_delta): another
+            // signed delta of ours for a current round comes from another process with our key.
+            out.push(Action::Fatal(format!(
+                "another process signs with this node's key (a delta for round {round} that this \
+                 process did not sign): two processes must never share a validator key; stopping"
+            )));
+            return Verdict::Ignore("our key elsewhere");
+        }
         if round > h + LOOKAHEAD {
             // A validator really works on a later round: we may be behind.
             self.sync.lag_signal(author, f);
@@ -226,7 +242,6 @@ impl Core {
         if round == h && sd.msg.base_hash != self.committed.chain.model_hash && !self.sync.syncing {
             return Verdict::Reject("wrong_base");
         }
-        let digest = sha256(data);
         if self.pool.held(round, &inc(author, digest)).is_some() {
             return Verdict::Ignore("duplicate delta");
         }

@@ -16,7 +16,9 @@ use anyhow::{Result, ensure};
 use gossip::{Checkpoint, StateSnapshot};
 
 use super::{Action, Core, Millis};
-use crate::wire::{LedgerEntry, RoundValue, StateBody};
+use gossip::Verdict;
+
+use crate::wire::{GenesisHello, LedgerEntry, RoundValue, StateBody};
 
 /// Wait between two state requests.
 pub const RETRY_MS: Millis = 1_500;
@@ -81,9 +83,12 @@ impl Core {
             .filter_map(|e| e.encode().ok())
             .collect();
         let body = self.committed.state_body();
+        // The metadata names our genesis: a requester that runs another one learns it here,
+        // before it blames us for certificates it cannot verify.
+        let meta = self.hello().encode().ok()?;
         Some(StateSnapshot {
             checkpoint: Some(Checkpoint {
-                meta: body.round.to_le_bytes().to_vec(),
+                meta,
                 bytes: body.encode().ok()?,
             }),
             certificates,
@@ -132,6 +137,14 @@ impl Core {
         let Some(cp) = s.checkpoint else {
             return Ok(());
         };
+        let hello = match GenesisHello::decode(&cp.meta) {
+            Some(Ok(h)) => h,
+            _ => anyhow::bail!("snapshot metadata is not a genesis hello"),
+        };
+        if self.on_hello(hello, out) != Verdict::Accept {
+            // Another genesis: not a lie, just another chain (reported by `on_hello`).
+            return Ok(());
+        }
         let body = StateBody::decode(&cp.bytes)?;
         if body.round <= self.committed.height() && !self.sync.syncing {
             return Ok(());

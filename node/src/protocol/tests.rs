@@ -79,6 +79,10 @@ fn envelope(m: &Message) -> Vec<u8> {
     b
 }
 
+fn chain() -> consensus::ChainId {
+    genesis(&keys()).chain_id
+}
+
 fn vote(key: &SigningKey, height: u64, view: u32) -> Message {
     let s = consensus::Ed25519Signer::new(key.clone());
     let v = Vote {
@@ -88,7 +92,7 @@ fn vote(key: &SigningKey, height: u64, view: u32) -> Message {
         value: Some(Value(vec![view as u8]).id()),
         validator: s.id(),
     };
-    Message::Vote(v.sign(&consensus::ChainId::new("core-test").expect("id"), &s))
+    Message::Vote(v.sign(&chain(), &s))
 }
 
 #[test]
@@ -140,7 +144,7 @@ fn consensus_broadcasts_are_new_bytes_each_time() {
 
 fn signed_delta(key: &SigningKey, round: u64, samples: u64, base: [u8; 32], n: usize) -> Vec<u8> {
     DeltaMsg {
-        chain_id: "core-test".into(),
+        chain_id: chain().as_str().into(),
         round,
         base_hash: base,
         author: key.verifying_key().to_bytes(),
@@ -325,4 +329,76 @@ fn a_validator_is_inactive_only_after_a_full_window_without_it() {
     c.remember(e, &rv);
     // Only [1; 32] took part (it is not a member): every member is inactive.
     assert_eq!(c.inactive(&g.validators).len(), 4);
+}
+
+#[test]
+fn a_node_whose_genesis_differs_from_a_running_network_stops_and_says_what_differs() {
+    let k = keys();
+    let mut c = core(&k);
+    let mut other = genesis(&k).file;
+    other.training.rule = "median".into();
+    let hello = |file: &crate::genesis::GenesisFile, height| {
+        crate::wire::GenesisHello {
+            genesis: toml::to_string(file).expect("toml"),
+            height,
+        }
+        .encode()
+        .expect("encode")
+    };
+    let fatal = |c: &mut Core, bytes: Vec<u8>| -> Option<String> {
+        let actions = c
+            .handle(
+                5,
+                Event::Gossip {
+                    topic: Topic::Membership,
+                    from: peer(),
+                    id: MessageId::of(&bytes),
+                    data: bytes,
+                },
+            )
+            .expect("handle");
+        actions.into_iter().find_map(|a| match a {
+            Action::Fatal(why) => Some(why),
+            _ => None,
+        })
+    };
+    // Our own genesis, or another one that has not committed anything: no reason to stop.
+    assert_eq!(fatal(&mut c, hello(&genesis(&k).file, 9)), None);
+    assert_eq!(fatal(&mut c, hello(&other, 0)), None);
+    let why = fatal(&mut c, hello(&other, 9)).expect("stops");
+    assert!(why.contains("training.rule"), "{why}");
+    // Deltas signed under the other genesis fail the chain check.
+    let theirs = other.check().expect("genesis");
+    assert_ne!(theirs.chain_id, c.genesis().chain_id);
+}
+
+#[test]
+fn a_delta_signed_with_our_key_by_another_process_stops_the_node() {
+    let k = keys();
+    let mut c = core(&k);
+    let n = c.params().len();
+    let base = c.model_hash();
+    let bytes = signed_delta(&k[0], 1, 10, base, n);
+    let actions = c
+        .handle(
+            5,
+            Event::Gossip {
+                topic: Topic::Deltas,
+                from: peer(),
+                id: MessageId::of(&bytes),
+                data: bytes,
+            },
+        )
+        .expect("handle");
+    let why = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Fatal(w) => Some(w.clone()),
+            _ => None,
+        })
+        .expect("stops");
+    assert!(
+        why.contains("another process signs with this node's key"),
+        "{why}"
+    );
 }

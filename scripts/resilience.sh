@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Real node processes on loopback, checking what the node core promises (a 4-validator digits
+# network, the demo genesis, 3 s proposal timeout):
+#   quorum   kill 2 of 4 validators, restart 1: seconds until rounds resume (TRIALS trials)
+#   onedown  rounds/s with 4 up, then with 1 of 4 down (SECS seconds each)
+#   rss      peak RSS (VmHWM) of a validator at round 100 and at round RSS_ROUNDS
+#   wipe     a validator whose data dir is wiped at round WIPE_AT catches up
+# Usage: scripts/resilience.sh [quorum] [onedown] [rss] [wipe]   (default: all four)
+# Env: COHORT (binary; default the dev build in ~/.cache/cohort/target), TRIALS=5, SECS=20,
+#      RSS_ROUNDS=5000, WIPE_AT=2000. Prints one `result:` line per measurement.
+set -euo pipefail
+BIN="${COHORT:-$HOME/.cache/cohort/target/debug/cohort}"
+TRIALS="${TRIALS:-5}"
+SECS="${SECS:-20}"
+RSS_ROUNDS="${RSS_ROUNDS:-5000}"
+WIPE_AT="${WIPE_AT:-2000}"
+W=$(mktemp -d /tmp/cohort-resilience.XXXXXX)
+cleanup() {
+  for p in "$W"/n*/pid; do [ -f "$p" ] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+setup() {
+  cleanup
+  rm -rf "${W:?}"/*
+  local pubs=()
+  for i in 0 1 2 3; do
+    "$BIN" keygen --out "$W/n$i/node.key" >/dev/null
+    pubs+=("$W/n$i/node.key.pub")
+  done
+  "$BIN" genesis --validators "$(IFS=,; echo "${pubs[*]}")" --chain-id resilience \
+    --propose-ms 3000 --checkpoint-every 0 --out "$W/genesis.toml" >/dev/null
+}
+
+start() {
+  local i=$1
+  local boot=()
+  if [ "$i" != 0 ]; then boot=(--bootstrap "$(head -1 "$W/n0/data/listen.txt")"); fi
+  rm -f "$W/n$i/data/api.txt"
+  RUST_LOG="${RUST_LOG:-warn,cohort::protocol::sync=info}" "$BIN" run --key "$W/n$i/node.key" --genesis "$W/genesis.toml" --data-dir "$W/n$i/data" \
+    --shard "$i" --shards 4 --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --eval-every 0 \
+    "${boot[@]}" >/dev/null 2>>"$W/n$i/log" &
+  echo $! >"$W/n$i/pid"
+  for _ in $(seq 100); do [ -s "$W/n$i/data/api.txt" ] && [ -s "$W/n$i/data/listen.txt" ] && return; sleep 0.1; done
+  echo "node $i did not start" >&2; exit 1
+}
+
+kill_node() { kill -9 "$(cat "$W/n$1/pid")" 2>/dev/null || true; rm -f "$W/n$1/pid"; }
+
+round() {
+  curl -s --max-time 2 "http://$(cat "$W/n$1/data/api.txt")/status" 2>/dev/null |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["round"])' 2>/dev/null || echo -1
+}
+
+now() { date +%s.%N; }
+
+wait_round() { # node, round, timeout seconds
+  local end=$(( $(date +%s) + $3 ))
+  while [ "$(round "$1")" -lt "$2" ]; do
+    [ "$(date +%s)" -ge "$end" ] && return 1
+    sleep 0.1
+  done
+}
+
+start_all() { setup; for i in 0 1 2 3; do start "$i"; done; wait_round 0 5 60; }
+
+quorum() {
+  for t in $(seq "$TRIALS"); do
+    start_all
+    wait_round 0 20 60
+    kill_node 2; kill_node 3
+    sleep 5
+    local r; r=$(round 0)
+    start 3
+    local t0; t0=$(now)
+    if wait_round 0 $((r + 1)) 120; then
+      echo "result: quorum trial $t: resumed $(python3 -c "print(f'{$(now) - $t0:.1f}')") s after restarting 1 of the 2 killed (round $r)"
+    else
+      echo "result: quorum trial $t: NOT resumed within 120 s (round $r)"
+    fi
+  done
+}
+
+rate() { # seconds -> rounds/s at node 0
+  local a t0; a=$(round 0); t0=$(now)
+  sleep "$1"
+  python3 -c "print(f'{($(round 0) - $a) / ($(now) - $t0):.2f}')"
+}
+
+onedown() {
+  start_all
+  wait_round 0 20 60
+  echo "result: onedown all 4 up: $(rate "$SECS") rounds/s"
+  kill_node 3
+  sleep 5
+  echo "result: onedown 1 of 4 down: $(rate "$SECS") rounds/s"
+}
+
+rss_of() { awk '/VmHWM/ {print $2}' "/proc/$(cat "$W/n$1/pid")/status"; }
+
+rss() {
+  start_all
+  wait_round 1 100 120
+  echo "result: rss round $(round 1): $(rss_of 1) KiB peak"
+  wait_round 1 "$RSS_ROUNDS" 3600
+  echo "result: rss round $(round 1): $(rss_of 1) KiB peak"
+}
+
+wipe() {
+  start_all
+  wait_round 0 "$WIPE_AT" 3600
+  kill_node 3
+  rm -rf "$W/n3/data"
+  local r; r=$(round 0)
+  start 3
+  local t0; t0=$(now)
+  if wait_round 3 "$r" 300; then
+    echo "result: wipe at round $r: caught up in $(python3 -c "print(f'{$(now) - $t0:.1f}')") s; $(grep -c 'state synced' "$W/n3/log" || true) state syncs; ledger $(stat -c %s "$W/n3/data/ledger.log") bytes"
+  else
+    echo "result: wipe at round $r: NOT caught up within 300 s (at $(round 3))"
+  fi
+}
+
+for what in "${@:-quorum onedown rss wipe}"; do
+  for w in $what; do "$w"; done
+done
