@@ -37,10 +37,11 @@ start() {
   local boot=()
   if [ "$i" != 0 ]; then boot=(--bootstrap "$(head -1 "$W/n0/data/listen.txt")"); fi
   rm -f "$W/n$i/data/api.txt"
-  RUST_LOG="${RUST_LOG:-warn,cohort::protocol::sync=info}" "$BIN" run --key "$W/n$i/node.key" --genesis "$W/genesis.toml" --data-dir "$W/n$i/data" \
-    --shard "$i" --shards 4 --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --eval-every 0 \
-    "${boot[@]}" >/dev/null 2>>"$W/n$i/log" &
-  echo $! >"$W/n$i/pid"
+  # In a subshell, so this shell does not report the kills it does on purpose.
+  (RUST_LOG="${RUST_LOG:-warn,cohort::protocol::sync=info}" "$BIN" run --key "$W/n$i/node.key" \
+    --genesis "$W/genesis.toml" --data-dir "$W/n$i/data" --shard "$i" --shards 4 \
+    --listen /ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --eval-every 0 "${boot[@]}" \
+    >/dev/null 2>>"$W/n$i/log" & echo $! >"$W/n$i/pid")
   for _ in $(seq 100); do [ -s "$W/n$i/data/api.txt" ] && [ -s "$W/n$i/data/listen.txt" ] && return; sleep 0.1; done
   echo "node $i did not start" >&2; exit 1
 }

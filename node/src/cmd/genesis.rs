@@ -30,15 +30,6 @@ pub struct Args {
 /// `cohort testnet`. Every flag has the demo's default.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TrainingArgs {
-    /// mlp, cnn or digits-mlp.
-    #[arg(long, default_value = "digits-mlp")]
-    pub model: String,
-    /// digits, mnist or fashion-mnist.
-    #[arg(long, default_value = "digits")]
-    pub dataset: String,
-    /// How `--shard` splits the dataset: iid, dirichlet:ALPHA, shards:K.
-    #[arg(long, default_value = "dirichlet:0.5")]
-    pub partition: String,
     /// Local epochs per round.
     #[arg(long, default_value_t = 2)]
     pub local_epochs: usize,
@@ -82,6 +73,23 @@ pub struct TrainingArgs {
     /// Checkpoint every K rounds.
     #[arg(long, default_value_t = 5)]
     pub checkpoint_every: u64,
+    /// Model and data.
+    #[command(flatten)]
+    pub data: ModelArgs,
+}
+
+/// The model and the dataset a network trains.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// mlp, cnn or digits-mlp.
+    #[arg(long, default_value = "digits-mlp")]
+    pub model: String,
+    /// digits, mnist or fashion-mnist.
+    #[arg(long, default_value = "digits")]
+    pub dataset: String,
+    /// How `--shard` splits the dataset: iid, dirichlet:ALPHA, shards:K.
+    #[arg(long, default_value = "dirichlet:0.5")]
+    pub partition: String,
 }
 
 impl TrainingArgs {
@@ -91,9 +99,9 @@ impl TrainingArgs {
         let mut g = demo(chain_id, ids);
         g.seed = a.seed;
         g.checkpoint_every = a.checkpoint_every;
-        g.model.kind = a.model;
-        g.model.dataset = a.dataset;
-        g.model.partition = a.partition;
+        g.model.kind = a.data.model;
+        g.model.dataset = a.data.dataset;
+        g.model.partition = a.data.partition;
         let t = &mut g.training;
         t.local_epochs = a.local_epochs;
         t.local_steps = a.local_steps;

@@ -42,22 +42,10 @@ pub struct Args {
     /// IDX directory for the mnist/fashion-mnist genesis dataset (for --shard).
     #[arg(long)]
     pub dataset_dir: Option<PathBuf>,
-    /// Listen multiaddr (repeatable). Default /ip4/0.0.0.0/tcp/9000.
-    #[arg(long)]
-    pub listen: Vec<String>,
-    /// Bootstrap peer multiaddr with /p2p/PEERID (repeatable).
-    #[arg(long)]
-    pub bootstrap: Vec<String>,
-    /// HTTP address for /status and /metrics (e.g. 127.0.0.1:8080; port 0 picks one).
-    #[arg(long)]
-    pub api: Option<String>,
     /// Demonstration misbehaviour: sign-flip[:S], gaussian[:S], alie, label-flip, zeros,
     /// equivocate, silent.
     #[arg(long)]
     pub byzantine: Option<String>,
-    /// Discover peers on the local network with mDNS.
-    #[arg(long)]
-    pub mdns: bool,
     /// Exit-free stop marker: report "done" after this round (testnets).
     #[arg(long)]
     pub rounds: Option<u64>,
@@ -71,6 +59,26 @@ pub struct Args {
     /// count from two rounds after a committed round includes the request.
     #[arg(long)]
     pub join: bool,
+    /// Network: listen addresses, bootstrap peers, the HTTP API, mDNS.
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// `cohort run`'s network flags.
+#[derive(clap::Args, Debug, Default)]
+pub struct NetArgs {
+    /// Listen multiaddr (repeatable). Default /ip4/0.0.0.0/tcp/9000.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Bootstrap peer multiaddr with /p2p/PEERID (repeatable).
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+    /// HTTP address for /status and /metrics (e.g. 127.0.0.1:8080; port 0 picks one).
+    #[arg(long)]
+    pub api: Option<String>,
+    /// Discover peers on the local network with mDNS.
+    #[arg(long)]
+    pub mdns: bool,
 }
 
 /// The TOML form of the same settings.
@@ -112,15 +120,15 @@ fn merge(mut a: Args) -> Result<Args> {
     a.shards = a.shards.or(f.shards);
     a.own_data = a.own_data.or(f.own_data);
     a.dataset_dir = a.dataset_dir.or(f.dataset_dir);
-    if a.listen.is_empty() {
-        a.listen = f.listen;
+    if a.net.listen.is_empty() {
+        a.net.listen = f.listen;
     }
-    if a.bootstrap.is_empty() {
-        a.bootstrap = f.bootstrap;
+    if a.net.bootstrap.is_empty() {
+        a.net.bootstrap = f.bootstrap;
     }
-    a.api = a.api.or(f.api);
+    a.net.api = a.net.api.or(f.api);
     a.byzantine = a.byzantine.or(f.byzantine);
-    a.mdns |= f.mdns;
+    a.net.mdns |= f.mdns;
     a.rounds = a.rounds.or(f.rounds);
     a.join |= f.join;
     Ok(a)
@@ -174,15 +182,17 @@ pub fn run(a: Args) -> Result<()> {
     if matches!(byzantine, Some(Byzantine::Attack(m)) if m.is_data_level()) {
         model::attack::flip_labels(&mut train.y);
     }
-    let listen: Vec<gossip::Multiaddr> = if a.listen.is_empty() {
+    let listen: Vec<gossip::Multiaddr> = if a.net.listen.is_empty() {
         vec!["/ip4/0.0.0.0/tcp/9000".parse()?]
     } else {
-        a.listen
+        a.net
+            .listen
             .iter()
             .map(|s| s.parse().with_context(|| format!("--listen {s}")))
             .collect::<Result<_>>()?
     };
     let bootstrap: Vec<gossip::Multiaddr> = a
+        .net
         .bootstrap
         .iter()
         .map(|s| s.parse().with_context(|| format!("--bootstrap {s}")))
@@ -196,7 +206,7 @@ pub fn run(a: Args) -> Result<()> {
         let mut net_cfg = gossip::NetworkConfig::new(&genesis.file.chain_id);
         net_cfg.listen_addrs = listen;
         net_cfg.bootstrap = bootstrap;
-        net_cfg.mdns = a.mdns;
+        net_cfg.mdns = a.net.mdns;
         net_cfg.kademlia_server = true;
         net_cfg.heartbeat_interval = Duration::from_millis(300);
         net_cfg.request_timeout = Duration::from_secs(20);
@@ -217,7 +227,7 @@ pub fn run(a: Args) -> Result<()> {
         crate::store::log::write_atomic(&data_dir.join("listen.txt"), lines.join("\n").as_bytes())?;
         let metrics = Arc::new(Metrics::default());
         let (status_tx, status_rx) = watch::channel(Status::default());
-        if let Some(api) = &a.api {
+        if let Some(api) = &a.net.api {
             let addr: SocketAddr = api.parse().with_context(|| format!("--api {api}"))?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -47,34 +47,10 @@ pub struct Args {
     /// Training rounds.
     #[arg(long, default_value_t = 40)]
     pub rounds: usize,
-    /// Local epochs per round.
-    #[arg(long, default_value_t = 1, conflicts_with = "local_steps")]
-    pub local_epochs: usize,
-    /// Local minibatch steps per round (instead of epochs).
-    #[arg(long)]
-    pub local_steps: Option<usize>,
-    /// Local minibatch size.
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Local optimizer: sgd:LR[,MOMENTUM] or adam:LR.
-    #[arg(long, default_value = "sgd:0.1,0.9")]
-    pub optimizer: Optimizer,
-    /// FedProx proximal weight mu (0 = off).
-    #[arg(long, default_value_t = 0.0)]
-    pub prox_mu: f64,
     /// Aggregation rule: mean, median, trimmed-mean:BETA, multi-krum:F[,M], centered-clip:TAU[,ITERS],
     /// optionally after pre-steps nnm[:F]+ (nearest neighbour mixing) or arc[:F]+ (adaptive clipping).
     #[arg(long, default_value = "mean")]
     pub rule: Aggregator,
-    /// Server (outer) learning rate.
-    #[arg(long, default_value_t = 1.0)]
-    pub server_lr: f64,
-    /// Server momentum (FedAvgM); 0 = off.
-    #[arg(long, default_value_t = 0.0)]
-    pub server_momentum: f64,
-    /// Use Nesterov momentum for the server step (the DiLoCo outer step).
-    #[arg(long)]
-    pub nesterov: bool,
     /// Delta compression: dense, int8, topk:FRAC, topk:FRAC+int8.
     #[arg(long, default_value = "dense")]
     pub compress: Compression,
@@ -100,6 +76,46 @@ pub struct Args {
     /// Also write one CSV row per round to this file.
     #[arg(long)]
     pub csv: Option<std::path::PathBuf>,
+    /// Local training.
+    #[command(flatten)]
+    pub local: LocalArgs,
+    /// The server step.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Local training flags of `cohort simulate`.
+#[derive(clap::Args, Debug)]
+pub struct LocalArgs {
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 1, conflicts_with = "local_steps")]
+    pub local_epochs: usize,
+    /// Local minibatch steps per round (instead of epochs).
+    #[arg(long)]
+    pub local_steps: Option<usize>,
+    /// Local minibatch size.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Local optimizer: sgd:LR[,MOMENTUM] or adam:LR.
+    #[arg(long, default_value = "sgd:0.1,0.9")]
+    pub optimizer: Optimizer,
+    /// FedProx proximal weight mu (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub prox_mu: f64,
+}
+
+/// Server step flags of `cohort simulate`.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// Server (outer) learning rate.
+    #[arg(long, default_value_t = 1.0)]
+    pub server_lr: f64,
+    /// Server momentum (FedAvgM); 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub server_momentum: f64,
+    /// Use Nesterov momentum for the server step (the DiLoCo outer step).
+    #[arg(long)]
+    pub nesterov: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -124,19 +140,19 @@ pub fn run(a: Args) -> Result<()> {
         nodes: a.nodes,
         partition: a.partition,
         train: TrainConfig {
-            work: match a.local_steps {
+            work: match a.local.local_steps {
                 Some(s) => Work::Steps(s),
-                None => Work::Epochs(a.local_epochs),
+                None => Work::Epochs(a.local.local_epochs),
             },
-            batch: a.batch,
-            optimizer: a.optimizer,
-            prox_mu: a.prox_mu,
+            batch: a.local.batch,
+            optimizer: a.local.optimizer,
+            prox_mu: a.local.prox_mu,
         },
         rule: a.rule.clone(),
         server: ServerOpt {
-            lr: a.server_lr,
-            momentum: a.server_momentum,
-            nesterov: a.nesterov,
+            lr: a.server.server_lr,
+            momentum: a.server.server_momentum,
+            nesterov: a.server.nesterov,
         },
         compression: a.compress,
         error_feedback: !a.no_error_feedback,
@@ -161,13 +177,14 @@ pub fn run(a: Args) -> Result<()> {
         } else {
             ""
         },
-        a.local_steps
+        a.local
+            .local_steps
             .map(|s| format!("{s} steps"))
-            .unwrap_or_else(|| format!("{} epochs", a.local_epochs)),
-        a.batch,
-        a.optimizer,
-        a.server_lr,
-        a.server_momentum,
+            .unwrap_or_else(|| format!("{} epochs", a.local.local_epochs)),
+        a.local.batch,
+        a.local.optimizer,
+        a.server.server_lr,
+        a.server.server_momentum,
         a.dp.map(|d| format!(", dp clip {} noise {}", d.clip, d.noise))
             .unwrap_or_default(),
         a.byzantine

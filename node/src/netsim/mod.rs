@@ -234,7 +234,7 @@ impl Sim {
     fn schedule_faults(&mut self) {
         let n = self.nodes.len();
         let end = self.cfg.faults_until;
-        if self.cfg.crashes {
+        if self.cfg.net.crashes {
             let mut t = 500 + self.rng.below(1_000) as u64;
             while t < end {
                 let i = self.rng.below(self.cfg.nodes);
@@ -255,7 +255,7 @@ impl Sim {
                 self.at(t, j, Delivery::Crash);
             }
         }
-        if self.cfg.partitions {
+        if self.cfg.net.partitions {
             let mut t = 300 + self.rng.below(1_500) as u64;
             while t < end {
                 let groups: Vec<u8> = (0..n).map(|_| self.rng.below(2) as u8).collect();
@@ -334,9 +334,9 @@ impl Sim {
 
     fn delay(&mut self) -> Millis {
         let (lo, hi) = if self.faulty_phase() {
-            self.cfg.delay_faulty
+            self.cfg.net.delay_faulty
         } else {
-            self.cfg.delay
+            self.cfg.net.delay
         };
         lo + self.rng.below((hi - lo + 1) as usize) as u64
     }
@@ -359,10 +359,10 @@ impl Sim {
                 continue;
             }
             let faulty = self.faulty_phase();
-            if faulty && self.rng.next_f64() < self.cfg.loss {
+            if faulty && self.rng.next_f64() < self.cfg.net.loss {
                 continue;
             }
-            let copies = if faulty && self.rng.next_f64() < self.cfg.duplicate {
+            let copies = if faulty && self.rng.next_f64() < self.cfg.net.duplicate {
                 2
             } else {
                 1

@@ -1,8 +1,6 @@
 //! One simulated node: its key, data shard, in-memory store (what survives a crash), its core
 //! while it runs, and the Byzantine behaviour the simulator layers on top of it.
 
-use std::sync::Arc;
-
 use consensus::{Height, Message, Signer, ValidatorId, Value, View, Vote, VoteKind};
 use ed25519_dalek::SigningKey;
 use gossip::{Checkpoint, PeerId, StateSnapshot};
@@ -213,12 +211,4 @@ impl SimNode {
 
 fn resign(sd: SignedDelta, key: &SigningKey) -> Option<Vec<u8>> {
     sd.msg.sign(key).ok()?.encode().ok()
-}
-
-/// Whether two snapshots' models differ (for the tests of lying servers).
-pub fn params_of(s: &StateSnapshot) -> Option<Arc<Vec<f32>>> {
-    let cp = s.checkpoint.as_ref()?;
-    StateBody::decode(&cp.bytes)
-        .ok()
-        .map(|b| Arc::new(b.params))
 }

@@ -52,17 +52,9 @@ impl Scenario {
     ];
 }
 
-/// One run's settings.
+/// Network and machine faults of a run's faulty phase.
 #[derive(Debug, Clone)]
-pub struct SimConfig {
-    /// Seed of everything.
-    pub seed: u64,
-    /// Genesis validators.
-    pub nodes: usize,
-    /// Extra nodes that ask to join.
-    pub joiners: usize,
-    /// Byzantine behaviour per node index.
-    pub faults: Vec<Option<Fault>>,
+pub struct NetFaults {
     /// Message loss while faulty.
     pub loss: f64,
     /// Duplication while faulty.
@@ -75,6 +67,21 @@ pub struct SimConfig {
     pub partitions: bool,
     /// Crashes while faulty.
     pub crashes: bool,
+}
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seed of everything.
+    pub seed: u64,
+    /// Genesis validators.
+    pub nodes: usize,
+    /// Extra nodes that ask to join.
+    pub joiners: usize,
+    /// Byzantine behaviour per node index.
+    pub faults: Vec<Option<Fault>>,
+    /// What the network and the machines do while faulty.
+    pub net: NetFaults,
     /// When faults stop.
     pub faults_until: Millis,
     /// Liveness bound after that.
@@ -104,12 +111,14 @@ impl SimConfig {
             nodes,
             joiners: 0,
             faults: vec![None; nodes],
-            loss: 0.0,
-            duplicate: 0.0,
-            delay: (2, 30),
-            delay_faulty: (2, 30),
-            partitions: false,
-            crashes: false,
+            net: NetFaults {
+                loss: 0.0,
+                duplicate: 0.0,
+                delay: (2, 30),
+                delay_faulty: (2, 30),
+                partitions: false,
+                crashes: false,
+            },
             faults_until: 4_000,
             liveness_ms: 40_000,
             rounds_after: 3,
@@ -117,7 +126,12 @@ impl SimConfig {
             joiners_silent_at: None,
             outages: Vec::new(),
             // Sample-weighted and not: inflated claims must stay bounded under both.
-            rule: if seed % 2 == 0 { "nnm+median" } else { "mean" }.into(),
+            rule: if seed.is_multiple_of(2) {
+                "nnm+median"
+            } else {
+                "mean"
+            }
+            .into(),
         };
         let mut rng = model::rng::Rng::derive(seed, 0xFA17);
         let byzantine = |c: &mut SimConfig, rng: &mut model::rng::Rng| {
@@ -128,20 +142,20 @@ impl SimConfig {
         match scenario {
             Scenario::Calm | Scenario::All => {}
             Scenario::Lossy => {
-                c.loss = 0.2;
-                c.duplicate = 0.1;
-                c.delay_faulty = (1, 400);
+                c.net.loss = 0.2;
+                c.net.duplicate = 0.1;
+                c.net.delay_faulty = (1, 400);
             }
-            Scenario::Partition => c.partitions = true,
-            Scenario::Crash => c.crashes = true,
+            Scenario::Partition => c.net.partitions = true,
+            Scenario::Crash => c.net.crashes = true,
             Scenario::Byzantine => byzantine(&mut c, &mut rng),
             Scenario::LateJoiner => c.late = Some((0, 3_000)),
             Scenario::Mixed => {
-                c.loss = 0.1;
-                c.duplicate = 0.05;
-                c.delay_faulty = (1, 300);
-                c.partitions = true;
-                c.crashes = true;
+                c.net.loss = 0.1;
+                c.net.duplicate = 0.05;
+                c.net.delay_faulty = (1, 300);
+                c.net.partitions = true;
+                c.net.crashes = true;
                 byzantine(&mut c, &mut rng);
             }
             Scenario::QuorumLoss => {

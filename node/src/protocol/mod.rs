@@ -314,6 +314,7 @@ impl Core {
     }
 
     /// The committed parameters.
+    #[cfg(test)]
     pub fn params(&self) -> &Arc<Vec<f32>> {
         &self.committed.params
     }

@@ -30,8 +30,6 @@ pub struct Applied {
     pub params: Arc<Vec<f32>>,
     /// Server momentum after the round.
     pub velocity: Arc<Vec<f32>>,
-    /// Deltas included.
-    pub included: usize,
 }
 
 /// The longest the proposer waits for stragglers once it holds a quorum, from the height's start:
@@ -67,7 +65,6 @@ impl Core {
         Ok(Some(Applied {
             params: Arc::new(params),
             velocity: Arc::new(velocity),
-            included: included.len(),
         }))
     }
 

@@ -1,0 +1,94 @@
+//! What the shell reports of a committed round: metrics, evaluation, status, `--json` lines.
+
+use std::sync::atomic::Ordering;
+
+use anyhow::Result;
+use gossip::{NetworkHandle, Topic};
+use tokio::sync::mpsc;
+
+use super::Shell;
+use crate::keys::hex;
+use crate::protocol::{CommitReport, Core};
+
+impl Shell {
+    /// Metrics, evaluation, status and the `--json` line of a committed round.
+    pub(super) fn committed(&mut self, core: &Core, r: CommitReport, handled: f64) -> Result<()> {
+        let g = core.genesis();
+        let last = self.max_rounds == Some(r.round);
+        let every = self.eval_every;
+        let (acc, loss) = if last || (every > 0 && r.round.is_multiple_of(every)) {
+            let (acc, loss) = model::train::evaluate_params(g.model, &r.params, &self.test)?;
+            let m = &self.metrics;
+            m.accuracy_ppm
+                .store((acc as f64 * 1e6) as u64, Ordering::Relaxed);
+            m.loss_micro
+                .store((loss.max(0.0) as f64 * 1e6) as u64, Ordering::Relaxed);
+            (Some(acc), Some(loss))
+        } else {
+            (None, None)
+        };
+        // The aggregate is computed inside the event that completed the commit.
+        let mut phases = r.phases;
+        phases[3] = handled.min(phases[2]);
+        phases[2] -= phases[3];
+        for (i, v) in phases.iter().enumerate() {
+            let us = (v * 1e6) as u64;
+            self.metrics.phase_us[i].store(us, Ordering::Relaxed);
+            self.metrics.phase_us_sum[i].fetch_add(us, Ordering::Relaxed);
+        }
+        self.status.send_modify(|s| s.last_included = r.included);
+        self.publish_status(core);
+        tracing::info!(round = r.round, accuracy = ?acc, loss = ?loss, included = r.included, hash = %hex(&r.model_hash), "committed");
+        let Some(tx) = &self.json else {
+            return Ok(());
+        };
+        let _ = tx.send(serde_json::json!({
+            "event": "commit",
+            "round": r.round,
+            "accuracy": acc,
+            "loss": loss,
+            "included": r.included,
+            "authors": r.authors.iter().map(|a| hex(a)).collect::<Vec<_>>(),
+            "model_hash": hex(&r.model_hash),
+            "delta_bytes_out": core.counters().delta_bytes_out,
+            "seconds": r.seconds,
+            "train_seconds": phases[0],
+            "gossip_seconds": phases[1],
+            "consensus_seconds": phases[2],
+            "aggregate_seconds": phases[3],
+            "other_seconds": phases[4],
+        }));
+        if self.max_rounds.is_some_and(|m| r.round >= m) && !self.announced {
+            self.announced = true;
+            let _ = tx.send(serde_json::json!({
+                "event": "done",
+                "round": r.round,
+                "model_hash": hex(&r.model_hash),
+                "peak_rss_kib": crate::metrics::peak_rss_kib(),
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// Prints the JSON events in order, each commit event with the network's cumulative byte
+/// counters added. Asking the swarm task for counters is a round trip, so it happens here, off
+/// the driver's path, and does not show in the round's timings.
+pub(super) fn spawn_json_printer(net: NetworkHandle) -> mpsc::UnboundedSender<serde_json::Value> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<serde_json::Value>();
+    tokio::spawn(async move {
+        while let Some(mut v) = rx.recv().await {
+            if v["event"] == "commit" {
+                let c = net.counters().await.unwrap_or_default();
+                v["wire_bytes_in"] = c.transport.bytes_in.into();
+                v["wire_bytes_out"] = c.transport.bytes_out.into();
+                v["blob_bytes_in"] = c.blob_protocol.bytes_in.into();
+                v["blob_bytes_out"] = c.blob_protocol.bytes_out.into();
+                v["delta_announce_bytes_in"] = c.topic(Topic::Deltas).gossip_bytes_in.into();
+                v["consensus_bytes_in"] = c.topic(Topic::Consensus).gossip_bytes_in.into();
+            }
+            println!("{v}");
+        }
+    });
+    tx
+}
