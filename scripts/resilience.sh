@@ -3,7 +3,7 @@
 # network, the demo genesis, 3 s proposal timeout):
 #   quorum   kill 2 of 4 validators, restart 1: seconds until rounds resume (TRIALS trials)
 #   onedown  rounds/s with 4 up, then with 1 of 4 down (SECS seconds each)
-#   rss      peak RSS (VmHWM) of a validator at round 100 and at round RSS_ROUNDS
+#   rss      RSS and peak RSS of a validator at rounds 100, 1000, 2500, RSS_ROUNDS, 2 x RSS_ROUNDS
 #   wipe     a validator whose data dir is wiped at round WIPE_AT catches up
 # Usage: scripts/resilience.sh [quorum] [onedown] [rss] [wipe]   (default: all four)
 # Env: COHORT (binary; default the dev build in ~/.cache/cohort/target), TRIALS=5, SECS=20,
@@ -97,14 +97,14 @@ onedown() {
   echo "result: onedown 1 of 4 down: $(rate "$SECS") rounds/s"
 }
 
-rss_of() { awk '/VmHWM/ {print $2}' "/proc/$(cat "$W/n$1/pid")/status"; }
+rss_of() { awk '/VmRSS|VmHWM/ {printf "%s %s KiB  ", $1, $2}' "/proc/$(cat "$W/n$1/pid")/status"; }
 
 rss() {
   start_all
-  wait_round 1 100 120
-  echo "result: rss round $(round 1): $(rss_of 1) KiB peak"
-  wait_round 1 "$RSS_ROUNDS" 3600
-  echo "result: rss round $(round 1): $(rss_of 1) KiB peak"
+  for r in 100 1000 2500 "$RSS_ROUNDS" $((RSS_ROUNDS * 2)); do
+    wait_round 1 "$r" 3600
+    echo "result: rss round $(round 1): $(rss_of 1)"
+  done
 }
 
 wipe() {

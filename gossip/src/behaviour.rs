@@ -80,7 +80,11 @@ fn gossipsub_config(config: &NetworkConfig) -> Result<gossipsub::Config, Error> 
         .history_length(history)
         .history_gossip(3.min(history))
         .flood_publish(config.flood_publish)
-        .duplicate_cache_time(Duration::from_secs(120).max(config.validation_timeout * 2))
+        .duplicate_cache_time(
+            config
+                .duplicate_cache_time
+                .max(config.validation_timeout * 2),
+        )
         // Large inline messages need longer than the 5 s / 1 s defaults to leave the queue.
         .publish_queue_duration(Duration::from_secs(30))
         .forward_queue_duration(Duration::from_secs(10))

@@ -83,6 +83,9 @@ pub struct NetworkConfig {
     pub fetch_attempts: usize,
     /// Blobs fetched or fetching at once for announce-fetch topics; more announcements are ignored.
     pub max_concurrent_fetches: usize,
+    /// How long gossipsub remembers a message id to drop duplicates (at least twice the
+    /// validation timeout). Memory grows with messages per second times this.
+    pub duplicate_cache_time: Duration,
     /// Bytes of blobs this node keeps to serve peers (its own and fetched payloads, state chunks).
     pub blob_cache_bytes: usize,
     /// Size of one checkpoint chunk in state sync.
@@ -141,6 +144,7 @@ impl NetworkConfig {
             request_timeout: Duration::from_secs(60),
             fetch_attempts: 6,
             max_concurrent_fetches: 64,
+            duplicate_cache_time: Duration::from_secs(120),
             blob_cache_bytes: 512 << 20,
             state_chunk_size: 1 << 20,
             max_state_bytes: 1 << 30,
@@ -172,6 +176,7 @@ impl NetworkConfig {
             mdns: false,
             nat_traversal: false,
             request_timeout: Duration::from_secs(10),
+            duplicate_cache_time: Duration::from_secs(120),
             blob_cache_bytes: 64 << 20,
             ..NetworkConfig::new(chain_id)
         }

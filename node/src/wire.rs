@@ -235,6 +235,8 @@ pub struct GenesisHello {
     pub genesis: String,
     /// The sender's last committed round.
     pub height: u64,
+    /// When it was sent (sender's clock, ms): makes each hello new bytes for gossip.
+    pub sent_ms: u64,
 }
 
 impl GenesisHello {

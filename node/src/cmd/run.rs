@@ -211,6 +211,11 @@ pub fn run(a: Args) -> Result<()> {
         net_cfg.heartbeat_interval = Duration::from_millis(300);
         net_cfg.request_timeout = Duration::from_secs(20);
         net_cfg.blob_cache_bytes = blob_cache_bytes(&genesis);
+        // The core answers every message as it handles it: 10 s is ample, and the message cache
+        // (history = validation timeout / heartbeat) and the duplicate cache are what a node's
+        // memory grows with at many rounds a second.
+        net_cfg.validation_timeout = Duration::from_secs(10);
+        net_cfg.duplicate_cache_time = Duration::from_secs(30);
         let (net, events) = gossip::Network::spawn(net_cfg, key.libp2p()?)
             .map_err(|e| anyhow::anyhow!("starting the network: {e}"))?;
         // Tell launchers where we listen (after the swarm has bound its sockets).

@@ -33,7 +33,7 @@ pub use scenario::{Scenario, SimConfig};
 /// Period of the nodes' ticks.
 const TICK_MS: Millis = 200;
 /// Gossipsub's duplicate cache time as the node configures it.
-const DUPLICATE_CACHE_MS: Millis = 120_000;
+const DUPLICATE_CACHE_MS: Millis = 30_000;
 
 /// What the queue delivers.
 enum Delivery {

@@ -209,10 +209,11 @@ impl Core {
     }
 
     /// Our genesis and height, as a hello.
-    pub(super) fn hello(&self) -> GenesisHello {
+    pub(super) fn hello(&self, now: Millis) -> GenesisHello {
         GenesisHello {
             genesis: toml::to_string(&self.cfg.genesis.file).unwrap_or_default(),
             height: self.committed.height(),
+            sent_ms: now,
         }
     }
 
@@ -268,7 +269,7 @@ impl Core {
             .is_none_or(|t| now.saturating_sub(t) >= HELLO_EVERY_MS)
         {
             self.local.last_hello = Some(now);
-            if let Ok(bytes) = self.hello().encode() {
+            if let Ok(bytes) = self.hello(now).encode() {
                 out.push(Action::Publish {
                     topic: Topic::Membership,
                     bytes,

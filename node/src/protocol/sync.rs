@@ -85,7 +85,7 @@ impl Core {
         let body = self.committed.state_body();
         // The metadata names our genesis: a requester that runs another one learns it here,
         // before it blames us for certificates it cannot verify.
-        let meta = self.hello().encode().ok()?;
+        let meta = self.hello(self.telemetry.started()).encode().ok()?;
         Some(StateSnapshot {
             checkpoint: Some(Checkpoint {
                 meta,

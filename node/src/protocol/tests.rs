@@ -28,6 +28,16 @@ fn genesis(keys: &[SigningKey]) -> crate::genesis::Genesis {
         .expect("genesis")
 }
 
+fn empty_store() -> Recovered {
+    Recovered {
+        ledger: Vec::new(),
+        wal: Vec::new(),
+        state: None,
+        residual: Vec::new(),
+        own_delta: None,
+    }
+}
+
 fn core(keys: &[SigningKey]) -> Core {
     let cfg = CoreConfig {
         key: keys[0].clone(),
@@ -36,14 +46,7 @@ fn core(keys: &[SigningKey]) -> Core {
         join: false,
         instance: 9,
     };
-    let recovered = Recovered {
-        ledger: Vec::new(),
-        wal: Vec::new(),
-        state: None,
-        residual: Vec::new(),
-        own_delta: None,
-    };
-    let mut c = Core::new(cfg, recovered).expect("core");
+    let mut c = Core::new(cfg, empty_store()).expect("core");
     c.handle(0, Event::Start).expect("start");
     c
 }
@@ -284,14 +287,7 @@ fn entry(height: u64, joins: bool) -> (LedgerEntry, RoundValue) {
 #[test]
 fn a_snapshot_at_round_100000_carries_as_many_entries_as_at_round_100() {
     let g = genesis(&keys());
-    let recovered = Recovered {
-        ledger: Vec::new(),
-        wal: Vec::new(),
-        state: None,
-        residual: Vec::new(),
-        own_delta: None,
-    };
-    let (mut c, _) = Committed::recover(&g, &recovered).expect("recover");
+    let (mut c, _) = Committed::recover(&g, &empty_store()).expect("recover");
     let mut sizes = Vec::new();
     for h in 1..=100_000 {
         let (e, rv) = entry(h, h % 25_000 == 0);
@@ -312,14 +308,7 @@ fn a_snapshot_at_round_100000_carries_as_many_entries_as_at_round_100() {
 #[test]
 fn a_validator_is_inactive_only_after_a_full_window_without_it() {
     let g = genesis(&keys());
-    let recovered = Recovered {
-        ledger: Vec::new(),
-        wal: Vec::new(),
-        state: None,
-        residual: Vec::new(),
-        own_delta: None,
-    };
-    let (mut c, _) = Committed::recover(&g, &recovered).expect("recover");
+    let (mut c, _) = Committed::recover(&g, &empty_store()).expect("recover");
     for h in 1..ACTIVITY_WINDOW as u64 {
         let (e, rv) = entry(h, false);
         c.remember(e, &rv);
@@ -341,6 +330,7 @@ fn a_node_whose_genesis_differs_from_a_running_network_stops_and_says_what_diffe
         crate::wire::GenesisHello {
             genesis: toml::to_string(file).expect("toml"),
             height,
+            sent_ms: 1,
         }
         .encode()
         .expect("encode")
