@@ -5,7 +5,9 @@
 #   onedown  rounds/s with 4 up, then with 1 of 4 down (SECS seconds each)
 #   rss      RSS and peak RSS of a validator at rounds 100, 1000, 2500, RSS_ROUNDS, 2 x RSS_ROUNDS
 #   wipe     a validator whose data dir is wiped at round WIPE_AT catches up
-# Usage: scripts/resilience.sh [quorum] [onedown] [rss] [wipe]   (default: all four)
+#   fair     how often each validator's delta is included in rounds 101..FAIR_ROUNDS (node 1
+#            trains on the most data: the Dirichlet split gives shards of different sizes)
+# Usage: scripts/resilience.sh [quorum] [onedown] [rss] [wipe] [fair]   (default: all five)
 # Env: COHORT (binary; default the dev build in ~/.cache/cohort/target), TRIALS=5, SECS=20,
 #      RSS_ROUNDS=5000, WIPE_AT=2000. Prints one `result:` line per measurement.
 set -euo pipefail
@@ -14,6 +16,7 @@ TRIALS="${TRIALS:-5}"
 SECS="${SECS:-20}"
 RSS_ROUNDS="${RSS_ROUNDS:-5000}"
 WIPE_AT="${WIPE_AT:-2000}"
+FAIR_ROUNDS="${FAIR_ROUNDS:-600}"
 W=$(mktemp -d /tmp/cohort-resilience.XXXXXX)
 cleanup() {
   for p in "$W"/n*/pid; do [ -f "$p" ] && kill -9 "$(cat "$p")" 2>/dev/null || true; done
@@ -122,6 +125,17 @@ wipe() {
   fi
 }
 
-for what in "${@:-quorum onedown rss wipe}"; do
+fair() {
+  start_all
+  wait_round 0 "$FAIR_ROUNDS" 3600
+  local api; api=$(cat "$W/n0/data/api.txt")
+  for r in $(seq 101 "$FAIR_ROUNDS"); do
+    curl -s --max-time 5 "http://$api/round/$r" | python3 -c 'import json,sys; print(" ".join(i["author"][:8] for i in json.load(sys.stdin)["included"]))'
+  done | tr ' ' '\n' | sort | uniq -c | while read -r count author; do
+    echo "result: fair validator $author included in $count of $((FAIR_ROUNDS - 100)) rounds"
+  done
+}
+
+for what in "${@:-quorum onedown rss wipe fair}"; do
   for w in $what; do "$w"; done
 done
