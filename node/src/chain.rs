@@ -20,14 +20,44 @@ pub struct Chain {
     pub last_value: [u8; 32],
     /// Model hash after the last verified height.
     pub model_hash: [u8; 32],
+    /// Membership history: when each current validator started voting, when keys were removed.
+    pub tenure: Tenure,
     genesis_set: ValidatorSet,
 }
 
-/// The membership changes a value carries.
+/// When each validator of the latest set started voting (0: genesis) and the last round each
+/// removed key was removed at. Grows with membership changes, not rounds; every node derives it
+/// from the entries that changed the set, which every snapshot carries.
+#[derive(Clone, Debug, Default)]
+pub struct Tenure {
+    /// Validator -> first height it votes at.
+    pub since: std::collections::BTreeMap<[u8; 32], u64>,
+    /// Key -> the round whose value removed it.
+    pub removed: std::collections::BTreeMap<[u8; 32], u64>,
+}
+
+impl Tenure {
+    fn record(&mut self, height: u64, rv: &RoundValue) {
+        for r in &rv.removals {
+            self.since.remove(r);
+            self.removed.insert(*r, height);
+        }
+        for j in &rv.joins {
+            self.since.insert(j.validator, height + 2);
+        }
+    }
+}
+
+/// The membership changes a value carries: removals, then joins.
 pub fn changes(rv: &RoundValue) -> Vec<MembershipChange> {
-    rv.joins
+    rv.removals
         .iter()
-        .map(|j| MembershipChange::Add(ValidatorId(j.validator)))
+        .map(|v| MembershipChange::Remove(ValidatorId(*v)))
+        .chain(
+            rv.joins
+                .iter()
+                .map(|j| MembershipChange::Add(ValidatorId(j.validator))),
+        )
         .collect()
 }
 
@@ -39,6 +69,15 @@ impl Chain {
             height: 0,
             last_value: [0; 32],
             model_hash: model::params::hash_params(&genesis.initial_params()),
+            tenure: Tenure {
+                since: genesis
+                    .validators
+                    .members()
+                    .iter()
+                    .map(|v| (v.0, 0))
+                    .collect(),
+                removed: Default::default(),
+            },
             genesis_set: genesis.validators.clone(),
         }
     }
@@ -79,6 +118,7 @@ impl Chain {
         self.schedule
             .record_decided(Height(e.height), &changes(&rv))
             .map_err(|err| anyhow::anyhow!("membership change in round {}: {err}", e.height))?;
+        self.tenure.record(e.height, &rv);
         self.height = e.height;
         self.last_value = Value(e.value.clone()).id().0;
         self.model_hash = rv.model_hash;
@@ -114,6 +154,7 @@ impl Chain {
             .record_decided(Height(h), &changes(&rv))
             .map_err(|e| anyhow::anyhow!("membership change in round {h}: {e}"))?;
         self.schedule.prune_below(Height(h.saturating_sub(4)));
+        self.tenure.record(h, &rv);
         self.height = h;
         self.last_value = Value(e.value.clone()).id().0;
         self.model_hash = rv.model_hash;

@@ -35,6 +35,27 @@ pub struct GenesisFile {
     pub training: TrainingSection,
     /// Consensus and round timers.
     pub timeouts: TimeoutSection,
+    /// Who may vote, and when a validator is removed.
+    #[serde(default)]
+    pub membership: MembershipSection,
+}
+
+/// `[membership]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipSection {
+    /// Downtime window W in rounds: a validator whose delta is missing from more than half of
+    /// the last W committed rounds is removed; no more validators are admitted within any W
+    /// rounds than the quorum can lose (f of the set after admission).
+    pub downtime_window: u64,
+}
+
+impl Default for MembershipSection {
+    fn default() -> Self {
+        MembershipSection {
+            downtime_window: 100,
+        }
+    }
 }
 
 /// `[model]`.
@@ -192,6 +213,9 @@ impl GenesisFile {
             },
             max_ms: to.max_ms,
         };
+        if !(4..=10_000).contains(&self.membership.downtime_window) {
+            bail!("membership.downtime_window must be between 4 and 10,000 rounds");
+        }
         if t.max_samples == 0 {
             bail!("training.max_samples must be at least 1");
         }
@@ -322,6 +346,7 @@ pub fn demo(chain_id: &str, validators: &[ValidatorId]) -> GenesisFile {
             collect_ms: 500,
             max_ms: 60_000,
         },
+        membership: MembershipSection::default(),
     }
 }
 

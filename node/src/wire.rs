@@ -151,37 +151,51 @@ pub struct RoundValue {
     pub momentum_hash: [u8; 32],
     /// Id of the previous round's committed value (zeros for round 1).
     pub prev_value: [u8; 32],
-    /// Signed join requests admitted by this round; each joiner votes from round + 2.
+    /// Signed join requests admitted by this round (sorted by key); each votes from round + 2.
     pub joins: Vec<SignedJoin>,
+    /// Validators removed by this round (sorted), from round + 2: exactly those the committed
+    /// ledger makes due (`Committed::due_removals`).
+    pub removals: Vec<[u8; 32]>,
 }
 
-/// A request to become a validator, signed by the joining key.
+/// A request to become a validator, signed by the joining key. It names the round it was made
+/// at and the last round it may be admitted in, so it cannot be replayed later (in particular
+/// not after its key was removed: a request made before the removal is refused).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedJoin {
     /// Network.
     pub chain_id: String,
     /// The joining validator's public key.
     pub validator: [u8; 32],
-    /// ed25519 signature by `validator` over `cohort/join/v1 || chain_id || validator`.
+    /// The joiner's last committed round when it made the request.
+    pub round: u64,
+    /// The last round whose value may admit it.
+    pub expires: u64,
+    /// ed25519 signature by `validator` over
+    /// `cohort/join/v2 || chain_id || validator || round || expires`.
     pub signature: Vec<u8>,
 }
 
 impl SignedJoin {
-    fn sign_bytes(chain_id: &str, validator: &[u8; 32]) -> Vec<u8> {
-        let mut out = b"cohort/join/v1\0".to_vec();
+    fn sign_bytes(chain_id: &str, validator: &[u8; 32], round: u64, expires: u64) -> Vec<u8> {
+        let mut out = b"cohort/join/v2\0".to_vec();
         out.extend_from_slice(&(chain_id.len() as u32).to_le_bytes());
         out.extend_from_slice(chain_id.as_bytes());
         out.extend_from_slice(validator);
+        out.extend_from_slice(&round.to_le_bytes());
+        out.extend_from_slice(&expires.to_le_bytes());
         out
     }
 
-    /// A join request for `key` on `chain_id`.
-    pub fn new(chain_id: &str, key: &SigningKey) -> SignedJoin {
+    /// A join request for `key` on `chain_id`, made at `round`, valid through `expires`.
+    pub fn new(chain_id: &str, key: &SigningKey, round: u64, expires: u64) -> SignedJoin {
         let validator = key.verifying_key().to_bytes();
-        let sig = key.sign(&Self::sign_bytes(chain_id, &validator));
+        let sig = key.sign(&Self::sign_bytes(chain_id, &validator, round, expires));
         SignedJoin {
             chain_id: chain_id.to_string(),
             validator,
+            round,
+            expires,
             signature: sig.to_bytes().to_vec(),
         }
     }
@@ -198,7 +212,7 @@ impl SignedJoin {
             .try_into()
             .context("signature length")?;
         key.verify_strict(
-            &Self::sign_bytes(&self.chain_id, &self.validator),
+            &Self::sign_bytes(&self.chain_id, &self.validator, self.round, self.expires),
             &Signature::from_bytes(&sig),
         )
         .context("bad join signature")

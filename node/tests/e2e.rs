@@ -395,6 +395,37 @@ fn join_request_makes_a_validator_whose_deltas_count() {
     assert_eq!(s["validators"].as_u64(), Some(5));
 }
 
+/// The halt the membership issue reported: 4 validators, 2 fresh keys join and are killed once
+/// admitted. With the admission bound (newcomers within f of the set) and downtime removal
+/// (W = 100 rounds by default) the network keeps committing and ends with its 4 validators.
+#[test]
+fn joiners_admitted_then_killed_do_not_halt_the_chain_and_are_removed() {
+    let net = Net::new("e2e-silent-joiners", 4, 2, "mean");
+    let nodes = start_four(&net, None);
+    let boot = listen_addr(&nodes[0]);
+    let mut joiners = vec![
+        net.start(4, Some(&boot), &["--join"]),
+        net.start(5, Some(&boot), &["--join"]),
+    ];
+    wait_until("a joiner to be admitted", 120, || {
+        (status(&nodes[0])?["validators"].as_u64()? == 5).then_some(())
+    });
+    for j in &mut joiners {
+        let _ = j.child.kill();
+        let _ = j.child.wait();
+    }
+    let r = round(&nodes[0]);
+    // Past the downtime window: the silent newcomer is removed and rounds never stopped.
+    wait_until("the silent newcomer to be removed", 300, || {
+        let s = status(&nodes[0])?;
+        (s["validators"].as_u64()? == 4 && s["round"].as_u64()? > r + 100).then_some(())
+    });
+    let r = round(&nodes[0]);
+    wait_until("more rounds", 60, || {
+        (round(&nodes[0]) > r + 5).then_some(())
+    });
+}
+
 #[test]
 fn a_node_with_another_genesis_exits_naming_the_difference() {
     let net = Net::new("e2e-genesis", 4, 1, "mean");

@@ -108,7 +108,11 @@ impl Checker {
                 core.held_deltas(),
                 2 * n * (LOOKAHEAD as usize + 1),
             ),
-            ("ledger entries", core.held_entries(), RECENT + 64),
+            (
+                "ledger entries",
+                core.held_entries(),
+                RECENT.max(core.genesis().file.membership.downtime_window as usize) + 64,
+            ),
             (
                 "buffered messages",
                 core.buffered_messages(),

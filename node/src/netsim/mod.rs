@@ -70,6 +70,10 @@ pub struct Outcome {
     pub inclusions: Vec<u64>,
     /// Simulated time at the end, ms.
     pub end_ms: Millis,
+    /// Joins and removals node 0 committed, by key.
+    pub admitted: Vec<[u8; 32]>,
+    /// Removals node 0 committed.
+    pub removed: Vec<[u8; 32]>,
 }
 
 /// One simulated network.
@@ -80,6 +84,8 @@ pub struct Sim {
     queue: BTreeMap<(Millis, u64), (usize, Delivery, u64)>,
     /// Per node, how many times it crashed: an event in flight across a crash is lost.
     epoch: Vec<u64>,
+    /// Join requests seen on the network (for replaying nodes), at most 64.
+    joins_seen: Vec<Vec<u8>>,
     /// Gossipsub names a message by the hash of its bytes and refuses to publish the same bytes
     /// again within its duplicate-cache time: per node, what it published and when.
     published: Vec<BTreeMap<MessageId, Millis>>,
@@ -138,6 +144,7 @@ impl Sim {
             wake: vec![None; total],
             epoch: vec![0; total],
             published: vec![BTreeMap::new(); total],
+            joins_seen: Vec::new(),
             queue: BTreeMap::new(),
             seq: 0,
             now: 0,
@@ -204,6 +211,12 @@ impl Sim {
         let mut out = self.checker.finish();
         out.height = height;
         out.end_ms = self.now;
+        for e in &self.nodes[0].store.ledger {
+            if let Ok(rv) = crate::wire::RoundValue::decode(&e.value) {
+                out.admitted.extend(rv.joins.iter().map(|j| j.validator));
+                out.removed.extend(rv.removals.iter().copied());
+            }
+        }
         if let Some(c) = self.nodes[0].core.as_ref() {
             out.inclusions = self.nodes[..self.cfg.nodes]
                 .iter()
@@ -289,6 +302,12 @@ impl Sim {
                 if self.nodes[i].fault == Some(Fault::BogusVotes) {
                     self.forge_votes(i);
                 }
+                if self.nodes[i].fault == Some(Fault::ReplayJoins) {
+                    for j in self.joins_seen.clone() {
+                        // Each replay is new bytes for gossip (a fresh envelope would be, too).
+                        self.broadcast_unchecked(i, Topic::Membership, j);
+                    }
+                }
                 self.handle(i, Event::Tick)?;
             }
             Delivery::Wake => {
@@ -343,6 +362,18 @@ impl Sim {
 
     /// Sends gossip from `i` to every linked node, with loss and duplication while faulty.
     fn broadcast(&mut self, i: usize, topic: Topic, bytes: Vec<u8>) {
+        if topic == Topic::Membership
+            && crate::wire::SignedJoin::decode(&bytes).is_ok()
+            && self.joins_seen.len() < 64
+            && !self.joins_seen.contains(&bytes)
+        {
+            self.joins_seen.push(bytes.clone());
+        }
+        self.broadcast_unchecked(i, topic, bytes);
+    }
+
+    /// [`Sim::broadcast`] without recording joins.
+    fn broadcast_unchecked(&mut self, i: usize, topic: Topic, bytes: Vec<u8>) {
         let id = MessageId::of(&bytes);
         // Deltas go out as announcements with a fresh nonce (gossip's announce-fetch), so only
         // inline topics meet the duplicate cache.

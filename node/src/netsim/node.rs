@@ -25,17 +25,20 @@ pub enum Fault {
     LyingSnapshots,
     /// Signs prevotes and precommits for values it cannot have computed.
     BogusVotes,
+    /// Re-broadcasts every join request it has seen, again and again.
+    ReplayJoins,
 }
 
 impl Fault {
     /// Every behaviour, in a fixed order.
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 7] = [
         Fault::Equivocate,
         Fault::InflateSamples,
         Fault::Silent,
         Fault::BadDeltas,
         Fault::LyingSnapshots,
         Fault::BogusVotes,
+        Fault::ReplayJoins,
     ];
 
     /// What the core itself does for this fault.

@@ -33,13 +33,14 @@ pub enum Scenario {
     /// Membership: fresh keys flood join requests (they stay up).
     JoinFlood,
     /// Membership: fresh keys join, are admitted, then go silent for good.
-    JoinSilent,
+    SilentJoiners,
+    /// Membership: silent joiners, and a Byzantine validator replaying every join request it saw.
+    ReplayedJoins,
 }
 
 impl Scenario {
-    /// The scenarios `All` cycles over (not the membership ones: those belong to the
-    /// membership issue's admission policy).
-    pub const CYCLE: [Scenario; 9] = [
+    /// The scenarios `All` cycles over.
+    pub const CYCLE: [Scenario; 12] = [
         Scenario::Calm,
         Scenario::Lossy,
         Scenario::Partition,
@@ -49,6 +50,9 @@ impl Scenario {
         Scenario::Mixed,
         Scenario::QuorumLoss,
         Scenario::OneDown,
+        Scenario::JoinFlood,
+        Scenario::SilentJoiners,
+        Scenario::ReplayedJoins,
     ];
 }
 
@@ -174,10 +178,15 @@ impl SimConfig {
                 c.joiners = 4;
                 c.faults.resize(nodes + 4, None);
             }
-            Scenario::JoinSilent => {
+            Scenario::SilentJoiners | Scenario::ReplayedJoins => {
                 c.joiners = 2;
                 c.faults.resize(nodes + 2, None);
                 c.joiners_silent_at = Some(3_000);
+                // Long enough for admitted joiners to be removed (W = 32 rounds).
+                c.faults_until = 25_000;
+                if scenario == Scenario::ReplayedJoins {
+                    c.faults[nodes - 1] = Some(Fault::ReplayJoins);
+                }
             }
         }
         c.faults.resize(nodes + c.joiners, None);
@@ -211,5 +220,6 @@ pub fn genesis(ids: &[ValidatorId], c: &SimConfig) -> Result<Genesis> {
     g.timeouts.vote_per_view_ms = 250;
     g.timeouts.collect_ms = 100;
     g.timeouts.max_ms = 8_000;
+    g.membership.downtime_window = 32;
     g.check()
 }

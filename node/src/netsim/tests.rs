@@ -101,8 +101,10 @@ fn snapshot_size_does_not_grow_with_rounds() {
         assert_clean("late", at, &out);
         (out.height, out.max_snapshot_bytes)
     };
-    let (h1, early) = late(10_000);
-    let (h2, later) = late(30_000);
+    // Both past the 32 recent entries kept; the absent validator is removed for downtime in
+    // both (one set-changing entry each).
+    let (h1, early) = late(15_000);
+    let (h2, later) = late(45_000);
     assert!(h2 > 2 * h1, "rounds {h1} and {h2}");
     let diff = early.abs_diff(later) as f64 / early as f64;
     assert!(
@@ -111,13 +113,45 @@ fn snapshot_size_does_not_grow_with_rounds() {
     );
 }
 
-/// The membership scenarios run (their admission policy belongs to the membership issue):
-/// a flood of joiners that stay up keeps the chain going.
+/// A flood of joiners that stay up keeps the chain going (admitted at the bounded rate).
 #[test]
 fn the_simulator_expresses_join_floods() {
     let out = run(Scenario::JoinFlood, 2, 4);
     assert_clean("join-flood", 2, &out);
     assert!(out.height >= 10);
+}
+
+/// Two joiners admitted and then silent for good: before the admission bound and downtime
+/// removal this halted the chain (n = 6, quorum 5, 4 up); now at most f of the set after
+/// admission are newcomers, and the silent ones are removed after the downtime window. A
+/// Byzantine validator replaying every join request it saw does not get them admitted again.
+#[test]
+fn silent_joiners_never_stop_the_chain_and_are_removed() {
+    for seed in 0..4 {
+        for scenario in [Scenario::SilentJoiners, Scenario::ReplayedJoins] {
+            let out = run(scenario, seed, 4);
+            assert_clean("silent joiners", seed, &out);
+            assert!(!out.admitted.is_empty(), "seed {seed}: nobody admitted");
+            assert!(
+                out.admitted.iter().all(|a| out.removed.contains(a))
+                    || out.admitted.len() > out.removed.len(),
+                "seed {seed}: removed a key never admitted"
+            );
+            assert!(
+                !out.removed.is_empty(),
+                "seed {seed}: no silent joiner removed"
+            );
+            // No key is admitted twice: a replayed request never re-admits a removed key.
+            let mut keys = out.admitted.clone();
+            keys.sort();
+            keys.dedup();
+            assert_eq!(
+                keys.len(),
+                out.admitted.len(),
+                "seed {seed}: a key admitted twice"
+            );
+        }
+    }
 }
 
 /// A run is a function of its seed.

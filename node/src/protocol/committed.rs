@@ -14,7 +14,7 @@ use crate::genesis::Genesis;
 use crate::store::Recovered;
 use crate::wire::{LedgerEntry, RoundValue, StateBody};
 
-/// Recent ledger entries kept in memory.
+/// Recent ledger entries kept in memory (at least; the genesis downtime window if longer).
 pub const RECENT: usize = 16;
 /// A validator whose delta was included in none of this many committed rounds is skipped as
 /// proposer.
@@ -39,6 +39,10 @@ pub struct Committed {
     pub velocity: Arc<Vec<f32>>,
     recent: VecDeque<Recent>,
     changes: Vec<LedgerEntry>,
+    /// Recent entries kept: max(RECENT, downtime window).
+    keep: usize,
+    /// The downtime window W.
+    window: u64,
 }
 
 fn participants(rv: &RoundValue) -> BTreeSet<[u8; 32]> {
@@ -55,6 +59,8 @@ impl Committed {
             velocity: Arc::new(Vec::new()),
             recent: VecDeque::new(),
             changes: Vec::new(),
+            keep: RECENT.max(genesis.file.membership.downtime_window as usize),
+            window: genesis.file.membership.downtime_window,
         };
         for e in &recovered.ledger {
             let rv = c.chain.follow(e, genesis)?;
@@ -90,7 +96,7 @@ impl Committed {
 
     /// Keeps `e` in memory as a recent entry (and as a change entry when it changed the set).
     pub fn remember(&mut self, e: LedgerEntry, rv: &RoundValue) {
-        if !rv.joins.is_empty() {
+        if !rv.joins.is_empty() || !rv.removals.is_empty() {
             self.changes.push(e.clone());
         }
         let participants = participants(rv);
@@ -98,7 +104,7 @@ impl Committed {
             entry: e,
             participants,
         });
-        while self.recent.len() > RECENT {
+        while self.recent.len() > self.keep {
             self.recent.pop_front();
         }
     }
@@ -169,6 +175,76 @@ impl Committed {
             .filter(|m| !window.iter().any(|r| r.participants.contains(&m.0)))
             .copied()
             .collect()
+    }
+
+    /// The last `n` recent entries, newest first, when they are consecutive and end at `h - 1`.
+    fn window_before(&self, h: u64, n: usize) -> Option<Vec<&Recent>> {
+        let w: Vec<&Recent> = self.recent.iter().rev().take(n).collect();
+        let ok = w.len() == n
+            && w.first().is_some_and(|r| r.entry.height + 1 == h)
+            && w.windows(2)
+                .all(|p| p[0].entry.height == p[1].entry.height + 1);
+        ok.then_some(w)
+    }
+
+    /// The validators a value for height `h` must remove (sorted): members of the set its
+    /// changes apply to (that of `h + 1`) that voted through the whole downtime window
+    /// (rounds `h - W .. h - 1`) and whose delta was included in fewer than half of them.
+    /// Never all of the set. The same on every honest node: it reads committed data only.
+    pub fn due_removals(&self, h: u64) -> Vec<[u8; 32]> {
+        let w = self.window;
+        let Some(window) = self.window_before(h, w as usize) else {
+            return Vec::new();
+        };
+        let next = self.chain.set_for(h + 1);
+        let tenure = &self.chain.tenure;
+        let due: Vec<[u8; 32]> = next
+            .members()
+            .iter()
+            .filter(|m| tenure.since.get(&m.0).is_some_and(|s| s + w <= h))
+            .filter(|m| {
+                window
+                    .iter()
+                    .filter(|r| r.participants.contains(&m.0))
+                    .count()
+                    * 2
+                    < w as usize
+            })
+            .map(|m| m.0)
+            .collect();
+        if due.len() >= next.len() {
+            return Vec::new();
+        }
+        due
+    }
+
+    /// How many joins a value for height `h` that removes `removals` validators may carry.
+    ///
+    /// The bound: the newcomers (validators that joined after genesis and have voted for fewer
+    /// than W rounds by `h`), these joins included, must stay within f = floor((n - 1) / 3) of
+    /// the set after the changes, n = its size. All newcomers going silent at once then leaves
+    /// n - f >= quorum older validators (assumed up) to commit; a newcomer stops counting at
+    /// exactly the value (`since + W <= h`) that must remove it if it was silent, so silent
+    /// newcomers are replaced, never accumulated.
+    pub fn admissible_joins(&self, h: u64, removals: usize, max: usize) -> usize {
+        let next = self.chain.set_for(h + 1);
+        let recent = next
+            .members()
+            .iter()
+            .filter(|m| {
+                self.chain
+                    .tenure
+                    .since
+                    .get(&m.0)
+                    .is_some_and(|s| *s > 0 && *s + self.window > h)
+            })
+            .count();
+        let base = next.len().saturating_sub(removals);
+        let f = |n: usize| n.saturating_sub(1) / 3;
+        (0..=max)
+            .take_while(|j| recent + j <= f(base + j))
+            .last()
+            .unwrap_or(0)
     }
 
     /// How many entries are held in memory.

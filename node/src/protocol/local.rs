@@ -23,6 +23,8 @@ pub const JOIN_RETRY_MS: Millis = 2_000;
 pub const REPUBLISH_MS: Millis = 1_000;
 /// A node tells the membership topic its genesis this often.
 pub const HELLO_EVERY_MS: Millis = 10_000;
+/// Foreign genesis hashes remembered (each reported once).
+pub const MAX_FOREIGN: usize = 16;
 /// Join requests held for proposals.
 pub const MAX_PENDING_JOINS: usize = 64;
 
@@ -185,6 +187,15 @@ impl Core {
     /// Another node's genesis. Under our chain name but different: name what differs; and if we
     /// have committed nothing while the other network has, we are the odd one out: stop.
     pub(super) fn on_hello(&mut self, hello: GenesisHello, out: &mut Vec<Action>) -> Verdict {
+        // Our own genesis (the usual case) is recognised by its hash, without parsing anything.
+        let hash = crate::wire::sha256(hello.genesis.as_bytes());
+        if hash == self.cfg.genesis.hash {
+            return Verdict::Accept;
+        }
+        if self.local.foreign.contains(&hash) && (self.committed.height() > 0 || hello.height == 0)
+        {
+            return Verdict::Ignore("another genesis");
+        }
         let Ok(file) = toml::from_str::<crate::genesis::GenesisFile>(&hello.genesis) else {
             return Verdict::Reject("malformed hello");
         };
@@ -202,7 +213,7 @@ impl Core {
                  use the network's genesis file",
                 ours.file.chain_id, hello.height
             )));
-        } else if self.local.foreign.insert(theirs.hash) {
+        } else if self.local.foreign.len() < MAX_FOREIGN && self.local.foreign.insert(hash) {
             tracing::error!(chain = %ours.file.chain_id, differences = %what, "a peer runs another genesis under our chain name; its messages are refused");
         }
         Verdict::Ignore("another genesis")
@@ -234,6 +245,10 @@ impl Core {
         {
             return Verdict::Ignore("already a validator");
         }
+        if !self.join_admissible(&j, h) {
+            // Expired, replayed from before a removal, or from a joiner ahead of us.
+            return Verdict::Ignore("join request not admissible");
+        }
         let joins = &mut self.local.pending_joins;
         if joins.len() >= MAX_PENDING_JOINS && !joins.contains_key(&j.validator) {
             return Verdict::Ignore("too many pending joins");
@@ -255,7 +270,13 @@ impl Core {
                 .is_none_or(|t| now.saturating_sub(t) > JOIN_RETRY_MS)
         {
             self.local.last_join_sent = Some(now);
-            let j = SignedJoin::new(self.cfg.genesis.chain_id.as_str(), &self.cfg.key);
+            let made = self.committed.height();
+            let j = SignedJoin::new(
+                self.cfg.genesis.chain_id.as_str(),
+                &self.cfg.key,
+                made,
+                made + super::round::JOIN_TTL,
+            );
             if let Ok(bytes) = j.encode() {
                 out.push(Action::Publish {
                     topic: Topic::Membership,

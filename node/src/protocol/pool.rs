@@ -199,6 +199,11 @@ impl Core {
         }
         let round = sd.msg.round;
         let author = sd.msg.author;
+        let h = self.committed.height() + 1;
+        if round < h {
+            // Before the membership check: the set of an old round may be forgotten.
+            return Verdict::Ignore("old round");
+        }
         if !self
             .committed
             .chain
@@ -206,10 +211,6 @@ impl Core {
             .contains(&ValidatorId(author))
         {
             return Verdict::Reject("not_validator");
-        }
-        let h = self.committed.height() + 1;
-        if round < h {
-            return Verdict::Ignore("old round");
         }
         // The signature before anything that costs memory or work.
         if sd.verify().is_err() {

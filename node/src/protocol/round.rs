@@ -18,10 +18,15 @@ use model::aggregate::Contribution;
 use super::height::PendingCommit;
 use super::{Action, Core, Millis};
 use crate::keys::hex;
-use crate::wire::{Included, LedgerEntry, RoundValue, momentum_hash};
+use crate::wire::{Included, LedgerEntry, RoundValue, SignedJoin, momentum_hash};
 
-/// At most this many validators are admitted per round.
+/// At most this many validators are admitted per round (and never more than the admission
+/// bound of `Committed::admissible_joins`).
 pub const MAX_JOINS_PER_ROUND: usize = 4;
+/// The round value format: 2 added removals.
+pub const VALUE_VERSION: u8 = 2;
+/// A join request may be admitted for at most this many rounds after it was made.
+pub const JOIN_TTL: u64 = 64;
 
 /// The result of recomputing a value's aggregate.
 #[derive(Clone)]
@@ -135,9 +140,20 @@ impl Core {
         let Some(applied) = self.compute(h, &included)? else {
             return Ok(None);
         };
-        let next = self.committed.chain.set_for(h + 1);
+        let removals = self.committed.due_removals(h);
+        let room = self
+            .committed
+            .admissible_joins(h, removals.len(), MAX_JOINS_PER_ROUND);
+        let joins: Vec<SignedJoin> = self
+            .local
+            .pending_joins
+            .values()
+            .filter(|j| self.join_admissible(j, h))
+            .take(room)
+            .cloned()
+            .collect();
         let rv = RoundValue {
-            version: 1,
+            version: VALUE_VERSION,
             round: h,
             base_hash: base,
             included,
@@ -145,14 +161,8 @@ impl Core {
             model_hash: model::params::hash_params(&applied.params),
             momentum_hash: momentum_hash(&applied.velocity),
             prev_value: self.committed.chain.last_value,
-            joins: self
-                .local
-                .pending_joins
-                .values()
-                .filter(|j| !next.contains(&ValidatorId(j.validator)))
-                .take(MAX_JOINS_PER_ROUND)
-                .cloned()
-                .collect(),
+            joins,
+            removals,
         };
         let value = Value(rv.encode()?);
         self.height.applied.insert(value.id(), applied);
@@ -168,6 +178,20 @@ impl Core {
             view,
             value,
         }))
+    }
+
+    /// Whether a value for height `h` may admit `j`: signed for this chain, made at or before
+    /// `h` and after any removal of its key (no replay of an older request), not expired, with
+    /// a bounded lifetime, and not already a validator of the set it would join.
+    pub(super) fn join_admissible(&self, j: &SignedJoin, h: u64) -> bool {
+        let chain = &self.committed.chain;
+        let removed = chain.tenure.removed.get(&j.validator).copied();
+        j.verify(self.cfg.genesis.chain_id.as_str()).is_ok()
+            && j.round < h
+            && j.expires >= h
+            && j.expires.saturating_sub(j.round) <= JOIN_TTL
+            && removed.is_none_or(|r| j.round > r)
+            && !chain.set_for(h + 1).contains(&ValidatorId(j.validator))
     }
 
     /// Decides pending validations whose deltas are all here; fetches missing ones.
@@ -207,7 +231,7 @@ impl Core {
             .included
             .iter()
             .all(|i| i.samples > 0 && i.samples <= g.max_samples);
-        if rv.version != 1
+        if rv.version != VALUE_VERSION
             || rv.round != h
             || rv.base_hash != self.committed.chain.model_hash
             || rv.prev_value != self.committed.chain.last_value
@@ -219,12 +243,17 @@ impl Core {
         {
             return Ok(Some(false));
         }
-        let next = self.committed.chain.set_for(h + 1);
-        let joins_ok = rv.joins.len() <= MAX_JOINS_PER_ROUND
+        // Membership: exactly the due removals, and joins within the admission bound.
+        if rv.removals != self.committed.due_removals(h) {
+            tracing::warn!(round = h, "proposed removals are not the due ones");
+            return Ok(Some(false));
+        }
+        let room = self
+            .committed
+            .admissible_joins(h, rv.removals.len(), MAX_JOINS_PER_ROUND);
+        let joins_ok = rv.joins.len() <= room
             && rv.joins.windows(2).all(|w| w[0].validator < w[1].validator)
-            && rv.joins.iter().all(|j| {
-                j.verify(g.chain_id.as_str()).is_ok() && !next.contains(&ValidatorId(j.validator))
-            });
+            && rv.joins.iter().all(|j| self.join_admissible(j, h));
         if !joins_ok {
             return Ok(Some(false));
         }
@@ -292,6 +321,17 @@ impl Core {
             self.local.pending_joins.remove(&j.validator);
             tracing::info!(round = h, validator = %hex(&j.validator), "validator admitted");
         }
+        for r in &rv.removals {
+            tracing::warn!(round = h, validator = %hex(r), "validator removed for downtime");
+            if *r == self.me.0 {
+                tracing::error!(
+                    round = h,
+                    "this node was removed for downtime; restart it with --join to ask for admission again"
+                );
+            }
+        }
+        // Requests that can no longer be admitted.
+        self.local.pending_joins.retain(|_, j| j.expires > h);
         out.push(Action::ResetWal);
         self.committed
             .advance(entry, &rv, a.params.clone(), a.velocity.clone());

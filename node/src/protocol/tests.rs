@@ -23,9 +23,9 @@ fn genesis(keys: &[SigningKey]) -> crate::genesis::Genesis {
         .iter()
         .map(|k| ValidatorId(k.verifying_key().to_bytes()))
         .collect();
-    crate::genesis::demo("core-test", &ids)
-        .check()
-        .expect("genesis")
+    let mut g = crate::genesis::demo("core-test", &ids);
+    g.membership.downtime_window = 16;
+    g.check().expect("genesis")
 }
 
 fn empty_store() -> Recovered {
@@ -267,10 +267,13 @@ fn entry(height: u64, joins: bool) -> (LedgerEntry, RoundValue) {
         model_hash: [0; 32],
         momentum_hash: [0; 32],
         prev_value: [0; 32],
+        removals: Vec::new(),
         joins: if joins {
             vec![crate::wire::SignedJoin::new(
                 "c",
                 &SigningKey::from_bytes(&[7; 32]),
+                0,
+                10,
             )]
         } else {
             Vec::new()
@@ -390,5 +393,59 @@ fn a_delta_signed_with_our_key_by_another_process_stops_the_node() {
     assert!(
         why.contains("another process signs with this node's key"),
         "{why}"
+    );
+}
+
+#[test]
+fn newcomers_stay_within_f_and_silent_validators_are_due_for_removal_after_the_window() {
+    // W = 16 (the tests' genesis). Four genesis validators: k[0..4].
+    let k = keys();
+    let g = genesis(&k);
+    let (mut c, _) = Committed::recover(&g, &empty_store()).expect("recover");
+    // Nothing is due before a whole window of history exists.
+    assert!(c.due_removals(5).is_empty());
+    // f(4 + 1) = 1: one newcomer at a time, none while the genesis set is all there is... plus one.
+    assert_eq!(c.admissible_joins(1, 0, 4), 1);
+    // A newcomer admitted by round 2 votes from round 4 and counts as new until round 4 + W.
+    c.chain.tenure.since.insert([9; 32], 4);
+    let with_newcomer = |c: &Committed, h| {
+        let mut set: Vec<ValidatorId> = g.validators.members().to_vec();
+        set.push(ValidatorId([9; 32]));
+        set.iter()
+            .filter(|m| {
+                c.chain
+                    .tenure
+                    .since
+                    .get(&m.0)
+                    .is_some_and(|s| *s > 0 && *s + 16 > h)
+            })
+            .count()
+    };
+    assert_eq!(with_newcomer(&c, 19), 1);
+    assert_eq!(
+        with_newcomer(&c, 20),
+        0,
+        "old at since + W, when removal may be due"
+    );
+    // 16 rounds in which only k[1..4] contributed: k[0] is due (tenure since genesis), and
+    // never all of the set.
+    let g2 = genesis(&k);
+    let (mut c2, _) = Committed::recover(&g2, &empty_store()).expect("recover");
+    for h in 1..=16u64 {
+        let (e, mut rv) = entry(h, false);
+        rv.included = k[1..]
+            .iter()
+            .map(|key| Included {
+                author: key.verifying_key().to_bytes(),
+                digest: [0; 32],
+                samples: 1,
+            })
+            .collect();
+        c2.remember(e, &rv);
+    }
+    assert_eq!(c2.due_removals(17), vec![k[0].verifying_key().to_bytes()]);
+    assert!(
+        c2.due_removals(18).is_empty(),
+        "the window must end at h - 1"
     );
 }
