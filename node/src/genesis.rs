@@ -329,7 +329,7 @@ pub fn demo(chain_id: &str, validators: &[ValidatorId]) -> GenesisFile {
             batch: 16,
             optimizer: "sgd:0.1,0.9".into(),
             prox_mu: 0.0,
-            rule: "mean".into(),
+            rule: "nnm+centered-clip:0.1,3".into(),
             server_lr: 1.0,
             server_momentum: 0.0,
             nesterov: false,
@@ -362,6 +362,8 @@ mod tests {
         let back: GenesisFile = toml::from_str(&text).unwrap();
         let checked = back.check().unwrap();
         assert_eq!(checked.validators.len(), 2);
+        // The default rule is a robust one (f < n/3 malicious nodes must not poison the model).
+        assert_eq!(checked.rule.to_string(), "nnm+centered-clip:0.1,3");
         assert_eq!(checked.model, ModelKind::DigitsMlp);
         let mut bad = g.clone();
         bad.training.rule = "nonsense".into();
@@ -371,13 +373,13 @@ mod tests {
         assert!(bad.check().is_err());
         // Any other setting is another chain, and the difference is named.
         let mut other = g.clone();
-        other.training.rule = "nnm+median".into();
+        other.training.rule = "mean".into();
         let (a, b) = (g.check().unwrap(), other.clone().check().unwrap());
         assert_ne!(a.chain_id, b.chain_id);
         assert!(a.chain_id.as_str().starts_with("test-chain@"));
         assert_eq!(
             a.differences(&other),
-            vec!["training.rule: \"mean\" here, \"nnm+median\" there".to_string()]
+            vec!["training.rule: \"nnm+centered-clip:0.1,3\" here, \"mean\" there".to_string()]
         );
         assert!(a.differences(&a.file).is_empty());
     }

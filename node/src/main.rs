@@ -47,6 +47,8 @@ enum Command {
     Status(cmd::admin::StatusArgs),
     /// Re-check a data dir's ledger from genesis and its stored model.
     Verify(cmd::admin::VerifyArgs),
+    /// Who contributed what: per participant, from the verified ledger.
+    Ledger(cmd::ledger::Args),
     /// Export the committed model as safetensors.
     Export(cmd::admin::ExportArgs),
 }
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::admin::status(a),
         Command::Verify(a) => cmd::admin::verify(a),
         Command::Export(a) => cmd::admin::export(a),
+        Command::Ledger(a) => cmd::ledger::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

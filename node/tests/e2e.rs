@@ -395,6 +395,57 @@ fn join_request_makes_a_validator_whose_deltas_count() {
     assert_eq!(s["validators"].as_u64(), Some(5));
 }
 
+/// `cohort ledger` sums what `/round/N` shows, round by round.
+#[test]
+fn ledger_command_matches_the_round_records() {
+    let net = Net::new("e2e-ledger", 4, 0, "mean");
+    let nodes = start_four(&net, None);
+    wait_until("6 rounds", 120, || (round(&nodes[0]) >= 6).then_some(()));
+    let mut expect: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for r in 1..=6 {
+        let v = round_json(&nodes[0], r).expect("round record");
+        for i in v["included"].as_array().expect("included") {
+            let e = expect
+                .entry(i["author"].as_str().expect("author").to_string())
+                .or_default();
+            e.0 += 1;
+            e.1 += i["samples"].as_u64().expect("samples");
+        }
+    }
+    stop(&nodes[0]);
+    let out = cohort(&[
+        "ledger",
+        "--data-dir",
+        nodes[0].dir.join("data").to_str().expect("utf-8"),
+        "--genesis",
+        net.genesis.to_str().expect("utf-8"),
+        "--to",
+        "6",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let got: std::collections::BTreeMap<String, (u64, u64)> = rows
+        .iter()
+        .filter(|p| p["included"].as_u64() > Some(0))
+        .map(|p| {
+            (
+                p["key"].as_str().expect("key").to_string(),
+                (
+                    p["included"].as_u64().expect("included"),
+                    p["samples"].as_u64().expect("samples"),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(got, expect);
+    assert!(
+        rows.iter()
+            .all(|p| p["validator_rounds"].as_u64() == Some(6))
+    );
+}
+
 /// The halt the membership issue reported: 4 validators, 2 fresh keys join and are killed once
 /// admitted. With the admission bound (newcomers within f of the set) and downtime removal
 /// (W = 100 rounds by default) the network keeps committing and ends with its 4 validators.

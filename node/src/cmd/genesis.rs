@@ -47,7 +47,7 @@ pub struct TrainingArgs {
     pub prox_mu: f64,
     /// Aggregation: [nnm[:F]+|arc[:F]+]RULE with RULE one of mean, median, trimmed-mean:BETA,
     /// multi-krum:F[,M], centered-clip:TAU[,ITERS].
-    #[arg(long, default_value = "mean")]
+    #[arg(long, default_value = "nnm+centered-clip:0.1,3")]
     pub rule: String,
     /// Server learning rate.
     #[arg(long, default_value_t = 1.0)]

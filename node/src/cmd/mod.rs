@@ -5,6 +5,7 @@ pub mod centralized;
 pub mod common;
 pub mod genesis;
 pub mod keygen;
+pub mod ledger;
 pub mod netsim;
 pub mod run;
 pub mod simulate;
