@@ -44,17 +44,34 @@ pub struct GenesisFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MembershipSection {
+    /// Who may join: `closed` (the genesis set only: a consortium of known parties; removals
+    /// still apply) or `open` (any signed join request, within the admission bound). The
+    /// operator-approval and contributor-first policies are not built yet.
+    #[serde(default = "default_policy")]
+    pub policy: String,
     /// Downtime window W in rounds: a validator whose delta is missing from more than half of
     /// the last W committed rounds is removed; no more validators are admitted within any W
     /// rounds than the quorum can lose (f of the set after admission).
     pub downtime_window: u64,
 }
 
+fn default_policy() -> String {
+    "open".into()
+}
+
 impl Default for MembershipSection {
     fn default() -> Self {
         MembershipSection {
+            policy: default_policy(),
             downtime_window: 100,
         }
+    }
+}
+
+impl MembershipSection {
+    /// Whether join requests can ever be admitted.
+    pub fn open(&self) -> bool {
+        self.policy == "open"
     }
 }
 
@@ -213,6 +230,12 @@ impl GenesisFile {
             },
             max_ms: to.max_ms,
         };
+        if !["open", "closed"].contains(&self.membership.policy.as_str()) {
+            bail!(
+                "membership.policy {:?}: expected closed or open",
+                self.membership.policy
+            );
+        }
         if !(4..=10_000).contains(&self.membership.downtime_window) {
             bail!("membership.downtime_window must be between 4 and 10,000 rounds");
         }

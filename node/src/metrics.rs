@@ -243,8 +243,32 @@ impl Metrics {
                 v,
             );
         }
+        let mut rep = String::new();
+        for r in &status.reputation {
+            rep.push_str(&format!(
+                "cohort_validator_included_rounds{{peer=\"{}\"}} {}\n",
+                r.peer_id, r.included
+            ));
+        }
+        line(
+            "cohort_validator_included_rounds",
+            "Of the last downtime-window rounds, those that included the validator's delta.",
+            "gauge",
+            rep,
+        );
         s
     }
+}
+
+/// One validator's reputation in `/status`.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Reputation {
+    /// Its libp2p id.
+    pub peer_id: String,
+    /// In how many of the last `rounds` committed rounds its delta was included.
+    pub included: u64,
+    /// The window (the genesis downtime window, or fewer rounds early on).
+    pub rounds: u64,
 }
 
 /// The `/status` document.
@@ -270,6 +294,10 @@ pub struct Status {
     pub last_value: String,
     /// Deltas included in the last commit.
     pub last_included: usize,
+    /// Each validator's recent inclusion, from committed data (below half of the downtime
+    /// window, it is removed).
+    #[serde(default)]
+    pub reputation: Vec<Reputation>,
     /// Accuracy of the committed model on held-out data.
     pub accuracy: f32,
     /// Its loss.

@@ -412,6 +412,23 @@ fn ledger_command_matches_the_round_records() {
             e.1 += i["samples"].as_u64().expect("samples");
         }
     }
+    // Reputation from committed data, in /status and /metrics.
+    let s = status(&nodes[1]).expect("status");
+    let rep = s["reputation"].as_array().expect("reputation");
+    assert_eq!(rep.len(), 4);
+    assert!(
+        rep.iter().all(|r| r["included"].as_u64() >= Some(1)),
+        "{rep:?}"
+    );
+    let api = std::fs::read_to_string(nodes[1].dir.join("data/api.txt")).expect("api");
+    let metrics = http_get(api.trim(), "/metrics");
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("cohort_validator_included_rounds{peer="))
+            .count(),
+        4
+    );
     stop(&nodes[0]);
     let out = cohort(&[
         "ledger",

@@ -343,6 +343,17 @@ impl Shell {
             s.last_value = hex(&core.last_value());
             s.accuracy = acc;
             s.loss = loss;
+            s.reputation = core
+                .reputation()
+                .into_iter()
+                .map(|(key, included, rounds)| crate::metrics::Reputation {
+                    peer_id: crate::keys::peer_id_of(&consensus::ValidatorId(key))
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    included,
+                    rounds,
+                })
+                .collect();
         });
     }
 }

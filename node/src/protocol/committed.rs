@@ -247,6 +247,27 @@ impl Committed {
             .unwrap_or(0)
     }
 
+    /// Reputation of each member of `set`, from committed data only: in how many of the last
+    /// (at most W) committed rounds its delta was included, and how many rounds that is.
+    pub fn reputation(&self, set: &consensus::ValidatorSet) -> Vec<([u8; 32], u64, u64)> {
+        let window: Vec<&Recent> = self
+            .recent
+            .iter()
+            .rev()
+            .take(self.window as usize)
+            .collect();
+        set.members()
+            .iter()
+            .map(|m| {
+                let included = window
+                    .iter()
+                    .filter(|r| r.participants.contains(&m.0))
+                    .count();
+                (m.0, included as u64, window.len() as u64)
+            })
+            .collect()
+    }
+
     /// How many entries are held in memory.
     pub fn held_entries(&self) -> usize {
         self.recent.len() + self.changes.len()

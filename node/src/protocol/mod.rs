@@ -364,6 +364,11 @@ impl Core {
         self.pool.rounds_held()
     }
 
+    /// Each current validator's reputation: (key, rounds included, of how many recent rounds).
+    pub fn reputation(&self) -> Vec<([u8; 32], u64, u64)> {
+        self.committed.reputation(self.validators())
+    }
+
     /// How often each author's delta was included in a round this node committed.
     pub fn inclusions(&self) -> &std::collections::BTreeMap<[u8; 32], u64> {
         self.telemetry.inclusions()

@@ -186,7 +186,8 @@ impl Core {
     pub(super) fn join_admissible(&self, j: &SignedJoin, h: u64) -> bool {
         let chain = &self.committed.chain;
         let removed = chain.tenure.removed.get(&j.validator).copied();
-        j.verify(self.cfg.genesis.chain_id.as_str()).is_ok()
+        self.cfg.genesis.file.membership.open()
+            && j.verify(self.cfg.genesis.chain_id.as_str()).is_ok()
             && j.round < h
             && j.expires >= h
             && j.expires.saturating_sub(j.round) <= JOIN_TTL

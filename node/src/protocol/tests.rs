@@ -449,3 +449,35 @@ fn newcomers_stay_within_f_and_silent_validators_are_due_for_removal_after_the_w
         "the window must end at h - 1"
     );
 }
+
+#[test]
+fn join_requests_are_admissible_only_if_open_fresh_and_not_replayed_after_a_removal() {
+    let k = keys();
+    let mut c = core(&k);
+    let joiner = SigningKey::from_bytes(&[42; 32]);
+    let chain = chain();
+    let j = |made, expires| crate::wire::SignedJoin::new(chain.as_str(), &joiner, made, expires);
+    assert!(c.join_admissible(&j(0, 10), 1));
+    assert!(!c.join_admissible(&j(0, 0), 1), "expired");
+    assert!(
+        !c.join_admissible(&j(1, 10), 1),
+        "made ahead of the round it would join"
+    );
+    assert!(
+        !c.join_admissible(&j(0, 1_000), 1),
+        "lifetime above the TTL"
+    );
+    let other = crate::wire::SignedJoin::new("other@00", &joiner, 0, 10);
+    assert!(!c.join_admissible(&other, 1), "another chain");
+    // Removed at round 5: a request made before that is a replay.
+    c.committed
+        .chain
+        .tenure
+        .removed
+        .insert(joiner.verifying_key().to_bytes(), 5);
+    assert!(!c.join_admissible(&j(4, 20), 9));
+    // A closed network admits no one.
+    let mut closed = core(&k);
+    closed.cfg.genesis.file.membership.policy = "closed".into();
+    assert!(!closed.join_admissible(&j(0, 10), 1));
+}
