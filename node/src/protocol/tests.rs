@@ -481,3 +481,64 @@ fn join_requests_are_admissible_only_if_open_fresh_and_not_replayed_after_a_remo
     closed.cfg.genesis.file.membership.policy = "closed".into();
     assert!(!closed.join_admissible(&j(0, 10), 1));
 }
+
+#[test]
+fn privacy_noise_differs_between_nodes_and_between_runs_of_one_node() {
+    // The same training result, the same round, DP on: the noise is a function of the seed the
+    // host draws from the OS for each round, so neither another node nor another run of this
+    // node (nor anyone holding the genesis) can regenerate it.
+    let k = keys();
+    let mut g = genesis(&k);
+    g.file.training.dp = "clip:1,noise:1".into();
+    let g = g.file.clone().check().expect("genesis");
+    let payload = |key: usize, seed: u64| -> Vec<u8> {
+        let cfg = CoreConfig {
+            key: k[key].clone(),
+            genesis: g.clone(),
+            byzantine: None,
+            join: false,
+            instance: 1,
+        };
+        let mut c = Core::new(cfg, empty_store()).expect("core");
+        c.handle(0, Event::Start).expect("start");
+        let n = c.params().len();
+        let out = model::train::TrainOutput {
+            delta: vec![0.001; n],
+            samples: 10,
+            mean_loss: 0.5,
+            steps: 1,
+        };
+        let actions = c
+            .handle(
+                1,
+                Event::Trained {
+                    round: 1,
+                    out,
+                    secs: 0.1,
+                    noise_seed: seed,
+                },
+            )
+            .expect("trained");
+        let bytes = actions
+            .into_iter()
+            .find_map(|a| match a {
+                Action::Publish {
+                    topic: Topic::Deltas,
+                    bytes,
+                } => Some(bytes),
+                _ => None,
+            })
+            .expect("a delta");
+        let sd = crate::wire::SignedDelta::decode(&bytes).expect("delta");
+        assert_eq!(
+            sd.msg.train_loss, 0.0,
+            "the training loss never leaves the node"
+        );
+        sd.msg.payload
+    };
+    let seeds: Vec<u64> = (0..3).map(|_| getrandom::u64().expect("OS RNG")).collect();
+    assert_ne!(seeds[0], seeds[1]);
+    let a = payload(0, seeds[0]);
+    assert_ne!(a, payload(0, seeds[1]), "two runs of one node");
+    assert_ne!(a, payload(1, seeds[2]), "two nodes");
+}
