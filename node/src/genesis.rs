@@ -142,6 +142,11 @@ pub struct TimeoutSection {
     pub collect_ms: u64,
     /// Cap on any timeout.
     pub max_ms: u64,
+    /// A round starts at least this long after the previous one started (0: as fast as the
+    /// network goes). Bounds the ledger's growth, and the memory gossip spends on remembering
+    /// recent messages, which grows with messages per second.
+    #[serde(default)]
+    pub min_round_ms: u64,
 }
 
 /// The parsed, checked genesis.
@@ -368,6 +373,7 @@ pub fn demo(chain_id: &str, validators: &[ValidatorId]) -> GenesisFile {
             vote_per_view_ms: 500,
             collect_ms: 500,
             max_ms: 60_000,
+            min_round_ms: 250,
         },
         membership: MembershipSection::default(),
     }

@@ -220,6 +220,7 @@ pub fn genesis(ids: &[ValidatorId], c: &SimConfig) -> Result<Genesis> {
     g.timeouts.vote_per_view_ms = 250;
     g.timeouts.collect_ms = 100;
     g.timeouts.max_ms = 8_000;
+    g.timeouts.min_round_ms = 0;
     g.membership.downtime_window = 32;
     g.check()
 }

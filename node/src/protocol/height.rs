@@ -345,7 +345,8 @@ impl Core {
             self.answer_lagging(now, mh, out);
             return Ok(Verdict::Ignore("past height"));
         }
-        if mh > h {
+        if mh > h || self.waiting_to_start() {
+            // A later height, or ours while the minimum round time holds us back.
             return Ok(self.buffer_future(mh, msg));
         }
         if self.height.machine.is_none() {
@@ -429,7 +430,7 @@ impl Core {
         let Some(signer) = self.verified_signer(mh, &msg) else {
             return Verdict::Reject("bad signature");
         };
-        if matches!(msg, Message::Commit { .. }) || mh > h + 1 {
+        if matches!(msg, Message::Commit { .. }) && mh > h || mh > h + 1 {
             let f = self.validators().max_faulty();
             self.sync.lag_signal(signer.0, f);
         }

@@ -223,8 +223,9 @@ pub struct Core {
     local: local::LocalState,
     /// Counters and timings.
     telemetry: telemetry::Telemetry,
-    /// Set when a height was committed or adopted; the next height starts after this event.
-    need_start: bool,
+    /// Set when a height was committed or adopted: when the next height may start (the
+    /// genesis `min_round_ms` after the last one started).
+    next_start: Option<Millis>,
 }
 
 impl Core {
@@ -244,7 +245,7 @@ impl Core {
             sync: sync::SyncState::new(syncing),
             local,
             telemetry: telemetry::Telemetry::default(),
-            need_start: false,
+            next_start: None,
             cfg,
         })
     }
@@ -292,7 +293,8 @@ impl Core {
         }
         // Timers that fell due while handling (a zero-delay follow-up), then the next height.
         self.fire_timers(now, &mut out)?;
-        while std::mem::take(&mut self.need_start) {
+        while self.next_start.is_some_and(|at| at <= now) {
+            self.next_start = None;
             self.start_height(now, &mut out)?;
         }
         Ok(out)
@@ -300,7 +302,21 @@ impl Core {
 
     /// When the host must send the next [`Event::Tick`] at the latest.
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.height.next_deadline()
+        match (self.height.next_deadline(), self.next_start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether a committed height waits for the minimum round time before the next starts.
+    pub(crate) fn waiting_to_start(&self) -> bool {
+        self.next_start.is_some()
+    }
+
+    /// The next height may start: now, or once the minimum round time has passed.
+    fn schedule_start(&mut self) {
+        let min = self.cfg.genesis.file.timeouts.min_round_ms;
+        self.next_start = Some(self.telemetry.started().saturating_add(min));
     }
 
     /// The last committed round.

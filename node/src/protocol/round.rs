@@ -339,7 +339,7 @@ impl Core {
         out.push(Action::WriteState(self.committed.state_body()));
         self.sync_committed();
         self.after_commit(now, &rv, out);
-        self.need_start = true;
+        self.schedule_start();
         Ok(())
     }
 

@@ -205,7 +205,7 @@ impl Core {
         if let Some(rv) = last_rv {
             self.after_commit(now, &rv, out);
         }
-        self.need_start = true;
+        self.schedule_start();
         Ok(())
     }
 
