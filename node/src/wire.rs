@@ -154,8 +154,11 @@ pub struct RoundValue {
     /// Signed join requests admitted by this round (sorted by key); each votes from round + 2.
     pub joins: Vec<SignedJoin>,
     /// Validators removed by this round (sorted), from round + 2: exactly those the committed
-    /// ledger makes due (`Committed::due_removals`).
+    /// ledger makes due (`Committed::due_removals`) and the offenders of `evidence`.
     pub removals: Vec<[u8; 32]>,
+    /// Consensus equivocation evidence (`consensus::encode_message(Message::Evidence)` bytes),
+    /// one per offender: committed, it removes the offender.
+    pub evidence: Vec<Vec<u8>>,
 }
 
 /// A request to become a validator, signed by the joining key. It names the round it was made

@@ -46,6 +46,13 @@ fn seeds_that_once_failed() {
     }
     // Crash: a training result in flight across a restart produced a second delta.
     assert_clean("all", 409, &run(Scenario::All, 409, 4));
+    // Byzantine: once committed evidence removed a vote-forging validator, honest peers still
+    // forwarding that evidence were rejected as sending "bad evidence".
+    for seed in [27, 36, 50] {
+        let out = run(Scenario::Byzantine, seed, 4);
+        assert_clean("byzantine", seed, &out);
+        assert!(!out.removed.is_empty(), "seed {seed}: the offender stayed");
+    }
 }
 
 /// Kill 2 of 4, restart one: rounds resume within 10 simulated seconds (a re-broadcast vote is

@@ -273,6 +273,7 @@ impl Core {
                 }
                 Output::Evidence(e) => {
                     self.telemetry.counters.equivocations += 1;
+                    self.hold_evidence(&e);
                     tracing::warn!(offender = %hex(&e.offender().0), "consensus equivocation evidence");
                     if let Some(peer) = peer_id_of(&e.offender()) {
                         out.push(Action::Penalize {
@@ -319,6 +320,10 @@ impl Core {
             return Ok(Verdict::Reject("malformed consensus message"));
         };
         if let Message::Evidence(e) = &msg {
+            if !self.validators().contains(&e.offender()) {
+                // Already removed (or never a member we know of): nothing left to act on.
+                return Ok(Verdict::Ignore("evidence against a non-member"));
+            }
             let ok = e
                 .verify(
                     self.validators(),
@@ -330,6 +335,7 @@ impl Core {
                 return Ok(Verdict::Reject("bad evidence"));
             }
             self.telemetry.counters.equivocations += 1;
+            self.hold_evidence(e);
             if let Some(peer) = peer_id_of(&e.offender()) {
                 out.push(Action::Penalize {
                     peer,

@@ -49,6 +49,8 @@ pub struct LocalState {
     last_hello: Option<Millis>,
     /// Foreign genesis hashes already reported.
     foreign: std::collections::BTreeSet<[u8; 32]>,
+    /// Verified consensus equivocation evidence waiting to be committed, by offender.
+    pub evidence: BTreeMap<[u8; 32], consensus::Evidence>,
 }
 
 impl LocalState {

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use consensus::{Input, ValidatorId, Value, ValueId};
+use consensus::{Input, Message, ValidatorId, Value, ValueId, decode_message, encode_message};
 use model::aggregate::Contribution;
 
 use super::height::PendingCommit;
@@ -140,7 +140,18 @@ impl Core {
         let Some(applied) = self.compute(h, &included)? else {
             return Ok(None);
         };
-        let removals = self.committed.due_removals(h);
+        let next = self.committed.chain.set_for(h + 1);
+        let evidence: Vec<(consensus::Evidence, [u8; 32])> = self
+            .local
+            .evidence
+            .iter()
+            .filter(|(o, _)| next.contains(&ValidatorId(**o)))
+            .map(|(o, e)| (e.clone(), *o))
+            .collect();
+        let mut removals = self.committed.due_removals(h);
+        removals.extend(evidence.iter().map(|(_, o)| *o));
+        removals.sort();
+        removals.dedup();
         let room = self
             .committed
             .admissible_joins(h, removals.len(), MAX_JOINS_PER_ROUND);
@@ -163,6 +174,10 @@ impl Core {
             prev_value: self.committed.chain.last_value,
             joins,
             removals,
+            evidence: evidence
+                .iter()
+                .filter_map(|(e, _)| encode_message(&Message::Evidence(e.clone())).ok())
+                .collect(),
         };
         let value = Value(rv.encode()?);
         self.height.applied.insert(value.id(), applied);
@@ -178,6 +193,45 @@ impl Core {
             view,
             value,
         }))
+    }
+
+    /// The offenders of a value's evidence for height `h`, when every item is valid consensus
+    /// equivocation evidence against a distinct member of the set the value changes (that of
+    /// `h + 1`); `None` otherwise.
+    fn evidence_offenders(&self, h: u64, evidence: &[Vec<u8>]) -> Option<Vec<[u8; 32]>> {
+        let chain = &self.committed.chain;
+        let next = chain.set_for(h + 1);
+        let mut offenders = Vec::new();
+        for bytes in evidence {
+            let Ok(Message::Evidence(e)) = decode_message(bytes) else {
+                return None;
+            };
+            let o = e.offender();
+            let set = chain.set_for(e.height().0);
+            let ok = e
+                .verify(set, &self.cfg.genesis.chain_id, &consensus::Ed25519Verifier)
+                .is_ok();
+            if !ok || !next.contains(&o) || offenders.contains(&o.0) {
+                return None;
+            }
+            offenders.push(o.0);
+        }
+        Some(offenders)
+    }
+
+    /// Holds verified consensus evidence for a later value (one per offender, bounded by the
+    /// validator count).
+    pub(super) fn hold_evidence(&mut self, e: &consensus::Evidence) {
+        let o = e.offender();
+        if self
+            .committed
+            .chain
+            .set_for(self.committed.height() + 2)
+            .contains(&o)
+            && self.local.evidence.len() < consensus::MAX_VALIDATORS
+        {
+            self.local.evidence.entry(o.0).or_insert_with(|| e.clone());
+        }
     }
 
     /// Whether a value for height `h` may admit `j`: signed for this chain, made at or before
@@ -244,8 +298,17 @@ impl Core {
         {
             return Ok(Some(false));
         }
-        // Membership: exactly the due removals, and joins within the admission bound.
-        if rv.removals != self.committed.due_removals(h) {
+        // Membership: exactly the due removals and the offenders of valid evidence, and joins
+        // within the admission bound.
+        let Some(offenders) = self.evidence_offenders(h, &rv.evidence) else {
+            tracing::warn!(round = h, "proposed evidence is invalid");
+            return Ok(Some(false));
+        };
+        let mut due = self.committed.due_removals(h);
+        due.extend(offenders);
+        due.sort();
+        due.dedup();
+        if rv.removals != due {
             tracing::warn!(round = h, "proposed removals are not the due ones");
             return Ok(Some(false));
         }
@@ -323,7 +386,8 @@ impl Core {
             tracing::info!(round = h, validator = %hex(&j.validator), "validator admitted");
         }
         for r in &rv.removals {
-            tracing::warn!(round = h, validator = %hex(r), "validator removed for downtime");
+            self.local.evidence.remove(r);
+            tracing::warn!(round = h, validator = %hex(r), "validator removed (downtime or equivocation)");
             if *r == self.me.0 {
                 tracing::error!(
                     round = h,

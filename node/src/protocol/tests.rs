@@ -268,6 +268,7 @@ fn entry(height: u64, joins: bool) -> (LedgerEntry, RoundValue) {
         momentum_hash: [0; 32],
         prev_value: [0; 32],
         removals: Vec::new(),
+        evidence: Vec::new(),
         joins: if joins {
             vec![crate::wire::SignedJoin::new(
                 "c",
