@@ -109,51 +109,57 @@ pub fn summarise(
         .collect())
 }
 
+/// Column names, in output order.
+const COLUMNS: [&str; 8] = [
+    "key",
+    "included",
+    "samples",
+    "signed",
+    "validator_rounds",
+    "reputation",
+    "first",
+    "last",
+];
+
+impl Participant {
+    /// The row's cells, in [`COLUMNS`] order.
+    fn cells(&self) -> [String; 8] {
+        [
+            self.key.clone(),
+            self.included.to_string(),
+            self.samples.to_string(),
+            self.signed.to_string(),
+            self.validator_rounds.to_string(),
+            format!("{:.4}", self.reputation),
+            self.first.to_string(),
+            self.last.to_string(),
+        ]
+    }
+}
+
 pub fn run(a: Args) -> Result<()> {
     let genesis = Genesis::load(&a.genesis)?;
     let rows = summarise(&a.data_dir, &genesis, a.to)?;
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Csv => {
-            println!("key,included,samples,signed,validator_rounds,reputation,first,last");
+            println!("{}", COLUMNS.join(","));
             for p in &rows {
-                println!(
-                    "{},{},{},{},{},{:.4},{},{}",
-                    p.key,
-                    p.included,
-                    p.samples,
-                    p.signed,
-                    p.validator_rounds,
-                    p.reputation,
-                    p.first,
-                    p.last
-                );
+                println!("{}", p.cells().join(","));
             }
         }
         Format::Table => {
-            println!(
-                "{:<16}  {:>8}  {:>12}  {:>8}  {:>9}  {:>10}  {:>7}  {:>7}",
-                "participant",
-                "included",
-                "samples",
-                "signed",
-                "validator",
-                "reputation",
-                "first",
-                "last"
-            );
+            // Keys shortened to 16 hex digits; every other column right-aligned.
+            let line = |cells: [String; 8]| {
+                let mut out = format!("{:<16}", cells[0].chars().take(16).collect::<String>());
+                for c in &cells[1..] {
+                    out.push_str(&format!("  {c:>16}"));
+                }
+                out
+            };
+            println!("{}", line(COLUMNS.map(String::from)));
             for p in &rows {
-                println!(
-                    "{:<16}  {:>8}  {:>12}  {:>8}  {:>9}  {:>10.3}  {:>7}  {:>7}",
-                    &p.key[..16],
-                    p.included,
-                    p.samples,
-                    p.signed,
-                    p.validator_rounds,
-                    p.reputation,
-                    p.first,
-                    p.last
-                );
+                println!("{}", line(p.cells()));
             }
         }
     }
