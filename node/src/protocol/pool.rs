@@ -217,7 +217,9 @@ impl Core {
             return Verdict::Reject("bad_signature");
         }
         let digest = sha256(data);
+        // (An equivocating demonstration node signs a second version on purpose.)
         if author == self.me.0
+            && self.cfg.byzantine != Some(super::Byzantine::Equivocate)
             && self
                 .local
                 .own
