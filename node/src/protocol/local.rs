@@ -43,8 +43,8 @@ pub struct LocalState {
     pub pending_joins: BTreeMap<[u8; 32], SignedJoin>,
     /// When our own join request last went out.
     last_join_sent: Option<Millis>,
-    /// Our signed delta of the current round, and when it last went out.
-    pub(super) own: Option<(u64, Vec<u8>, Millis)>,
+    /// Our signed delta of the current round.
+    pub(super) own: Option<OwnDelta>,
     /// When our genesis hello last went out.
     last_hello: Option<Millis>,
     /// Foreign genesis hashes already reported.
@@ -53,13 +53,40 @@ pub struct LocalState {
     pub evidence: BTreeMap<[u8; 32], consensus::Evidence>,
 }
 
+/// The delta this process signed for a round: the bytes it sends (and re-sends), and the
+/// digests of every version it signed (one, or two for an equivocating demonstration node).
+/// Any other delta under our key for that round was signed by another process.
+pub(super) struct OwnDelta {
+    pub round: u64,
+    pub bytes: Vec<u8>,
+    pub signed: Vec<[u8; 32]>,
+    /// When it last went out.
+    pub sent: Millis,
+}
+
+impl OwnDelta {
+    fn new(round: u64, bytes: Vec<u8>, sent: Millis) -> OwnDelta {
+        OwnDelta {
+            round,
+            signed: vec![crate::wire::sha256(&bytes)],
+            bytes,
+            sent,
+        }
+    }
+
+    /// Whether this process signed the delta `digest` for `round`.
+    pub fn signed(&self, round: u64, digest: &[u8; 32]) -> bool {
+        self.round == round && self.signed.contains(digest)
+    }
+}
+
 impl LocalState {
     /// Our delta from before a restart, to be sent again (never re-signed) if its round is
     /// still open.
     pub fn restore_own(&mut self, bytes: Option<Vec<u8>>) {
         self.own = bytes.and_then(|b| {
             let round = crate::wire::SignedDelta::decode(&b).ok()?.msg.round;
-            Some((round, b, 0))
+            Some(OwnDelta::new(round, b, 0))
         });
     }
 }
@@ -73,8 +100,12 @@ impl Core {
         }
         self.local.training_round = Some(round);
         self.local.trained_at = None;
-        if let Some((r, bytes, _)) = self.local.own.clone()
-            && r == round
+        if let Some(bytes) = self
+            .local
+            .own
+            .as_ref()
+            .filter(|o| o.round == round)
+            .map(|o| o.bytes.clone())
         {
             // Signed before a restart: send the same delta again, never a second one.
             let _ = self.on_delta_bytes(now, &bytes, None, out);
@@ -104,7 +135,7 @@ impl Core {
         if round != self.committed.height() + 1 || self.sync.syncing {
             return Ok(());
         }
-        if self.local.own.as_ref().is_some_and(|(r, _, _)| *r == round) {
+        if self.local.own.as_ref().is_some_and(|o| o.round == round) {
             // Already signed a delta for this round: a second one would be equivocation.
             return Ok(());
         }
@@ -164,8 +195,10 @@ impl Core {
             if i == 0 {
                 // Hold our own delta as any other.
                 out.push(Action::WriteOwnDelta(bytes.clone()));
-                self.local.own = Some((round, bytes.clone(), now));
+                self.local.own = Some(OwnDelta::new(round, bytes.clone(), now));
                 self.on_delta_bytes(now, &bytes, None, out)?;
+            } else if let Some(own) = self.local.own.as_mut() {
+                own.signed.push(crate::wire::sha256(&bytes));
             }
             self.telemetry.counters.delta_bytes_out += bytes.len() as u64;
             out.push(Action::Publish {
@@ -299,14 +332,14 @@ impl Core {
                 });
             }
         }
-        if let Some((round, bytes, sent)) = self.local.own.as_mut()
-            && *round == h
-            && now.saturating_sub(*sent) >= REPUBLISH_MS
+        if let Some(own) = self.local.own.as_mut()
+            && own.round == h
+            && now.saturating_sub(own.sent) >= REPUBLISH_MS
         {
-            *sent = now;
+            own.sent = now;
             out.push(Action::Publish {
                 topic: Topic::Deltas,
-                bytes: bytes.clone(),
+                bytes: own.bytes.clone(),
             });
         }
         if let Some(v) = self.try_propose(now)? {

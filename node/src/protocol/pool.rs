@@ -161,7 +161,7 @@ impl Core {
         out: &mut Vec<Action>,
     ) -> Result<Verdict> {
         let h = self.committed.height() + 1;
-        let verdict = self.check_and_admit(now, data, from, out);
+        let (verdict, round) = self.check_and_admit(now, data, from, out);
         if let Verdict::Reject(reason) = verdict {
             self.telemetry.counters.reject(reason);
         } else if let Verdict::Ignore(_) = verdict {
@@ -171,7 +171,7 @@ impl Core {
         }
         if verdict == Verdict::Accept {
             // A delta of this height may complete a pending validation or the proposal.
-            if SignedDelta::decode(data).is_ok_and(|d| d.msg.round == h) {
+            if round == Some(h) {
                 let mut follow = self.check_validations(out)?;
                 if let Some(v) = self.try_propose(now)? {
                     follow.push(v);
@@ -182,16 +182,29 @@ impl Core {
         Ok(verdict)
     }
 
+    /// The verdict on a delta, and its round once it decoded.
     fn check_and_admit(
         &mut self,
         now: Millis,
         data: &[u8],
         from: Option<PeerId>,
         out: &mut Vec<Action>,
-    ) -> Verdict {
+    ) -> (Verdict, Option<u64>) {
         let Ok(sd) = SignedDelta::decode(data) else {
-            return Verdict::Reject("malformed");
+            return (Verdict::Reject("malformed"), None);
         };
+        let round = sd.msg.round;
+        (self.check_signed(now, data, sd, from, out), Some(round))
+    }
+
+    fn check_signed(
+        &mut self,
+        now: Millis,
+        data: &[u8],
+        sd: SignedDelta,
+        from: Option<PeerId>,
+        out: &mut Vec<Action>,
+    ) -> Verdict {
         let f = self.validators().max_faulty();
         let g = &self.cfg.genesis;
         if sd.msg.chain_id != g.chain_id.as_str() {
@@ -217,14 +230,12 @@ impl Core {
             return Verdict::Reject("bad_signature");
         }
         let digest = sha256(data);
-        // (An equivocating demonstration node signs a second version on purpose.)
         if author == self.me.0
-            && self.cfg.byzantine != Some(super::Byzantine::Equivocate)
             && self
                 .local
                 .own
                 .as_ref()
-                .is_none_or(|(r, b, _)| *r != round || sha256(b) != digest)
+                .is_none_or(|o| !o.signed(round, &digest))
         {
             // We sign one delta per round and store it before it leaves (own_delta): another
             // signed delta of ours for a current round comes from another process with our key.
