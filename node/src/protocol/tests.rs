@@ -55,19 +55,30 @@ fn peer() -> gossip::PeerId {
     crate::keys::peer_id_of(&ValidatorId(keys()[1].verifying_key().to_bytes())).expect("peer")
 }
 
+/// Everything the core does with one gossip message from a validator peer.
+fn deliver(c: &mut Core, topic: Topic, data: Vec<u8>) -> Vec<Action> {
+    c.handle(
+        10,
+        Event::Gossip {
+            topic,
+            from: peer(),
+            id: MessageId::of(&data),
+            data,
+        },
+    )
+    .expect("handle")
+}
+
+/// Why the core stopped, if it did.
+fn fatal_of(actions: Vec<Action>) -> Option<String> {
+    actions.into_iter().find_map(|a| match a {
+        Action::Fatal(why) => Some(why),
+        _ => None,
+    })
+}
+
 fn gossip(c: &mut Core, topic: Topic, data: Vec<u8>) -> Verdict {
-    let actions = c
-        .handle(
-            10,
-            Event::Gossip {
-                topic,
-                from: peer(),
-                id: MessageId::of(&data),
-                data,
-            },
-        )
-        .expect("handle");
-    actions
+    deliver(c, topic, data)
         .into_iter()
         .find_map(|a| match a {
             Action::Report { verdict, .. } => Some(verdict),
@@ -339,23 +350,7 @@ fn a_node_whose_genesis_differs_from_a_running_network_stops_and_says_what_diffe
         .encode()
         .expect("encode")
     };
-    let fatal = |c: &mut Core, bytes: Vec<u8>| -> Option<String> {
-        let actions = c
-            .handle(
-                5,
-                Event::Gossip {
-                    topic: Topic::Membership,
-                    from: peer(),
-                    id: MessageId::of(&bytes),
-                    data: bytes,
-                },
-            )
-            .expect("handle");
-        actions.into_iter().find_map(|a| match a {
-            Action::Fatal(why) => Some(why),
-            _ => None,
-        })
-    };
+    let fatal = |c: &mut Core, bytes: Vec<u8>| fatal_of(deliver(c, Topic::Membership, bytes));
     // Our own genesis, or another one that has not committed anything: no reason to stop.
     assert_eq!(fatal(&mut c, hello(&genesis(&k).file, 9)), None);
     assert_eq!(fatal(&mut c, hello(&other, 0)), None);
@@ -373,24 +368,7 @@ fn a_delta_signed_with_our_key_by_another_process_stops_the_node() {
     let n = c.params().len();
     let base = c.model_hash();
     let bytes = signed_delta(&k[0], 1, 10, base, n);
-    let actions = c
-        .handle(
-            5,
-            Event::Gossip {
-                topic: Topic::Deltas,
-                from: peer(),
-                id: MessageId::of(&bytes),
-                data: bytes,
-            },
-        )
-        .expect("handle");
-    let why = actions
-        .iter()
-        .find_map(|a| match a {
-            Action::Fatal(w) => Some(w.clone()),
-            _ => None,
-        })
-        .expect("stops");
+    let why = fatal_of(deliver(&mut c, Topic::Deltas, bytes)).expect("stops");
     assert!(
         why.contains("another process signs with this node's key"),
         "{why}"
