@@ -1,6 +1,6 @@
 //! The verified chain and the committed model, with the part of the ledger the node keeps in
-//! memory: the last [`RECENT`] entries (lagging peers, proposer skipping, snapshot tails) and
-//! every entry that changed the validator set (what a snapshot must carry). Memory grows with
+//! memory: the last max([`RECENT`], W) entries (lagging peers, proposer skipping, downtime,
+//! snapshot tails) and every entry that changed the validator set (what a snapshot must carry). Memory grows with
 //! membership changes, never with rounds.
 
 use std::collections::{BTreeSet, VecDeque};

@@ -1,7 +1,7 @@
 //! State sync: serving snapshots and adopting a peer's.
 //!
 //! A snapshot carries the committed state, every ledger entry after the requester's height that
-//! changed the validator set, and the last [`RECENT`](super::committed::RECENT) entries. Its
+//! changed the validator set, and the last max(16, W) entries (W the genesis downtime window). Its
 //! size grows with membership changes, never with rounds: a joiner at round 1,000,000 receives
 //! what one at round 100 does. The requester verifies each entry against the validator set it
 //! knows (jumping over the gaps between them, `Chain::follow`), then checks that the state
