@@ -522,6 +522,43 @@ fn a_node_with_another_genesis_exits_naming_the_difference() {
     });
 }
 
+#[test]
+fn a_second_process_with_a_validator_key_in_use_is_stopped_and_the_network_goes_on() {
+    let net = Net::new("e2e-same-key", 4, 1, "mean");
+    let nodes = start_four(&net, None);
+    wait_until("2 rounds", 120, || (round(&nodes[0]) >= 2).then_some(()));
+    // Node 4 runs with node 1's key (an operator copied a key, or restarted on a second host).
+    for ext in ["node.key", "node.key.pub"] {
+        std::fs::copy(
+            net.root.join(format!("node1/{ext}")),
+            net.root.join(format!("node4/{ext}")),
+        )
+        .expect("copy key");
+    }
+    let boot = listen_addr(&nodes[0]);
+    let mut twin = net.start(4, Some(&boot), &[]);
+    let mut nodes = nodes;
+    // One of the two (whichever first sees a delta signed with its key that it did not sign)
+    // exits with a clear error.
+    let (who, exit) = wait_until("one of the two processes with one key to stop", 120, || {
+        if let Some(e) = twin.child.try_wait().ok().flatten() {
+            return Some((4, e));
+        }
+        nodes[1].child.try_wait().ok().flatten().map(|e| (1, e))
+    });
+    assert!(!exit.success());
+    let log = std::fs::read_to_string(net.root.join(format!("node{who}/node.log"))).expect("log");
+    assert!(
+        log.contains("another process signs with this node's key"),
+        "{log}"
+    );
+    // The network keeps committing with the process that remains.
+    let r = round(&nodes[0]);
+    wait_until("rounds after that", 60, || {
+        (round(&nodes[0]) > r + 3).then_some(())
+    });
+}
+
 fn round_json(node: &Node, r: u64) -> Option<serde_json::Value> {
     let api = std::fs::read_to_string(node.dir.join("data/api.txt")).ok()?;
     let resp = http_get(api.trim(), &format!("/round/{r}"));
