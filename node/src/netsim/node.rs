@@ -27,6 +27,9 @@ pub enum Fault {
     BogusVotes,
     /// Re-broadcasts every join request it has seen, again and again.
     ReplayJoins,
+    /// Proposes values that leave out due removals and remove an honest validator (not in
+    /// [`Fault::ALL`]: its own scenario checks who was removed).
+    LyingRemovals,
 }
 
 impl Fault {
@@ -51,6 +54,7 @@ impl Fault {
                 }))
             }
             Fault::Silent => Some(Byzantine::Silent),
+            Fault::LyingRemovals => Some(Byzantine::LyingRemovals),
             _ => None,
         }
     }

@@ -36,11 +36,14 @@ pub enum Scenario {
     SilentJoiners,
     /// Membership: silent joiners, and a Byzantine validator replaying every join request it saw.
     ReplayedJoins,
+    /// Membership: silent joiners, and a Byzantine proposer that leaves their removal out and
+    /// removes an honest validator instead.
+    LyingRemovals,
 }
 
 impl Scenario {
     /// The scenarios `All` cycles over.
-    pub const CYCLE: [Scenario; 12] = [
+    pub const CYCLE: [Scenario; 13] = [
         Scenario::Calm,
         Scenario::Lossy,
         Scenario::Partition,
@@ -53,6 +56,7 @@ impl Scenario {
         Scenario::JoinFlood,
         Scenario::SilentJoiners,
         Scenario::ReplayedJoins,
+        Scenario::LyingRemovals,
     ];
 }
 
@@ -178,14 +182,20 @@ impl SimConfig {
                 c.joiners = 4;
                 c.faults.resize(nodes + 4, None);
             }
-            Scenario::SilentJoiners | Scenario::ReplayedJoins => {
+            Scenario::SilentJoiners | Scenario::ReplayedJoins | Scenario::LyingRemovals => {
                 c.joiners = 2;
                 c.faults.resize(nodes + 2, None);
                 c.joiners_silent_at = Some(3_000);
                 // Long enough for admitted joiners to be removed (W = 32 rounds).
                 c.faults_until = 25_000;
-                if scenario == Scenario::ReplayedJoins {
-                    c.faults[nodes - 1] = Some(Fault::ReplayJoins);
+                match scenario {
+                    Scenario::ReplayedJoins => c.faults[nodes - 1] = Some(Fault::ReplayJoins),
+                    Scenario::LyingRemovals => {
+                        c.faults[nodes - 1] = Some(Fault::LyingRemovals);
+                        // Its turns cost a view change each: more time to reach the removal.
+                        c.faults_until = 45_000;
+                    }
+                    _ => {}
                 }
             }
         }

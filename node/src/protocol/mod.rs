@@ -52,6 +52,8 @@ pub enum Byzantine {
     Equivocate,
     /// Sends nothing: no deltas, no votes.
     Silent,
+    /// Its proposals leave out due removals and remove an honest validator instead.
+    LyingRemovals,
 }
 
 impl std::str::FromStr for Byzantine {
@@ -60,10 +62,11 @@ impl std::str::FromStr for Byzantine {
         match s {
             "equivocate" | "equivocation" => Ok(Self::Equivocate),
             "silent" => Ok(Self::Silent),
+            "lying-removals" => Ok(Self::LyingRemovals),
             _ => s
                 .parse::<Attack>()
                 .map(Self::Attack)
-                .map_err(|e| format!("{e}; or equivocate, silent")),
+                .map_err(|e| format!("{e}; or equivocate, silent, lying-removals")),
         }
     }
 }

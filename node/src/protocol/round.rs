@@ -16,7 +16,7 @@ use consensus::{Input, Message, ValidatorId, Value, ValueId, decode_message, enc
 use model::aggregate::Contribution;
 
 use super::height::PendingCommit;
-use super::{Action, Core, Millis};
+use super::{Action, Byzantine, Core, Millis};
 use crate::keys::hex;
 use crate::wire::{Included, LedgerEntry, RoundValue, SignedJoin, momentum_hash};
 
@@ -152,6 +152,16 @@ impl Core {
         removals.extend(evidence.iter().map(|(_, o)| *o));
         removals.sort();
         removals.dedup();
+        if self.cfg.byzantine == Some(Byzantine::LyingRemovals) {
+            // Demonstration: keep the due ones in, throw another validator out.
+            removals = next
+                .members()
+                .iter()
+                .map(|m| m.0)
+                .filter(|m| *m != self.me.0)
+                .take(1)
+                .collect();
+        }
         let room = self
             .committed
             .admissible_joins(h, removals.len(), MAX_JOINS_PER_ROUND);
