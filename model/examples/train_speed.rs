@@ -120,6 +120,7 @@ fn config(batch: usize, optimizer: Optimizer) -> TrainConfig {
         batch,
         optimizer,
         prox_mu: 0.0,
+        dp_sgd: None,
     }
 }
 
@@ -127,7 +128,7 @@ fn config(batch: usize, optimizer: Optimizer) -> TrainConfig {
 fn autograd(data: &Dataset, cfg: &TrainConfig, init: &[f32]) -> model::Result<f64> {
     let m = Model::new(ModelKind::Mlp, init, &Device::Cpu)?;
     let start = Instant::now();
-    train_model_autograd(&m, data, cfg, &mut Rng::seed(1), None)?;
+    train_model_autograd(&m, data, cfg, &mut Rng::seed(1), None, None)?;
     Ok(start.elapsed().as_secs_f64())
 }
 

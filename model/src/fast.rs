@@ -28,6 +28,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout};
 
 use crate::data::Dataset;
+use crate::dpsgd::{DpSgdConfig, NoiseSource, clip_factor};
 use crate::error::{Error, Result};
 use crate::net::{Model, ModelKind};
 use crate::rng::Rng;
@@ -294,8 +295,15 @@ fn update(u: &mut Update, w: &mut [f32], off: usize, g: &[f32]) {
 }
 
 /// Mean softmax cross-entropy of `logits` (`batch x classes`) against `labels`; overwrites the
-/// logits with the loss gradient `(softmax - onehot) / batch`.
-fn softmax_cross_entropy(logits: &mut [f32], labels: &[u8], classes: usize) -> f32 {
+/// logits with the loss gradient scaled by `grad_scale`: `(softmax - onehot) * grad_scale`, which
+/// is the mean loss's gradient for `grad_scale = 1 / batch` and each example's own loss gradient
+/// (row by row) for `grad_scale = 1`.
+fn softmax_cross_entropy(
+    logits: &mut [f32],
+    labels: &[u8],
+    classes: usize,
+    grad_scale: f32,
+) -> f32 {
     let inv_b = 1.0 / labels.len() as f32;
     let mut total = 0.0f32;
     for (row, &y) in logits.chunks_exact_mut(classes).zip(labels) {
@@ -309,12 +317,12 @@ fn softmax_cross_entropy(logits: &mut [f32], labels: &[u8], classes: usize) -> f
         }
         // -log softmax[y] = log(sum) - (z_y - max)
         total += sum.ln() - zy;
-        let scale = inv_b / sum;
+        let scale = grad_scale / sum;
         for v in row.iter_mut() {
             *v *= scale;
         }
         if let Some(v) = row.get_mut(y) {
-            *v -= inv_b;
+            *v -= grad_scale;
         }
     }
     total * inv_b
@@ -335,6 +343,27 @@ struct Net {
 }
 
 impl Net {
+    /// Copies the records `idx` of `data` into the first rows of `x` and `labels`, growing them
+    /// when a (Poisson) batch is larger than any before.
+    fn load(&mut self, data: &Dataset, idx: &[usize]) -> Result<()> {
+        let f = data.features;
+        let x = match &mut self.x {
+            CpuStorage::F32(v) => v,
+            _ => return Err(internal("expected f32 storage".into())),
+        };
+        if x.len() < idx.len() * f {
+            x.resize(idx.len() * f, 0.0);
+        }
+        if self.labels.len() < idx.len() {
+            self.labels.resize(idx.len(), 0);
+        }
+        for ((row, label), &i) in x.chunks_exact_mut(f).zip(&mut self.labels).zip(idx) {
+            row.copy_from_slice(&data.x[i * f..(i + 1) * f]);
+            *label = data.y[i];
+        }
+        Ok(())
+    }
+
     fn input(&self, layer: usize) -> &CpuStorage {
         match layer.checked_sub(1) {
             None => &self.x,
@@ -394,11 +423,20 @@ impl Net {
     }
 
     /// Computes the weight gradient of layer `l` from its output gradient `dz` (`b x out`) and
-    /// applies it: `dW = dZ^T A_prev`, or `dW^T = A_prev^T dZ` for a transposed weight.
+    /// applies it.
     fn weight_step(&mut self, l: usize, dz: &CpuStorage, b: usize, opt: &mut Optim) -> Result<()> {
+        let grad = self.weight_grad(l, dz, b)?;
+        let d = self.layers[l];
+        opt.apply(slice_mut(&mut self.params)?, d.weight, slice(&grad)?);
+        Ok(())
+    }
+
+    /// The weight gradient of layer `l` (stored layout) from its output gradient `dz` (`b x out`):
+    /// `dW = dZ^T A_prev`, or `dW^T = A_prev^T dZ` for a transposed weight.
+    fn weight_grad(&self, l: usize, dz: &CpuStorage, b: usize) -> Result<CpuStorage> {
         let d = self.layers[l];
         let (r, c) = d.stored();
-        let grad = if d.transposed {
+        Ok(if d.transposed {
             matmul(
                 (self.input(l), &transposed(b, d.inp, 0)),
                 (dz, &rows(b, d.out, 0)),
@@ -414,34 +452,40 @@ impl Net {
                 c,
                 b,
             )?
-        };
-        opt.apply(slice_mut(&mut self.params)?, d.weight, slice(&grad)?);
-        Ok(())
+        })
+    }
+
+    /// `dA_prev = dZ W` (`b x inp`) for layer `l > 0`, masked by the ReLU of its input to the
+    /// previous layer's `dZ`.
+    fn input_grad(&self, l: usize, dz: &CpuStorage, b: usize) -> Result<CpuStorage> {
+        let d = self.layers[l];
+        let mut da = matmul(
+            (dz, &rows(b, d.out, 0)),
+            (&self.params, &self.weight(&d)),
+            b,
+            d.inp,
+            d.out,
+        )?;
+        let a = slice(self.input(l))?;
+        for (g, a) in slice_mut(&mut da)?.iter_mut().zip(a) {
+            *g = if *a > 0.0 { *g } else { 0.0 };
+        }
+        Ok(da)
     }
 
     /// One minibatch step on the first `b` rows of `x`; returns the batch's mean loss.
     fn step(&mut self, b: usize, opt: &mut Optim) -> Result<f32> {
         let mut dz = self.forward(b)?;
         let classes = self.layers.last().map_or(0, |d| d.out);
-        let loss = softmax_cross_entropy(slice_mut(&mut dz)?, &self.labels[..b], classes);
+        let inv_b = 1.0 / b as f32;
+        let loss = softmax_cross_entropy(slice_mut(&mut dz)?, &self.labels[..b], classes, inv_b);
         opt.begin_step();
         for l in (0..self.layers.len()).rev() {
             let d = self.layers[l];
             // dA_prev = dZ W before W changes, masked by the ReLU to dZ_prev (the input needs no
             // gradient).
             let next = if l > 0 {
-                let mut da = matmul(
-                    (&dz, &rows(b, d.out, 0)),
-                    (&self.params, &self.weight(&d)),
-                    b,
-                    d.inp,
-                    d.out,
-                )?;
-                let a = slice(self.input(l))?;
-                for (g, a) in slice_mut(&mut da)?.iter_mut().zip(a) {
-                    *g = if *a > 0.0 { *g } else { 0.0 };
-                }
-                Some(da)
+                Some(self.input_grad(l, &dz, b)?)
             } else {
                 None
             };
@@ -460,26 +504,139 @@ impl Net {
         }
         Ok(loss)
     }
+
+    /// DP-SGD's first pass over the first `b` rows of `x`: the forward pass and every layer's
+    /// per-example output gradient `dZ_l` (row `i` = example `i`'s own loss gradient, not divided
+    /// by the batch), with the weights unchanged; returns (mean loss, `dZ_l` by layer, each
+    /// example's squared gradient norm over all parameters).
+    ///
+    /// The norms come without per-example gradients (Goodfellow 2015, "Efficient per-example
+    /// gradient computations", arXiv:1510.01799): for `z = a W^T + b`, example `i`'s weight
+    /// gradient is the outer product `dz_i a_i^T` and its bias gradient `dz_i`, so
+    /// `||dW_i||_F^2 + ||db_i||^2 = ||dz_i||^2 (||a_i||^2 + 1)`, summed over the layers.
+    fn per_example_pass(&mut self, b: usize) -> Result<(f32, Vec<CpuStorage>, Vec<f64>)> {
+        let mut dz = self.forward(b)?;
+        let classes = self.layers.last().map_or(0, |d| d.out);
+        let loss = softmax_cross_entropy(slice_mut(&mut dz)?, &self.labels[..b], classes, 1.0);
+        let mut sq_norms = vec![0.0f64; b];
+        let mut dzs = Vec::with_capacity(self.layers.len());
+        for l in (0..self.layers.len()).rev() {
+            let d = self.layers[l];
+            let a = slice(self.input(l))?;
+            for ((sq, g), a) in sq_norms
+                .iter_mut()
+                .zip(slice(&dz)?.chunks_exact(d.out))
+                .zip(a.chunks_exact(d.inp))
+            {
+                *sq += sum_sq(g) * (sum_sq(a) + 1.0);
+            }
+            if l > 0 {
+                let next = self.input_grad(l, &dz, b)?;
+                dzs.push(std::mem::replace(&mut dz, next));
+            }
+        }
+        dzs.push(dz);
+        dzs.reverse();
+        Ok((loss, dzs, sq_norms))
+    }
+
+    /// One DP-SGD step on the first `b` rows of `x` (`b` may be 0: a noise-only step); returns
+    /// the batch's mean loss (0 for an empty batch). See [`crate::dpsgd`] for the mechanism.
+    ///
+    /// After [`Net::per_example_pass`], row `i` of every layer's `dZ` is scaled by
+    /// `min(1, C / ||g_i||) / (q N)`. Backpropagation is linear in the upstream gradient for fixed
+    /// activations, so this is exactly example `i`'s clipped gradient, divided by the expected
+    /// batch; the gemm that sums over the batch then gives the clipped sum, to which each
+    /// coordinate gets `N(0, (sigma C / (q N))^2)` before the optimiser step. The noise is drawn
+    /// layer by layer from the last, weight then bias, in the training layout.
+    fn dp_step(
+        &mut self,
+        b: usize,
+        dp: &DpSgdConfig,
+        expected_batch: f64,
+        noise: &mut NoiseSource,
+        opt: &mut Optim,
+    ) -> Result<f32> {
+        let (loss, dzs) = if b > 0 {
+            let (loss, mut dzs, sq_norms) = self.per_example_pass(b)?;
+            let factors: Vec<f32> = sq_norms
+                .iter()
+                .map(|sq| (clip_factor(sq.sqrt(), dp.clip) / expected_batch) as f32)
+                .collect();
+            for (dz, d) in dzs.iter_mut().zip(&self.layers) {
+                for (row, f) in slice_mut(dz)?.chunks_exact_mut(d.out).zip(&factors) {
+                    row.iter_mut().for_each(|v| *v *= f);
+                }
+            }
+            (loss, dzs)
+        } else {
+            (0.0, Vec::new())
+        };
+        let std = dp.noise * dp.clip / expected_batch;
+        opt.begin_step();
+        for l in (0..self.layers.len()).rev() {
+            let d = self.layers[l];
+            let mut grad = match dzs.get(l) {
+                Some(dz) => match self.weight_grad(l, dz, b)? {
+                    CpuStorage::F32(v) => v,
+                    _ => return Err(internal("expected f32 storage".into())),
+                },
+                None => vec![0.0; d.inp * d.out],
+            };
+            noise.add_gaussian(&mut grad, std);
+            opt.apply(slice_mut(&mut self.params)?, d.weight, &grad);
+            self.bias_grad.clear();
+            self.bias_grad.resize(d.out, 0.0);
+            if let Some(dz) = dzs.get(l) {
+                for row in slice(dz)?.chunks_exact(d.out) {
+                    for (s, v) in self.bias_grad.iter_mut().zip(row) {
+                        *s += v;
+                    }
+                }
+            }
+            noise.add_gaussian(&mut self.bias_grad, std);
+            opt.apply(slice_mut(&mut self.params)?, d.bias, &self.bias_grad);
+        }
+        Ok(loss)
+    }
+}
+
+/// `sum x^2` in f64.
+fn sum_sq(x: &[f32]) -> f64 {
+    x.iter().map(|v| f64::from(*v) * f64::from(*v)).sum()
 }
 
 /// Trains the flat parameters `params` (canonical order) of an MLP `kind` in place, exactly as
 /// [`crate::train::train_model`] does (same batch schedule from `rng`, same optimiser, FedProx
 /// and loss); returns (mean minibatch loss, steps). `progress` gets (step, total steps) after
 /// every step; `params` holds the result only once this returns.
+///
+/// With `cfg.dp_sgd` set this is DP-SGD ([`crate::dpsgd`]; `rng` is then unused), whose batches
+/// and noise come from `noise`, required then.
 pub fn train(
     kind: ModelKind,
     params: &mut Vec<f32>,
     data: &Dataset,
     cfg: &TrainConfig,
     rng: &mut Rng,
+    noise: Option<&mut NoiseSource>,
     mut progress: Option<&mut dyn FnMut(usize, usize)>,
 ) -> Result<(f32, usize)> {
-    run(kind, params, data, cfg, rng, true, &mut |step, total, _| {
-        if let Some(p) = progress.as_mut() {
-            p(step, total);
-        }
-        Ok(())
-    })
+    run(
+        kind,
+        params,
+        data,
+        cfg,
+        rng,
+        noise,
+        true,
+        &mut |step, total, _| {
+            if let Some(p) = progress.as_mut() {
+                p(step, total);
+            }
+            Ok(())
+        },
+    )
 }
 
 /// [`crate::train::train_model`] for an MLP `model` on the CPU. With a `progress` callback the
@@ -492,6 +649,7 @@ pub fn train_model(
     data: &Dataset,
     cfg: &TrainConfig,
     rng: &mut Rng,
+    noise: Option<&mut NoiseSource>,
     progress: Option<&mut dyn FnMut(usize, usize)>,
 ) -> Result<(f32, usize)> {
     let mut params = model.flat()?;
@@ -502,6 +660,7 @@ pub fn train_model(
             data,
             cfg,
             rng,
+            noise,
             true,
             &mut |_, _, _| Ok(()),
         )?,
@@ -511,6 +670,7 @@ pub fn train_model(
             data,
             cfg,
             rng,
+            noise,
             false,
             &mut |step, total, now| {
                 write_vars(model, now)?;
@@ -562,17 +722,20 @@ fn write_vars(model: &Model, flat: &[f32]) -> Result<()> {
 /// Called after every step with (step, total steps, the parameters in training layout).
 type OnStep<'a> = dyn FnMut(usize, usize, &[f32]) -> Result<()> + 'a;
 
-/// The training loop. `transpose` allows the transposed first-layer layout; `on_step` gets
-/// (step, total steps, the parameters in training layout), which is canonical without it.
+/// The training loop: minibatch SGD, or DP-SGD when `cfg.dp_sgd` is set (then `noise` is
+/// required). `transpose` allows the transposed first-layer layout; `on_step` gets (step, total
+/// steps, the parameters in training layout), which is canonical without it.
 fn run(
     kind: ModelKind,
     params: &mut Vec<f32>,
     data: &Dataset,
     cfg: &TrainConfig,
     rng: &mut Rng,
+    noise: Option<&mut NoiseSource>,
     transpose: bool,
     on_step: &mut OnStep<'_>,
 ) -> Result<(f32, usize)> {
+    let mut dp = crate::dpsgd::resolve(cfg, noise)?;
     if params.len() != kind.num_params() {
         return Err(Error::WrongLength {
             got: params.len(),
@@ -594,7 +757,13 @@ fn run(
     };
     to_training_layout(params, false);
     let mut batches = Batches::new(data.len(), cfg);
-    let total_steps = batches.total_steps;
+    let total_steps = match &dp {
+        None => batches.total_steps,
+        Some((c, _)) => c.steps(cfg.work),
+    };
+    let expected_batch = dp
+        .as_ref()
+        .map_or(0.0, |(c, _)| c.expected_batch(data.len()));
     let f = data.features;
     let mut opt = Optim::new(cfg, params);
     let mut net = Net {
@@ -605,20 +774,28 @@ fn run(
         hidden: Vec::new(),
         bias_grad: Vec::new(),
     };
-    let mut steps = || -> Result<f64> {
-        let mut loss_sum = 0.0f64;
+    let mut sample = Vec::new();
+    let mut steps = || -> Result<(f64, usize)> {
+        let (mut loss_sum, mut nonempty) = (0.0f64, 0usize);
         for step in 0..total_steps {
-            let idx = batches.next(rng);
+            let idx: &[usize] = match dp.as_mut() {
+                None => batches.next(rng),
+                Some((c, noise)) => {
+                    noise.poisson_sample(data.len(), c.rate, &mut sample);
+                    &sample
+                }
+            };
             let b = idx.len();
-            let x = slice_mut(&mut net.x)?;
-            for ((row, label), &i) in x.chunks_exact_mut(f).zip(&mut net.labels).zip(idx) {
-                row.copy_from_slice(&data.x[i * f..(i + 1) * f]);
-                *label = data.y[i];
-            }
-            loss_sum += f64::from(net.step(b, &mut opt)?);
+            net.load(data, idx)?;
+            let loss = match dp.as_mut() {
+                None => net.step(b, &mut opt)?,
+                Some((c, noise)) => net.dp_step(b, c, expected_batch, noise, &mut opt)?,
+            };
+            loss_sum += f64::from(loss);
+            nonempty += usize::from(b > 0);
             on_step(step + 1, total_steps, slice(&net.params)?)?;
         }
-        Ok(loss_sum)
+        Ok((loss_sum, nonempty))
     };
     let result = steps();
     // Hand the parameters back whatever happened.
@@ -626,8 +803,11 @@ fn run(
         *params = v;
     }
     to_training_layout(params, true);
-    let loss_sum = result?;
-    Ok(((loss_sum / total_steps.max(1) as f64) as f32, total_steps))
+    let (loss_sum, nonempty) = result?;
+    // DP-SGD averages over the steps that had a batch; the minibatch schedule never has an
+    // empty one.
+    let counted = if dp.is_some() { nonempty } else { total_steps };
+    Ok(((loss_sum / counted.max(1) as f64) as f32, total_steps))
 }
 
 #[cfg(test)]
@@ -653,6 +833,7 @@ mod tests {
             batch,
             optimizer,
             prox_mu,
+            dp_sgd: None,
         }
     }
 
@@ -681,10 +862,10 @@ mod tests {
         let init = kind.init(4);
         let mut fast = init.clone();
         let (fast_loss, fast_steps) =
-            train(kind, &mut fast, data, c, &mut Rng::seed(9), None).unwrap();
+            train(kind, &mut fast, data, c, &mut Rng::seed(9), None, None).unwrap();
         let model = Model::new(kind, &init, &Device::Cpu).unwrap();
         let (slow_loss, slow_steps) =
-            train_model_autograd(&model, data, c, &mut Rng::seed(9), None).unwrap();
+            train_model_autograd(&model, data, c, &mut Rng::seed(9), None, None).unwrap();
         assert_eq!(fast_steps, slow_steps);
         let slow = model.flat().unwrap();
         assert_ne!(fast, init, "training moved nothing");
@@ -745,8 +926,16 @@ mod tests {
             let c = cfg(Work::Epochs(2), 32, opt, 0.1);
             let run = || {
                 let mut p = ModelKind::Mlp.init(1);
-                let (loss, _) =
-                    train(ModelKind::Mlp, &mut p, &data, &c, &mut Rng::seed(5), None).unwrap();
+                let (loss, _) = train(
+                    ModelKind::Mlp,
+                    &mut p,
+                    &data,
+                    &c,
+                    &mut Rng::seed(5),
+                    None,
+                    None,
+                )
+                .unwrap();
                 let bits: Vec<u32> = p.iter().map(|v| v.to_bits()).collect();
                 (bits, loss.to_bits())
             };
@@ -793,6 +982,7 @@ mod tests {
                 &data,
                 &c,
                 &mut Rng::seed(1),
+                None,
                 None
             )
             .is_err()

@@ -302,6 +302,7 @@ mod tests {
                     momentum: 0.5,
                 },
                 prox_mu: 0.0,
+                dp_sgd: None,
             },
             rule: Rule::Mean.into(),
             server: ServerOpt::default(),
