@@ -725,6 +725,8 @@ type OnStep<'a> = dyn FnMut(usize, usize, &[f32]) -> Result<()> + 'a;
 /// The training loop: minibatch SGD, or DP-SGD when `cfg.dp_sgd` is set (then `noise` is
 /// required). `transpose` allows the transposed first-layer layout; `on_step` gets (step, total
 /// steps, the parameters in training layout), which is canonical without it.
+// Private, and each argument is a different kind of thing; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn run(
     kind: ModelKind,
     params: &mut Vec<f32>,
@@ -988,5 +990,318 @@ mod tests {
             .is_err()
         );
         assert_eq!(wrong, ModelKind::DigitsMlp.init(2));
+    }
+}
+
+#[cfg(test)]
+mod dp_tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::train::{TrainConfig, Work, batch_tensors, train_model_autograd};
+
+    fn noise_data(n: usize, features: usize, seed: u64) -> Dataset {
+        let mut rng = Rng::seed(seed);
+        Dataset {
+            x: (0..n * features).map(|_| rng.next_f64() as f32).collect(),
+            y: (0..n).map(|_| rng.below(10) as u8).collect(),
+            features,
+        }
+    }
+
+    fn digits(n: usize) -> Dataset {
+        crate::data::digits()
+            .unwrap()
+            .train
+            .subset(&(0..n).collect::<Vec<_>>())
+    }
+
+    fn dp_cfg(work: Work, optimizer: Optimizer, clip: f64, noise: f64, rate: f64) -> TrainConfig {
+        TrainConfig {
+            work,
+            batch: 1,
+            optimizer,
+            prox_mu: 0.0,
+            dp_sgd: Some(DpSgdConfig { clip, noise, rate }),
+        }
+    }
+
+    const SGD1: Optimizer = Optimizer::Sgd {
+        lr: 1.0,
+        momentum: 0.0,
+    };
+
+    /// Trains on the fast path with `NoiseSource::reproducible(seed, 0)`; returns the parameters.
+    fn fast_dp(kind: ModelKind, data: &Dataset, c: &TrainConfig, seed: u64) -> Vec<f32> {
+        let mut p = kind.init(4);
+        let mut noise = NoiseSource::reproducible(seed, 0);
+        train(
+            kind,
+            &mut p,
+            data,
+            c,
+            &mut Rng::seed(1),
+            Some(&mut noise),
+            None,
+        )
+        .unwrap();
+        p
+    }
+
+    /// The same on the autograd path.
+    fn autograd_dp(kind: ModelKind, data: &Dataset, c: &TrainConfig, seed: u64) -> Vec<f32> {
+        let model = Model::new(kind, &kind.init(4), &Device::Cpu).unwrap();
+        let mut noise = NoiseSource::reproducible(seed, 0);
+        train_model_autograd(&model, data, c, &mut Rng::seed(1), Some(&mut noise), None).unwrap();
+        model.flat().unwrap()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    fn delta(kind: ModelKind, p: &[f32]) -> Vec<f32> {
+        p.iter().zip(&kind.init(4)).map(|(a, b)| a - b).collect()
+    }
+
+    /// (a) The per-example norms from `||dz_i||^2 (||a_i||^2 + 1)` equal the norms of each
+    /// example's gradient from autograd on a batch of one, in both weight layouts.
+    #[test]
+    fn per_example_norms_match_autograd() {
+        for (kind, data) in [
+            (ModelKind::DigitsMlp, digits(12)),
+            (ModelKind::Mlp, noise_data(6, 784, 8)),
+        ] {
+            let init = kind.init(3);
+            let model = Model::new(kind, &init, &Device::Cpu).unwrap();
+            let slow: Vec<f64> = (0..data.len())
+                .map(|i| {
+                    let (xs, ys) = batch_tensors(&data, &[i], &Device::Cpu).unwrap();
+                    let loss =
+                        candle_nn::loss::cross_entropy(&model.forward(&xs).unwrap(), &ys).unwrap();
+                    let grads = loss.backward().unwrap();
+                    model
+                        .vars()
+                        .iter()
+                        .map(|v| {
+                            let g = grads.get(v.as_tensor()).unwrap();
+                            crate::dp::l2_norm(&g.flatten_all().unwrap().to_vec1().unwrap()).powi(2)
+                        })
+                        .sum::<f64>()
+                        .sqrt()
+                })
+                .collect();
+            for transpose in [false, true] {
+                let mut layers = dense_layers(kind).unwrap();
+                let mut p = init.clone();
+                for d in &mut layers {
+                    d.transposed &= transpose;
+                    if d.transposed {
+                        transpose_block(&mut p, d.weight, d.out, d.inp);
+                    }
+                }
+                let mut net = Net {
+                    layers,
+                    params: CpuStorage::F32(p),
+                    x: CpuStorage::F32(Vec::new()),
+                    labels: Vec::new(),
+                    hidden: Vec::new(),
+                    bias_grad: Vec::new(),
+                };
+                net.load(&data, &(0..data.len()).collect::<Vec<_>>())
+                    .unwrap();
+                let (_, dzs, sq) = net.per_example_pass(data.len()).unwrap();
+                assert_eq!(dzs.len(), net.layers.len());
+                for (i, (fast, slow)) in sq.iter().map(|s| s.sqrt()).zip(&slow).enumerate() {
+                    assert!(
+                        (fast - slow).abs() <= 1e-5 * slow,
+                        "{kind} example {i}: {fast} vs {slow}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// (b) With no noise, no effective clipping and q = 1 (every record, divided by N), DP-SGD is
+    /// full-batch training on the mean loss, on both paths.
+    #[test]
+    fn without_noise_or_clipping_it_is_full_batch_training() {
+        let data = digits(40);
+        let kind = ModelKind::DigitsMlp;
+        let momentum = Optimizer::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+        };
+        for opt in [SGD1, momentum] {
+            let plain = TrainConfig {
+                work: Work::Steps(2),
+                batch: 40,
+                optimizer: opt,
+                prox_mu: 0.0,
+                dp_sgd: None,
+            };
+            let mut want = kind.init(4);
+            train(
+                kind,
+                &mut want,
+                &data,
+                &plain,
+                &mut Rng::seed(1),
+                None,
+                None,
+            )
+            .unwrap();
+            let c = dp_cfg(Work::Steps(2), opt, 1e9, 0.0, 1.0);
+            let fast = fast_dp(kind, &data, &c, 5);
+            let slow = autograd_dp(kind, &data, &c, 5);
+            assert_ne!(fast, kind.init(4));
+            assert!(max_diff(&fast, &want) < 1e-6, "{opt} fast");
+            assert!(max_diff(&slow, &want) < 1e-6, "{opt} autograd");
+        }
+    }
+
+    /// With no noise, both paths compute the same clipped updates (some examples clipped, some
+    /// not) from the same Poisson batches.
+    #[test]
+    fn fast_and_autograd_dp_agree() {
+        for (kind, data, clip) in [
+            (ModelKind::DigitsMlp, digits(60), 1.0),
+            (ModelKind::Mlp, noise_data(30, 784, 2), 3.0),
+        ] {
+            let momentum = Optimizer::Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+            };
+            let c = dp_cfg(Work::Steps(4), momentum, clip, 0.0, 0.3);
+            let fast = fast_dp(kind, &data, &c, 6);
+            let slow = autograd_dp(kind, &data, &c, 6);
+            assert_ne!(fast, kind.init(4));
+            let d = max_diff(&fast, &slow);
+            assert!(d < 1e-6, "{kind}: {d}");
+        }
+    }
+
+    /// (c) With a tiny clip every example's contribution has norm C, so one SGD step moves the
+    /// parameters by at most `lr C b / (q N)` (b the drawn batch).
+    #[test]
+    fn tiny_clip_bounds_the_update() {
+        let (kind, data) = (ModelKind::DigitsMlp, digits(40));
+        let (clip, rate) = (1e-2, 0.5);
+        let c = dp_cfg(Work::Steps(1), SGD1, clip, 0.0, rate);
+        let mut batch = Vec::new();
+        NoiseSource::reproducible(7, 0).poisson_sample(40, rate, &mut batch);
+        let bound = clip * batch.len() as f64 / (rate * 40.0);
+        for p in [fast_dp(kind, &data, &c, 7), autograd_dp(kind, &data, &c, 7)] {
+            let norm = crate::dp::l2_norm(&delta(kind, &p));
+            assert!(norm <= bound * 1.001, "{norm} > {bound}");
+            // The examples' gradients point broadly the same way at the start.
+            assert!(norm > bound * 0.1, "{norm} vs {bound}");
+        }
+        // Unclipped, the same step is far larger.
+        let free = dp_cfg(Work::Steps(1), SGD1, 1e9, 0.0, rate);
+        let norm = crate::dp::l2_norm(&delta(kind, &fast_dp(kind, &data, &free, 7)));
+        assert!(norm > 20.0 * bound, "{norm}");
+    }
+
+    /// (d) The update's noise has standard deviation `lr sigma C / (q N)` per coordinate. With a
+    /// fixed seed this is deterministic; the tolerances are 6 standard errors of the estimate.
+    #[test]
+    fn noise_has_std_sigma_c_over_qn() {
+        let (sigma, clip, rate, n) = (1.0, 1.0, 0.5, 20);
+        let want = sigma * clip / (rate * n as f64);
+        let c = dp_cfg(Work::Steps(1), SGD1, clip, sigma, rate);
+        // 2NN: 199,210 coordinates, standard error of the std 0.16%; the clipped data moves the
+        // parameters by at most C b / (q N) <= 2 in norm, 0.1% of the variance.
+        let data = noise_data(n, 784, 3);
+        let d = delta(ModelKind::Mlp, &fast_dp(ModelKind::Mlp, &data, &c, 11));
+        let (mean, std) = moments(&d);
+        assert!((std / want - 1.0).abs() < 0.01, "fast: std {std} vs {want}");
+        assert!(
+            mean.abs() < 6.0 * want / (d.len() as f64).sqrt(),
+            "mean {mean}"
+        );
+        // Digits MLP on autograd: 4,810 coordinates, standard error 1%.
+        let data = digits(n);
+        let d = delta(
+            ModelKind::DigitsMlp,
+            &autograd_dp(ModelKind::DigitsMlp, &data, &c, 11),
+        );
+        let (_, std) = moments(&d);
+        assert!(
+            (std / want - 1.0).abs() < 0.06,
+            "autograd: std {std} vs {want}"
+        );
+    }
+
+    fn moments(x: &[f32]) -> (f64, f64) {
+        let n = x.len() as f64;
+        let mean = x.iter().map(|v| f64::from(*v)).sum::<f64>() / n;
+        let var = x
+            .iter()
+            .map(|v| (f64::from(*v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        (mean, var.sqrt())
+    }
+
+    /// (e) The secret keys the batches and the noise: the same secret repeats a run bit for bit,
+    /// another gives another; without a secret DP-SGD refuses to train.
+    #[test]
+    fn the_secret_keys_the_run() {
+        let (kind, data) = (ModelKind::DigitsMlp, digits(50));
+        let c = dp_cfg(Work::Epochs(1), SGD1, 1.0, 1.0, 0.2);
+        let run = |secret: [u8; 32]| {
+            let mut p = kind.init(4);
+            let mut noise = NoiseSource::from_secret(secret);
+            let (_, steps) = train(
+                kind,
+                &mut p,
+                &data,
+                &c,
+                &mut Rng::seed(1),
+                Some(&mut noise),
+                None,
+            )
+            .unwrap();
+            assert_eq!(steps, 5, "one epoch at q = 0.2");
+            p
+        };
+        let mut other = [9u8; 32];
+        other[0] = 10;
+        assert_eq!(run([9; 32]), run([9; 32]));
+        assert_ne!(run([9; 32]), run(other));
+        let mut p = kind.init(4);
+        let e = train(kind, &mut p, &data, &c, &mut Rng::seed(1), None, None);
+        assert!(matches!(e, Err(Error::DpSgdWithoutSecret)), "{e:?}");
+        let e = crate::train::train_local(kind, &p, &data, &c, &mut Rng::seed(1), &Device::Cpu);
+        assert!(matches!(e, Err(Error::DpSgdWithoutSecret)), "{e:?}");
+    }
+
+    /// An empty Poisson batch still takes a step on the noise alone.
+    #[test]
+    fn empty_batches_take_noise_only_steps() {
+        let (kind, data) = (ModelKind::DigitsMlp, digits(10));
+        let c = dp_cfg(Work::Steps(3), SGD1, 1.0, 1.0, 1e-9);
+        let mut p = kind.init(4);
+        let mut noise = NoiseSource::reproducible(1, 0);
+        let (loss, steps) = train(
+            kind,
+            &mut p,
+            &data,
+            &c,
+            &mut Rng::seed(1),
+            Some(&mut noise),
+            None,
+        )
+        .unwrap();
+        assert_eq!((loss, steps), (0.0, 3));
+        let (_, std) = moments(&delta(kind, &p));
+        // Three noise-only steps of std C sigma / (q N) = 1e8 each.
+        assert!((std / (3f64.sqrt() * 1e8) - 1.0).abs() < 0.06, "{std}");
+        let silent = dp_cfg(Work::Steps(3), SGD1, 1.0, 0.0, 1e-9);
+        assert_eq!(fast_dp(kind, &data, &silent, 1), kind.init(4));
     }
 }
