@@ -19,6 +19,15 @@
 //! 35 us, eight times a step here). Setting `RAYON_NUM_THREADS` (1 for one node per core) avoids
 //! both; this library leaves the process environment alone.
 //!
+//! DP-SGD ([`crate::dpsgd`]) takes the same products: one backward pass computes every layer's
+//! per-example `dZ` with the weights unchanged, the exact per-example gradient norms follow from
+//! `||dz_i||^2 (||a_i||^2 + 1)` per layer without forming per-example gradients, each `dZ` row
+//! is scaled by its clipping factor, and the same gemms sum the clipped gradients. The clipping
+//! costs next to nothing; the Gaussian noise, one draw per parameter per step, is most of the
+//! difference: 2NN on MNIST, expected batch 64, one thread, dev profile: 47.6-52.2k samples/s
+//! without DP, 26.6-27.9k with (noise 0.9 ms of a 2.4 ms step); the per-example autograd path
+//! ([`crate::train::train_model_autograd_dp`]) manages 1.2k.
+//!
 //! The arithmetic is the same as [`crate::train::train_model_autograd`]'s up to float rounding
 //! order; the tests below hold the two within 1e-6 of each other (Adam on a few near-zero
 //! gradients aside, see there). Every loop is sequential, so a run is bit-for-bit reproducible
