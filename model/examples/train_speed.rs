@@ -3,10 +3,15 @@
 //! autograd path (`train_model_autograd`, what `train_local` ran before the fast path), (c)
 //! `train_local`, which takes the hand-written MLP pass of `model::fast`, and (d) `train_model`
 //! with a progress callback, which also copies the parameters into the model after every step.
+//! DP-SGD (`--dp`, or `--only` naming a `dp` row): (e) `train_local` with `TrainConfig::dp_sgd` at
+//! `clip:1,noise:1,rate:B/N`, so that the expected Poisson batch is the `--batch` B, for one
+//! expected epoch (`round(1/q)` steps, N samples in expectation); (f) the same on the per-example
+//! autograd path (`train_model_autograd_dp`, for the CNN; about batch-1 speed). It also prints
+//! the time the Gaussian noise alone takes per step (one ChaCha20 ziggurat draw per parameter).
 //!
 //! ```sh
 //! cargo run --release -p model --example train_speed -- [--samples N] [--threads T] [--repeat R]
-//!     [--batch B] [--mnist DIR] [--csv FILE] [--only IMPL]
+//!     [--batch B] [--mnist DIR] [--csv FILE] [--only IMPL] [--dp]
 //! ```
 //!
 //! Threads: candle's CPU matmul (the `gemm` crate) calls `candle_core::utils::get_num_threads()`
@@ -25,9 +30,13 @@ use std::time::Instant;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Optimizer as _, VarBuilder, VarMap};
 use model::data::Dataset;
+use model::dpsgd::{DpSgdConfig, NoiseSource};
 use model::net::{Model, ModelKind};
 use model::rng::Rng;
-use model::train::{Optimizer, TrainConfig, Work, train_local, train_model, train_model_autograd};
+use model::train::{
+    Optimizer, TrainConfig, Work, train_local, train_local_with_noise, train_model,
+    train_model_autograd,
+};
 
 struct Args {
     samples: usize,
@@ -37,6 +46,7 @@ struct Args {
     mnist: Option<String>,
     csv: Option<String>,
     only: Option<String>,
+    dp: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -48,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
         mnist: None,
         csv: None,
         only: None,
+        dp: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
             "--mnist" => a.mnist = Some(value()?),
             "--csv" => a.csv = Some(value()?),
             "--only" => a.only = Some(value()?),
+            "--dp" => a.dp = true,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -120,6 +132,7 @@ fn config(batch: usize, optimizer: Optimizer) -> TrainConfig {
         batch,
         optimizer,
         prox_mu: 0.0,
+        dp_sgd: None,
     }
 }
 
@@ -127,8 +140,55 @@ fn config(batch: usize, optimizer: Optimizer) -> TrainConfig {
 fn autograd(data: &Dataset, cfg: &TrainConfig, init: &[f32]) -> model::Result<f64> {
     let m = Model::new(ModelKind::Mlp, init, &Device::Cpu)?;
     let start = Instant::now();
-    train_model_autograd(&m, data, cfg, &mut Rng::seed(1), None)?;
+    train_model_autograd(&m, data, cfg, &mut Rng::seed(1), None, None)?;
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// DP-SGD settings whose expected batch `q N` is `batch` over `n` samples.
+fn dp_config(batch: usize, n: usize, optimizer: Optimizer) -> TrainConfig {
+    TrainConfig {
+        dp_sgd: Some(DpSgdConfig {
+            clip: 1.0,
+            noise: 1.0,
+            rate: (batch as f64 / n as f64).min(1.0),
+        }),
+        ..config(batch, optimizer)
+    }
+}
+
+/// One expected epoch of DP-SGD through `train_local_with_noise` (the fast path for the MLP);
+/// returns the seconds taken. The fixed key stands in for 32 secret bytes.
+fn fast_dp(data: &Dataset, batch: usize, init: &[f32]) -> model::Result<f64> {
+    let cfg = dp_config(batch, data.len(), sgd());
+    let mut noise = NoiseSource::from_secret([7; 32]);
+    let start = Instant::now();
+    train_local_with_noise(
+        ModelKind::Mlp,
+        init,
+        data,
+        &cfg,
+        &mut Rng::seed(1),
+        Some(&mut noise),
+        &Device::Cpu,
+    )?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// One expected epoch of DP-SGD on the per-example autograd path; returns the seconds taken.
+fn autograd_dp(data: &Dataset, batch: usize, init: &[f32]) -> model::Result<f64> {
+    let cfg = dp_config(batch, data.len(), sgd());
+    let m = Model::new(ModelKind::Mlp, init, &Device::Cpu)?;
+    let mut noise = NoiseSource::from_secret([7; 32]);
+    let start = Instant::now();
+    train_model_autograd(&m, data, &cfg, &mut Rng::seed(1), Some(&mut noise), None)?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn sgd() -> Optimizer {
+    Optimizer::Sgd {
+        lr: 0.05,
+        momentum: 0.0,
+    }
 }
 
 /// One epoch of `train_model` with a progress callback (the fast path, which then keeps the
@@ -189,10 +249,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         args.repeat
     );
-    let sgd = Optimizer::Sgd {
-        lr: 0.05,
-        momentum: 0.0,
-    };
+    let sgd = sgd();
     let momentum = Optimizer::Sgd {
         lr: 0.05,
         momentum: 0.9,
@@ -236,8 +293,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "sgd-m0.9",
             Box::new(|d: &Dataset| Ok(with_progress(d, &config(b, momentum), &init)?)),
         ),
+        (
+            "train_local-dp",
+            "sgd",
+            Box::new(|d: &Dataset| Ok(fast_dp(d, b, &init)?)),
+        ),
+        (
+            "autograd-dp",
+            "sgd",
+            Box::new(|d: &Dataset| Ok(autograd_dp(d, b, &init)?)),
+        ),
     ];
-    let wanted = |imp: &str| args.only.as_deref().is_none_or(|o| o == imp);
+    let wanted = |imp: &str| match args.only.as_deref() {
+        Some(o) => o == imp,
+        None => args.dp || !imp.ends_with("-dp"),
+    };
+    if args.dp || args.only.as_deref().is_some_and(|o| o.ends_with("-dp")) {
+        // The noise alone: one draw per parameter per step.
+        let mut noise = NoiseSource::from_secret([7; 32]);
+        let mut grad = vec![0.0f32; ModelKind::Mlp.num_params()];
+        let reps = 200;
+        let start = Instant::now();
+        for _ in 0..reps {
+            noise.add_gaussian(&mut grad, 1.0);
+        }
+        let per_step = start.elapsed().as_secs_f64() / f64::from(reps);
+        println!(
+            "{:>20} {:>9}: {:>9.0} us per step ({} draws, {:.1} ns each)",
+            "noise",
+            "",
+            per_step * 1e6,
+            grad.len(),
+            per_step * 1e9 / grad.len() as f64
+        );
+    }
     for (imp, opt, run) in runs.iter().filter(|r| wanted(r.0)) {
         run(&warm)?;
         let mut best = f64::INFINITY;

@@ -25,6 +25,9 @@ pub enum Error {
         input: String,
         why: String,
     },
+    /// DP-SGD is configured but the caller gave no secret noise source.
+    #[error("DP-SGD needs a secret noise source (32 secret bytes) and none was given")]
+    DpSgdWithoutSecret,
     /// A checkpoint file is missing a tensor or has the wrong shape.
     #[error("checkpoint: {0}")]
     Checkpoint(String),

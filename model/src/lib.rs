@@ -9,6 +9,7 @@
 //! - [`params`]: flat parameter vectors, their SHA-256 hash, safetensors files;
 //! - [`codec`]: dense, int8, top-k and top-k+int8 delta encodings with error feedback;
 //! - [`dp`]: L2 clipping, Gaussian noise and the RDP accountant;
+//! - [`dpsgd`]: record-level DP-SGD's settings, secret noise source and Poisson sampling;
 //! - [`aggregate`]: mean, median, trimmed mean, Multi-Krum, CenteredClip and the server step;
 //! - [`attack`]: Byzantine behaviours for experiments;
 //! - [`sim`]: N nodes in one process on the same per-round math as the networked node.
@@ -20,6 +21,7 @@ pub mod attack;
 pub mod codec;
 pub mod data;
 pub mod dp;
+pub mod dpsgd;
 pub mod error;
 pub mod fast;
 pub mod net;

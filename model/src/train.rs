@@ -1,10 +1,12 @@
 //! Local training and evaluation with candle. The MLPs train through the hand-written pass of
 //! [`crate::fast`] on the CPU, everything else through candle's autograd.
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
 
 use crate::data::Dataset;
+use crate::dpsgd::{DpSgdConfig, NoiseSource, clip_factor};
 use crate::error::{Error, Result, parse_err};
 use crate::net::{Model, ModelKind};
 use crate::rng::Rng;
@@ -83,6 +85,11 @@ pub struct TrainConfig {
     pub optimizer: Optimizer,
     /// FedProx proximal weight `mu` (0 disables): adds `mu/2 * ||w - w_global||^2` to the loss.
     pub prox_mu: f64,
+    /// Record-level DP-SGD (Poisson sampling, per-example clipping, Gaussian noise; see
+    /// [`crate::dpsgd`]) instead of minibatch training; `batch` is then unused. Training with it
+    /// needs a secret [`NoiseSource`] ([`train_local_with_noise`]).
+    #[serde(default)]
+    pub dp_sgd: Option<DpSgdConfig>,
 }
 
 /// What a round of local training produced.
@@ -116,7 +123,8 @@ pub fn batch_tensors(data: &Dataset, idx: &[usize], device: &Device) -> Result<(
 /// Trains a copy of `global` on `data` and returns the delta. The batch order comes from `rng`.
 ///
 /// The MLP kinds on the CPU take the hand-written forward and backward pass in [`crate::fast`];
-/// everything else takes candle's autograd ([`train_model_autograd`]).
+/// everything else takes candle's autograd ([`train_model_autograd`]). With `cfg.dp_sgd` set this
+/// fails with [`Error::DpSgdWithoutSecret`]: use [`train_local_with_noise`].
 pub fn train_local(
     kind: ModelKind,
     global: &[f32],
@@ -125,13 +133,28 @@ pub fn train_local(
     rng: &mut Rng,
     device: &Device,
 ) -> Result<TrainOutput> {
+    train_local_with_noise(kind, global, data, cfg, rng, None, device)
+}
+
+/// [`train_local`] with DP-SGD's secret randomness: when `cfg.dp_sgd` is set, every batch and
+/// every noise draw comes from `noise` (then required; `rng` is unused), which the caller keys
+/// with 32 secret bytes ([`NoiseSource::from_secret`]). Without `cfg.dp_sgd`, `noise` is unused.
+pub fn train_local_with_noise(
+    kind: ModelKind,
+    global: &[f32],
+    data: &Dataset,
+    cfg: &TrainConfig,
+    rng: &mut Rng,
+    noise: Option<&mut NoiseSource>,
+    device: &Device,
+) -> Result<TrainOutput> {
     let (mean_loss, steps, trained) = if device.is_cpu() && crate::fast::supports(kind) {
         let mut params = global.to_vec();
-        let (loss, steps) = crate::fast::train(kind, &mut params, data, cfg, rng, None)?;
+        let (loss, steps) = crate::fast::train(kind, &mut params, data, cfg, rng, noise, None)?;
         (loss, steps, params)
     } else {
         let model = Model::new(kind, global, device)?;
-        let (loss, steps) = train_model(&model, data, cfg, rng, None)?;
+        let (loss, steps) = train_model_with_noise(&model, data, cfg, rng, noise, None)?;
         (loss, steps, model.flat()?)
     };
     let mut delta = trained;
@@ -218,86 +241,34 @@ enum OptState {
     },
 }
 
-/// Trains `model` in place; returns (mean loss, steps). `progress` is called after every step with
-/// (step, total steps) for progress bars. The MLP kinds on the CPU take the fast path
-/// ([`crate::fast`]), the rest candle's autograd ([`train_model_autograd`]).
-pub fn train_model(
-    model: &Model,
-    data: &Dataset,
-    cfg: &TrainConfig,
-    rng: &mut Rng,
-    progress: Option<&mut dyn FnMut(usize, usize)>,
-) -> Result<(f32, usize)> {
-    let on_cpu = model.vars().first().is_none_or(|v| v.device().is_cpu());
-    if !(on_cpu && crate::fast::supports(model.kind())) {
-        return train_model_autograd(model, data, cfg, rng, progress);
-    }
-    crate::fast::train_model(model, data, cfg, rng, progress)
-}
-
-/// [`train_model`] on candle's autograd for every model kind: the reference the fast path is
-/// tested against, and the path for the CNN and non-CPU devices.
-pub fn train_model_autograd(
-    model: &Model,
-    data: &Dataset,
-    cfg: &TrainConfig,
-    rng: &mut Rng,
-    mut progress: Option<&mut dyn FnMut(usize, usize)>,
-) -> Result<(f32, usize)> {
-    if !check_data(model.kind(), data)? {
-        return Ok((0.0, 0));
-    }
-    let mut batches = Batches::new(data.len(), cfg);
-    let total_steps = batches.total_steps;
-    let vars = model.vars().to_vec();
-    let device = vars
-        .first()
-        .map(|v| v.device().clone())
-        .unwrap_or(Device::Cpu);
-    // Snapshot of the starting point for FedProx.
-    let anchors: Vec<Tensor> = if cfg.prox_mu > 0.0 {
-        vars.iter()
-            .map(|v| v.as_tensor().copy().map(|t| t.detach()))
-            .collect::<candle_core::Result<_>>()?
-    } else {
-        Vec::new()
-    };
-    let mut state = match cfg.optimizer {
-        Optimizer::Adam { lr } => OptState::Adam(AdamW::new(
-            vars.clone(),
-            ParamsAdamW {
+impl OptState {
+    fn new(cfg: &TrainConfig, vars: &[Var]) -> Result<Self> {
+        Ok(match cfg.optimizer {
+            Optimizer::Adam { lr } => OptState::Adam(AdamW::new(
+                vars.to_vec(),
+                ParamsAdamW {
+                    lr,
+                    weight_decay: 0.0,
+                    ..Default::default()
+                },
+            )?),
+            Optimizer::Sgd { lr, momentum } => OptState::Sgd {
                 lr,
-                weight_decay: 0.0,
-                ..Default::default()
+                momentum,
+                velocity: vec![None; vars.len()],
             },
-        )?),
-        Optimizer::Sgd { lr, momentum } => OptState::Sgd {
-            lr,
-            momentum,
-            velocity: vec![None; vars.len()],
-        },
-    };
-    let mut loss_sum = 0.0f64;
-    for step in 0..total_steps {
-        let (xs, ys) = batch_tensors(data, batches.next(rng), &device)?;
-        let logits = model.forward(&xs)?;
-        let mut loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
-        loss_sum += f64::from(loss.to_scalar::<f32>()?);
-        if cfg.prox_mu > 0.0 {
-            let mut prox = Tensor::zeros((), DType::F32, &device)?;
-            for (v, a) in vars.iter().zip(&anchors) {
-                prox = (prox + (v.as_tensor() - a)?.sqr()?.sum_all()?)?;
-            }
-            loss = (loss + (prox * (cfg.prox_mu / 2.0))?)?;
-        }
-        match &mut state {
-            OptState::Adam(opt) => opt.backward_step(&loss)?,
+        })
+    }
+
+    /// One optimiser step on `vars` with the gradients in `grads`.
+    fn step(&mut self, vars: &[Var], grads: &GradStore) -> Result<()> {
+        match self {
+            OptState::Adam(opt) => opt.step(grads)?,
             OptState::Sgd {
                 lr,
                 momentum,
                 velocity,
             } => {
-                let grads = loss.backward()?;
                 for (v, vel) in vars.iter().zip(velocity.iter_mut()) {
                     let Some(g) = grads.get(v.as_tensor()) else {
                         continue;
@@ -321,11 +292,182 @@ pub fn train_model_autograd(
                 }
             }
         }
+        Ok(())
+    }
+}
+
+/// Trains `model` in place; returns (mean loss, steps). `progress` is called after every step with
+/// (step, total steps) for progress bars. The MLP kinds on the CPU take the fast path
+/// ([`crate::fast`]), the rest candle's autograd ([`train_model_autograd`]). With `cfg.dp_sgd`
+/// set this fails with [`Error::DpSgdWithoutSecret`]: use [`train_model_with_noise`].
+pub fn train_model(
+    model: &Model,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    rng: &mut Rng,
+    progress: Option<&mut dyn FnMut(usize, usize)>,
+) -> Result<(f32, usize)> {
+    train_model_with_noise(model, data, cfg, rng, None, progress)
+}
+
+/// [`train_model`] with DP-SGD's secret randomness (see [`train_local_with_noise`]).
+pub fn train_model_with_noise(
+    model: &Model,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    rng: &mut Rng,
+    noise: Option<&mut NoiseSource>,
+    progress: Option<&mut dyn FnMut(usize, usize)>,
+) -> Result<(f32, usize)> {
+    let on_cpu = model.vars().first().is_none_or(|v| v.device().is_cpu());
+    if !(on_cpu && crate::fast::supports(model.kind())) {
+        return train_model_autograd(model, data, cfg, rng, noise, progress);
+    }
+    crate::fast::train_model(model, data, cfg, rng, noise, progress)
+}
+
+/// [`train_model`] on candle's autograd for every model kind: the reference the fast path is
+/// tested against, and the path for the CNN and non-CPU devices. With `cfg.dp_sgd` set it takes
+/// [`train_model_autograd_dp`].
+pub fn train_model_autograd(
+    model: &Model,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    rng: &mut Rng,
+    noise: Option<&mut NoiseSource>,
+    mut progress: Option<&mut dyn FnMut(usize, usize)>,
+) -> Result<(f32, usize)> {
+    if let Some((dp, noise)) = crate::dpsgd::resolve(cfg, noise)? {
+        return train_model_autograd_dp(model, data, cfg, &dp, noise, progress);
+    }
+    if !check_data(model.kind(), data)? {
+        return Ok((0.0, 0));
+    }
+    let mut batches = Batches::new(data.len(), cfg);
+    let total_steps = batches.total_steps;
+    let vars = model.vars().to_vec();
+    let device = vars
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu);
+    // Snapshot of the starting point for FedProx.
+    let anchors = prox_anchors(&vars, cfg)?;
+    let mut state = OptState::new(cfg, &vars)?;
+    let mut loss_sum = 0.0f64;
+    for step in 0..total_steps {
+        let (xs, ys) = batch_tensors(data, batches.next(rng), &device)?;
+        let logits = model.forward(&xs)?;
+        let mut loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
+        loss_sum += f64::from(loss.to_scalar::<f32>()?);
+        if cfg.prox_mu > 0.0 {
+            let mut prox = Tensor::zeros((), DType::F32, &device)?;
+            for (v, a) in vars.iter().zip(&anchors) {
+                prox = (prox + (v.as_tensor() - a)?.sqr()?.sum_all()?)?;
+            }
+            loss = (loss + (prox * (cfg.prox_mu / 2.0))?)?;
+        }
+        match &mut state {
+            OptState::Adam(opt) => opt.backward_step(&loss)?,
+            OptState::Sgd { .. } => state.step(&vars, &loss.backward()?)?,
+        }
         if let Some(p) = progress.as_mut() {
             p(step + 1, total_steps);
         }
     }
     Ok(((loss_sum / total_steps.max(1) as f64) as f32, total_steps))
+}
+
+/// Detached copies of the variables, FedProx's anchor (empty without FedProx).
+fn prox_anchors(vars: &[Var], cfg: &TrainConfig) -> Result<Vec<Tensor>> {
+    if cfg.prox_mu <= 0.0 {
+        return Ok(Vec::new());
+    }
+    Ok(vars
+        .iter()
+        .map(|v| v.as_tensor().copy().map(|t| t.detach()))
+        .collect::<candle_core::Result<_>>()?)
+}
+
+/// DP-SGD ([`crate::dpsgd`]) on candle's autograd, for every model kind: each sampled record
+/// takes its own forward and backward pass (a batch of one), its gradient over all variables is
+/// clipped to L2 norm `C` and added to the sum; the sum gets `N(0, (sigma C)^2)` per coordinate,
+/// is divided by `q N`, and FedProx's `mu (w - w_global)` is added before the optimiser step.
+/// Exact, and about as slow as training at batch 1 (the fast MLP path computes the same clipped
+/// sum with batched products; see `examples/train_speed.rs`). Returns (mean loss over the steps
+/// that had a batch, steps).
+pub fn train_model_autograd_dp(
+    model: &Model,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    dp: &DpSgdConfig,
+    noise: &mut NoiseSource,
+    mut progress: Option<&mut dyn FnMut(usize, usize)>,
+) -> Result<(f32, usize)> {
+    dp.validate()?;
+    if !check_data(model.kind(), data)? {
+        return Ok((0.0, 0));
+    }
+    let total_steps = dp.steps(cfg.work);
+    let expected_batch = dp.expected_batch(data.len());
+    let vars = model.vars().to_vec();
+    let device = vars
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu);
+    let anchors = prox_anchors(&vars, cfg)?;
+    let mut state = OptState::new(cfg, &vars)?;
+    let mut sample = Vec::new();
+    let (mut loss_sum, mut nonempty) = (0.0f64, 0usize);
+    let mut sums: Vec<Vec<f32>> = vars.iter().map(|v| vec![0.0; v.elem_count()]).collect();
+    for step in 0..total_steps {
+        noise.poisson_sample(data.len(), dp.rate, &mut sample);
+        sums.iter_mut().for_each(|s| s.fill(0.0));
+        let mut batch_loss = 0.0f64;
+        for &i in &sample {
+            let (xs, ys) = batch_tensors(data, &[i], &device)?;
+            let loss = candle_nn::loss::cross_entropy(&model.forward(&xs)?, &ys)?;
+            batch_loss += f64::from(loss.to_scalar::<f32>()?);
+            let grads = loss.backward()?;
+            let mut per_example = Vec::with_capacity(vars.len());
+            for v in &vars {
+                per_example.push(match grads.get(v.as_tensor()) {
+                    Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                    None => vec![0.0; v.elem_count()],
+                });
+            }
+            let norm = per_example
+                .iter()
+                .map(|g| crate::dp::l2_norm(g).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let f = clip_factor(norm, dp.clip) as f32;
+            for (s, g) in sums.iter_mut().zip(&per_example) {
+                s.iter_mut().zip(g).for_each(|(s, g)| *s += f * g);
+            }
+        }
+        if !sample.is_empty() {
+            loss_sum += batch_loss / sample.len() as f64;
+            nonempty += 1;
+        }
+        // The privatised gradient, as a gradient store for the optimiser. candle has no public
+        // constructor for one: the backward pass of a constant gives an empty store.
+        let mut store = Tensor::new(0f32, &device)?.backward()?;
+        let inv = (1.0 / expected_batch) as f32;
+        for (k, (v, s)) in vars.iter().zip(sums.iter_mut()).enumerate() {
+            noise.add_gaussian(s, dp.noise * dp.clip);
+            s.iter_mut().for_each(|x| *x *= inv);
+            let mut g = Tensor::from_slice(s, v.shape(), &device)?;
+            if let Some(a) = anchors.get(k) {
+                g = (g + ((v.as_tensor() - a)? * cfg.prox_mu)?)?;
+            }
+            store.insert(v.as_tensor(), g);
+        }
+        state.step(&vars, &store)?;
+        if let Some(p) = progress.as_mut() {
+            p(step + 1, total_steps);
+        }
+    }
+    Ok(((loss_sum / nonempty.max(1) as f64) as f32, total_steps))
 }
 
 /// Test accuracy (fraction in [0, 1]) and mean cross-entropy loss of `model` on `data`.
@@ -375,6 +517,7 @@ mod tests {
             batch: 32,
             optimizer: opt,
             prox_mu: prox,
+            dp_sgd: None,
         }
     }
 
@@ -452,6 +595,7 @@ mod tests {
                 momentum: 0.0,
             },
             prox_mu: 0.0,
+            dp_sgd: None,
         };
         let small = split.train.subset(&[0, 1, 2, 3, 4]);
         let out = train_local(
