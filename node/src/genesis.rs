@@ -9,6 +9,7 @@ use model::aggregate::{Aggregator, ServerOpt};
 use model::codec::Compression;
 use model::data::DatasetKind;
 use model::dp::DpConfig;
+use model::dpsgd::DpSgdConfig;
 use model::net::ModelKind;
 use model::partition::Partition;
 use model::train::{Optimizer, TrainConfig, Work};
@@ -38,6 +39,79 @@ pub struct GenesisFile {
     /// Who may vote, and when a validator is removed.
     #[serde(default)]
     pub membership: MembershipSection,
+    /// Record-level differential privacy of local training.
+    #[serde(default)]
+    pub privacy: PrivacySection,
+}
+
+/// `[privacy]`: record-level DP-SGD (each party's records are protected, under add/remove-one
+/// record adjacency) and the budget after which a node stops releasing deltas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySection {
+    /// `clip:C,noise:SIGMA,rate:Q` (per-example clipping, noise multiplier, Poisson sampling
+    /// rate), or empty for none.
+    #[serde(default)]
+    pub dp_sgd: String,
+    /// Largest epsilon (at `delta`) a node may spend; once one more round would exceed it, the
+    /// node stops contributing and follows the chain as an observer. 0: no budget.
+    #[serde(default)]
+    pub epsilon_budget: f64,
+    /// The delta of (epsilon, delta)-DP.
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+}
+
+fn default_delta() -> f64 {
+    1e-5
+}
+
+impl Default for PrivacySection {
+    fn default() -> Self {
+        PrivacySection {
+            dp_sgd: String::new(),
+            epsilon_budget: 0.0,
+            delta: default_delta(),
+        }
+    }
+}
+
+/// The checked `[privacy]` section.
+#[derive(Debug, Clone, Copy)]
+pub struct Privacy {
+    /// DP-SGD settings.
+    pub dp_sgd: Option<DpSgdConfig>,
+    /// Epsilon budget, if any.
+    pub budget: Option<f64>,
+    /// Delta.
+    pub delta: f64,
+}
+
+impl PrivacySection {
+    fn check(&self) -> Result<Privacy> {
+        let dp_sgd = if self.dp_sgd.trim().is_empty() {
+            None
+        } else {
+            let c: DpSgdConfig = self.dp_sgd.parse().context("privacy.dp_sgd")?;
+            c.validate().context("privacy.dp_sgd")?;
+            Some(c)
+        };
+        if !(self.delta > 0.0 && self.delta < 0.1) {
+            bail!("privacy.delta must be in (0, 0.1), not {}", self.delta);
+        }
+        if !(self.epsilon_budget.is_finite() && self.epsilon_budget >= 0.0) {
+            bail!("privacy.epsilon_budget must be a finite number >= 0");
+        }
+        let budget = (self.epsilon_budget > 0.0).then_some(self.epsilon_budget);
+        if budget.is_some() && dp_sgd.is_none_or(|c| c.noise <= 0.0) {
+            bail!("privacy.epsilon_budget needs privacy.dp_sgd with noise > 0");
+        }
+        Ok(Privacy {
+            dp_sgd,
+            budget,
+            delta: self.delta,
+        })
+    }
 }
 
 /// `[membership]`.
@@ -182,6 +256,8 @@ pub struct Genesis {
     pub timeouts: Timeouts,
     /// Largest sample claim accepted.
     pub max_samples: u64,
+    /// Record-level DP.
+    pub privacy: Privacy,
 }
 
 impl GenesisFile {
@@ -216,6 +292,12 @@ impl GenesisFile {
             batch: t.batch,
             optimizer: t.optimizer.parse::<Optimizer>()?,
             prox_mu: t.prox_mu,
+            dp_sgd: None,
+        };
+        let privacy = self.privacy.check()?;
+        let train = TrainConfig {
+            dp_sgd: privacy.dp_sgd,
+            ..train
         };
         let to = &self.timeouts;
         let vote = LinearTimeout {
@@ -271,6 +353,7 @@ impl GenesisFile {
             timeouts,
             hash,
             max_samples: self.training.max_samples,
+            privacy,
             file: self,
         })
     }
@@ -376,6 +459,7 @@ pub fn demo(chain_id: &str, validators: &[ValidatorId]) -> GenesisFile {
             min_round_ms: 250,
         },
         membership: MembershipSection::default(),
+        privacy: PrivacySection::default(),
     }
 }
 

@@ -256,6 +256,14 @@ impl Metrics {
             "gauge",
             rep,
         );
+        if let Some(eps) = status.epsilon {
+            line(
+                "cohort_dp_epsilon",
+                "Record-level epsilon this node has spent under DP-SGD at the genesis delta.",
+                "gauge",
+                format!("cohort_dp_epsilon {eps}\n"),
+            );
+        }
         s
     }
 }
@@ -298,6 +306,10 @@ pub struct Status {
     /// window, it is removed).
     #[serde(default)]
     pub reputation: Vec<Reputation>,
+    /// Record-level epsilon this node has spent under DP-SGD, at the genesis delta
+    /// (add/remove-one-record adjacency); absent without DP-SGD noise.
+    #[serde(default)]
+    pub epsilon: Option<f64>,
     /// Accuracy of the committed model on held-out data.
     pub accuracy: f32,
     /// Its loss.

@@ -53,6 +53,7 @@ pub fn run(a: Args) -> Result<()> {
         batch: a.batch,
         optimizer: a.optimizer,
         prox_mu: 0.0,
+        dp_sgd: None,
     };
     let per_epoch = split
         .train

@@ -76,6 +76,23 @@ pub struct TrainingArgs {
     /// Model and data.
     #[command(flatten)]
     pub data: ModelArgs,
+    /// Record-level privacy.
+    #[command(flatten)]
+    pub privacy: PrivacyArgs,
+}
+
+/// The genesis `[privacy]` section.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PrivacyArgs {
+    /// Record-level DP-SGD in local training, clip:C,noise:SIGMA,rate:Q (empty: none).
+    #[arg(long, default_value = "")]
+    pub dp_sgd: String,
+    /// Epsilon a node may spend at --dp-delta before it stops contributing (0: no budget).
+    #[arg(long, default_value_t = 0.0)]
+    pub epsilon_budget: f64,
+    /// The delta of (epsilon, delta)-DP.
+    #[arg(long, default_value_t = 1e-5)]
+    pub dp_delta: f64,
 }
 
 /// The model and the dataset a network trains.
@@ -115,6 +132,9 @@ impl TrainingArgs {
         t.error_feedback = !a.no_error_feedback;
         t.dp = a.dp;
         g.timeouts.propose_ms = a.propose_ms;
+        g.privacy.dp_sgd = a.privacy.dp_sgd;
+        g.privacy.epsilon_budget = a.privacy.epsilon_budget;
+        g.privacy.delta = a.privacy.dp_delta;
         g
     }
 }

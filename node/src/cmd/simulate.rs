@@ -7,6 +7,7 @@ use model::aggregate::{Aggregator, ServerOpt};
 use model::attack::Attack;
 use model::codec::Compression;
 use model::dp::DpConfig;
+use model::dpsgd::DpSgdConfig;
 use model::partition::{Partition, describe};
 use model::sim::{SimConfig, Simulation};
 use model::train::{Optimizer, TrainConfig, Work};
@@ -57,9 +58,13 @@ pub struct Args {
     /// Turn off error feedback for lossy compression.
     #[arg(long)]
     pub no_error_feedback: bool,
-    /// Differential privacy: clip:C[,noise:SIGMA].
+    /// Node-level differential privacy of each delta: clip:C[,noise:SIGMA].
     #[arg(long)]
     pub dp: Option<DpConfig>,
+    /// Record-level DP-SGD in local training: clip:C,noise:SIGMA,rate:Q. Its sampling and noise
+    /// are seeded from --seed (reproducible, so not secret: `cohort run` draws them from the OS).
+    #[arg(long)]
+    pub dp_sgd: Option<DpSgdConfig>,
     /// Byzantine nodes: COUNT:ATTACK with ATTACK one of sign-flip[:SCALE], gaussian[:SIGMA],
     /// alie[:Z], label-flip, zeros.
     #[arg(long)]
@@ -147,6 +152,7 @@ pub fn run(a: Args) -> Result<()> {
             batch: a.local.batch,
             optimizer: a.local.optimizer,
             prox_mu: a.local.prox_mu,
+            dp_sgd: a.dp_sgd,
         },
         rule: a.rule.clone(),
         server: ServerOpt {
@@ -186,7 +192,10 @@ pub fn run(a: Args) -> Result<()> {
         a.server.server_lr,
         a.server.server_momentum,
         a.dp.map(|d| format!(", dp clip {} noise {}", d.clip, d.noise))
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            + &a.dp_sgd
+                .map(|d| format!(", dp-sgd {d}"))
+                .unwrap_or_default(),
         a.byzantine
             .map(|b| format!(", byzantine {} x {}", b.count, b.attack))
             .unwrap_or_default(),
@@ -219,7 +228,11 @@ pub fn run(a: Args) -> Result<()> {
         let eps = rep
             .epsilon
             .map(|e| format!("  eps {e:.2}"))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            + &rep
+                .record_epsilon
+                .map(|e| format!("  record eps {e:.2} (delta 1e-5, add/remove one record)"))
+                .unwrap_or_default();
         println!(
             "round {:>4}  accuracy {acc}  test loss {loss}  train loss {:.4}  sent {}/node ({:.1}x less than dense){eps}  {secs:.2}s",
             rep.round,

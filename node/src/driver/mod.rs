@@ -234,6 +234,7 @@ impl Shell {
             Action::WriteState(s) => self.store.write_state(&s)?,
             Action::WriteResidual(r) => self.store.write_residual(&r)?,
             Action::WriteOwnDelta(b) => self.store.write_own_delta(&b)?,
+            Action::WriteReleases(n) => self.store.write_releases(n)?,
             Action::AppendEvidence(ev) => {
                 if let Err(e) = self.store.append_evidence(&ev) {
                     tracing::warn!(error = %format!("{e:#}"), "recording equivocation evidence");
@@ -299,12 +300,23 @@ impl Shell {
                 u64::from_le_bytes([me[0], me[1], me[2], me[3], me[4], me[5], me[6], me[7]]);
             let mut rng = Rng::derive(seed ^ stream, round);
             let t = Instant::now();
-            let out = model::train::train_local(
+            // DP-SGD's sampling and noise: 32 fresh bytes from the OS CSPRNG every round.
+            let mut secret = [0u8; 32];
+            let mut noise = match train_cfg.dp_sgd.map(|_| getrandom::fill(&mut secret)) {
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "OS random generator failed");
+                    return;
+                }
+                Some(Ok(())) => Some(model::dpsgd::NoiseSource::from_secret(secret)),
+                None => None,
+            };
+            let out = model::train::train_local_with_noise(
                 kind,
                 &params,
                 &data,
                 &train_cfg,
                 &mut rng,
+                noise.as_mut(),
                 &candle_core::Device::Cpu,
             );
             let ev = match (out, getrandom::u64()) {
@@ -343,6 +355,7 @@ impl Shell {
             s.last_value = hex(&core.last_value());
             s.accuracy = acc;
             s.loss = loss;
+            s.epsilon = core.epsilon();
             s.reputation = core
                 .reputation()
                 .into_iter()

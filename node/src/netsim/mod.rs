@@ -444,7 +444,8 @@ impl Sim {
             | Action::AppendLedger(_)
             | Action::WriteState(_)
             | Action::WriteResidual(_)
-            | Action::WriteOwnDelta(_) => {}
+            | Action::WriteOwnDelta(_)
+            | Action::WriteReleases(_) => {}
         }
     }
 
@@ -503,12 +504,17 @@ impl Sim {
         let node = &self.nodes[i];
         let g = &self.genesis;
         let mut rng = Rng::derive(self.cfg.seed ^ (i as u64) << 32, round);
-        let out = model::train::train_local(
+        // Reproducible (the simulator is seeded), so not secret: `cohort run` uses the OS.
+        let mut noise = g.train.dp_sgd.map(|_| {
+            model::dpsgd::NoiseSource::reproducible(self.cfg.seed, (i as u64) << 32 | round)
+        });
+        let out = model::train::train_local_with_noise(
             g.model,
             params,
             &node.data,
             &g.train,
             &mut rng,
+            noise.as_mut(),
             &candle_core::Device::Cpu,
         );
         let Ok(out) = out else {

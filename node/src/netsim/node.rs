@@ -73,6 +73,8 @@ pub struct SimStore {
     pub residual: Vec<f32>,
     /// This node's own last signed delta.
     pub own_delta: Option<Vec<u8>>,
+    /// Deltas released (the privacy count).
+    pub releases: u64,
 }
 
 impl SimStore {
@@ -84,6 +86,7 @@ impl SimStore {
             state: self.state.clone(),
             residual: self.residual.clone(),
             own_delta: self.own_delta.clone(),
+            releases: self.releases,
         }
     }
 
@@ -96,6 +99,7 @@ impl SimStore {
             Action::WriteState(s) => self.state = Some(s.clone()),
             Action::WriteResidual(r) => self.residual = r.clone(),
             Action::WriteOwnDelta(b) => self.own_delta = Some(b.clone()),
+            Action::WriteReleases(n) => self.releases = *n,
             _ => {}
         }
     }

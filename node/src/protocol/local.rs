@@ -116,6 +116,9 @@ impl Core {
             });
             return;
         }
+        if self.is_validator() && !self.privacy.may_release() {
+            return;
+        }
         out.push(Action::Train {
             round,
             params: self.committed.params.clone(),
@@ -193,6 +196,8 @@ impl Core {
         for (i, m) in to_send.into_iter().enumerate() {
             let bytes = m.sign(&self.cfg.key)?.encode()?;
             if i == 0 {
+                // Counted (durably) before it leaves: every peer receives it.
+                out.push(Action::WriteReleases(self.privacy.record_release()));
                 // Hold our own delta as any other.
                 out.push(Action::WriteOwnDelta(bytes.clone()));
                 self.local.own = Some(OwnDelta::new(round, bytes.clone(), now));

@@ -20,6 +20,7 @@ pub mod committed;
 pub mod height;
 pub mod local;
 pub mod pool;
+pub mod privacy;
 pub mod round;
 pub mod sync;
 pub mod telemetry;
@@ -192,6 +193,8 @@ pub enum Action {
     WriteState(StateBody),
     /// Store this node's signed delta durably (before it is published).
     WriteOwnDelta(Vec<u8>),
+    /// Store how many deltas this node has released (before the next one leaves).
+    WriteReleases(u64),
     /// Replace the stored error-feedback residual.
     WriteResidual(Vec<f32>),
     /// Record delta equivocation evidence.
@@ -226,6 +229,8 @@ pub struct Core {
     local: local::LocalState,
     /// Counters and timings.
     telemetry: telemetry::Telemetry,
+    /// Record-level privacy spent, and the budget.
+    privacy: privacy::PrivacyAccount,
     /// Set when a height was committed or adopted: when the next height may start (the
     /// genesis `min_round_ms` after the last one started).
     next_start: Option<Millis>,
@@ -248,6 +253,7 @@ impl Core {
             sync: sync::SyncState::new(syncing),
             local,
             telemetry: telemetry::Telemetry::default(),
+            privacy: privacy::PrivacyAccount::new(&cfg.genesis, recovered.releases),
             next_start: None,
             cfg,
         })
@@ -381,6 +387,11 @@ impl Core {
     /// How many rounds the delta pool holds deltas of.
     pub fn rounds_held(&self) -> usize {
         self.pool.rounds_held()
+    }
+
+    /// Record-level epsilon this node has spent (DP-SGD with noise only).
+    pub fn epsilon(&self) -> Option<f64> {
+        self.privacy.epsilon()
     }
 
     /// Each current validator's reputation: (key, rounds included, of how many recent rounds).

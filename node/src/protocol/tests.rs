@@ -35,6 +35,7 @@ fn empty_store() -> Recovered {
         state: None,
         residual: Vec::new(),
         own_delta: None,
+        releases: 0,
     }
 }
 
@@ -520,4 +521,71 @@ fn privacy_noise_differs_between_nodes_and_between_runs_of_one_node() {
     let a = payload(0, seeds[0]);
     assert_ne!(a, payload(0, seeds[1]), "two runs of one node");
     assert_ne!(a, payload(1, seeds[2]), "two nodes");
+}
+
+/// A node with a record-level privacy budget trains while one more release fits and stops
+/// (as an observer, no training asked) once it would not; its releases survive a restart
+/// (they come from the store), and the epsilon it reports is the accountant's for the
+/// same settings.
+#[test]
+fn the_privacy_budget_stops_training_and_epsilon_is_the_accountants() {
+    let keys = keys();
+    let ids: Vec<ValidatorId> = keys
+        .iter()
+        .map(|k| ValidatorId(k.verifying_key().to_bytes()))
+        .collect();
+    let mut file = crate::genesis::demo("core-privacy", &ids);
+    file.training.local_steps = Some(10);
+    file.privacy.dp_sgd = "clip:1,noise:1.1,rate:0.05".into();
+    let acc = model::dp::Accountant {
+        noise: 1.1,
+        sampling_rate: 0.05,
+    };
+    let eps = |releases: u64| acc.epsilon(releases * 10, 1e-5).0;
+    // Room for exactly 3 releases.
+    file.privacy.epsilon_budget = (eps(3) + eps(4)) / 2.0;
+    let g = file.check().expect("genesis");
+    let trains = |releases: u64| {
+        let cfg = CoreConfig {
+            key: keys[0].clone(),
+            genesis: g.clone(),
+            byzantine: None,
+            join: false,
+            instance: 9,
+        };
+        let mut c = Core::new(
+            cfg,
+            Recovered {
+                releases,
+                ..empty_store()
+            },
+        )
+        .expect("core");
+        let asked = c
+            .handle(0, Event::Start)
+            .expect("start")
+            .iter()
+            .any(|a| matches!(a, Action::Train { .. }));
+        (asked, c.epsilon())
+    };
+    for r in 0..3 {
+        let (asked, spent) = trains(r);
+        assert!(asked, "{r} releases: within the budget, it trains");
+        assert_eq!(spent, Some(eps(r)));
+    }
+    let (asked, spent) = trains(3);
+    assert!(!asked, "a 4th release would exceed the budget");
+    assert_eq!(spent, Some(eps(3)));
+    // Without DP-SGD noise there is no epsilon to report.
+    assert_eq!(core(&keys).epsilon(), None);
+    // The metric carries the same number.
+    let status = crate::metrics::Status {
+        epsilon: Some(eps(3)),
+        ..Default::default()
+    };
+    let text = crate::metrics::Metrics::default().render(None, 0, &status);
+    assert!(
+        text.contains(&format!("cohort_dp_epsilon {}\n", eps(3))),
+        "{text}"
+    );
 }

@@ -46,6 +46,8 @@ pub struct Recovered {
     pub residual: Vec<f32>,
     /// This node's last signed delta, if any.
     pub own_delta: Option<Vec<u8>>,
+    /// How many deltas this node has released (the privacy accountant's count).
+    pub releases: u64,
 }
 
 impl Store {
@@ -93,6 +95,13 @@ impl Store {
             Err(_) => Vec::new(),
         };
         let own_delta = std::fs::read(root.join("own_delta.bin")).ok();
+        let releases =
+            match std::fs::read(root.join("releases.bin")) {
+                Ok(b) => u64::from_le_bytes(b.as_slice().try_into().with_context(|| {
+                    format!("{} is corrupt", root.join("releases.bin").display())
+                })?),
+                Err(_) => 0,
+            };
         Ok((
             Store {
                 root: root.to_path_buf(),
@@ -105,6 +114,7 @@ impl Store {
                 state,
                 residual,
                 own_delta,
+                releases,
             },
         ))
     }
@@ -142,6 +152,11 @@ impl Store {
     /// Replaces this node's own signed delta (durably, before it is published).
     pub fn write_own_delta(&self, bytes: &[u8]) -> Result<()> {
         write_atomic(&self.root.join("own_delta.bin"), bytes)
+    }
+
+    /// Records how many deltas this node has released (durably, before the next one leaves).
+    pub fn write_releases(&self, n: u64) -> Result<()> {
+        write_atomic(&self.root.join("releases.bin"), &n.to_le_bytes())
     }
 
     /// Replaces the residual.
