@@ -829,7 +829,7 @@ mod tests {
     use crate::train::{Work, train_model_autograd};
 
     /// `n` samples of `features` values in [0, 1) with seeded labels.
-    fn noise(n: usize, features: usize, seed: u64) -> Dataset {
+    pub(super) fn noise(n: usize, features: usize, seed: u64) -> Dataset {
         let mut rng = Rng::seed(seed);
         Dataset {
             x: (0..n * features).map(|_| rng.next_f64() as f32).collect(),
@@ -1009,14 +1009,7 @@ mod dp_tests {
     use super::*;
     use crate::train::{TrainConfig, Work, batch_tensors, train_model_autograd};
 
-    fn noise_data(n: usize, features: usize, seed: u64) -> Dataset {
-        let mut rng = Rng::seed(seed);
-        Dataset {
-            x: (0..n * features).map(|_| rng.next_f64() as f32).collect(),
-            y: (0..n).map(|_| rng.below(10) as u8).collect(),
-            features,
-        }
-    }
+    use super::tests::noise as noise_data;
 
     fn digits(n: usize) -> Dataset {
         crate::data::digits()
