@@ -119,8 +119,10 @@ impl PrivacySection {
 #[serde(deny_unknown_fields)]
 pub struct MembershipSection {
     /// Who may join: `closed` (the genesis set only: a consortium of known parties; removals
-    /// still apply) or `open` (any signed join request, within the admission bound). The
-    /// operator-approval and contributor-first policies are not built yet.
+    /// still apply), `approve` (a join request is admitted once the operators of a quorum of
+    /// the validators approved its key with `cohort approve`, within the admission bound) or
+    /// `open` (any signed join request, within the admission bound). The open policy's
+    /// contributor-first phase is not built yet.
     #[serde(default = "default_policy")]
     pub policy: String,
     /// Downtime window W in rounds: a validator whose delta is missing from more than half of
@@ -144,8 +146,8 @@ impl Default for MembershipSection {
 
 impl MembershipSection {
     /// Whether join requests can ever be admitted.
-    pub fn open(&self) -> bool {
-        self.policy == "open"
+    pub fn admits(&self) -> bool {
+        self.policy != "closed"
     }
 }
 
@@ -317,9 +319,9 @@ impl GenesisFile {
             },
             max_ms: to.max_ms,
         };
-        if !["open", "closed"].contains(&self.membership.policy.as_str()) {
+        if !["open", "approve", "closed"].contains(&self.membership.policy.as_str()) {
             bail!(
-                "membership.policy {:?}: expected closed or open",
+                "membership.policy {:?}: expected closed, approve or open",
                 self.membership.policy
             );
         }

@@ -3,6 +3,7 @@
 //! The binary is thin: it parses the command line once into typed arguments and hands each
 //! subcommand to its module under [`cmd`]. Errors print as one line and exit non-zero.
 
+mod allow;
 mod api;
 mod chain;
 mod cmd;
@@ -51,6 +52,8 @@ enum Command {
     Ledger(cmd::ledger::Args),
     /// Export the committed model as safetensors.
     Export(cmd::admin::ExportArgs),
+    /// Approve joining keys (the `approve` membership policy): adds them to the node's allow-list.
+    Approve(cmd::admin::ApproveArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::admin::verify(a),
         Command::Export(a) => cmd::admin::export(a),
         Command::Ledger(a) => cmd::ledger::run(a),
+        Command::Approve(a) => cmd::admin::approve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -79,11 +79,23 @@ pub struct SignedDelta {
 }
 
 impl DeltaMsg {
+    /// What is signed: every field, with the payload by its hash (so equivocation evidence is
+    /// two headers and two signatures, a few hundred bytes, whatever the model size).
+    pub fn header(&self) -> DeltaHeader {
+        DeltaHeader {
+            chain_id: self.chain_id.clone(),
+            round: self.round,
+            base_hash: self.base_hash,
+            author: self.author,
+            samples: self.samples,
+            train_loss: self.train_loss,
+            payload_hash: sha256(&self.payload),
+        }
+    }
+
     /// Domain-separated bytes that are signed.
     pub fn sign_bytes(&self) -> Result<Vec<u8>> {
-        let mut out = b"cohort/delta/v1\0".to_vec();
-        out.extend(encode::<_, MAX_DELTA_BYTES>(self)?);
-        Ok(out)
+        self.header().sign_bytes()
     }
 
     /// Signs with `key`.
@@ -94,6 +106,51 @@ impl DeltaMsg {
             signature: sig.to_bytes().to_vec(),
         })
     }
+}
+
+/// The signed part of a delta: its fields with the payload replaced by its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeltaHeader {
+    /// Network.
+    pub chain_id: String,
+    /// Training round.
+    pub round: u64,
+    /// Hash of the parameters it was trained from.
+    pub base_hash: [u8; 32],
+    /// Author's public key.
+    pub author: [u8; 32],
+    /// Samples claimed.
+    pub samples: u64,
+    /// Mean local training loss (0 unless released).
+    pub train_loss: f32,
+    /// SHA-256 of the encoded delta.
+    pub payload_hash: [u8; 32],
+}
+
+impl DeltaHeader {
+    /// Domain-separated bytes that are signed.
+    pub fn sign_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = b"cohort/delta/v2\0".to_vec();
+        out.extend(encode::<_, 4096>(self)?);
+        Ok(out)
+    }
+
+    /// Checks `signature` against the author's key (strict verification).
+    pub fn verify(&self, signature: &[u8]) -> Result<()> {
+        let key = VerifyingKey::from_bytes(&self.author).context("author key")?;
+        let sig_bytes: [u8; 64] = signature.try_into().context("signature length")?;
+        key.verify_strict(&self.sign_bytes()?, &Signature::from_bytes(&sig_bytes))
+            .context("bad signature")
+    }
+}
+
+/// A delta header with its author's signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedHeader {
+    /// The header.
+    pub header: DeltaHeader,
+    /// The author's signature over [`DeltaHeader::sign_bytes`].
+    pub signature: Vec<u8>,
 }
 
 impl SignedDelta {
@@ -110,14 +167,15 @@ impl SignedDelta {
     /// Checks the signature against the author's key (strict verification, the same rule on
     /// every node).
     pub fn verify(&self) -> Result<()> {
-        let key = VerifyingKey::from_bytes(&self.msg.author).context("author key")?;
-        let sig_bytes: [u8; 64] = self
-            .signature
-            .as_slice()
-            .try_into()
-            .context("signature length")?;
-        key.verify_strict(&self.msg.sign_bytes()?, &Signature::from_bytes(&sig_bytes))
-            .context("bad signature")
+        self.msg.header().verify(&self.signature)
+    }
+
+    /// The signed header (what equivocation evidence carries).
+    pub fn signed_header(&self) -> SignedHeader {
+        SignedHeader {
+            header: self.msg.header(),
+            signature: self.signature.clone(),
+        }
     }
 }
 
@@ -159,6 +217,12 @@ pub struct RoundValue {
     /// Consensus equivocation evidence (`consensus::encode_message(Message::Evidence)` bytes),
     /// one per offender: committed, it removes the offender.
     pub evidence: Vec<Vec<u8>>,
+    /// Delta equivocation evidence (two signed delta headers), one per offender, none of them
+    /// an offender of `evidence`: committed, it removes the offender.
+    pub delta_evidence: Vec<DeltaEvidence>,
+    /// Under the `approve` policy: for each join, approvals from a quorum of the current
+    /// validators (sorted by joiner, then validator); empty otherwise.
+    pub approvals: Vec<SignedApproval>,
 }
 
 /// A request to become a validator, signed by the joining key. It names the round it was made
@@ -244,6 +308,85 @@ impl RoundValue {
     }
 }
 
+/// A validator's approval of a joiner (the `approve` admission policy), made at the validator's
+/// committed round `round`: a value may admit the joiner with approvals from a quorum of the
+/// current validators, each made within [`crate::protocol::round::JOIN_TTL`] rounds and after
+/// any removal of the joiner (so an old approval never re-admits a removed key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedApproval {
+    /// Network.
+    pub chain_id: String,
+    /// The approved joining key.
+    pub joiner: [u8; 32],
+    /// The approving validator.
+    pub validator: [u8; 32],
+    /// The validator's last committed round when it approved.
+    pub round: u64,
+    /// ed25519 signature by `validator` over
+    /// `cohort/approve/v1 || chain_id || joiner || validator || round`.
+    pub signature: Vec<u8>,
+}
+
+impl SignedApproval {
+    /// Prefix that tells an approval from a join request on the membership topic.
+    pub const MAGIC: &'static [u8] = b"cohort/approve/v1\0";
+
+    fn sign_bytes(chain_id: &str, joiner: &[u8; 32], validator: &[u8; 32], round: u64) -> Vec<u8> {
+        let mut out = Self::MAGIC.to_vec();
+        out.extend_from_slice(&(chain_id.len() as u32).to_le_bytes());
+        out.extend_from_slice(chain_id.as_bytes());
+        out.extend_from_slice(joiner);
+        out.extend_from_slice(validator);
+        out.extend_from_slice(&round.to_le_bytes());
+        out
+    }
+
+    /// `key`'s approval of `joiner` on `chain_id`, made at `round`.
+    pub fn new(chain_id: &str, key: &SigningKey, joiner: [u8; 32], round: u64) -> SignedApproval {
+        let validator = key.verifying_key().to_bytes();
+        let sig = key.sign(&Self::sign_bytes(chain_id, &joiner, &validator, round));
+        SignedApproval {
+            chain_id: chain_id.to_string(),
+            joiner,
+            validator,
+            round,
+            signature: sig.to_bytes().to_vec(),
+        }
+    }
+
+    /// Checks the chain and the signature.
+    pub fn verify(&self, chain_id: &str) -> Result<()> {
+        if self.chain_id != chain_id {
+            bail!("approval for chain {:?}", self.chain_id);
+        }
+        let key = VerifyingKey::from_bytes(&self.validator).context("approver key")?;
+        let sig: [u8; 64] = self
+            .signature
+            .as_slice()
+            .try_into()
+            .context("signature length")?;
+        key.verify_strict(
+            &Self::sign_bytes(&self.chain_id, &self.joiner, &self.validator, self.round),
+            &Signature::from_bytes(&sig),
+        )
+        .context("bad approval signature")
+    }
+
+    /// Wire bytes (with [`Self::MAGIC`] in front, and `sent_ms` after, which makes each
+    /// re-broadcast new bytes for gossip).
+    pub fn encode(&self, sent_ms: u64) -> Result<Vec<u8>> {
+        let mut out = Self::MAGIC.to_vec();
+        out.extend(encode::<_, 4096>(&(self, sent_ms))?);
+        Ok(out)
+    }
+
+    /// Parses (untrusted) bytes; `None` when they are not an approval at all.
+    pub fn decode(bytes: &[u8]) -> Option<Result<Self>> {
+        let body = bytes.strip_prefix(Self::MAGIC)?;
+        Some(decode::<(SignedApproval, u64), 4096>(body).map(|(a, _)| a))
+    }
+}
+
 /// What a node tells the membership topic now and then: its genesis file and how far it got, so
 /// a node started with another genesis under the same chain name learns what differs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -325,41 +468,47 @@ impl LedgerEntry {
     }
 }
 
-/// Proof that `author` signed two different deltas for `round`.
+/// Proof that an author signed two different deltas for one round: two signed headers (compact,
+/// so a round value can carry it and commit it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeltaEvidence {
-    /// Round.
-    pub round: u64,
-    /// The equivocating author.
-    pub author: [u8; 32],
-    /// One signed delta (wire bytes).
-    pub first: Vec<u8>,
-    /// Another, different one.
-    pub second: Vec<u8>,
+    /// One signed delta header.
+    pub first: SignedHeader,
+    /// Another, different one for the same author and round.
+    pub second: SignedHeader,
 }
 
 impl DeltaEvidence {
-    /// Checks that both are validly signed by `author` for `round` and differ.
-    pub fn check(&self) -> Result<()> {
-        let a = SignedDelta::decode(&self.first)?;
-        let b = SignedDelta::decode(&self.second)?;
-        for d in [&a, &b] {
-            d.verify()?;
-            if d.msg.author != self.author || d.msg.round != self.round {
-                bail!("evidence delta is for another author or round");
-            }
+    /// The equivocating author.
+    pub fn author(&self) -> [u8; 32] {
+        self.first.header.author
+    }
+
+    /// Checks that both are validly signed for `chain_id` by the same author for the same round
+    /// and differ.
+    pub fn check(&self, chain_id: &str) -> Result<()> {
+        let (a, b) = (&self.first.header, &self.second.header);
+        if a.chain_id != chain_id || b.chain_id != chain_id {
+            bail!("evidence for another chain");
+        }
+        if a.author != b.author || a.round != b.round {
+            bail!("evidence deltas are for different authors or rounds");
         }
         if a == b {
             bail!("the two deltas are the same");
         }
-        Ok(())
+        a.verify(&self.first.signature)?;
+        b.verify(&self.second.signature)
     }
 
     /// Bytes.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        encode::<_, { 2 * MAX_DELTA_BYTES + 1024 }>(self)
+        encode::<_, { MAX_EVIDENCE_BYTES }>(self)
     }
 }
+
+/// Largest delta equivocation evidence (two headers with a bounded chain id).
+pub const MAX_EVIDENCE_BYTES: usize = 4096;
 
 /// The committed state after a round: what a checkpoint carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

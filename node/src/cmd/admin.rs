@@ -48,6 +48,28 @@ pub fn status(a: StatusArgs) -> Result<()> {
     Ok(())
 }
 
+/// Flags of `cohort approve`.
+#[derive(clap::Args, Debug)]
+pub struct ApproveArgs {
+    /// Joining keys: hex public keys or `.pub` files.
+    #[arg(required = true)]
+    pub keys: Vec<String>,
+    /// The approving validator's data directory (its allow-list is `approved.txt` there; the
+    /// running node picks the change up within a second).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+pub fn approve(a: ApproveArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating {}", a.data_dir.display()))?;
+    let path = a.data_dir.join(crate::allow::FILE);
+    for k in crate::allow::append(&path, &a.keys)? {
+        println!("approved {k} (in {})", path.display());
+    }
+    Ok(())
+}
+
 /// Flags of `cohort verify`.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {

@@ -21,6 +21,15 @@ pub struct Args {
     /// Model, data and training settings.
     #[command(flatten)]
     pub training: TrainingArgs,
+    /// Who may join: closed (the genesis set only), approve (once the operators of a quorum of
+    /// the validators ran `cohort approve KEY`) or open (any signed request), each within the
+    /// admission bound.
+    #[arg(long, default_value = "open")]
+    pub membership: String,
+    /// Downtime window W in rounds (removal of validators missing from more than half of it;
+    /// admission bound).
+    #[arg(long, default_value_t = 100)]
+    pub downtime_window: u64,
     /// Output file.
     #[arg(long, default_value = "genesis.toml")]
     pub out: PathBuf,
@@ -145,7 +154,9 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|v| load_public(v))
         .collect::<Result<Vec<_>>>()?;
-    let g = a.training.genesis(&a.chain_id, &ids);
+    let mut g = a.training.genesis(&a.chain_id, &ids);
+    g.membership.policy = a.membership;
+    g.membership.downtime_window = a.downtime_window;
     write(&g, &a.out)?;
     println!(
         "wrote {} ({} validators, chain {})",

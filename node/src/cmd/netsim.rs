@@ -37,6 +37,7 @@ pub fn run(a: Args) -> Result<()> {
     let started = Instant::now();
     let (mut violations, mut liveness, mut max_rounds_held) = (0u64, 0u64, 0usize);
     let mut max_snapshot = 0usize;
+    let mut longest_stall = 0;
     for seed in a.seed..a.seed + a.runs {
         let mut cfg = SimConfig::new(a.scenario, seed, a.nodes);
         if let Some(r) = &a.rule {
@@ -45,14 +46,19 @@ pub fn run(a: Args) -> Result<()> {
         let out = Sim::new(cfg)?.run();
         max_rounds_held = max_rounds_held.max(out.max_rounds_held);
         max_snapshot = max_snapshot.max(out.max_snapshot_bytes);
+        longest_stall = longest_stall.max(out.longest_stall_ms);
         if a.verbose {
             println!(
-                "seed={seed} height={} sim_seconds={:.1} rounds_per_sim_second={:.2} snapshot_bytes={} inclusions={:?}",
+                "seed={seed} height={} sim_seconds={:.1} rounds_per_sim_second={:.2} snapshot_bytes={} inclusions={:?} longest_stall_s={:.1} flooded_keys={} admitted={} removed={}",
                 out.height,
                 out.end_ms as f64 / 1e3,
                 out.height as f64 * 1e3 / out.end_ms.max(1) as f64,
                 out.max_snapshot_bytes,
-                out.inclusions
+                out.inclusions,
+                out.longest_stall_ms as f64 / 1e3,
+                out.flooded,
+                out.admitted.len(),
+                out.removed.len()
             );
         }
         if !out.violations.is_empty() {
@@ -66,6 +72,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     println!("max_snapshot_bytes={max_snapshot}");
+    println!(
+        "longest_stall_s={:.1} (simulated seconds without a new commit, faults included)",
+        longest_stall as f64 / 1e3
+    );
     println!(
         "runs={} safety_violations={violations} liveness_failures={liveness} max_rounds_held={max_rounds_held} runs_per_sec={:.1}",
         a.runs,

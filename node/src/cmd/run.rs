@@ -285,6 +285,7 @@ pub fn run(a: Args) -> Result<()> {
             json_events: a.json,
             eval_every: a.eval_every,
             join: a.join,
+            allow_list: data_dir.join(crate::allow::FILE),
         };
         let result = crate::driver::run(
             cfg,

@@ -43,6 +43,8 @@ pub struct DriverConfig {
     pub eval_every: u64,
     /// Ask to become a validator (signed join request on the membership topic).
     pub join: bool,
+    /// The operator's allow-list of joining keys (the `approve` policy), re-read when it changes.
+    pub allow_list: std::path::PathBuf,
 }
 
 /// What finished off the driver task and comes back as an event.
@@ -69,6 +71,7 @@ struct Shell {
     requests: usize,
     /// The `done` line was printed.
     announced: bool,
+    allow: crate::allow::AllowList,
 }
 
 /// Runs the node until `shutdown` fires or a fatal error.
@@ -109,6 +112,7 @@ pub async fn run(
         origin: Instant::now(),
         requests: 0,
         announced: false,
+        allow: crate::allow::AllowList::new(cfg.allow_list),
     };
     shell.publish_status(&core);
     shell.step(&mut core, Event::Start).await?;
@@ -134,7 +138,10 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline.into()) => Event::Tick,
             _ = tick.tick() => {
                 shell.retry_publish().await;
-                Event::Tick
+                match shell.allow.poll() {
+                    Some(keys) => Event::Approve(keys),
+                    None => Event::Tick,
+                }
             }
         };
         shell.step(&mut core, event).await?;

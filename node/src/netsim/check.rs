@@ -25,6 +25,8 @@ pub struct Checker {
     liveness: Option<String>,
     max_rounds_held: usize,
     max_snapshot_bytes: usize,
+    /// Join requests from fresh keys flooded.
+    flooded: usize,
 }
 
 impl Checker {
@@ -39,6 +41,7 @@ impl Checker {
             liveness: None,
             max_rounds_held: 0,
             max_snapshot_bytes: 0,
+            flooded: 0,
         }
     }
 
@@ -72,6 +75,11 @@ impl Checker {
         if let (true, Some(j)) = (self.honest[i], self.honest_peer(&peer)) {
             self.violation(format!("honest node {i} penalised honest node {j}: {a:?}"));
         }
+    }
+
+    /// A node flooded `n` join requests from fresh keys.
+    pub fn flooded(&mut self, n: usize) {
+        self.flooded += n;
     }
 
     /// A snapshot of `bytes` was served by an honest node.
@@ -119,6 +127,13 @@ impl Checker {
                 BUFFER_PER_SIGNER * n,
             ),
         ];
+        // Admission never lets newcomers reach a third of the voting set.
+        let (new, size) = core.newcomers();
+        if new > size.saturating_sub(1) / 3 {
+            self.violations.push(format!(
+                "admission: node {i} has {new} newcomers in a set of {size}"
+            ));
+        }
         for (what, got, max) in bounds {
             if got > max {
                 self.violations
@@ -152,6 +167,7 @@ impl Checker {
             liveness: self.liveness,
             max_rounds_held: self.max_rounds_held,
             max_snapshot_bytes: self.max_snapshot_bytes,
+            flooded: self.flooded,
             ..Outcome::default()
         }
     }

@@ -74,6 +74,12 @@ pub struct Outcome {
     pub admitted: Vec<[u8; 32]>,
     /// Removals node 0 committed.
     pub removed: Vec<[u8; 32]>,
+    /// Longest simulated time without a new honest commit, ms (faults included).
+    pub longest_stall_ms: Millis,
+    /// Join requests from fresh keys flooded during the run.
+    pub flooded: usize,
+    /// Offenders of the delta equivocation evidence node 0 committed, with the round.
+    pub delta_evidence: Vec<([u8; 32], u64)>,
 }
 
 /// One simulated network.
@@ -86,6 +92,8 @@ pub struct Sim {
     epoch: Vec<u64>,
     /// Join requests seen on the network (for replaying nodes), at most 64.
     joins_seen: Vec<Vec<u8>>,
+    /// The last round a flooding node flooded at.
+    flooded: u64,
     /// Gossipsub names a message by the hash of its bytes and refuses to publish the same bytes
     /// again within its duplicate-cache time: per node, what it published and when.
     published: Vec<BTreeMap<MessageId, Millis>>,
@@ -145,6 +153,7 @@ impl Sim {
             epoch: vec![0; total],
             published: vec![BTreeMap::new(); total],
             joins_seen: Vec::new(),
+            flooded: 0,
             queue: BTreeMap::new(),
             seq: 0,
             now: 0,
@@ -174,6 +183,7 @@ impl Sim {
         }
         self.schedule_faults();
         let mut target: Option<u64> = None;
+        let (mut stall, mut last_commit) = (0, 0);
         let deadline = self.cfg.faults_until + self.cfg.liveness_ms;
         while let Some(((t, _), (i, d, epoch))) = self.queue.pop_first() {
             if matches!(d, Delivery::Event(_)) && epoch != self.epoch[i] {
@@ -198,6 +208,7 @@ impl Sim {
                 ));
                 break;
             }
+            let before = self.honest_max_height();
             if let Err(e) = self.deliver(i, d) {
                 self.checker
                     .violation(format!("node {i} failed at {t} ms: {e:#}"));
@@ -206,15 +217,22 @@ impl Sim {
             if !self.checker.violations.is_empty() {
                 break;
             }
+            if self.honest_max_height() > before {
+                stall = stall.max(self.now - last_commit);
+                last_commit = self.now;
+            }
         }
         let height = self.honest_max_height();
         let mut out = self.checker.finish();
         out.height = height;
         out.end_ms = self.now;
+        out.longest_stall_ms = stall.max(self.now - last_commit);
         for e in &self.nodes[0].store.ledger {
             if let Ok(rv) = crate::wire::RoundValue::decode(&e.value) {
                 out.admitted.extend(rv.joins.iter().map(|j| j.validator));
                 out.removed.extend(rv.removals.iter().copied());
+                out.delta_evidence
+                    .extend(rv.delta_evidence.iter().map(|d| (d.author(), e.height)));
             }
         }
         if let Some(c) = self.nodes[0].core.as_ref() {
@@ -225,6 +243,37 @@ impl Sim {
                 .collect();
         }
         out
+    }
+
+    /// Node `i` sends join requests from `flood_per_round` fresh keys once per committed round.
+    fn flood_joins(&mut self, i: usize) {
+        let Some(h) = self.nodes[i].core.as_ref().map(|c| c.committed_round()) else {
+            return;
+        };
+        if h <= self.flooded && self.flooded > 0 {
+            return;
+        }
+        self.flooded = h.max(1);
+        let chain = self.genesis.chain_id.as_str().to_string();
+        for _ in 0..self.cfg.flood_per_round {
+            let mut b = [0u8; 32];
+            b.iter_mut().for_each(|x| *x = self.rng.next_u64() as u8);
+            let key = SigningKey::from_bytes(&b);
+            let ttl = crate::protocol::round::JOIN_TTL;
+            if let Ok(bytes) = crate::wire::SignedJoin::new(&chain, &key, h, h + ttl).encode() {
+                self.broadcast_unchecked(i, Topic::Membership, bytes);
+            }
+        }
+        self.checker.flooded(self.cfg.flood_per_round);
+    }
+
+    /// The keys of the joining nodes, in order.
+    #[cfg(test)]
+    pub fn joiner_ids(&self) -> Vec<[u8; 32]> {
+        self.nodes[self.cfg.nodes..]
+            .iter()
+            .map(|n| n.id().0)
+            .collect()
     }
 
     fn honest_heights(&self) -> Vec<u64> {
@@ -288,6 +337,14 @@ impl Sim {
                     let g = self.genesis.clone();
                     self.nodes[i].boot(&g, instance)?;
                     self.handle(i, Event::Start)?;
+                    // The operator's allow-list (the `approve` policy).
+                    let approved: Vec<[u8; 32]> = (self.cfg.approved_by.iter().enumerate())
+                        .filter(|(_, by)| i < **by)
+                        .map(|(j, _)| self.nodes[self.cfg.nodes + j].id().0)
+                        .collect();
+                    if i < self.cfg.nodes && !approved.is_empty() {
+                        self.handle(i, Event::Approve(approved))?;
+                    }
                 }
             }
             Delivery::Crash => {
@@ -301,6 +358,9 @@ impl Sim {
                 self.at(self.now + TICK_MS, i, Delivery::Periodic);
                 if self.nodes[i].fault == Some(Fault::BogusVotes) {
                     self.forge_votes(i);
+                }
+                if self.nodes[i].fault == Some(Fault::FloodJoins) {
+                    self.flood_joins(i);
                 }
                 if self.nodes[i].fault == Some(Fault::ReplayJoins) {
                     for j in self.joins_seen.clone() {

@@ -30,6 +30,10 @@ pub enum Fault {
     /// Proposes values that leave out due removals and remove an honest validator (not in
     /// [`Fault::ALL`]: its own scenario checks who was removed).
     LyingRemovals,
+    /// A joiner that, besides asking to join itself, floods join requests from fresh keys: a
+    /// batch each time its committed round advances (not in [`Fault::ALL`]: the join-flood
+    /// scenario's).
+    FloodJoins,
 }
 
 impl Fault {

@@ -39,11 +39,14 @@ pub enum Scenario {
     /// Membership: silent joiners, and a Byzantine proposer that leaves their removal out and
     /// removes an honest validator instead.
     LyingRemovals,
+    /// Membership under the `approve` policy: three joiners that stay up, approved by every
+    /// validator's operator, by one short of a quorum, and by none.
+    ApprovedJoins,
 }
 
 impl Scenario {
     /// The scenarios `All` cycles over.
-    pub const CYCLE: [Scenario; 13] = [
+    pub const CYCLE: [Scenario; 14] = [
         Scenario::Calm,
         Scenario::Lossy,
         Scenario::Partition,
@@ -57,6 +60,7 @@ impl Scenario {
         Scenario::SilentJoiners,
         Scenario::ReplayedJoins,
         Scenario::LyingRemovals,
+        Scenario::ApprovedJoins,
     ];
 }
 
@@ -104,7 +108,16 @@ pub struct SimConfig {
     pub outages: Vec<(usize, Millis, Option<Millis>)>,
     /// Aggregation rule.
     pub rule: String,
+    /// Membership policy (genesis `[membership] policy`).
+    pub policy: String,
+    /// Per joiner, how many validators (the first ones) approve its key.
+    pub approved_by: Vec<usize>,
+    /// Fresh-key join requests a flooding node sends per committed round.
+    pub flood_per_round: usize,
 }
+
+/// The join-flood scenario's fresh keys per round.
+pub const FLOOD_PER_ROUND: usize = 100;
 
 impl SimConfig {
     /// The settings of `scenario` for run `seed` with `nodes` validators. `All` picks by seed.
@@ -140,6 +153,9 @@ impl SimConfig {
                 "mean"
             }
             .into(),
+            policy: "open".into(),
+            approved_by: Vec::new(),
+            flood_per_round: 0,
         };
         let mut rng = model::rng::Rng::derive(seed, 0xFA17);
         let byzantine = |c: &mut SimConfig, rng: &mut model::rng::Rng| {
@@ -181,6 +197,18 @@ impl SimConfig {
             Scenario::JoinFlood => {
                 c.joiners = 4;
                 c.faults.resize(nodes + 4, None);
+                // The first joiner floods fresh keys (an outsider: the admission bound assumes
+                // the older validators are up).
+                c.faults[nodes] = Some(Fault::FloodJoins);
+                c.flood_per_round = FLOOD_PER_ROUND;
+                c.faults_until = 12_000;
+            }
+            Scenario::ApprovedJoins => {
+                c.joiners = 3;
+                c.policy = "approve".into();
+                let quorum = nodes - f;
+                c.approved_by = vec![nodes, quorum - 1, 0];
+                c.faults_until = 10_000;
             }
             Scenario::SilentJoiners | Scenario::ReplayedJoins | Scenario::LyingRemovals => {
                 c.joiners = 2;
@@ -232,5 +260,6 @@ pub fn genesis(ids: &[ValidatorId], c: &SimConfig) -> Result<Genesis> {
     g.timeouts.max_ms = 8_000;
     g.timeouts.min_round_ms = 0;
     g.membership.downtime_window = 32;
+    g.membership.policy = c.policy.clone();
     g.check()
 }

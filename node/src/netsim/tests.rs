@@ -120,12 +120,22 @@ fn snapshot_size_does_not_grow_with_rounds() {
     );
 }
 
-/// A flood of joiners that stay up keeps the chain going (admitted at the bounded rate).
+/// A flood of join requests from 100 fresh keys per round, besides joiners that stay up: the
+/// chain goes on, newcomers never exceed f of the voting set (checked after every step), and
+/// the flood keys that get admitted (they never vote) are removed after the downtime window.
 #[test]
-fn the_simulator_expresses_join_floods() {
-    let out = run(Scenario::JoinFlood, 2, 4);
-    assert_clean("join-flood", 2, &out);
-    assert!(out.height >= 10);
+fn join_floods_of_fresh_keys_keep_the_chain_going_within_the_admission_bound() {
+    for seed in 0..3 {
+        let out = run(Scenario::JoinFlood, seed, 4);
+        assert_clean("join-flood", seed, &out);
+        assert!(out.height >= 10, "seed {seed}: {} rounds", out.height);
+        assert!(
+            out.flooded >= scenario::FLOOD_PER_ROUND * 10,
+            "seed {seed}: {} fresh keys",
+            out.flooded
+        );
+        assert!(!out.admitted.is_empty(), "seed {seed}: nobody admitted");
+    }
 }
 
 /// Two joiners admitted and then silent for good: before the admission bound and downtime
@@ -158,6 +168,43 @@ fn silent_joiners_never_stop_the_chain_and_are_removed() {
                 "seed {seed}: a key admitted twice"
             );
         }
+    }
+}
+
+/// A validator that signs two different deltas for a round is removed by committed evidence
+/// (two signed delta headers, a few hundred bytes) within a few rounds, long before the
+/// downtime window (W = 32 rounds) would remove it for having no delta included; nobody else is
+/// removed.
+#[test]
+fn a_delta_equivocator_is_removed_by_committed_evidence() {
+    for seed in 0..4 {
+        let mut c = SimConfig::new(Scenario::Calm, seed, 4);
+        c.faults[3] = Some(Fault::Equivocate);
+        c.faults_until = 8_000;
+        let out = Sim::new(c).expect("sim").run();
+        assert_clean("equivocator", seed, &out);
+        let [(offender, round)] = out.delta_evidence[..] else {
+            panic!("seed {seed}: evidence committed {:?}", out.delta_evidence);
+        };
+        assert!(
+            round < 16,
+            "seed {seed}: evidence committed at round {round}"
+        );
+        assert_eq!(out.removed, vec![offender], "seed {seed}");
+    }
+}
+
+/// Under the `approve` policy only the joiner whose key the operators of a quorum of validators
+/// approved is admitted; one approved by a quorum less one, and one approved by nobody, never
+/// are, though both keep asking.
+#[test]
+fn only_joiners_a_quorum_of_operators_approved_are_admitted() {
+    for seed in 0..4 {
+        let c = SimConfig::new(Scenario::ApprovedJoins, seed, 4);
+        let approved = Sim::new(c.clone()).expect("sim").joiner_ids()[0];
+        let out = Sim::new(c).expect("sim").run();
+        assert_clean("approved joins", seed, &out);
+        assert_eq!(out.admitted, vec![approved], "seed {seed}");
     }
 }
 

@@ -51,6 +51,8 @@ pub struct LocalState {
     foreign: std::collections::BTreeSet<[u8; 32]>,
     /// Verified consensus equivocation evidence waiting to be committed, by offender.
     pub evidence: BTreeMap<[u8; 32], consensus::Evidence>,
+    /// Checked delta equivocation evidence waiting to be committed, by offender.
+    pub delta_evidence: BTreeMap<[u8; 32], crate::wire::DeltaEvidence>,
 }
 
 /// The delta this process signed for a round: the bytes it sends (and re-sends), and the
@@ -218,8 +220,13 @@ impl Core {
     /// A membership message: a genesis hello or a join request.
     pub(super) fn on_membership_bytes(&mut self, data: &[u8], out: &mut Vec<Action>) -> Verdict {
         match GenesisHello::decode(data) {
-            Some(Ok(hello)) => self.on_hello(hello, out),
-            Some(Err(_)) => Verdict::Reject("malformed hello"),
+            Some(Ok(hello)) => return self.on_hello(hello, out),
+            Some(Err(_)) => return Verdict::Reject("malformed hello"),
+            None => {}
+        }
+        match crate::wire::SignedApproval::decode(data) {
+            Some(Ok(a)) => self.on_approval(a),
+            Some(Err(_)) => Verdict::Reject("malformed approval"),
             None => self.on_join_bytes(data),
         }
     }
@@ -293,7 +300,13 @@ impl Core {
         if joins.len() >= MAX_PENDING_JOINS && !joins.contains_key(&j.validator) {
             return Verdict::Ignore("too many pending joins");
         }
-        joins.insert(j.validator, j);
+        let key = j.validator;
+        if joins.insert(key, j).is_none()
+            && self.cfg.genesis.file.membership.policy == "approve"
+            && self.is_validator()
+        {
+            tracing::info!(key = %crate::keys::hex(&key), "join request waits for approval (cohort approve KEY)");
+        }
         Verdict::Accept
     }
 
@@ -347,6 +360,7 @@ impl Core {
                 bytes: own.bytes.clone(),
             });
         }
+        self.approvals_tick(now, out);
         if let Some(v) = self.try_propose(now)? {
             self.feed(now, vec![v], out)?;
         }

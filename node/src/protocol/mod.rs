@@ -16,6 +16,7 @@
 //! * [`telemetry`]: counters, phase timings and per-author inclusion;
 //! * [`local`]: this node's own training, its delta, its join requests.
 
+pub mod approval;
 pub mod committed;
 pub mod height;
 pub mod local;
@@ -124,6 +125,8 @@ pub enum Event {
         /// The snapshot.
         snapshot: StateSnapshot,
     },
+    /// The operator's allow-list of joining keys (the `approve` admission policy), whole.
+    Approve(Vec<[u8; 32]>),
     /// Local training of `round` finished.
     Trained {
         /// The round trained for.
@@ -231,6 +234,8 @@ pub struct Core {
     telemetry: telemetry::Telemetry,
     /// Record-level privacy spent, and the budget.
     privacy: privacy::PrivacyAccount,
+    /// Approvals of joiners (the `approve` policy).
+    approvals: approval::Approvals,
     /// Set when a height was committed or adopted: when the next height may start (the
     /// genesis `min_round_ms` after the last one started).
     next_start: Option<Millis>,
@@ -254,6 +259,7 @@ impl Core {
             local,
             telemetry: telemetry::Telemetry::default(),
             privacy: privacy::PrivacyAccount::new(&cfg.genesis, recovered.releases),
+            approvals: approval::Approvals::default(),
             next_start: None,
             cfg,
         })
@@ -293,6 +299,7 @@ impl Core {
                     });
                 }
             }
+            Event::Approve(keys) => self.on_approve(keys),
             Event::Trained {
                 round,
                 out: trained,
@@ -372,6 +379,21 @@ impl Core {
     /// The validator set of the height being decided.
     pub fn validators(&self) -> &consensus::ValidatorSet {
         self.committed.chain.set_for(self.committed.height() + 1)
+    }
+
+    /// Newcomers among the validators of the height being decided (members that joined after
+    /// genesis and have voted for fewer than W rounds), and the set's size.
+    pub fn newcomers(&self) -> (usize, usize) {
+        let h = self.committed.height() + 1;
+        let w = self.cfg.genesis.file.membership.downtime_window;
+        let set = self.validators();
+        let tenure = &self.committed.chain.tenure;
+        let new = set
+            .members()
+            .iter()
+            .filter(|m| tenure.since.get(&m.0).is_some_and(|s| *s > 0 && s + w > h))
+            .count();
+        (new, set.len())
     }
 
     /// The signed delta with this digest, if held (served to peers that fetch it).

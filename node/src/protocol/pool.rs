@@ -16,7 +16,7 @@ use gossip::{PeerAction, PeerId, Verdict};
 
 use super::{Action, Core, Millis};
 use crate::keys::{hex, peer_id_of};
-use crate::wire::{DeltaEvidence, Included, SignedDelta, sha256};
+use crate::wire::{DeltaEvidence, Included, SignedDelta, SignedHeader, sha256};
 
 /// Rounds ahead of the current height whose deltas are kept.
 pub const LOOKAHEAD: u64 = 2;
@@ -33,6 +33,8 @@ pub struct Held {
     pub base_hash: [u8; 32],
     /// The decoded delta.
     pub decoded: Arc<Vec<f32>>,
+    /// Its signed header (equivocation evidence, should the author sign another).
+    pub signed: SignedHeader,
 }
 
 /// See the module documentation.
@@ -53,7 +55,7 @@ pub enum Admission {
     /// Held now.
     New,
     /// A second, different version by the same author for the round: both kept as evidence.
-    Equivocation(DeltaEvidence),
+    Equivocation(Box<DeltaEvidence>),
 }
 
 impl DeltaPool {
@@ -79,14 +81,12 @@ impl DeltaPool {
             return Admission::Duplicate;
         }
         let evidence = DeltaEvidence {
-            round,
-            author,
-            first: first.raw.to_vec(),
-            second: held.raw.to_vec(),
+            first: first.signed.clone(),
+            second: held.signed.clone(),
         };
         // A third version adds nothing: the evidence is already there.
         self.other.entry((round, author)).or_insert(held);
-        Admission::Equivocation(evidence)
+        Admission::Equivocation(Box::new(evidence))
     }
 
     /// Whether `author` signed two deltas for `round`.
@@ -275,6 +275,7 @@ impl Core {
             samples: sd.msg.samples,
             base_hash: sd.msg.base_hash,
             decoded: Arc::new(decoded),
+            signed: sd.signed_header(),
         };
         match self.pool.admit(round, author, held) {
             Admission::Duplicate => Verdict::Ignore("duplicate delta"),
@@ -288,8 +289,9 @@ impl Core {
             Admission::Equivocation(ev) => {
                 self.telemetry.counters.equivocations += 1;
                 tracing::warn!(round, author = %hex(&author), "delta equivocation: two different signed deltas for one round");
-                if ev.check().is_ok() {
-                    out.push(Action::AppendEvidence(ev));
+                if ev.check(self.cfg.genesis.chain_id.as_str()).is_ok() {
+                    self.hold_delta_evidence(&ev);
+                    out.push(Action::AppendEvidence(*ev));
                 }
                 if let Some(peer) = peer_id_of(&ValidatorId(author)) {
                     out.push(Action::Penalize {

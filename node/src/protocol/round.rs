@@ -18,13 +18,13 @@ use model::aggregate::Contribution;
 use super::height::PendingCommit;
 use super::{Action, Byzantine, Core, Millis};
 use crate::keys::hex;
-use crate::wire::{Included, LedgerEntry, RoundValue, SignedJoin, momentum_hash};
+use crate::wire::{DeltaEvidence, Included, LedgerEntry, RoundValue, SignedJoin, momentum_hash};
 
 /// At most this many validators are admitted per round (and never more than the admission
 /// bound of `Committed::admissible_joins`).
 pub const MAX_JOINS_PER_ROUND: usize = 4;
-/// The round value format: 2 added removals.
-pub const VALUE_VERSION: u8 = 2;
+/// The round value format: 2 added removals, 3 delta equivocation evidence.
+pub const VALUE_VERSION: u8 = 3;
 /// A join request may be admitted for at most this many rounds after it was made.
 pub const JOIN_TTL: u64 = 64;
 
@@ -148,8 +148,18 @@ impl Core {
             .filter(|(o, _)| next.contains(&ValidatorId(**o)))
             .map(|(o, e)| (e.clone(), *o))
             .collect();
+        let delta_evidence: Vec<DeltaEvidence> = self
+            .local
+            .delta_evidence
+            .iter()
+            .filter(|(o, _)| {
+                next.contains(&ValidatorId(**o)) && !evidence.iter().any(|(_, e)| e == *o)
+            })
+            .map(|(_, e)| e.clone())
+            .collect();
         let mut removals = self.committed.due_removals(h);
         removals.extend(evidence.iter().map(|(_, o)| *o));
+        removals.extend(delta_evidence.iter().map(DeltaEvidence::author));
         removals.sort();
         removals.dedup();
         if self.cfg.byzantine == Some(Byzantine::LyingRemovals) {
@@ -165,14 +175,21 @@ impl Core {
         let room = self
             .committed
             .admissible_joins(h, removals.len(), MAX_JOINS_PER_ROUND);
-        let joins: Vec<SignedJoin> = self
-            .local
-            .pending_joins
-            .values()
-            .filter(|j| self.join_admissible(j, h))
-            .take(room)
-            .cloned()
-            .collect();
+        let approve = self.cfg.genesis.file.membership.policy == "approve";
+        let mut approvals = Vec::new();
+        let mut joins: Vec<SignedJoin> = Vec::new();
+        for j in self.local.pending_joins.values() {
+            if joins.len() >= room || !self.join_admissible(j, h) {
+                continue;
+            }
+            if approve {
+                let Some(a) = self.approvals_for(j, h) else {
+                    continue;
+                };
+                approvals.extend(a);
+            }
+            joins.push(j.clone());
+        }
         let rv = RoundValue {
             version: VALUE_VERSION,
             round: h,
@@ -188,6 +205,8 @@ impl Core {
                 .iter()
                 .filter_map(|(e, _)| encode_message(&Message::Evidence(e.clone())).ok())
                 .collect(),
+            delta_evidence,
+            approvals,
         };
         let value = Value(rv.encode()?);
         self.height.applied.insert(value.id(), applied);
@@ -205,10 +224,11 @@ impl Core {
         }))
     }
 
-    /// The offenders of a value's evidence for height `h`, when every item is valid consensus
-    /// equivocation evidence against a distinct member of the set the value changes (that of
-    /// `h + 1`); `None` otherwise.
-    fn evidence_offenders(&self, h: u64, evidence: &[Vec<u8>]) -> Option<Vec<[u8; 32]>> {
+    /// The offenders of a value's evidence for height `h`, when every item (consensus or delta
+    /// equivocation evidence) is valid and against a distinct member of the set the value
+    /// changes (that of `h + 1`); `None` otherwise.
+    fn evidence_offenders(&self, h: u64, rv: &RoundValue) -> Option<Vec<[u8; 32]>> {
+        let evidence = &rv.evidence;
         let chain = &self.committed.chain;
         let next = chain.set_for(h + 1);
         let mut offenders = Vec::new();
@@ -226,7 +246,36 @@ impl Core {
             }
             offenders.push(o.0);
         }
+        let chain_id = self.cfg.genesis.chain_id.as_str();
+        for e in &rv.delta_evidence {
+            let o = e.author();
+            if e.check(chain_id).is_err()
+                || !next.contains(&ValidatorId(o))
+                || offenders.contains(&o)
+            {
+                return None;
+            }
+            offenders.push(o);
+        }
         Some(offenders)
+    }
+
+    /// Holds checked delta equivocation evidence for a later value (one per offender, bounded by
+    /// the validator count).
+    pub(super) fn hold_delta_evidence(&mut self, e: &DeltaEvidence) {
+        let o = e.author();
+        if self
+            .committed
+            .chain
+            .set_for(self.committed.height() + 2)
+            .contains(&ValidatorId(o))
+            && self.local.delta_evidence.len() < consensus::MAX_VALIDATORS
+        {
+            self.local
+                .delta_evidence
+                .entry(o)
+                .or_insert_with(|| e.clone());
+        }
     }
 
     /// Holds verified consensus evidence for a later value (one per offender, bounded by the
@@ -250,7 +299,7 @@ impl Core {
     pub(super) fn join_admissible(&self, j: &SignedJoin, h: u64) -> bool {
         let chain = &self.committed.chain;
         let removed = chain.tenure.removed.get(&j.validator).copied();
-        self.cfg.genesis.file.membership.open()
+        self.cfg.genesis.file.membership.admits()
             && j.verify(self.cfg.genesis.chain_id.as_str()).is_ok()
             && j.round < h
             && j.expires >= h
@@ -310,7 +359,7 @@ impl Core {
         }
         // Membership: exactly the due removals and the offenders of valid evidence, and joins
         // within the admission bound.
-        let Some(offenders) = self.evidence_offenders(h, &rv.evidence) else {
+        let Some(offenders) = self.evidence_offenders(h, &rv) else {
             tracing::warn!(round = h, "proposed evidence is invalid");
             return Ok(Some(false));
         };
@@ -327,7 +376,8 @@ impl Core {
             .admissible_joins(h, rv.removals.len(), MAX_JOINS_PER_ROUND);
         let joins_ok = rv.joins.len() <= room
             && rv.joins.windows(2).all(|w| w[0].validator < w[1].validator)
-            && rv.joins.iter().all(|j| self.join_admissible(j, h));
+            && rv.joins.iter().all(|j| self.join_admissible(j, h))
+            && self.approvals_ok(h, &rv.joins, &rv.approvals);
         if !joins_ok {
             return Ok(Some(false));
         }
@@ -397,6 +447,7 @@ impl Core {
         }
         for r in &rv.removals {
             self.local.evidence.remove(r);
+            self.local.delta_evidence.remove(r);
             tracing::warn!(round = h, validator = %hex(r), "validator removed (downtime or equivocation)");
             if *r == self.me.0 {
                 tracing::error!(

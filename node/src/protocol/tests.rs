@@ -226,6 +226,18 @@ fn held(digest: u8, round: u64) -> Held {
         samples: 1,
         base_hash: [0; 32],
         decoded: std::sync::Arc::new(vec![0.0]),
+        signed: crate::wire::SignedHeader {
+            header: crate::wire::DeltaHeader {
+                chain_id: "c".into(),
+                round,
+                base_hash: [0; 32],
+                author: [1; 32],
+                samples: 1,
+                train_loss: 0.0,
+                payload_hash: [digest; 32],
+            },
+            signature: vec![0; 64],
+        },
     }
 }
 
@@ -281,6 +293,8 @@ fn entry(height: u64, joins: bool) -> (LedgerEntry, RoundValue) {
         prev_value: [0; 32],
         removals: Vec::new(),
         evidence: Vec::new(),
+        delta_evidence: Vec::new(),
+        approvals: Vec::new(),
         joins: if joins {
             vec![crate::wire::SignedJoin::new(
                 "c",
