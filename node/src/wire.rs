@@ -45,6 +45,14 @@ fn decode<T: for<'de> Deserialize<'de>, const L: usize>(bytes: &[u8]) -> Result<
     Ok(v)
 }
 
+/// Strict ed25519 verification of `signature` by `key` over `msg` (the same rule on every node).
+fn verify_ed25519(key: &[u8; 32], msg: &[u8], signature: &[u8]) -> Result<()> {
+    let key = VerifyingKey::from_bytes(key).context("public key")?;
+    let sig: [u8; 64] = signature.try_into().context("signature length")?;
+    key.verify_strict(msg, &Signature::from_bytes(&sig))
+        .context("bad signature")
+}
+
 /// SHA-256.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
@@ -137,10 +145,7 @@ impl DeltaHeader {
 
     /// Checks `signature` against the author's key (strict verification).
     pub fn verify(&self, signature: &[u8]) -> Result<()> {
-        let key = VerifyingKey::from_bytes(&self.author).context("author key")?;
-        let sig_bytes: [u8; 64] = signature.try_into().context("signature length")?;
-        key.verify_strict(&self.sign_bytes()?, &Signature::from_bytes(&sig_bytes))
-            .context("bad signature")
+        verify_ed25519(&self.author, &self.sign_bytes()?, signature).context("delta")
     }
 }
 
@@ -272,17 +277,8 @@ impl SignedJoin {
         if self.chain_id != chain_id {
             bail!("join request for chain {:?}", self.chain_id);
         }
-        let key = VerifyingKey::from_bytes(&self.validator).context("joiner key")?;
-        let sig: [u8; 64] = self
-            .signature
-            .as_slice()
-            .try_into()
-            .context("signature length")?;
-        key.verify_strict(
-            &Self::sign_bytes(&self.chain_id, &self.validator, self.round, self.expires),
-            &Signature::from_bytes(&sig),
-        )
-        .context("bad join signature")
+        let msg = Self::sign_bytes(&self.chain_id, &self.validator, self.round, self.expires);
+        verify_ed25519(&self.validator, &msg, &self.signature).context("join request")
     }
 
     /// Wire bytes.
@@ -359,17 +355,8 @@ impl SignedApproval {
         if self.chain_id != chain_id {
             bail!("approval for chain {:?}", self.chain_id);
         }
-        let key = VerifyingKey::from_bytes(&self.validator).context("approver key")?;
-        let sig: [u8; 64] = self
-            .signature
-            .as_slice()
-            .try_into()
-            .context("signature length")?;
-        key.verify_strict(
-            &Self::sign_bytes(&self.chain_id, &self.joiner, &self.validator, self.round),
-            &Signature::from_bytes(&sig),
-        )
-        .context("bad approval signature")
+        let msg = Self::sign_bytes(&self.chain_id, &self.joiner, &self.validator, self.round);
+        verify_ed25519(&self.validator, &msg, &self.signature).context("approval")
     }
 
     /// Wire bytes (with [`Self::MAGIC`] in front, and `sent_ms` after, which makes each

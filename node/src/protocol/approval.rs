@@ -45,17 +45,16 @@ impl Core {
         self.approvals.allowed = keys;
     }
 
-    /// Whether `a` may count towards admitting its joiner in a value for height `h`: signed for
-    /// this chain by a validator of `h`, made before `h` within the join lifetime, and after any
-    /// removal of the joiner.
-    pub(super) fn approval_valid(&self, a: &SignedApproval, h: u64) -> bool {
+    /// Whether `a` (its signature aside) may count towards admitting its joiner in a value for
+    /// height `h`: by a validator of `h`, made before `h` within the join lifetime, and after
+    /// any removal of the joiner.
+    fn approval_usable(&self, a: &SignedApproval, h: u64) -> bool {
         let chain = &self.committed.chain;
         let removed = chain.tenure.removed.get(&a.joiner).copied();
         a.round < h
             && a.round + JOIN_TTL >= h
             && removed.is_none_or(|r| a.round > r)
             && chain.set_for(h).contains(&ValidatorId(a.validator))
-            && a.verify(self.cfg.genesis.chain_id.as_str()).is_ok()
     }
 
     /// An approval from the membership topic.
@@ -139,7 +138,8 @@ impl Core {
             .received
             .get(&j.validator)?
             .values()
-            .filter(|a| self.approval_valid(a, h))
+            // Verified when received (or signed here).
+            .filter(|a| self.approval_usable(a, h))
             .take(quorum)
             .cloned()
             .collect();
@@ -163,9 +163,11 @@ impl Core {
             .all(|w| (w[0].joiner, w[0].validator) < (w[1].joiner, w[1].validator));
         let quorum = self.committed.chain.set_for(h).quorum();
         sorted
-            && approvals
-                .iter()
-                .all(|a| joins.iter().any(|j| j.validator == a.joiner) && self.approval_valid(a, h))
+            && approvals.iter().all(|a| {
+                joins.iter().any(|j| j.validator == a.joiner)
+                    && self.approval_usable(a, h)
+                    && a.verify(self.cfg.genesis.chain_id.as_str()).is_ok()
+            })
             && joins
                 .iter()
                 .all(|j| approvals.iter().filter(|a| a.joiner == j.validator).count() >= quorum)

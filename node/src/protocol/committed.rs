@@ -228,23 +228,27 @@ impl Committed {
     /// newcomers are replaced, never accumulated.
     pub fn admissible_joins(&self, h: u64, removals: usize, max: usize) -> usize {
         let next = self.chain.set_for(h + 1);
-        let recent = next
-            .members()
-            .iter()
-            .filter(|m| {
-                self.chain
-                    .tenure
-                    .since
-                    .get(&m.0)
-                    .is_some_and(|s| *s > 0 && *s + self.window > h)
-            })
-            .count();
+        let recent = self.newcomers(next, h);
         let base = next.len().saturating_sub(removals);
         let f = |n: usize| n.saturating_sub(1) / 3;
         (0..=max)
             .take_while(|j| recent + j <= f(base + j))
             .last()
             .unwrap_or(0)
+    }
+
+    /// Members of `set` that joined after genesis and have voted for fewer than W rounds by
+    /// `h`.
+    pub fn newcomers(&self, set: &consensus::ValidatorSet, h: u64) -> usize {
+        let since = &self.chain.tenure.since;
+        set.members()
+            .iter()
+            .filter(|m| {
+                since
+                    .get(&m.0)
+                    .is_some_and(|s| *s > 0 && *s + self.window > h)
+            })
+            .count()
     }
 
     /// Reputation of each member of `set`, from committed data only: in how many of the last

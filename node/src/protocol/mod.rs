@@ -384,16 +384,11 @@ impl Core {
     /// Newcomers among the validators of the height being decided (members that joined after
     /// genesis and have voted for fewer than W rounds), and the set's size.
     pub fn newcomers(&self) -> (usize, usize) {
-        let h = self.committed.height() + 1;
-        let w = self.cfg.genesis.file.membership.downtime_window;
         let set = self.validators();
-        let tenure = &self.committed.chain.tenure;
-        let new = set
-            .members()
-            .iter()
-            .filter(|m| tenure.since.get(&m.0).is_some_and(|s| *s > 0 && s + w > h))
-            .count();
-        (new, set.len())
+        (
+            self.committed.newcomers(set, self.committed.height() + 1),
+            set.len(),
+        )
     }
 
     /// The signed delta with this digest, if held (served to peers that fetch it).
