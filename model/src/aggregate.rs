@@ -207,6 +207,32 @@ impl std::fmt::Display for Aggregator {
 }
 
 impl Aggregator {
+    /// Whether the aggregation tolerates some Byzantine inputs: anything but a plain `mean`
+    /// (sample-weighted, which one input can move anywhere).
+    pub fn is_robust(&self) -> bool {
+        !(self.pre.is_empty() && self.rule == Rule::Mean)
+    }
+
+    /// This aggregation assuming at least `f` Byzantine inputs: each pre-step's and Multi-Krum's
+    /// f is raised to `f` (an explicit larger f is kept). For a round that adds inputs from
+    /// untrusted contributors on top of the f validators the quorum tolerates.
+    pub fn assuming(&self, f: usize) -> Aggregator {
+        let raise = |g: Option<usize>| Some(g.map_or(f, |g| g.max(f)));
+        let pre = self
+            .pre
+            .iter()
+            .map(|p| match *p {
+                Pre::Nnm { f: g } => Pre::Nnm { f: raise(g) },
+                Pre::Arc { f: g } => Pre::Arc { f: raise(g) },
+            })
+            .collect();
+        let rule = match self.rule {
+            Rule::MultiKrum { f: g, m } => Rule::MultiKrum { f: g.max(f), m },
+            r => r,
+        };
+        Aggregator { pre, rule }
+    }
+
     /// Runs the pre-steps, then the rule, on `inputs` in the given order.
     pub fn aggregate(&self, inputs: &[Contribution<'_>]) -> Result<Vec<f32>> {
         if self.pre.is_empty() {
@@ -787,6 +813,37 @@ mod tests {
 
     /// With two large sign-flipped inputs among spread-out honest ones, NNM + median lands
     /// nearer the honest mean than the median alone.
+    #[test]
+    fn assuming_raises_every_f_and_keeps_a_larger_one() {
+        let a: Aggregator = "arc+nnm:5+median".parse().unwrap();
+        assert_eq!(a.assuming(2).to_string(), "arc:2+nnm:5+median");
+        assert!(a.is_robust() && !"mean".parse::<Aggregator>().unwrap().is_robust());
+        let k: Aggregator = "multi-krum:1,3".parse().unwrap();
+        assert_eq!(
+            k.assuming(2).rule,
+            Rule::MultiKrum { f: 2, m: 3 },
+            "Multi-Krum's f is raised"
+        );
+        // Two poisoned inputs among 6 (f = 1 assumed by default) poison nnm's neighbourhoods;
+        // assuming 2 keeps the median at the honest value.
+        let honest = [1.0f32, 1.01, 0.99, 1.0];
+        let bad = [1e6f32, 1e6];
+        let mut all: Vec<&[f32]> = honest.iter().map(std::slice::from_ref).collect();
+        all.extend(bad.iter().map(std::slice::from_ref));
+        let inputs: Vec<Contribution<'_>> = all
+            .iter()
+            .map(|d| Contribution {
+                delta: d,
+                samples: 1,
+            })
+            .collect();
+        let a: Aggregator = "nnm+median".parse().unwrap();
+        let naive = a.aggregate(&inputs).unwrap();
+        assert!(naive[0] > 1e4, "{naive:?}");
+        let robust = a.assuming(2).aggregate(&inputs).unwrap();
+        assert!((robust[0] - 1.0).abs() < 0.02, "{robust:?}");
+    }
+
     #[test]
     fn nnm_reduces_median_bias() {
         let honest: Vec<f32> = vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0];

@@ -23,6 +23,10 @@ pub struct Chain {
     /// Membership history: when each current validator started voting, when keys were removed.
     pub tenure: Tenure,
     genesis_set: ValidatorSet,
+    /// The `open` policy: joins admit contributors.
+    contributors_first: bool,
+    /// The downtime window W.
+    window: u64,
 }
 
 /// When each validator of the latest set started voting (0: genesis) and the last round each
@@ -34,29 +38,61 @@ pub struct Tenure {
     pub since: std::collections::BTreeMap<[u8; 32], u64>,
     /// Key -> the round whose value removed it.
     pub removed: std::collections::BTreeMap<[u8; 32], u64>,
+    /// Under `open`: contributor -> the round whose value admitted it. A contributor is
+    /// forgotten when promoted, removed, or W rounds after its admission.
+    pub contributors: std::collections::BTreeMap<[u8; 32], u64>,
 }
 
 impl Tenure {
-    fn record(&mut self, height: u64, rv: &RoundValue) {
+    fn record(&mut self, height: u64, rv: &RoundValue, contributors_first: bool, window: u64) {
         for r in &rv.removals {
             self.since.remove(r);
+            self.contributors.remove(r);
             self.removed.insert(*r, height);
         }
         for j in &rv.joins {
-            self.since.insert(j.validator, height + 2);
+            if contributors_first {
+                self.contributors.insert(j.validator, height);
+            } else {
+                self.since.insert(j.validator, height + 2);
+            }
         }
+        for p in &rv.promotions {
+            self.contributors.remove(p);
+            self.since.insert(*p, height + 2);
+        }
+        let tenure = contributor_tenure(window);
+        self.contributors.retain(|_, s| *s + tenure > height);
     }
 }
 
-/// The membership changes a value carries: removals, then joins.
-pub fn changes(rv: &RoundValue) -> Vec<MembershipChange> {
+/// How many rounds a contributor stays one without promotion: W, but at least a join request's
+/// lifetime, so that its own request has expired (and cannot be replayed) when it is forgotten.
+pub fn contributor_tenure(window: u64) -> u64 {
+    window.max(crate::protocol::round::JOIN_TTL)
+}
+
+/// The changes to the validator set a value carries: removals of validators, then joins
+/// (under `approve`) and promotions (under `open`). Contributors are not validators: their
+/// admission and removal change no set.
+pub fn changes(
+    rv: &RoundValue,
+    tenure: &Tenure,
+    contributors_first: bool,
+) -> Vec<MembershipChange> {
+    let joins = rv
+        .joins
+        .iter()
+        .filter(|_| !contributors_first)
+        .map(|j| j.validator);
     rv.removals
         .iter()
+        .filter(|v| !tenure.contributors.contains_key(*v))
         .map(|v| MembershipChange::Remove(ValidatorId(*v)))
         .chain(
-            rv.joins
-                .iter()
-                .map(|j| MembershipChange::Add(ValidatorId(j.validator))),
+            joins
+                .chain(rv.promotions.iter().copied())
+                .map(|v| MembershipChange::Add(ValidatorId(v))),
         )
         .collect()
 }
@@ -77,9 +113,27 @@ impl Chain {
                     .map(|v| (v.0, 0))
                     .collect(),
                 removed: Default::default(),
+                contributors: Default::default(),
             },
             genesis_set: genesis.validators.clone(),
+            contributors_first: genesis.file.membership.contributors_first(),
+            window: genesis.file.membership.downtime_window,
         }
+    }
+
+    /// The validator-set changes `rv` makes on this chain.
+    pub fn changes(&self, rv: &RoundValue) -> Vec<MembershipChange> {
+        changes(rv, &self.tenure, self.contributors_first)
+    }
+
+    /// Whether `key` is a contributor whose deltas a value for height `h` may include:
+    /// admitted before `h`, within its tenure ([`contributor_tenure`]).
+    pub fn is_contributor(&self, key: &[u8; 32], h: u64) -> bool {
+        let tenure = contributor_tenure(self.window);
+        self.tenure
+            .contributors
+            .get(key)
+            .is_some_and(|s| *s < h && *s + tenure >= h)
     }
 
     /// The validator set of `height` (known up to two heights past the chain's end).
@@ -116,9 +170,10 @@ impl Chain {
         }
         self.schedule = ValidatorSchedule::new(Height(e.height), set);
         self.schedule
-            .record_decided(Height(e.height), &changes(&rv))
+            .record_decided(Height(e.height), &self.changes(&rv))
             .map_err(|err| anyhow::anyhow!("membership change in round {}: {err}", e.height))?;
-        self.tenure.record(e.height, &rv);
+        self.tenure
+            .record(e.height, &rv, self.contributors_first, self.window);
         self.height = e.height;
         self.last_value = Value(e.value.clone()).id().0;
         self.model_hash = rv.model_hash;
@@ -151,10 +206,11 @@ impl Chain {
             );
         }
         self.schedule
-            .record_decided(Height(h), &changes(&rv))
+            .record_decided(Height(h), &self.changes(&rv))
             .map_err(|e| anyhow::anyhow!("membership change in round {h}: {e}"))?;
         self.schedule.prune_below(Height(h.saturating_sub(4)));
-        self.tenure.record(h, &rv);
+        self.tenure
+            .record(h, &rv, self.contributors_first, self.window);
         self.height = h;
         self.last_value = Value(e.value.clone()).id().0;
         self.model_hash = rv.model_hash;

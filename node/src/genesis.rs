@@ -121,18 +121,28 @@ pub struct MembershipSection {
     /// Who may join: `closed` (the genesis set only: a consortium of known parties; removals
     /// still apply), `approve` (a join request is admitted once the operators of a quorum of
     /// the validators approved its key with `cohort approve`, within the admission bound) or
-    /// `open` (any signed join request, within the admission bound). The open policy's
-    /// contributor-first phase is not built yet.
+    /// `open` (a public network: a signed join request makes the key a contributor, whose
+    /// deltas may be included within the robust rule's tolerance; a contributor included in
+    /// `promote_after` of the last W rounds is promoted to validator, within the admission
+    /// bound).
     #[serde(default = "default_policy")]
     pub policy: String,
     /// Downtime window W in rounds: a validator whose delta is missing from more than half of
     /// the last W committed rounds is removed; no more validators are admitted within any W
     /// rounds than the quorum can lose (f of the set after admission).
     pub downtime_window: u64,
+    /// Under `open`: in how many of the last W committed rounds a contributor's delta must be
+    /// included before it is promoted to validator (1..=W).
+    #[serde(default = "default_promote_after")]
+    pub promote_after: u64,
 }
 
 fn default_policy() -> String {
     "open".into()
+}
+
+fn default_promote_after() -> u64 {
+    8
 }
 
 impl Default for MembershipSection {
@@ -140,6 +150,7 @@ impl Default for MembershipSection {
         MembershipSection {
             policy: default_policy(),
             downtime_window: 100,
+            promote_after: default_promote_after(),
         }
     }
 }
@@ -148,6 +159,11 @@ impl MembershipSection {
     /// Whether join requests can ever be admitted.
     pub fn admits(&self) -> bool {
         self.policy != "closed"
+    }
+
+    /// Whether joiners start as contributors (the `open` policy).
+    pub fn contributors_first(&self) -> bool {
+        self.policy == "open"
     }
 }
 
@@ -327,6 +343,12 @@ impl GenesisFile {
         }
         if !(4..=10_000).contains(&self.membership.downtime_window) {
             bail!("membership.downtime_window must be between 4 and 10,000 rounds");
+        }
+        if !(1..=self.membership.downtime_window).contains(&self.membership.promote_after) {
+            bail!(
+                "membership.promote_after must be between 1 and membership.downtime_window ({})",
+                self.membership.downtime_window
+            );
         }
         if t.max_samples == 0 {
             bail!("training.max_samples must be at least 1");

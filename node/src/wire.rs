@@ -214,8 +214,12 @@ pub struct RoundValue {
     pub momentum_hash: [u8; 32],
     /// Id of the previous round's committed value (zeros for round 1).
     pub prev_value: [u8; 32],
-    /// Signed join requests admitted by this round (sorted by key); each votes from round + 2.
+    /// Signed join requests admitted by this round (sorted by key): under `approve` each votes
+    /// from round + 2; under `open` each becomes a contributor.
     pub joins: Vec<SignedJoin>,
+    /// Under `open`: contributors promoted to validator by this round (sorted), voting from
+    /// round + 2: exactly those the committed ledger makes due (`Committed::due_promotions`).
+    pub promotions: Vec<[u8; 32]>,
     /// Validators removed by this round (sorted), from round + 2: exactly those the committed
     /// ledger makes due (`Committed::due_removals`) and the offenders of `evidence`.
     pub removals: Vec<[u8; 32]>,

@@ -371,7 +371,9 @@ fn byzantine_sign_flip_and_equivocation_cannot_stop_commits() {
 
 #[test]
 fn join_request_makes_a_validator_whose_deltas_count() {
-    let net = Net::new("e2e-join", 4, 1, "mean");
+    // The default `open` policy: the joiner contributes deltas first (included within the robust
+    // rule), and is promoted after 8 included rounds.
+    let net = Net::new("e2e-join", 4, 1, "nnm+median");
     let nodes = start_four(&net, None);
     let boot = listen_addr(&nodes[0]);
     let joiner = net.start(4, Some(&boot), &["--join"]);
@@ -464,11 +466,11 @@ fn ledger_command_matches_the_round_records() {
 }
 
 /// The halt the membership issue reported: 4 validators, 2 fresh keys join and are killed once
-/// admitted. With the admission bound (newcomers within f of the set) and downtime removal
+/// admitted (under the default `open` policy: once one is promoted from contributor). With the admission bound (newcomers within f of the set) and downtime removal
 /// (W = 100 rounds by default) the network keeps committing and ends with its 4 validators.
 #[test]
 fn joiners_admitted_then_killed_do_not_halt_the_chain_and_are_removed() {
-    let net = Net::new("e2e-silent-joiners", 4, 2, "mean");
+    let net = Net::new("e2e-silent-joiners", 4, 2, "nnm+median");
     let nodes = start_four(&net, None);
     let boot = listen_addr(&nodes[0]);
     let mut joiners = vec![

@@ -22,14 +22,18 @@ pub struct Args {
     #[command(flatten)]
     pub training: TrainingArgs,
     /// Who may join: closed (the genesis set only), approve (once the operators of a quorum of
-    /// the validators ran `cohort approve KEY`) or open (any signed request), each within the
-    /// admission bound.
+    /// the validators ran `cohort approve KEY`) or open (a signed request makes a contributor,
+    /// promoted to validator after --promote-after included deltas), each within the admission
+    /// bound.
     #[arg(long, default_value = "open")]
     pub membership: String,
     /// Downtime window W in rounds (removal of validators missing from more than half of it;
     /// admission bound).
     #[arg(long, default_value_t = 100)]
     pub downtime_window: u64,
+    /// Under `open`: included deltas (within the last W rounds) that promote a contributor.
+    #[arg(long, default_value_t = 8)]
+    pub promote_after: u64,
     /// Output file.
     #[arg(long, default_value = "genesis.toml")]
     pub out: PathBuf,
@@ -157,6 +161,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut g = a.training.genesis(&a.chain_id, &ids);
     g.membership.policy = a.membership;
     g.membership.downtime_window = a.downtime_window;
+    g.membership.promote_after = a.promote_after;
     write(&g, &a.out)?;
     println!(
         "wrote {} ({} validators, chain {})",

@@ -49,7 +49,7 @@ pub fn run(a: Args) -> Result<()> {
         longest_stall = longest_stall.max(out.longest_stall_ms);
         if a.verbose {
             println!(
-                "seed={seed} height={} sim_seconds={:.1} rounds_per_sim_second={:.2} snapshot_bytes={} inclusions={:?} longest_stall_s={:.1} flooded_keys={} admitted={} removed={}",
+                "seed={seed} height={} sim_seconds={:.1} rounds_per_sim_second={:.2} snapshot_bytes={} inclusions={:?} longest_stall_s={:.1} flooded_keys={} contributors={} admitted={} removed={} poisoned_included={} accuracy={:.3}",
                 out.height,
                 out.end_ms as f64 / 1e3,
                 out.height as f64 * 1e3 / out.end_ms.max(1) as f64,
@@ -57,8 +57,11 @@ pub fn run(a: Args) -> Result<()> {
                 out.inclusions,
                 out.longest_stall_ms as f64 / 1e3,
                 out.flooded,
+                out.contributors.len(),
                 out.admitted.len(),
-                out.removed.len()
+                out.removed.len(),
+                out.poisoned_included,
+                out.accuracy
             );
         }
         if !out.violations.is_empty() {

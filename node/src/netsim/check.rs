@@ -7,7 +7,7 @@ use gossip::{PeerAction, PeerId, Verdict};
 use super::Outcome;
 use super::node::SimStore;
 use crate::protocol::Core;
-use crate::protocol::committed::RECENT;
+use crate::protocol::committed::{MAX_CONTRIBUTORS, RECENT};
 use crate::protocol::height::BUFFER_PER_SIGNER;
 use crate::protocol::pool::LOOKAHEAD;
 use crate::wire::RoundValue;
@@ -27,12 +27,24 @@ pub struct Checker {
     max_snapshot_bytes: usize,
     /// Join requests from fresh keys flooded.
     flooded: usize,
+    /// Keys of the nodes that are not honest.
+    faulty: Vec<[u8; 32]>,
+    /// Deltas of faulty nodes included in committed values.
+    poisoned_included: u64,
 }
 
 impl Checker {
     /// For nodes with these honesty flags and peer ids.
-    pub fn new(honest: Vec<bool>, peers: Vec<PeerId>) -> Checker {
+    pub fn new(honest: Vec<bool>, peers: Vec<PeerId>, keys: Vec<[u8; 32]>) -> Checker {
+        let faulty = keys
+            .iter()
+            .zip(&honest)
+            .filter(|(_, h)| !**h)
+            .map(|(k, _)| *k)
+            .collect();
         Checker {
+            faulty,
+            poisoned_included: 0,
             checked: vec![0; honest.len()],
             honest,
             peers,
@@ -95,6 +107,9 @@ impl Checker {
         let n = self.honest.len();
         for e in &store.ledger[self.checked[i]..] {
             let id = consensus::Value(e.value.clone()).id().0;
+            if !self.decided.contains_key(&e.height) {
+                self.new_value(e.height, &e.value);
+            }
             let first = *self.decided.entry(e.height).or_insert(id);
             if first != id {
                 self.violations.push(format!(
@@ -114,7 +129,7 @@ impl Checker {
             (
                 "deltas",
                 core.held_deltas(),
-                2 * n * (LOOKAHEAD as usize + 1),
+                2 * (n + MAX_CONTRIBUTORS) * (LOOKAHEAD as usize + 1),
             ),
             (
                 "ledger entries",
@@ -139,6 +154,26 @@ impl Checker {
                 self.violations
                     .push(format!("memory: node {i} holds {got} {what} (bound {max})"));
             }
+        }
+    }
+
+    /// A value committed for the first time: deltas of faulty nodes (Byzantine validators and
+    /// contributors) stay fewer than half of its inputs, what the robust rule tolerates.
+    fn new_value(&mut self, height: u64, value: &[u8]) {
+        let Ok(rv) = RoundValue::decode(value) else {
+            return;
+        };
+        let bad = rv
+            .included
+            .iter()
+            .filter(|i| self.faulty.contains(&i.author))
+            .count();
+        self.poisoned_included += bad as u64;
+        if 2 * bad >= rv.included.len() {
+            self.violation(format!(
+                "poisoning: round {height} includes {bad} faulty deltas of {}",
+                rv.included.len()
+            ));
         }
     }
 
@@ -168,6 +203,7 @@ impl Checker {
             max_rounds_held: self.max_rounds_held,
             max_snapshot_bytes: self.max_snapshot_bytes,
             flooded: self.flooded,
+            poisoned_included: self.poisoned_included,
             ..Outcome::default()
         }
     }

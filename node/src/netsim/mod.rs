@@ -70,8 +70,14 @@ pub struct Outcome {
     pub inclusions: Vec<u64>,
     /// Simulated time at the end, ms.
     pub end_ms: Millis,
-    /// Joins and removals node 0 committed, by key.
+    /// Validators node 0 committed the admission of (joins; under `open`, promotions), by key.
     pub admitted: Vec<[u8; 32]>,
+    /// Under `open`: contributors node 0 committed the admission of.
+    pub contributors: Vec<[u8; 32]>,
+    /// Deltas of faulty nodes included in committed values.
+    pub poisoned_included: u64,
+    /// Test accuracy of node 0's committed model at the end (digits test split).
+    pub accuracy: f32,
     /// Removals node 0 committed.
     pub removed: Vec<[u8; 32]>,
     /// Longest simulated time without a new honest commit, ms (faults included).
@@ -87,6 +93,8 @@ pub struct Sim {
     cfg: SimConfig,
     genesis: crate::genesis::Genesis,
     nodes: Vec<SimNode>,
+    /// The digits test split (the final model's accuracy).
+    test: model::data::Dataset,
     queue: BTreeMap<(Millis, u64), (usize, Delivery, u64)>,
     /// Per node, how many times it crashed: an event in flight across a crash is lost.
     epoch: Vec<u64>,
@@ -147,7 +155,12 @@ impl Sim {
         }
         let honest: Vec<bool> = nodes.iter().map(|n| n.fault.is_none()).collect();
         Ok(Sim {
-            checker: Checker::new(honest, nodes.iter().map(|n| n.peer).collect()),
+            test: split.test,
+            checker: Checker::new(
+                honest,
+                nodes.iter().map(|n| n.peer).collect(),
+                nodes.iter().map(|n| n.id().0).collect(),
+            ),
             groups: vec![0; total],
             wake: vec![None; total],
             epoch: vec![0; total],
@@ -229,13 +242,22 @@ impl Sim {
         out.longest_stall_ms = stall.max(self.now - last_commit);
         for e in &self.nodes[0].store.ledger {
             if let Ok(rv) = crate::wire::RoundValue::decode(&e.value) {
-                out.admitted.extend(rv.joins.iter().map(|j| j.validator));
+                let joins = rv.joins.iter().map(|j| j.validator);
+                if self.cfg.policy == "open" {
+                    out.contributors.extend(joins);
+                    out.admitted.extend(rv.promotions.iter().copied());
+                } else {
+                    out.admitted.extend(joins);
+                }
                 out.removed.extend(rv.removals.iter().copied());
                 out.delta_evidence
                     .extend(rv.delta_evidence.iter().map(|d| (d.author(), e.height)));
             }
         }
         if let Some(c) = self.nodes[0].core.as_ref() {
+            out.accuracy =
+                model::train::evaluate_params(self.genesis.model, c.params(), &self.test)
+                    .map_or(0.0, |(acc, _)| acc);
             out.inclusions = self.nodes[..self.cfg.nodes]
                 .iter()
                 .filter(|n| n.fault.is_none())

@@ -34,6 +34,10 @@ pub enum Fault {
     /// batch each time its committed round advances (not in [`Fault::ALL`]: the join-flood
     /// scenario's).
     FloodJoins,
+    /// A joiner (under `open`, a contributor until promoted) whose deltas are its honest ones
+    /// sign-flipped and scaled by 10 (not in [`Fault::ALL`]: the poisoned-contributors
+    /// scenario's).
+    Poison,
 }
 
 impl Fault {
@@ -59,6 +63,9 @@ impl Fault {
             }
             Fault::Silent => Some(Byzantine::Silent),
             Fault::LyingRemovals => Some(Byzantine::LyingRemovals),
+            Fault::Poison => Some(Byzantine::Attack(model::attack::Attack::SignFlip {
+                scale: 10.0,
+            })),
             _ => None,
         }
     }

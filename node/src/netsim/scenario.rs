@@ -42,11 +42,14 @@ pub enum Scenario {
     /// Membership under the `approve` policy: three joiners that stay up, approved by every
     /// validator's operator, by one short of a quorum, and by none.
     ApprovedJoins,
+    /// Membership under the `open` policy: four joiners start as contributors; three of them
+    /// send poisoned deltas (sign-flipped, 10x), as contributors and once promoted.
+    PoisonedContributors,
 }
 
 impl Scenario {
     /// The scenarios `All` cycles over.
-    pub const CYCLE: [Scenario; 14] = [
+    pub const CYCLE: [Scenario; 15] = [
         Scenario::Calm,
         Scenario::Lossy,
         Scenario::Partition,
@@ -61,6 +64,7 @@ impl Scenario {
         Scenario::ReplayedJoins,
         Scenario::LyingRemovals,
         Scenario::ApprovedJoins,
+        Scenario::PoisonedContributors,
     ];
 }
 
@@ -203,6 +207,14 @@ impl SimConfig {
                 c.flood_per_round = FLOOD_PER_ROUND;
                 c.faults_until = 12_000;
             }
+            Scenario::PoisonedContributors => {
+                c.joiners = 4;
+                c.faults.resize(nodes + 4, None);
+                for i in nodes..nodes + 3 {
+                    c.faults[i] = Some(Fault::Poison);
+                }
+                c.faults_until = 12_000;
+            }
             Scenario::ApprovedJoins => {
                 c.joiners = 3;
                 c.policy = "approve".into();
@@ -228,6 +240,10 @@ impl SimConfig {
             }
         }
         c.faults.resize(nodes + c.joiners, None);
+        if c.joiners > 0 && c.policy == "open" {
+            // Contributors are included (and promoted) only under a robust rule.
+            c.rule = "nnm+median".into();
+        }
         c
     }
 
@@ -261,5 +277,6 @@ pub fn genesis(ids: &[ValidatorId], c: &SimConfig) -> Result<Genesis> {
     g.timeouts.min_round_ms = 0;
     g.membership.downtime_window = 32;
     g.membership.policy = c.policy.clone();
+    g.membership.promote_after = 2;
     g.check()
 }

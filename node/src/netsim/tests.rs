@@ -129,7 +129,8 @@ fn snapshot_size_does_not_grow_with_rounds() {
 
 /// A flood of join requests from 100 fresh keys per round, besides joiners that stay up: the
 /// chain goes on, newcomers never exceed f of the voting set (checked after every step), and
-/// the flood keys that get admitted (they never vote) are removed after the downtime window.
+/// the flood keys, admitted as contributors at most 16 at a time, are never promoted (they send
+/// no delta). They can delay the honest joiners (README says so).
 #[test]
 fn join_floods_of_fresh_keys_keep_the_chain_going_within_the_admission_bound() {
     for seed in 0..3 {
@@ -141,7 +142,18 @@ fn join_floods_of_fresh_keys_keep_the_chain_going_within_the_admission_bound() {
             "seed {seed}: {} fresh keys",
             out.flooded
         );
-        assert!(!out.admitted.is_empty(), "seed {seed}: nobody admitted");
+        // Under `open` the flood takes contributor slots (joins cost nothing), but a fresh key
+        // that never sends a delta is never promoted: only the joiners that train can be.
+        let c = SimConfig::new(Scenario::JoinFlood, seed, 4);
+        let joiners = Sim::new(c).expect("sim").joiner_ids();
+        assert!(
+            out.admitted.iter().all(|a| joiners.contains(a)),
+            "seed {seed}: a flood key was promoted"
+        );
+        assert!(
+            !out.contributors.is_empty(),
+            "seed {seed}: no contributor admitted"
+        );
     }
 }
 
@@ -243,6 +255,51 @@ fn a_proposer_lying_about_removals_removes_nobody_honest() {
         assert!(
             out.admitted.iter().all(|a| out.removed.contains(a)),
             "seed {seed}: a silent joiner stayed"
+        );
+    }
+}
+
+/// Under the `open` policy joiners start as contributors; two of three send poisoned deltas
+/// (their honest delta sign-flipped and scaled by 10). Their deltas are included, but only
+/// within what the robust rule tolerates: counted as Byzantine on top of the f validators, the
+/// faulty inputs stay fewer than half of every value (checked after every step), and the rule
+/// runs with f raised by their number, so the model learns as well as without them. Contributors
+/// are promoted only within the admission bound (newcomers <= f, checked after every step).
+#[test]
+fn poisoned_contributors_are_included_only_within_the_robust_rule() {
+    for seed in 0..3 {
+        let c = SimConfig::new(Scenario::PoisonedContributors, seed, 4);
+        let joiners = Sim::new(c.clone()).expect("sim").joiner_ids();
+        let out = Sim::new(c).expect("sim").run();
+        assert_clean("poisoned contributors", seed, &out);
+        for j in &joiners {
+            assert!(
+                out.contributors.contains(j),
+                "seed {seed}: a joiner never became a contributor"
+            );
+        }
+        assert!(
+            out.poisoned_included > 0,
+            "seed {seed}: no poisoned delta was ever included (the attack was not tried)"
+        );
+        assert!(!out.admitted.is_empty(), "seed {seed}: nobody promoted");
+        // The same run with the two poisoners honest.
+        let mut clean = SimConfig::new(Scenario::PoisonedContributors, seed, 4);
+        clean.faults.iter_mut().for_each(|f| *f = None);
+        let calm = Sim::new(clean).expect("sim").run();
+        eprintln!(
+            "seed {seed}: accuracy {:.3} (all honest {:.3}), {} rounds, {} poisoned deltas included, promoted {}",
+            out.accuracy,
+            calm.accuracy,
+            out.height,
+            out.poisoned_included,
+            out.admitted.len()
+        );
+        assert!(
+            out.accuracy >= calm.accuracy - 0.05,
+            "seed {seed}: accuracy {} with poisoned contributors, {} with honest ones",
+            out.accuracy,
+            calm.accuracy
         );
     }
 }

@@ -19,6 +19,10 @@ pub const RECENT: usize = 16;
 /// A validator whose delta was included in none of this many committed rounds is skipped as
 /// proposer.
 pub const ACTIVITY_WINDOW: usize = 8;
+/// At most this many contributors' deltas are included in one value.
+pub const MAX_CONTRIBUTOR_DELTAS: usize = 4;
+/// At most this many contributors at a time (each admitted for at most W rounds).
+pub const MAX_CONTRIBUTORS: usize = 16;
 
 /// One recent entry with who took part in it.
 struct Recent {
@@ -38,11 +42,26 @@ pub struct Committed {
     /// Server momentum after the last committed round.
     pub velocity: Arc<Vec<f32>>,
     recent: VecDeque<Recent>,
-    changes: Vec<LedgerEntry>,
+    /// Entries that changed the validator set (kept for good) or admitted contributors (kept
+    /// while those can still be contributors).
+    /// (entry, whether it changed the set)
+    changes: Vec<(LedgerEntry, bool)>,
     /// Recent entries kept: max(RECENT, downtime window).
     keep: usize,
     /// The downtime window W.
     window: u64,
+    /// The `open` policy: joins admit contributors, `promote_after` inclusions promote them.
+    contributors_first: bool,
+    promote_after: u64,
+    /// The genesis rule tolerates Byzantine inputs.
+    robust: bool,
+}
+
+/// Whether an entry changed the validator set (and must be in every snapshot for good).
+fn structural(rv: &RoundValue, contributors_first: bool) -> bool {
+    !rv.removals.is_empty()
+        || !rv.promotions.is_empty()
+        || (!contributors_first && !rv.joins.is_empty())
 }
 
 fn participants(rv: &RoundValue) -> BTreeSet<[u8; 32]> {
@@ -61,6 +80,9 @@ impl Committed {
             changes: Vec::new(),
             keep: RECENT.max(genesis.file.membership.downtime_window as usize),
             window: genesis.file.membership.downtime_window,
+            contributors_first: genesis.file.membership.contributors_first(),
+            promote_after: genesis.file.membership.promote_after,
+            robust: genesis.rule.is_robust(),
         };
         for e in &recovered.ledger {
             let rv = c.chain.follow(e, genesis)?;
@@ -96,9 +118,14 @@ impl Committed {
 
     /// Keeps `e` in memory as a recent entry (and as a change entry when it changed the set).
     pub fn remember(&mut self, e: LedgerEntry, rv: &RoundValue) {
-        if !rv.joins.is_empty() || !rv.removals.is_empty() {
-            self.changes.push(e.clone());
+        let set_change = structural(rv, self.contributors_first);
+        if !rv.joins.is_empty() || set_change {
+            self.changes.push((e.clone(), set_change));
         }
+        // Entries that only admitted contributors matter for their tenure.
+        let (h, w) = (e.height, crate::chain::contributor_tenure(self.window));
+        self.changes
+            .retain(|(c, set_change)| *set_change || c.height + w > h);
         let participants = participants(rv);
         self.recent.push_back(Recent {
             entry: e,
@@ -147,6 +174,7 @@ impl Committed {
         let mut out: Vec<&LedgerEntry> = self
             .changes
             .iter()
+            .map(|(e, _)| e)
             .filter(|e| e.height > from && e.height < first_recent)
             .collect();
         out.extend(
@@ -249,6 +277,74 @@ impl Committed {
                     .is_some_and(|s| *s > 0 && *s + self.window > h)
             })
             .count()
+    }
+
+    /// Contributors whose deltas a value for height `h` may include (sorted).
+    pub fn contributors(&self, h: u64) -> Vec<[u8; 32]> {
+        self.chain
+            .tenure
+            .contributors
+            .keys()
+            .filter(|k| self.chain.is_contributor(k, h))
+            .copied()
+            .collect()
+    }
+
+    /// How many contributor deltas a value for height `h` that includes `validators` deltas
+    /// of validators may include: the contributors are counted as Byzantine on top of the
+    /// f = floor((n - 1) / 3) validators the quorum tolerates, and together they must stay
+    /// fewer than half of the value's inputs (2 (f + k) < v + k: what the robust rule, run
+    /// with f + k, tolerates), at most [`MAX_CONTRIBUTOR_DELTAS`]. Only under `open` and a
+    /// robust rule (a plain mean includes no contributor, so none is ever promoted).
+    pub fn contributor_room(&self, h: u64, validators: usize) -> usize {
+        if !self.contributors_first || !self.robust {
+            return 0;
+        }
+        let f = self.chain.set_for(h).max_faulty();
+        validators
+            .saturating_sub(2 * f)
+            .saturating_sub(1)
+            .min(MAX_CONTRIBUTOR_DELTAS)
+    }
+
+    /// The contributors a value for height `h` that removes `removals` must promote (sorted):
+    /// those included in at least `promote_after` of the last W committed rounds and in one of
+    /// the last [`ACTIVITY_WINDOW`] (a contributor gone silent is not promoted), oldest
+    /// admission first, as many as the admission bound allows. The same on every honest node
+    /// holding the last W rounds (it reads committed data only).
+    pub fn due_promotions(&self, h: u64, removals: &[[u8; 32]]) -> Vec<[u8; 32]> {
+        if !self.contributors_first {
+            return Vec::new();
+        }
+        let mut ready: Vec<(u64, [u8; 32])> = self
+            .contributors(h)
+            .into_iter()
+            .filter(|k| !removals.contains(k))
+            .filter(|k| {
+                let included = self
+                    .recent
+                    .iter()
+                    .filter(|r| {
+                        r.entry.height < h
+                            && r.entry.height + self.window >= h
+                            && r.participants.contains(k)
+                    })
+                    .count() as u64;
+                // ... and still active: included in one of the last ACTIVITY_WINDOW rounds.
+                let active = self.recent.iter().any(|r| {
+                    r.entry.height < h
+                        && r.entry.height + ACTIVITY_WINDOW as u64 >= h
+                        && r.participants.contains(k)
+                });
+                included >= self.promote_after && active
+            })
+            .map(|k| (self.chain.tenure.contributors[&k], k))
+            .collect();
+        ready.sort();
+        let room = self.admissible_joins(h, removals.len(), super::round::MAX_JOINS_PER_ROUND);
+        let mut out: Vec<[u8; 32]> = ready.into_iter().take(room).map(|(_, k)| k).collect();
+        out.sort();
+        out
     }
 
     /// Reputation of each member of `set`, from committed data only: in how many of the last

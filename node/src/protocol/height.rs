@@ -189,7 +189,7 @@ impl Core {
             // A buffered message may have become invalid (another proposer); that is no error.
             let _ = self.feed(now, vec![i], out);
         }
-        if self.is_validator() {
+        if self.is_participant() {
             self.start_training(now, out);
         }
         Ok(())

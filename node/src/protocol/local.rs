@@ -118,7 +118,7 @@ impl Core {
             });
             return;
         }
-        if self.is_validator() && !self.privacy.may_release() {
+        if self.is_participant() && !self.privacy.may_release() {
             return;
         }
         out.push(Action::Train {
@@ -146,7 +146,7 @@ impl Core {
         }
         self.local.train_secs = secs;
         self.local.trained_at = Some(now);
-        if !self.is_validator() || self.cfg.byzantine == Some(Byzantine::Silent) {
+        if !self.is_participant() || self.cfg.byzantine == Some(Byzantine::Silent) {
             return Ok(());
         }
         let mut rng = Rng::derive(noise_seed, round);
@@ -296,6 +296,14 @@ impl Core {
             // Expired, replayed from before a removal, or from a joiner ahead of us.
             return Verdict::Ignore("join request not admissible");
         }
+        // Keep a key's oldest admissible request: the proposer admits the oldest first, and a
+        // joiner re-sends (newer) requests while it waits.
+        if let Some(old) = self.local.pending_joins.get(&j.validator)
+            && old.round <= j.round
+            && self.join_admissible(old, h)
+        {
+            return Verdict::Ignore("an older request of this key is pending");
+        }
         let joins = &mut self.local.pending_joins;
         if joins.len() >= MAX_PENDING_JOINS && !joins.contains_key(&j.validator) {
             return Verdict::Ignore("too many pending joins");
@@ -317,6 +325,7 @@ impl Core {
         if self.cfg.join
             && !chain.set_for(h).contains(&self.me)
             && !chain.set_for(h + 1).contains(&self.me)
+            && !chain.tenure.contributors.contains_key(&self.me.0)
             && self
                 .local
                 .last_join_sent

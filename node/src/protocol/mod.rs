@@ -346,7 +346,6 @@ impl Core {
     }
 
     /// The committed parameters.
-    #[cfg(test)]
     pub fn params(&self) -> &Arc<Vec<f32>> {
         &self.committed.params
     }
@@ -359,6 +358,13 @@ impl Core {
     /// Whether this node votes at the current height.
     pub fn is_validator(&self) -> bool {
         self.validators().contains(&self.me)
+    }
+
+    /// Whether this node sends deltas at the current height: a validator, or a contributor
+    /// (under `open`, before its promotion).
+    pub fn is_participant(&self) -> bool {
+        let h = self.committed.height() + 1;
+        self.is_validator() || self.committed.chain.is_contributor(&self.me.0, h)
     }
 
     /// The current view of consensus (0 when not running).

@@ -217,11 +217,9 @@ impl Core {
             // Before the membership check: the set of an old round may be forgotten.
             return Verdict::Ignore("old round");
         }
-        if !self
-            .committed
-            .chain
-            .set_for(round)
-            .contains(&ValidatorId(author))
+        let chain = &self.committed.chain;
+        if !chain.set_for(round).contains(&ValidatorId(author))
+            && !chain.is_contributor(&author, round)
         {
             return Verdict::Reject("not_validator");
         }

@@ -15,6 +15,7 @@ use anyhow::Result;
 use consensus::{Input, Message, ValidatorId, Value, ValueId, decode_message, encode_message};
 use model::aggregate::Contribution;
 
+use super::committed::MAX_CONTRIBUTORS;
 use super::height::PendingCommit;
 use super::{Action, Byzantine, Core, Millis};
 use crate::keys::hex;
@@ -58,12 +59,27 @@ impl Core {
                 samples: inc.samples,
             });
         }
+        // Contributors' deltas count as Byzantine on top of the f validators the quorum
+        // tolerates (`Committed::contributor_room` keeps the total below half the inputs).
+        let set = self.committed.chain.set_for(round);
+        let contributors = included
+            .iter()
+            .filter(|i| !set.contains(&ValidatorId(i.author)))
+            .count();
+        let rule = if contributors == 0 {
+            self.cfg.genesis.rule.clone()
+        } else {
+            self.cfg
+                .genesis
+                .rule
+                .assuming(set.max_faulty() + contributors)
+        };
         let mut params = self.committed.params.to_vec();
         let mut velocity = self.committed.velocity.to_vec();
         model::sim::apply_round(
             &mut params,
             &mut velocity,
-            &self.cfg.genesis.rule,
+            &rule,
             &self.cfg.genesis.server,
             &inputs,
         )?;
@@ -123,7 +139,8 @@ impl Core {
             return Ok(None);
         }
         let base = self.committed.chain.model_hash;
-        let included: Vec<Included> = self
+        let set = self.validators();
+        let usable: Vec<Included> = self
             .pool
             .usable(h, &base)
             .iter()
@@ -133,10 +150,26 @@ impl Core {
                 samples: d.samples,
             })
             .collect();
+        let (mut included, offered): (Vec<Included>, Vec<Included>) = usable
+            .into_iter()
+            .partition(|i| set.contains(&ValidatorId(i.author)));
         let authors: Vec<[u8; 32]> = included.iter().map(|i| i.author).collect();
         if !self.window_closed(now, &authors) {
             return Ok(None);
         }
+        // Contributors take turns: a rotation by height over those that sent a delta.
+        let room = self.committed.contributor_room(h, included.len());
+        let contributors = self.committed.contributors(h);
+        let mut offered: Vec<Included> = offered
+            .into_iter()
+            .filter(|i| contributors.contains(&i.author))
+            .collect();
+        if !offered.is_empty() {
+            let turn = (h % offered.len() as u64) as usize;
+            offered.rotate_left(turn);
+        }
+        included.extend(offered.into_iter().take(room));
+        included.sort_by_key(|i| i.author);
         let Some(applied) = self.compute(h, &included)? else {
             return Ok(None);
         };
@@ -172,13 +205,15 @@ impl Core {
                 .take(1)
                 .collect();
         }
-        let room = self
-            .committed
-            .admissible_joins(h, removals.len(), MAX_JOINS_PER_ROUND);
+        let promotions = self.committed.due_promotions(h, &removals);
+        let room = self.join_room(h, removals.len());
         let approve = self.cfg.genesis.file.membership.policy == "approve";
         let mut approvals = Vec::new();
         let mut joins: Vec<SignedJoin> = Vec::new();
-        for j in self.local.pending_joins.values() {
+        // Oldest request first: a flood of fresh requests does not starve earlier joiners.
+        let mut pending: Vec<&SignedJoin> = self.local.pending_joins.values().collect();
+        pending.sort_by_key(|j| (j.round, j.validator));
+        for j in pending {
             if joins.len() >= room || !self.join_admissible(j, h) {
                 continue;
             }
@@ -190,6 +225,8 @@ impl Core {
             }
             joins.push(j.clone());
         }
+        joins.sort_by_key(|j| j.validator);
+        approvals.sort_by_key(|a| (a.joiner, a.validator));
         let rv = RoundValue {
             version: VALUE_VERSION,
             round: h,
@@ -207,6 +244,7 @@ impl Core {
                 .collect(),
             delta_evidence,
             approvals,
+            promotions,
         };
         let value = Value(rv.encode()?);
         self.height.applied.insert(value.id(), applied);
@@ -293,6 +331,20 @@ impl Core {
         }
     }
 
+    /// How many join requests a value for height `h` that removes `removals` validators may
+    /// admit: under `open` contributors (while fewer than [`MAX_CONTRIBUTORS`] are active),
+    /// otherwise validators within the admission bound.
+    fn join_room(&self, h: u64, removals: usize) -> usize {
+        if self.cfg.genesis.file.membership.contributors_first() {
+            MAX_CONTRIBUTORS
+                .saturating_sub(self.committed.contributors(h).len())
+                .min(MAX_JOINS_PER_ROUND)
+        } else {
+            self.committed
+                .admissible_joins(h, removals, MAX_JOINS_PER_ROUND)
+        }
+    }
+
     /// Whether a value for height `h` may admit `j`: signed for this chain, made at or before
     /// `h` and after any removal of its key (no replay of an older request), not expired, with
     /// a bounded lifetime, and not already a validator of the set it would join.
@@ -306,6 +358,7 @@ impl Core {
             && j.expires.saturating_sub(j.round) <= JOIN_TTL
             && removed.is_none_or(|r| j.round > r)
             && !chain.set_for(h + 1).contains(&ValidatorId(j.validator))
+            && !chain.tenure.contributors.contains_key(&j.validator)
     }
 
     /// Decides pending validations whose deltas are all here; fetches missing ones.
@@ -337,10 +390,19 @@ impl Core {
         let set = self.validators();
         let g = &self.cfg.genesis;
         let sorted = rv.included.windows(2).all(|w| w[0].author < w[1].author);
-        let members = rv
+        let from_validators = rv
             .included
             .iter()
-            .all(|i| set.contains(&ValidatorId(i.author)));
+            .filter(|i| set.contains(&ValidatorId(i.author)))
+            .count();
+        let contributors = self.committed.contributors(h);
+        let from_contributors = rv
+            .included
+            .iter()
+            .filter(|i| contributors.contains(&i.author))
+            .count();
+        let members = from_validators + from_contributors == rv.included.len()
+            && from_contributors <= self.committed.contributor_room(h, from_validators);
         let samples_ok = rv
             .included
             .iter()
@@ -353,7 +415,7 @@ impl Core {
             || !sorted
             || !members
             || !samples_ok
-            || rv.included.len() < set.quorum()
+            || from_validators < set.quorum()
         {
             return Ok(Some(false));
         }
@@ -371,9 +433,11 @@ impl Core {
             tracing::warn!(round = h, "proposed removals are not the due ones");
             return Ok(Some(false));
         }
-        let room = self
-            .committed
-            .admissible_joins(h, rv.removals.len(), MAX_JOINS_PER_ROUND);
+        if rv.promotions != self.committed.due_promotions(h, &rv.removals) {
+            tracing::warn!(round = h, "proposed promotions are not the due ones");
+            return Ok(Some(false));
+        }
+        let room = self.join_room(h, rv.removals.len());
         let joins_ok = rv.joins.len() <= room
             && rv.joins.windows(2).all(|w| w[0].validator < w[1].validator)
             && rv.joins.iter().all(|j| self.join_admissible(j, h))
@@ -441,9 +505,17 @@ impl Core {
         };
         let rv = self.committed.chain.apply(&entry, &self.cfg.genesis)?;
         out.push(Action::AppendLedger(entry.clone()));
+        let contributors_first = self.cfg.genesis.file.membership.contributors_first();
         for j in &rv.joins {
             self.local.pending_joins.remove(&j.validator);
-            tracing::info!(round = h, validator = %hex(&j.validator), "validator admitted");
+            if contributors_first {
+                tracing::info!(round = h, contributor = %hex(&j.validator), "contributor admitted");
+            } else {
+                tracing::info!(round = h, validator = %hex(&j.validator), "validator admitted");
+            }
+        }
+        for p in &rv.promotions {
+            tracing::info!(round = h, validator = %hex(p), "contributor promoted to validator");
         }
         for r in &rv.removals {
             self.local.evidence.remove(r);

@@ -295,6 +295,7 @@ fn entry(height: u64, joins: bool) -> (LedgerEntry, RoundValue) {
         evidence: Vec::new(),
         delta_evidence: Vec::new(),
         approvals: Vec::new(),
+        promotions: Vec::new(),
         joins: if joins {
             vec![crate::wire::SignedJoin::new(
                 "c",
@@ -316,7 +317,10 @@ fn entry(height: u64, joins: bool) -> (LedgerEntry, RoundValue) {
 
 #[test]
 fn a_snapshot_at_round_100000_carries_as_many_entries_as_at_round_100() {
-    let g = genesis(&keys());
+    // Under `approve` a join changes the set: its entry is kept for good.
+    let mut f = genesis(&keys()).file;
+    f.membership.policy = "approve".into();
+    let g = f.check().expect("genesis");
     let (mut c, _) = Committed::recover(&g, &empty_store()).expect("recover");
     let mut sizes = Vec::new();
     for h in 1..=100_000 {
@@ -333,6 +337,91 @@ fn a_snapshot_at_round_100000_carries_as_many_entries_as_at_round_100() {
     let heights: Vec<u64> = c.entries_for_snapshot(0).iter().map(|e| e.height).collect();
     assert!(heights.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(c.entries_for_snapshot(99_990).len(), 10);
+    // Under `open` a join admits a contributor (no set change): its entry is forgotten after
+    // the contributor's tenure.
+    let g = genesis(&keys());
+    let (mut c, _) = Committed::recover(&g, &empty_store()).expect("recover");
+    for h in 1..=100_000 {
+        let (e, rv) = entry(h, h % 25_000 == 0);
+        c.remember(e, &rv);
+    }
+    assert_eq!(c.entries_for_snapshot(0).len(), RECENT);
+    assert_eq!(
+        c.held_entries(),
+        RECENT + 1,
+        "the join of round 100,000 is still held"
+    );
+}
+
+#[test]
+fn contributors_count_against_f_and_are_promoted_after_k_inclusions() {
+    // W = 16, promote_after = 8, the default robust rule, `open`.
+    let k = keys();
+    let g = genesis(&k);
+    let (mut c, _) = Committed::recover(&g, &empty_store()).expect("recover");
+    // n = 4, f = 1: with the 4 validators' deltas, one contributor delta (2 (1 + 1) < 4 + 1);
+    // with 3, none (2 (1 + 1) >= 3 + 1).
+    assert_eq!(c.contributor_room(1, 4), 1);
+    assert_eq!(c.contributor_room(1, 3), 0);
+    let mut mean = g.file.clone();
+    mean.training.rule = "mean".into();
+    let (m, _) =
+        Committed::recover(&mean.check().expect("genesis"), &empty_store()).expect("recover");
+    assert_eq!(
+        m.contributor_room(1, 4),
+        0,
+        "a plain mean includes no contributor"
+    );
+    let (a, b) = ([21u8; 32], [22u8; 32]);
+    c.chain.tenure.contributors.insert(a, 1);
+    c.chain.tenure.contributors.insert(b, 1);
+    assert_eq!(c.contributors(2), vec![a, b]);
+    assert!(
+        c.contributors(1).is_empty(),
+        "not before the round after its admission"
+    );
+    // a is included in rounds 2..=9 (8 rounds), b in every other one (4).
+    for h in 2..=9u64 {
+        let (e, mut rv) = entry(h, false);
+        rv.included = k
+            .iter()
+            .map(|key| key.verifying_key().to_bytes())
+            .chain([a])
+            .chain((h % 2 == 0).then_some(b))
+            .map(|author| Included {
+                author,
+                digest: [0; 32],
+                samples: 1,
+            })
+            .collect();
+        c.remember(e, &rv);
+    }
+    assert_eq!(c.due_promotions(10, &[]), vec![a]);
+    assert!(
+        c.due_promotions(10, &[a]).is_empty(),
+        "a removed key is not promoted"
+    );
+    assert!(
+        c.due_promotions(9, &[]).is_empty(),
+        "7 inclusions before round 9"
+    );
+    // Silent since round 9: not promoted once round 9 leaves the activity window.
+    for h in 10..=17u64 {
+        let (e, rv) = entry(h, false);
+        c.remember(e, &rv);
+    }
+    assert_eq!(
+        c.due_promotions(17, &[]),
+        vec![a],
+        "round 9 is 8 rounds back"
+    );
+    assert!(
+        c.due_promotions(18, &[]).is_empty(),
+        "a silent contributor is not promoted"
+    );
+    // The tenure: at least a join request's lifetime (64 rounds), so its request has expired.
+    assert!(c.chain.is_contributor(&a, 65));
+    assert!(!c.chain.is_contributor(&a, 66));
 }
 
 #[test]
