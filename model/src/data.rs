@@ -173,7 +173,7 @@ fn parse_digits(gz: &[u8], path: &Path) -> Result<Dataset> {
     Ok(Dataset { x, y, features: 64 })
 }
 
-fn data_err(path: &Path, what: impl Into<String>) -> Error {
+pub(crate) fn data_err(path: &Path, what: impl Into<String>) -> Error {
     Error::Data {
         path: path.to_path_buf(),
         what: what.into(),
@@ -181,7 +181,7 @@ fn data_err(path: &Path, what: impl Into<String>) -> Error {
 }
 
 /// Reads `name` or `name.gz` from `dir`, decompressing if needed.
-fn read_maybe_gz(dir: &Path, name: &str) -> Result<(PathBuf, Vec<u8>)> {
+pub(crate) fn read_maybe_gz(dir: &Path, name: &str) -> Result<(PathBuf, Vec<u8>)> {
     let raw = dir.join(name);
     let gz = dir.join(format!("{name}.gz"));
     let (path, compressed) = if raw.is_file() {
@@ -211,6 +211,17 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 
 /// Parses an IDX3 image file: magic 0x00000803, count, rows, cols, then `count*rows*cols` bytes.
 pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<(usize, usize, Vec<f32>)> {
+    let (n, (rows, cols), body) = parse_idx_images_u8(bytes, path)?;
+    let x = body.iter().map(|&b| b as f32 / 255.0).collect();
+    Ok((n, rows * cols, x))
+}
+
+/// Checks an IDX3 image file's header and length; returns the count, (rows, cols) and the pixels
+/// as stored (u8, row-major, image after image).
+pub fn parse_idx_images_u8<'a>(
+    bytes: &'a [u8],
+    path: &Path,
+) -> Result<(usize, (usize, usize), &'a [u8])> {
     if bytes.len() < 16 {
         return Err(data_err(
             path,
@@ -246,8 +257,7 @@ pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<(usize, usize, Vec<
             ),
         ));
     }
-    let x = body.iter().map(|&b| b as f32 / 255.0).collect();
-    Ok((n, rows * cols, x))
+    Ok((n, (rows, cols), body))
 }
 
 /// Parses an IDX1 label file: magic 0x00000801, count, then `count` labels in 0..10.

@@ -9,6 +9,26 @@ pub enum Error {
     /// A data file is missing, truncated or has a wrong header.
     #[error("{path}: {what}")]
     Data { path: PathBuf, what: String },
+    /// A data schema (the genesis `[data]` section) is out of range or inconsistent.
+    #[error("data schema: {0}")]
+    Schema(String),
+    /// One value of a node's own data file does not fit the schema: the file, the 1-based data
+    /// row (the header is not counted), the file's 1-based line where that row starts, and the column.
+    #[error("{path}: row {row} (line {line}), column '{column}': {what}")]
+    Record {
+        path: PathBuf,
+        row: u64,
+        line: u64,
+        column: String,
+        what: String,
+    },
+    /// An in-memory dataset is inconsistent (features and labels disagree, a label out of range,
+    /// a class count the training path cannot take).
+    #[error("dataset: {0}")]
+    Dataset(String),
+    /// A sample index past the end of a dataset.
+    #[error("sample index {index} out of range for a dataset of {len}")]
+    IndexOutOfRange { index: usize, len: usize },
     /// An encoded delta is malformed (from a peer: reject it).
     #[error("malformed encoded delta: {0}")]
     Codec(String),

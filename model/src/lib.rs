@@ -4,6 +4,10 @@
 //! Modules:
 //! - [`net`]: the models (2NN MLP, CNN, digits MLP) in candle-nn and their canonical parameter layout;
 //! - [`data`]: MNIST/Fashion-MNIST IDX loading with every header checked, the embedded 8x8 digits;
+//! - [`schema`]: a cohort's data schema (classes, tabular columns or image size), the genesis `[data]`;
+//! - [`source`]: a node's own data (`csv:PATH`, `images:DIR`, `idx:DIR`) loaded against the schema
+//!   by [`tabular`] (CSV), [`images`] (PNG/JPEG class folders) and [`compact`] (IDX), held as a
+//!   [`compact::CompactDataset`] (u8 pixels or f32 tabular values, u16 labels);
 //! - [`partition`]: IID, Dirichlet(alpha) and pathological-shard splits over nodes;
 //! - [`train`]: local SGD/Adam training with optional FedProx, and evaluation;
 //! - [`params`]: flat parameter vectors, their SHA-256 hash, safetensors files;
@@ -19,16 +23,24 @@
 pub mod aggregate;
 pub mod attack;
 pub mod codec;
+pub mod compact;
 pub mod data;
 pub mod dp;
 pub mod dpsgd;
 pub mod error;
 pub mod fast;
+pub mod images;
 pub mod net;
 pub mod params;
 pub mod partition;
 pub mod rng;
+pub mod schema;
 pub mod sim;
+pub mod source;
+pub mod tabular;
 pub mod train;
+
+#[cfg(test)]
+mod testutil;
 
 pub use error::{Error, Result};
