@@ -259,6 +259,38 @@ impl Aggregator {
     }
 }
 
+/// Inputs the round's outcome marks as outliers (indices, ascending): those whose L2 distance
+/// to `aggregate` exceeds `factor` times the median distance of all inputs. Sums in f64 in
+/// coordinate order, so every node computes the same list. A record for reputation, not a
+/// rule: the aggregate is what the rule made of every input.
+pub fn outliers(inputs: &[Contribution<'_>], aggregate: &[f32], factor: f64) -> Vec<usize> {
+    let dist: Vec<f64> = inputs
+        .iter()
+        .map(|c| {
+            c.delta
+                .iter()
+                .zip(aggregate)
+                .map(|(&x, &a)| {
+                    let d = f64::from(x) - f64::from(a);
+                    d * d
+                })
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect();
+    if dist.len() < 3 {
+        return Vec::new();
+    }
+    let mut sorted = dist.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    dist.iter()
+        .enumerate()
+        .filter(|(_, d)| !d.is_finite() || **d > factor * median)
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Squared L2 distances between every pair, `d[i * k + j]`, summed in f64 in coordinate order.
 fn pairwise_sq_dists(xs: &[&[f32]]) -> Vec<f64> {
     let k = xs.len();
@@ -842,6 +874,35 @@ mod tests {
         assert!(naive[0] > 1e4, "{naive:?}");
         let robust = a.assuming(2).aggregate(&inputs).unwrap();
         assert!((robust[0] - 1.0).abs() < 0.02, "{robust:?}");
+    }
+
+    #[test]
+    fn outliers_are_inputs_far_from_the_aggregate_relative_to_the_median() {
+        let honest = [[1.0f32, 0.0], [1.1, 0.1], [0.9, -0.1], [1.0, 0.05]];
+        let bad = [-10.0f32, 0.0];
+        let mut all: Vec<&[f32]> = honest.iter().map(|d| d.as_slice()).collect();
+        all.push(&bad);
+        let inputs: Vec<Contribution<'_>> = all
+            .iter()
+            .map(|d| Contribution {
+                delta: d,
+                samples: 1,
+            })
+            .collect();
+        let agg = "median"
+            .parse::<Aggregator>()
+            .unwrap()
+            .aggregate(&inputs)
+            .unwrap();
+        assert_eq!(outliers(&inputs, &agg, 3.0), vec![4]);
+        assert!(
+            outliers(&inputs[..4], &agg, 3.0).is_empty(),
+            "no outlier among honest ones"
+        );
+        assert!(
+            outliers(&inputs[..2], &agg, 3.0).is_empty(),
+            "too few to judge"
+        );
     }
 
     #[test]

@@ -243,18 +243,33 @@ impl Metrics {
                 v,
             );
         }
-        let mut rep = String::new();
+        let (mut rep, mut rej) = (String::new(), String::new());
         for r in &status.reputation {
+            let role = if r.validator {
+                "validator"
+            } else {
+                "contributor"
+            };
             rep.push_str(&format!(
-                "cohort_validator_included_rounds{{peer=\"{}\"}} {}\n",
+                "cohort_validator_included_rounds{{peer=\"{}\",role=\"{role}\"}} {}\n",
                 r.peer_id, r.included
+            ));
+            rej.push_str(&format!(
+                "cohort_validator_rejected_rounds{{peer=\"{}\",role=\"{role}\"}} {}\n",
+                r.peer_id, r.rejected
             ));
         }
         line(
             "cohort_validator_included_rounds",
-            "Of the last downtime-window rounds, those that included the validator's delta.",
+            "Of the last downtime-window rounds, those that included the participant's delta.",
             "gauge",
             rep,
+        );
+        line(
+            "cohort_validator_rejected_rounds",
+            "Of those, rounds its delta was an outlier against the aggregate (> 3x the median distance).",
+            "gauge",
+            rej,
         );
         if let Some(eps) = status.epsilon {
             line(
@@ -268,13 +283,19 @@ impl Metrics {
     }
 }
 
-/// One validator's reputation in `/status`.
+/// One validator's or contributor's reputation in `/status`.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Reputation {
     /// Its libp2p id.
     pub peer_id: String,
+    /// A validator (else a contributor, under the `open` policy).
+    #[serde(default)]
+    pub validator: bool,
     /// In how many of the last `rounds` committed rounds its delta was included.
     pub included: u64,
+    /// Of those, in how many its delta was an outlier against the aggregate.
+    #[serde(default)]
+    pub rejected: u64,
     /// The window (the genesis downtime window, or fewer rounds early on).
     pub rounds: u64,
 }

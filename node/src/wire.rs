@@ -220,6 +220,10 @@ pub struct RoundValue {
     /// Under `open`: contributors promoted to validator by this round (sorted), voting from
     /// round + 2: exactly those the committed ledger makes due (`Committed::due_promotions`).
     pub promotions: Vec<[u8; 32]>,
+    /// Authors of included deltas that the round's outcome marks as outliers (sorted):
+    /// `model::aggregate::outliers` of the deltas against the aggregate, recomputed by every
+    /// validator. Reputation: an outlier inclusion does not count towards promotion.
+    pub rejected: Vec<[u8; 32]>,
     /// Validators removed by this round (sorted), from round + 2: exactly those the committed
     /// ledger makes due (`Committed::due_removals`) and the offenders of `evidence`.
     pub removals: Vec<[u8; 32]>,

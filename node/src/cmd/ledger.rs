@@ -1,7 +1,8 @@
 //! `cohort ledger`: who contributed what, from a node's verified ledger.
 //!
 //! Every entry is re-verified from the genesis first (certificates, links, membership), then
-//! summed per participant: rounds its delta was included in, samples it claimed there (each claim
+//! summed per participant: rounds its delta was included in, of those the rounds it was an
+//! outlier against the aggregate (recorded in each value), samples it claimed there (each claim
 //! within the genesis bound), rounds whose certificate (as this node stored it) it signed, the
 //! rounds it was a validator, and its reputation: included / rounds as a validator. Cohort has no
 //! token; this record is what any later incentive scheme would read.
@@ -49,6 +50,8 @@ pub struct Participant {
     pub key: String,
     /// Rounds whose value included its delta.
     pub included: u64,
+    /// Of those, rounds its delta was an outlier against the aggregate (`rejected` in the value).
+    pub rejected: u64,
     /// Samples it claimed in those rounds.
     pub samples: u128,
     /// Rounds whose stored certificate carries its precommit.
@@ -89,6 +92,9 @@ pub fn summarise(
             }
             p.last = e.height;
         }
+        for r in &rv.rejected {
+            by.entry(*r).or_default().rejected += 1;
+        }
         let cert = consensus::decode_certificate(&e.certificate)
             .map_err(|err| anyhow::anyhow!("certificate of round {}: {err}", e.height))?;
         for s in &cert.precommits {
@@ -110,9 +116,10 @@ pub fn summarise(
 }
 
 /// Column names, in output order.
-const COLUMNS: [&str; 8] = [
+const COLUMNS: [&str; 9] = [
     "key",
     "included",
+    "rejected",
     "samples",
     "signed",
     "validator_rounds",
@@ -123,10 +130,11 @@ const COLUMNS: [&str; 8] = [
 
 impl Participant {
     /// The row's cells, in [`COLUMNS`] order.
-    fn cells(&self) -> [String; 8] {
+    fn cells(&self) -> [String; 9] {
         [
             self.key.clone(),
             self.included.to_string(),
+            self.rejected.to_string(),
             self.samples.to_string(),
             self.signed.to_string(),
             self.validator_rounds.to_string(),
@@ -150,7 +158,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         Format::Table => {
             // Keys shortened to 16 hex digits; every other column right-aligned.
-            let line = |cells: [String; 8]| {
+            let line = |cells: [String; 9]| {
                 let mut out = format!("{:<16}", cells[0].chars().take(16).collect::<String>());
                 for c in &cells[1..] {
                     out.push_str(&format!("  {c:>16}"));

@@ -366,12 +366,14 @@ impl Shell {
             s.reputation = core
                 .reputation()
                 .into_iter()
-                .map(|(key, included, rounds)| crate::metrics::Reputation {
-                    peer_id: crate::keys::peer_id_of(&consensus::ValidatorId(key))
+                .map(|r| crate::metrics::Reputation {
+                    peer_id: crate::keys::peer_id_of(&consensus::ValidatorId(r.key))
                         .map(|p| p.to_string())
                         .unwrap_or_default(),
-                    included,
-                    rounds,
+                    validator: r.validator,
+                    included: r.included,
+                    rejected: r.rejected,
+                    rounds: r.rounds,
                 })
                 .collect();
         });

@@ -24,6 +24,21 @@ pub const MAX_CONTRIBUTOR_DELTAS: usize = 4;
 /// At most this many contributors at a time (each admitted for at most W rounds).
 pub const MAX_CONTRIBUTORS: usize = 16;
 
+/// A participant's record over the last (at most W) committed rounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reputation {
+    /// Its key.
+    pub key: [u8; 32],
+    /// A validator (else a contributor).
+    pub validator: bool,
+    /// Rounds whose value included its delta.
+    pub included: u64,
+    /// Of those, rounds its delta was an outlier against the aggregate.
+    pub rejected: u64,
+    /// Rounds in the window.
+    pub rounds: u64,
+}
+
 /// One recent entry with who took part in it.
 struct Recent {
     entry: LedgerEntry,
@@ -31,6 +46,15 @@ struct Recent {
     /// own certificate from the precommits it received, so signers differ between honest nodes,
     /// and the proposer rotation must be the same on all of them. The simulator found this.)
     participants: BTreeSet<[u8; 32]>,
+    /// Authors of included deltas the round marked as outliers.
+    rejected: BTreeSet<[u8; 32]>,
+}
+
+impl Recent {
+    /// Whether `k`'s delta was included and not an outlier.
+    fn accepted(&self, k: &[u8; 32]) -> bool {
+        self.participants.contains(k) && !self.rejected.contains(k)
+    }
 }
 
 /// See the module documentation.
@@ -130,6 +154,7 @@ impl Committed {
         self.recent.push_back(Recent {
             entry: e,
             participants,
+            rejected: rv.rejected.iter().copied().collect(),
         });
         while self.recent.len() > self.keep {
             self.recent.pop_front();
@@ -308,7 +333,8 @@ impl Committed {
     }
 
     /// The contributors a value for height `h` that removes `removals` must promote (sorted):
-    /// those included in at least `promote_after` of the last W committed rounds and in one of
+    /// those included, and not an outlier, in at least `promote_after` of the last W committed
+    /// rounds and in one of
     /// the last [`ACTIVITY_WINDOW`] (a contributor gone silent is not promoted), oldest
     /// admission first, as many as the admission bound allows. The same on every honest node
     /// holding the last W rounds (it reads committed data only).
@@ -325,16 +351,14 @@ impl Committed {
                     .recent
                     .iter()
                     .filter(|r| {
-                        r.entry.height < h
-                            && r.entry.height + self.window >= h
-                            && r.participants.contains(k)
+                        r.entry.height < h && r.entry.height + self.window >= h && r.accepted(k)
                     })
                     .count() as u64;
                 // ... and still active: included in one of the last ACTIVITY_WINDOW rounds.
                 let active = self.recent.iter().any(|r| {
                     r.entry.height < h
                         && r.entry.height + ACTIVITY_WINDOW as u64 >= h
-                        && r.participants.contains(k)
+                        && r.accepted(k)
                 });
                 included >= self.promote_after && active
             })
@@ -347,23 +371,30 @@ impl Committed {
         out
     }
 
-    /// Reputation of each member of `set`, from committed data only: in how many of the last
-    /// (at most W) committed rounds its delta was included, and how many rounds that is.
-    pub fn reputation(&self, set: &consensus::ValidatorSet) -> Vec<([u8; 32], u64, u64)> {
+    /// Reputation of each member of `set` and each contributor, from committed data only: in
+    /// how many of the last (at most W) committed rounds its delta was included, in how many
+    /// of those it was an outlier, and how many rounds that is.
+    pub fn reputation(&self, set: &consensus::ValidatorSet) -> Vec<Reputation> {
         let window: Vec<&Recent> = self
             .recent
             .iter()
             .rev()
             .take(self.window as usize)
             .collect();
-        set.members()
-            .iter()
-            .map(|m| {
-                let included = window
+        let h = self.chain.height + 1;
+        let validators = set.members().iter().map(|m| (m.0, true));
+        let contributors = self.contributors(h).into_iter().map(|k| (k, false));
+        validators
+            .chain(contributors)
+            .map(|(key, validator)| Reputation {
+                key,
+                validator,
+                included: window
                     .iter()
-                    .filter(|r| r.participants.contains(&m.0))
-                    .count();
-                (m.0, included as u64, window.len() as u64)
+                    .filter(|r| r.participants.contains(&key))
+                    .count() as u64,
+                rejected: window.iter().filter(|r| r.rejected.contains(&key)).count() as u64,
+                rounds: window.len() as u64,
             })
             .collect()
     }

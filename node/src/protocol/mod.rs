@@ -417,8 +417,8 @@ impl Core {
         self.privacy.epsilon()
     }
 
-    /// Each current validator's reputation: (key, rounds included, of how many recent rounds).
-    pub fn reputation(&self) -> Vec<([u8; 32], u64, u64)> {
+    /// Each current validator's and contributor's reputation over the recent rounds.
+    pub fn reputation(&self) -> Vec<committed::Reputation> {
         self.committed.reputation(self.validators())
     }
 

@@ -24,8 +24,9 @@ use crate::wire::{DeltaEvidence, Included, LedgerEntry, RoundValue, SignedJoin, 
 /// At most this many validators are admitted per round (and never more than the admission
 /// bound of `Committed::admissible_joins`).
 pub const MAX_JOINS_PER_ROUND: usize = 4;
-/// The round value format: 2 added removals, 3 delta equivocation evidence.
-pub const VALUE_VERSION: u8 = 3;
+/// The round value format: 2 added removals, 3 delta equivocation evidence, 4 promotions and
+/// rejected authors.
+pub const VALUE_VERSION: u8 = 4;
 /// A join request may be admitted for at most this many rounds after it was made.
 pub const JOIN_TTL: u64 = 64;
 
@@ -36,7 +37,13 @@ pub struct Applied {
     pub params: Arc<Vec<f32>>,
     /// Server momentum after the round.
     pub velocity: Arc<Vec<f32>>,
+    /// Authors of the included deltas that are outliers against the aggregate (sorted).
+    pub rejected: Vec<[u8; 32]>,
 }
+
+/// An included delta farther from the aggregate than this many times the median distance is
+/// recorded as rejected (reputation).
+pub const OUTLIER_FACTOR: f64 = 3.0;
 
 /// The longest the proposer waits for stragglers once it holds a quorum, from the height's start:
 /// half the view-0 propose timeout (so the others do not time out first), at most 8 windows.
@@ -76,16 +83,23 @@ impl Core {
         };
         let mut params = self.committed.params.to_vec();
         let mut velocity = self.committed.velocity.to_vec();
-        model::sim::apply_round(
+        let aggregate = model::sim::apply_round(
             &mut params,
             &mut velocity,
             &rule,
             &self.cfg.genesis.server,
             &inputs,
         )?;
+        let mut rejected: Vec<[u8; 32]> =
+            model::aggregate::outliers(&inputs, &aggregate, OUTLIER_FACTOR)
+                .into_iter()
+                .map(|i| included[i].author)
+                .collect();
+        rejected.sort();
         Ok(Some(Applied {
             params: Arc::new(params),
             velocity: Arc::new(velocity),
+            rejected,
         }))
     }
 
@@ -245,6 +259,7 @@ impl Core {
             delta_evidence,
             approvals,
             promotions,
+            rejected: applied.rejected.clone(),
         };
         let value = Value(rv.encode()?);
         self.height.applied.insert(value.id(), applied);
@@ -460,7 +475,8 @@ impl Core {
             return Ok(Some(false));
         };
         let ok = model::params::hash_params(&applied.params) == rv.model_hash
-            && momentum_hash(&applied.velocity) == rv.momentum_hash;
+            && momentum_hash(&applied.velocity) == rv.momentum_hash
+            && applied.rejected == rv.rejected;
         if ok {
             self.height.applied.insert(*id, applied);
         } else {

@@ -296,6 +296,7 @@ fn entry(height: u64, joins: bool) -> (LedgerEntry, RoundValue) {
         delta_evidence: Vec::new(),
         approvals: Vec::new(),
         promotions: Vec::new(),
+        rejected: Vec::new(),
         joins: if joins {
             vec![crate::wire::SignedJoin::new(
                 "c",
@@ -404,6 +405,30 @@ fn contributors_count_against_f_and_are_promoted_after_k_inclusions() {
     assert!(
         c.due_promotions(9, &[]).is_empty(),
         "7 inclusions before round 9"
+    );
+    // An inclusion recorded as an outlier does not count: 7 accepted of 8.
+    let (mut r, _) = Committed::recover(&g, &empty_store()).expect("recover");
+    r.chain.tenure.contributors.insert(a, 1);
+    for h in 2..=9u64 {
+        let (e, mut rv) = entry(h, false);
+        rv.included = k
+            .iter()
+            .map(|key| key.verifying_key().to_bytes())
+            .chain([a])
+            .map(|author| Included {
+                author,
+                digest: [0; 32],
+                samples: 1,
+            })
+            .collect();
+        if h == 5 {
+            rv.rejected = vec![a];
+        }
+        r.remember(e, &rv);
+    }
+    assert!(
+        r.due_promotions(10, &[]).is_empty(),
+        "an outlier round counted"
     );
     // Silent since round 9: not promoted once round 9 leaves the activity window.
     for h in 10..=17u64 {
