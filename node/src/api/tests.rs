@@ -416,6 +416,64 @@ async fn a_client_that_never_finishes_its_head_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_head_dripped_byte_by_byte_gets_one_deadline_not_one_per_byte() {
+    let f = start(
+        "drip",
+        Limits {
+            header_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(f.addr).await.expect("connect");
+    let head = b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: 1234567890\r\n\r\n";
+    // One byte every 50 ms: the whole head would take 2.9 s, ten times the deadline.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut sent = 0;
+    for b in head {
+        tick.tick().await;
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        sent += 1;
+        // Stop as soon as the server has closed its side.
+        let mut probe = [0u8; 64];
+        match s.try_read(&mut probe) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < head.len(),
+        "the server waited for the whole dripped head"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let f = start(
+        "idlekeepalive",
+        Limits {
+            header_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(f.addr).await.expect("connect");
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    // The response, then (the client sending nothing more) the server's close.
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the idle connection was closed")
+        .expect("read");
+    assert!(out.starts_with(b"HTTP/1.1 200 OK"));
+}
+
+#[tokio::test]
 async fn beyond_the_connection_limit_the_oldest_connection_is_closed() {
     let f = start(
         "evict",
