@@ -9,6 +9,7 @@ mod chain;
 mod cmd;
 mod driver;
 mod genesis;
+mod history;
 mod keys;
 mod metrics;
 mod netsim;

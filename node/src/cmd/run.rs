@@ -232,6 +232,8 @@ pub fn run(a: Args) -> Result<()> {
         crate::store::log::write_atomic(&data_dir.join("listen.txt"), lines.join("\n").as_bytes())?;
         let metrics = Arc::new(Metrics::default());
         let (status_tx, status_rx) = watch::channel(Status::default());
+        let (history_tx, history_rx) =
+            watch::channel(crate::history::History::from_ledger(&recovered.ledger));
         if let Some(api) = &a.net.api {
             let addr: SocketAddr = api.parse().with_context(|| format!("--api {api}"))?;
             let listener = tokio::net::TcpListener::bind(addr)
@@ -242,12 +244,18 @@ pub fn run(a: Args) -> Result<()> {
                 &data_dir.join("api.txt"),
                 bound.to_string().as_bytes(),
             )?;
+            let state = crate::api::ApiState {
+                metrics: metrics.clone(),
+                status: status_rx,
+                history: history_rx,
+                net: Some(net.clone()),
+                ledger: store.ledger_path(),
+                index: store.ledger_index(),
+            };
             tokio::spawn(crate::api::serve(
                 listener,
-                metrics.clone(),
-                status_rx,
-                net.clone(),
-                data_dir.clone(),
+                state,
+                crate::api::Limits::default(),
             ));
         }
         tracing::info!(peer = %peer, listen = ?lines, "node started");
@@ -295,6 +303,7 @@ pub fn run(a: Args) -> Result<()> {
             recovered,
             metrics,
             status_tx,
+            history_tx,
             stop_rx,
         )
         .await;

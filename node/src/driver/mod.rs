@@ -13,6 +13,7 @@ use model::data::Dataset;
 use model::rng::Rng;
 use tokio::sync::{mpsc, watch};
 
+use crate::history::History;
 use crate::keys::{NodeKey, hex};
 use crate::metrics::{Metrics, Status};
 use crate::protocol::{Action, Core, CoreConfig, Event, Millis};
@@ -59,6 +60,10 @@ struct Shell {
     store: Store,
     metrics: Arc<Metrics>,
     status: watch::Sender<Status>,
+    /// The last committed rounds, for `GET /history`.
+    history: watch::Sender<History>,
+    /// This node's mean training loss of its last trained round: `(round, loss)`.
+    trained: Option<(u64, f32)>,
     json: Option<mpsc::UnboundedSender<serde_json::Value>>,
     done_tx: mpsc::Sender<Done>,
     train: Dataset,
@@ -84,6 +89,7 @@ pub async fn run(
     recovered: crate::store::Recovered,
     metrics: Arc<Metrics>,
     status: watch::Sender<Status>,
+    history: watch::Sender<History>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let core_cfg = CoreConfig {
@@ -103,6 +109,8 @@ pub async fn run(
         store,
         metrics,
         status,
+        history,
+        trained: None,
         done_tx,
         train: cfg.train,
         test: cfg.test,
@@ -133,7 +141,13 @@ pub async fn run(
                 None => anyhow::bail!("network task stopped"),
             },
             Some(d) = done_rx.recv() => match d {
-                Done::Trained(e) | Done::Fetched(e) => e,
+                Done::Trained(e) => {
+                    if let Event::Trained { round, out, .. } = &e {
+                        shell.trained = Some((*round, out.mean_loss));
+                    }
+                    e
+                }
+                Done::Fetched(e) => e,
             },
             _ = tokio::time::sleep_until(deadline.into()) => Event::Tick,
             _ = tick.tick() => {

@@ -37,6 +37,21 @@ impl Shell {
             self.metrics.phase_us_sum[i].fetch_add(us, Ordering::Relaxed);
         }
         self.status.send_modify(|s| s.last_included = r.included);
+        let summary = crate::history::RoundSummary {
+            round: r.round,
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_millis() as u64),
+            seconds: Some(r.seconds),
+            train_loss: self
+                .trained
+                .and_then(|(round, loss)| (round == r.round).then_some(loss)),
+            eval_loss: loss,
+            accuracy: acc,
+            included: r.authors.iter().map(|a| hex(a)).collect(),
+        };
+        self.history.send_modify(|h| h.push(summary));
         self.publish_status(core);
         tracing::info!(round = r.round, accuracy = ?acc, loss = ?loss, included = r.included, hash = %hex(&r.model_hash), "committed");
         let Some(tx) = &self.json else {

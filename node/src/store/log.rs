@@ -23,6 +23,9 @@ fn checksum(payload: &[u8]) -> [u8; 8] {
     out
 }
 
+/// A record's payload and the offset its record starts at in the file.
+pub type Located = (u64, Vec<u8>);
+
 /// An open append-only log.
 pub struct AppendLog {
     path: PathBuf,
@@ -32,6 +35,12 @@ pub struct AppendLog {
 impl AppendLog {
     /// Opens (creating if absent) the log at `path` and returns it with every record in order.
     pub fn open(path: &Path) -> Result<(Self, Vec<Vec<u8>>)> {
+        let (log, records) = Self::open_with_offsets(path)?;
+        Ok((log, records.into_iter().map(|(_, r)| r).collect()))
+    }
+
+    /// [`AppendLog::open`], with each record's offset in the file (for an index).
+    pub fn open_with_offsets(path: &Path) -> Result<(Self, Vec<Located>)> {
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -73,14 +82,19 @@ impl AppendLog {
                 bytes.len() - good_len
             );
         }
-        Ok(records)
+        Ok(records.into_iter().map(|(_, r)| r).collect())
     }
 
-    /// Appends one record and waits until it is on disk.
-    pub fn append(&mut self, payload: &[u8]) -> Result<()> {
+    /// Appends one record and waits until it is on disk; returns the record's offset.
+    pub fn append(&mut self, payload: &[u8]) -> Result<u64> {
         if payload.len() > MAX_RECORD {
             bail!("record of {} bytes exceeds {MAX_RECORD}", payload.len());
         }
+        // Opened for appending: the record starts at the end of the file.
+        let offset = self
+            .file
+            .seek(SeekFrom::End(0))
+            .with_context(|| format!("seeking to the end of {}", self.path.display()))?;
         let mut buf = Vec::with_capacity(HEADER + payload.len());
         buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         buf.extend_from_slice(&checksum(payload));
@@ -91,13 +105,49 @@ impl AppendLog {
         self.file
             .sync_data()
             .with_context(|| format!("fsync {}", self.path.display()))?;
-        Ok(())
+        Ok(offset)
     }
 }
 
-/// Parses records; returns them and the length of the well-formed prefix. A record cut short by
+/// Reads and checks the one record that starts at `offset` of the log at `path` (an offset an
+/// index recorded): its header, its length (at most [`MAX_RECORD`]) and its checksum.
+pub fn read_at(path: &Path, offset: u64) -> Result<Vec<u8>> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    file.seek(SeekFrom::Start(offset))
+        .with_context(|| format!("seeking to offset {offset} of {}", path.display()))?;
+    let mut header = [0u8; HEADER];
+    file.read_exact(&mut header).with_context(|| {
+        format!(
+            "{}: record header at offset {offset} is cut short",
+            path.display()
+        )
+    })?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > MAX_RECORD {
+        bail!(
+            "{}: corrupt record at offset {offset}: length {len} exceeds {MAX_RECORD}",
+            path.display()
+        );
+    }
+    let mut payload = vec![0u8; len];
+    file.read_exact(&mut payload).with_context(|| {
+        format!(
+            "{}: record at offset {offset} is cut short ({len} bytes expected)",
+            path.display()
+        )
+    })?;
+    if checksum(&payload) != header[4..12] {
+        bail!(
+            "{}: corrupt record at offset {offset}: checksum mismatch",
+            path.display()
+        );
+    }
+    Ok(payload)
+}
+
+/// Parses records; returns them with their offsets and the length of the well-formed prefix. A record cut short by
 /// the end of the file ends the prefix; a complete record with a bad checksum is an error.
-fn parse(bytes: &[u8], path: &Path) -> Result<(Vec<Vec<u8>>, usize)> {
+fn parse(bytes: &[u8], path: &Path) -> Result<(Vec<Located>, usize)> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
@@ -122,7 +172,7 @@ fn parse(bytes: &[u8], path: &Path) -> Result<(Vec<Vec<u8>>, usize)> {
                 out.len()
             );
         }
-        out.push(payload.to_vec());
+        out.push((pos as u64, payload.to_vec()));
         pos += HEADER + len;
     }
     Ok((out, pos))

@@ -18,13 +18,16 @@
 //! between the two leaves the state one round behind the ledger; the node then syncs the state
 //! from peers rather than guessing.
 
+pub mod index;
 pub mod log;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use tokio::sync::watch;
 
 use crate::wire::{LedgerEntry, StateBody};
+use index::LedgerIndex;
 use log::{AppendLog, write_atomic};
 
 /// An open data directory.
@@ -32,6 +35,9 @@ pub struct Store {
     root: PathBuf,
     ledger: AppendLog,
     wal: AppendLog,
+    /// Where each committed height's ledger record starts, for readers (the HTTP API) that
+    /// look up one round; built at open, one entry pushed per commit.
+    index: watch::Sender<LedgerIndex>,
 }
 
 /// What was on disk at start-up.
@@ -55,9 +61,10 @@ impl Store {
     pub fn open(root: &Path) -> Result<(Store, Recovered)> {
         std::fs::create_dir_all(root.join("checkpoints"))
             .with_context(|| format!("creating data dir {}", root.display()))?;
-        let (ledger, records) = AppendLog::open(&root.join("ledger.log"))?;
+        let (ledger, records) = AppendLog::open_with_offsets(&root.join("ledger.log"))?;
         let mut entries = Vec::with_capacity(records.len());
-        for (i, r) in records.iter().enumerate() {
+        let mut index = LedgerIndex::default();
+        for (i, (offset, r)) in records.iter().enumerate() {
             let e = LedgerEntry::decode(r)
                 .with_context(|| format!("{}: entry {i}", root.join("ledger.log").display()))?;
             // Heights increase; a state sync leaves a gap (the rounds it skipped).
@@ -71,6 +78,7 @@ impl Store {
                     e.height,
                 );
             }
+            index.push(e.height, *offset)?;
             entries.push(e);
         }
         let (wal, wal_records) = AppendLog::open(&root.join("consensus.wal"))?;
@@ -107,6 +115,7 @@ impl Store {
                 root: root.to_path_buf(),
                 ledger,
                 wal,
+                index: watch::Sender::new(index),
             },
             Recovered {
                 ledger: entries,
@@ -119,20 +128,34 @@ impl Store {
         ))
     }
 
-    /// Appends a commit durably.
+    /// Appends a commit durably, then indexes it.
     pub fn append_commit(&mut self, e: &LedgerEntry) -> Result<()> {
-        self.ledger.append(&e.encode()?)
+        let offset = self.ledger.append(&e.encode()?)?;
+        let mut pushed = Ok(());
+        self.index
+            .send_modify(|index| pushed = index.push(e.height, offset));
+        pushed
+    }
+
+    /// The ledger index, kept current as commits are appended (for the HTTP API).
+    pub fn ledger_index(&self) -> watch::Receiver<LedgerIndex> {
+        self.index.subscribe()
+    }
+
+    /// The ledger file the index points into.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.root.join("ledger.log")
     }
 
     /// Appends a consensus WAL record durably.
     pub fn append_wal(&mut self, bytes: &[u8]) -> Result<()> {
-        self.wal.append(bytes)
+        self.wal.append(bytes).map(|_| ())
     }
 
     /// Appends equivocation evidence to `evidence.log`.
     pub fn append_evidence(&mut self, ev: &crate::wire::DeltaEvidence) -> Result<()> {
         let (mut log, _) = AppendLog::open(&self.root.join("evidence.log"))?;
-        log.append(&ev.encode()?)
+        log.append(&ev.encode()?).map(|_| ())
     }
 
     /// Starts a new, empty WAL (after a height is committed).
