@@ -289,6 +289,10 @@ fn round_record(ledger: &Path, offset: u64, r: u64) -> Result<serde_json::Value>
             "delta_digest": hex(&i.digest),
             "samples": i.samples,
         })).collect::<Vec<_>>(),
+        "rejected": rv.rejected.iter().map(|k| hex(k)).collect::<Vec<_>>(),
+        "joins": rv.joins.iter().map(|j| hex(&j.validator)).collect::<Vec<_>>(),
+        "promotions": rv.promotions.iter().map(|k| hex(k)).collect::<Vec<_>>(),
+        "removals": rv.removals.iter().map(|k| hex(k)).collect::<Vec<_>>(),
         "certificate": {
             "view": cert.view.0,
             "signers": cert.precommits.iter().map(|p| hex(&p.validator.0)).collect::<Vec<_>>(),

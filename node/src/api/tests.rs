@@ -100,6 +100,8 @@ fn committed_entry(round: u64) -> LedgerEntry {
         evidence: Vec::new(),
         delta_evidence: Vec::new(),
         approvals: Vec::new(),
+        promotions: Vec::new(),
+        rejected: vec![[2; 32]],
     };
     let value = rv.encode().expect("encode");
     let cert = consensus::Certificate {
@@ -186,6 +188,7 @@ async fn endpoints_keep_their_paths_status_codes_and_content_types() {
     assert_eq!(v["included"][0]["author"], "02".repeat(32));
     assert_eq!(v["included"][0]["delta_digest"], "03".repeat(32));
     assert_eq!(v["included"][0]["samples"], 600);
+    assert_eq!(v["rejected"][0], "02".repeat(32));
     assert_eq!(v["certificate"]["view"], 1);
     assert_eq!(v["certificate"]["signers"], serde_json::json!([]));
     assert_eq!(
@@ -204,7 +207,11 @@ async fn endpoints_keep_their_paths_status_codes_and_content_types() {
             "base_hash",
             "certificate",
             "included",
+            "joins",
             "model_hash",
+            "promotions",
+            "rejected",
+            "removals",
             "round",
             "rule",
             "value_id"
