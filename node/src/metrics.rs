@@ -323,8 +323,8 @@ pub struct Status {
     pub last_value: String,
     /// Deltas included in the last commit.
     pub last_included: usize,
-    /// Each validator's recent inclusion, from committed data (below half of the downtime
-    /// window, it is removed).
+    /// Each validator's and contributor's recent inclusion and outliers, from committed data
+    /// (a validator included in fewer than half of the downtime window is removed).
     #[serde(default)]
     pub reputation: Vec<Reputation>,
     /// Record-level epsilon this node has spent under DP-SGD, at the genesis delta
@@ -335,6 +335,24 @@ pub struct Status {
     pub accuracy: f32,
     /// Its loss.
     pub loss: f32,
+    /// Membership: policy, contributors, pending join requests, newcomers.
+    #[serde(default)]
+    pub membership: MembershipStatus,
+}
+
+/// Membership in `/status`.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct MembershipStatus {
+    /// The genesis policy: closed, approve or open.
+    pub policy: String,
+    /// Whether this node is a contributor (under `open`, before its promotion).
+    pub contributor: bool,
+    /// Contributors whose deltas a value may include now (under `open`).
+    pub contributors: usize,
+    /// Keys (hex) of the join requests this node holds, waiting for admission (at most 64).
+    pub pending_joins: Vec<String>,
+    /// Validators admitted within the downtime window (at most f of the set).
+    pub newcomers: usize,
 }
 
 /// This process's peak resident set size in KiB (`VmHWM` of `/proc/self/status`), where Linux

@@ -395,6 +395,29 @@ fn join_request_makes_a_validator_whose_deltas_count() {
     });
     let s = status(&nodes[0]).expect("status");
     assert_eq!(s["validators"].as_u64(), Some(5));
+    assert_eq!(s["membership"]["policy"], "open");
+    // The ledger shows the path: admitted as a contributor first, promoted later.
+    let has = |v: &serde_json::Value, field: &str| {
+        v[field]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|k| k.as_str() == Some(key.as_str())))
+    };
+    let (mut joined, mut promoted) = (None, None);
+    for r in 1..=round(&nodes[0]) {
+        let Some(v) = round_json(&nodes[0], r) else {
+            continue;
+        };
+        if has(&v, "joins") {
+            joined = Some(r);
+        }
+        if has(&v, "promotions") {
+            promoted = Some(r);
+        }
+    }
+    assert!(
+        matches!((joined, promoted), (Some(j), Some(p)) if j < p),
+        "joined as a contributor at {joined:?}, promoted at {promoted:?}"
+    );
 }
 
 /// `cohort ledger` sums what `/round/N` shows, round by round.

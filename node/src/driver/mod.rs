@@ -390,6 +390,7 @@ impl Shell {
                     rounds: r.rounds,
                 })
                 .collect();
+            s.membership = core.membership_status();
         });
     }
 }

@@ -417,6 +417,23 @@ impl Core {
         self.privacy.epsilon()
     }
 
+    /// Membership as `/status` shows it.
+    pub fn membership_status(&self) -> crate::metrics::MembershipStatus {
+        let h = self.committed.height() + 1;
+        crate::metrics::MembershipStatus {
+            policy: self.cfg.genesis.file.membership.policy.clone(),
+            contributor: self.committed.chain.is_contributor(&self.me.0, h),
+            contributors: self.committed.contributors(h).len(),
+            pending_joins: self
+                .local
+                .pending_joins
+                .keys()
+                .map(|k| crate::keys::hex(k))
+                .collect(),
+            newcomers: self.newcomers().0,
+        }
+    }
+
     /// Each current validator's and contributor's reputation over the recent rounds.
     pub fn reputation(&self) -> Vec<committed::Reputation> {
         self.committed.reputation(self.validators())
