@@ -537,6 +537,27 @@ impl Default for ServerOpt {
 }
 
 impl ServerOpt {
+    /// Checks the ranges: a server learning rate finite in `(0, MAX_LR]` (0 never moves the
+    /// model), a momentum in `[0, 1)`.
+    pub fn validate(&self) -> Result<()> {
+        let max = crate::train::MAX_LR;
+        let why = if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= max) {
+            format!(
+                "learning rate {:?} must be finite and in (0, {max}]",
+                self.lr
+            )
+        } else if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            format!("momentum {:?} must be in [0, 1)", self.momentum)
+        } else {
+            return Ok(());
+        };
+        Err(parse_err(
+            "server optimiser",
+            &format!("lr {:?}, momentum {:?}", self.lr, self.momentum),
+            why,
+        ))
+    }
+
     /// Applies one step to `params` in place; `velocity` is the momentum buffer (resized on first use).
     /// Deterministic: elementwise f64 arithmetic rounded to f32. A step that would make any
     /// parameter or momentum value non-finite (a model driven to overflow by poisoned updates)
@@ -595,6 +616,36 @@ impl ServerOpt {
 mod tests {
     use super::*;
     use crate::rng::Rng;
+
+    #[test]
+    fn server_opt_is_range_checked() {
+        let opt = |lr, momentum| ServerOpt {
+            lr,
+            momentum,
+            nesterov: false,
+        };
+        assert!(ServerOpt::default().validate().is_ok());
+        assert!(opt(10.0, 0.99).validate().is_ok());
+        for (lr, m, says) in [
+            (
+                f64::NAN,
+                0.0,
+                "learning rate NaN must be finite and in (0, 10]",
+            ),
+            (0.0, 0.0, "learning rate 0.0 must be finite and in (0, 10]"),
+            (
+                11.0,
+                0.0,
+                "learning rate 11.0 must be finite and in (0, 10]",
+            ),
+            (1.0, 2.0, "momentum 2.0 must be in [0, 1)"),
+            (1.0, 1.0, "momentum 1.0 must be in [0, 1)"),
+            (1.0, -0.1, "momentum -0.1 must be in [0, 1)"),
+        ] {
+            let got = opt(lr, m).validate().unwrap_err().to_string();
+            assert!(got.contains(says), "{got}");
+        }
+    }
 
     fn contribs<'a>(xs: &'a [Vec<f32>], samples: &[u64]) -> Vec<Contribution<'a>> {
         xs.iter()

@@ -28,31 +28,62 @@ pub enum Optimizer {
     },
 }
 
+/// The largest learning rate a configuration may name (local or server): anything above it
+/// diverges on every model this crate trains.
+pub const MAX_LR: f64 = 10.0;
+
+impl Optimizer {
+    /// Checks the ranges: a learning rate finite in `(0, MAX_LR]`, a momentum in `[0, 1)`. A
+    /// zero rate never moves the model; `1e30` turns it into infinities that every server step
+    /// refuses; momentum `>= 1` never forgets and diverges.
+    pub fn validate(&self) -> Result<()> {
+        let (lr, momentum) = match *self {
+            Self::Sgd { lr, momentum } => (lr, momentum),
+            Self::Adam { lr } => (lr, 0.0),
+        };
+        let why = if !(lr.is_finite() && lr > 0.0 && lr <= MAX_LR) {
+            format!("learning rate {lr:?} must be finite and in (0, {MAX_LR}]")
+        } else if !(momentum.is_finite() && (0.0..1.0).contains(&momentum)) {
+            format!("momentum {momentum:?} must be in [0, 1)")
+        } else {
+            return Ok(());
+        };
+        Err(parse_err("optimizer", &self.to_string(), why))
+    }
+}
+
 impl std::str::FromStr for Optimizer {
     type Err = Error;
-    /// `sgd:LR`, `sgd:LR,MOMENTUM` or `adam:LR`.
+    /// `sgd:LR`, `sgd:LR,MOMENTUM` or `adam:LR`, range-checked ([`Optimizer::validate`]).
     fn from_str(s: &str) -> Result<Self> {
         let (name, arg) = s.split_once(':').unwrap_or((s, ""));
         let v: Vec<f64> = arg
             .split(',')
             .filter(|x| !x.is_empty())
-            .map(|x| x.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0))
+            .map(|x| x.trim().parse::<f64>().ok())
             .collect::<Option<_>>()
             .ok_or_else(|| parse_err("optimizer", s, "bad number"))?;
-        match name {
-            "sgd" => Ok(Self::Sgd {
+        let opt = match name {
+            "sgd" if v.len() <= 2 => Self::Sgd {
                 lr: v.first().copied().unwrap_or(0.05),
                 momentum: v.get(1).copied().unwrap_or(0.0),
-            }),
-            "adam" => Ok(Self::Adam {
+            },
+            "adam" if v.len() <= 1 => Self::Adam {
                 lr: v.first().copied().unwrap_or(1e-3),
-            }),
-            _ => Err(parse_err(
-                "optimizer",
-                s,
-                "expected sgd:LR[,MOMENTUM] or adam:LR",
-            )),
-        }
+            },
+            _ => {
+                return Err(parse_err(
+                    "optimizer",
+                    s,
+                    "expected sgd:LR[,MOMENTUM] or adam:LR",
+                ));
+            }
+        };
+        opt.validate().map_err(|e| match e {
+            Error::Parse { why, .. } => parse_err("optimizer", s, why),
+            other => other,
+        })?;
+        Ok(opt)
     }
 }
 
@@ -519,6 +550,65 @@ mod tests {
             prox_mu: prox,
             dp_sgd: None,
         }
+    }
+
+    #[test]
+    fn optimizer_strings_are_range_checked() {
+        let ok = |s: &str| s.parse::<Optimizer>().unwrap();
+        assert_eq!(
+            ok("sgd:0.1,0.9"),
+            Optimizer::Sgd {
+                lr: 0.1,
+                momentum: 0.9
+            }
+        );
+        assert_eq!(
+            ok("sgd:0.05"),
+            Optimizer::Sgd {
+                lr: 0.05,
+                momentum: 0.0
+            }
+        );
+        assert_eq!(ok("adam:1e-3"), Optimizer::Adam { lr: 1e-3 });
+        assert_eq!(
+            ok("sgd:10"),
+            Optimizer::Sgd {
+                lr: 10.0,
+                momentum: 0.0
+            }
+        );
+        let why = |s: &str| s.parse::<Optimizer>().unwrap_err().to_string();
+        for (bad, says) in [
+            (
+                "sgd:1e30",
+                "learning rate 1e30 must be finite and in (0, 10]",
+            ),
+            ("sgd:0", "learning rate 0.0 must be finite and in (0, 10]"),
+            (
+                "sgd:-0.1",
+                "learning rate -0.1 must be finite and in (0, 10]",
+            ),
+            ("sgd:NaN", "learning rate NaN must be finite and in (0, 10]"),
+            ("sgd:inf", "learning rate inf must be finite and in (0, 10]"),
+            (
+                "adam:10.5",
+                "learning rate 10.5 must be finite and in (0, 10]",
+            ),
+            ("sgd:0.1,1", "momentum 1.0 must be in [0, 1)"),
+            ("sgd:0.1,-0.5", "momentum -0.5 must be in [0, 1)"),
+            ("sgd:0.1,NaN", "momentum NaN must be in [0, 1)"),
+            ("sgd:0.1,x", "bad number"),
+            ("sgd:0.1,0.9,3", "expected sgd:LR[,MOMENTUM] or adam:LR"),
+            ("adam:0.1,0.9", "expected sgd:LR[,MOMENTUM] or adam:LR"),
+            ("rmsprop:0.1", "expected sgd:LR[,MOMENTUM] or adam:LR"),
+        ] {
+            let got = why(bad);
+            assert!(got.contains(says), "{bad}: {got}");
+            assert!(got.contains(&format!("'{bad}'")), "{bad}: {got}");
+        }
+        // A deserialised optimiser bypasses the parser; validate() is the same check.
+        assert!(Optimizer::Adam { lr: 0.0 }.validate().is_err());
+        assert!(Optimizer::Adam { lr: 0.01 }.validate().is_ok());
     }
 
     #[test]

@@ -88,26 +88,43 @@ pub struct Privacy {
 }
 
 impl PrivacySection {
-    fn check(&self) -> Result<Privacy> {
+    /// The checked section; every problem is added to `p`.
+    fn check(&self, p: &mut Problems) -> Option<Privacy> {
         let dp_sgd = if self.dp_sgd.trim().is_empty() {
-            None
+            Some(None)
         } else {
-            let c: DpSgdConfig = self.dp_sgd.parse().context("privacy.dp_sgd")?;
-            c.validate().context("privacy.dp_sgd")?;
-            Some(c)
+            p.parsed(
+                "privacy.dp_sgd",
+                &self.dp_sgd,
+                self.dp_sgd
+                    .parse::<DpSgdConfig>()
+                    .and_then(|c| c.validate().map(|()| c)),
+            )
+            .map(Some)
         };
-        if !(self.delta > 0.0 && self.delta < 0.1) {
-            bail!("privacy.delta must be in (0, 0.1), not {}", self.delta);
-        }
-        if !(self.epsilon_budget.is_finite() && self.epsilon_budget >= 0.0) {
-            bail!("privacy.epsilon_budget must be a finite number >= 0");
-        }
+        p.require(
+            self.delta > 0.0 && self.delta < 0.1,
+            "privacy.delta",
+            self.delta,
+            "must be in (0, 0.1)",
+        );
+        p.require(
+            self.epsilon_budget.is_finite() && self.epsilon_budget >= 0.0,
+            "privacy.epsilon_budget",
+            self.epsilon_budget,
+            "must be finite and >= 0 (0: no budget)",
+        );
         let budget = (self.epsilon_budget > 0.0).then_some(self.epsilon_budget);
-        if budget.is_some() && dp_sgd.is_none_or(|c| c.noise <= 0.0) {
-            bail!("privacy.epsilon_budget needs privacy.dp_sgd with noise > 0");
+        if let Some(dp_sgd) = dp_sgd {
+            p.require(
+                budget.is_none() || dp_sgd.is_some_and(|c| c.noise > 0.0),
+                "privacy.epsilon_budget",
+                self.epsilon_budget,
+                "needs privacy.dp_sgd with noise > 0",
+            );
         }
-        Ok(Privacy {
-            dp_sgd,
+        Some(Privacy {
+            dp_sgd: dp_sgd?,
             budget,
             delta: self.delta,
         })
@@ -278,108 +295,353 @@ pub struct Genesis {
     pub privacy: Privacy,
 }
 
+/// Accepted ranges of the training and timeout settings. A setting outside them does not
+/// fail loudly at run time: the network commits round after round and never learns (a zero
+/// learning rate or batch), or every server step is refused as non-finite (a huge one).
+pub mod limits {
+    /// Minibatch size.
+    pub const BATCH: (usize, usize) = (1, 65_536);
+    /// Local minibatch steps per round (also the steps DP-SGD takes for `local_epochs`).
+    pub const LOCAL_STEPS: (usize, usize) = (1, 100_000);
+    /// Local epochs per round.
+    pub const LOCAL_EPOCHS: (usize, usize) = (1, 1_000);
+    /// FedProx mu.
+    pub const PROX_MU_MAX: f64 = 100.0;
+    /// Any timeout, and the cap on all of them: one hour.
+    pub const TIMEOUT_MAX_MS: u64 = 3_600_000;
+}
+
+/// Every problem found in a genesis, so that one run of `cohort genesis` or one failed start
+/// names all of them, each as `setting = value: the accepted range`.
+#[derive(Debug, Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    /// Records `setting = value: rule` unless `ok`.
+    fn require(&mut self, ok: bool, setting: &str, value: impl std::fmt::Debug, rule: &str) {
+        if !ok {
+            self.0.push(format!("{setting} = {value:?}: {rule}"));
+        }
+    }
+
+    /// Records `setting` unless it lies in `lo..=hi`.
+    fn between<T: PartialOrd + std::fmt::Debug + std::fmt::Display>(
+        &mut self,
+        setting: &str,
+        value: T,
+        (lo, hi): (T, T),
+    ) {
+        let rule = format!("must be between {lo} and {hi}");
+        self.require(value >= lo && value <= hi, setting, value, &rule);
+    }
+
+    /// The parsed value, or `None` with the error recorded under `setting`.
+    fn parsed<T, E: std::fmt::Display>(
+        &mut self,
+        setting: &str,
+        raw: &str,
+        r: std::result::Result<T, E>,
+    ) -> Option<T> {
+        r.map_err(|e| self.0.push(format!("{setting} = {raw:?}: {e}")))
+            .ok()
+    }
+}
+
 impl GenesisFile {
-    /// Parses and checks every field.
+    /// Parses and checks every field; the error lists every problem found, one a line.
     pub fn check(self) -> Result<Genesis> {
-        if self.chain_id.is_empty() || self.chain_id.len() > 47 || self.chain_id.contains('@') {
+        let mut p = Problems::default();
+        p.require(
+            !self.chain_id.is_empty() && self.chain_id.len() <= 47 && !self.chain_id.contains('@'),
+            "chain_id",
+            &self.chain_id,
+            "must be 1-47 bytes, with no '@'",
+        );
+        let ids: Vec<ValidatorId> = self
+            .validators
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                p.parsed(&format!("validators[{i}]"), v, parse_hex32(v))
+                    .map(ValidatorId)
+            })
+            .collect();
+        p.require(
+            !self.validators.is_empty(),
+            "validators",
+            &self.validators,
+            "must name at least one validator",
+        );
+        let validators = if ids.is_empty() || ids.len() != self.validators.len() {
+            None
+        } else {
+            p.parsed(
+                "validators",
+                &format!("{} keys", ids.len()),
+                ValidatorSet::new(ids),
+            )
+        };
+        let model: Option<ModelKind> =
+            p.parsed("model.kind", &self.model.kind, self.model.kind.parse());
+        let dataset: Option<DatasetKind> = p.parsed(
+            "model.dataset",
+            &self.model.dataset,
+            self.model.dataset.parse(),
+        );
+        let partition: Option<Partition> = p.parsed(
+            "model.partition",
+            &self.model.partition,
+            self.model.partition.parse(),
+        );
+        let (train, server, rule, compression, dp) = self.training.check(&mut p);
+        let privacy = self.privacy.check(&mut p);
+        if let (
+            Some(train),
+            Some(Privacy {
+                dp_sgd: Some(c), ..
+            }),
+        ) = (train, privacy)
+        {
+            let steps = c.steps(train.work);
+            if steps > limits::LOCAL_STEPS.1 {
+                p.0.push(format!(
+                    "privacy.dp_sgd = {:?} with training.local_epochs = {}: {steps} DP-SGD steps \
+                     a round (epochs / rate), more than {}",
+                    self.privacy.dp_sgd,
+                    self.training.local_epochs,
+                    limits::LOCAL_STEPS.1
+                ));
+            }
+        }
+        let timeouts = self.timeouts.check(&mut p);
+        self.membership.check(&mut p);
+        if !p.0.is_empty() {
+            let n = p.0.len();
             bail!(
-                "chain id {:?} is not valid (1-47 bytes, no '@')",
-                self.chain_id
+                "genesis has {n} invalid setting{}:\n  {}",
+                if n == 1 { "" } else { "s" },
+                p.0.join("\n  ")
             );
         }
+        let (
+            Some(validators),
+            Some(model),
+            Some(dataset),
+            Some(partition),
+            Some(train),
+            Some(server),
+            Some(rule),
+            Some(compression),
+            Some(dp),
+            Some(privacy),
+        ) = (
+            validators,
+            model,
+            dataset,
+            partition,
+            train,
+            server,
+            rule,
+            compression,
+            dp,
+            privacy,
+        )
+        else {
+            bail!("genesis: a setting failed to parse without a recorded reason");
+        };
         let canonical = toml::to_string(&self).context("canonical genesis")?;
         let hash: [u8; 32] = sha2::Sha256::digest(canonical.as_bytes()).into();
         let chain_id = ChainId::new(format!("{}@{}", self.chain_id, hex(&hash[..8])))
             .context("chain id with the genesis hash")?;
-        let ids = self
-            .validators
-            .iter()
-            .map(|v| parse_hex32(v).map(ValidatorId))
-            .collect::<Result<Vec<_>>>()
-            .context("validators")?;
-        if ids.is_empty() {
-            bail!("genesis has no validators");
-        }
-        let validators = ValidatorSet::new(ids).map_err(|e| anyhow::anyhow!("validators: {e}"))?;
-        let t = &self.training;
-        let train = TrainConfig {
-            work: match t.local_steps {
-                Some(s) => Work::Steps(s),
-                None => Work::Epochs(t.local_epochs),
-            },
-            batch: t.batch,
-            optimizer: t.optimizer.parse::<Optimizer>()?,
-            prox_mu: t.prox_mu,
-            dp_sgd: None,
-        };
-        let privacy = self.privacy.check()?;
-        let train = TrainConfig {
-            dp_sgd: privacy.dp_sgd,
-            ..train
-        };
-        let to = &self.timeouts;
-        let vote = LinearTimeout {
-            base_ms: to.vote_ms,
-            per_view_ms: to.vote_per_view_ms,
-        };
-        let timeouts = Timeouts {
-            propose: LinearTimeout {
-                base_ms: to.propose_ms,
-                per_view_ms: to.propose_per_view_ms,
-            },
-            prevote: vote,
-            precommit: vote,
-            rebroadcast: LinearTimeout {
-                base_ms: to.vote_ms.max(500),
-                per_view_ms: 0,
-            },
-            max_ms: to.max_ms,
-        };
-        if !["open", "approve", "closed"].contains(&self.membership.policy.as_str()) {
-            bail!(
-                "membership.policy {:?}: expected closed, approve or open",
-                self.membership.policy
-            );
-        }
-        if !(4..=10_000).contains(&self.membership.downtime_window) {
-            bail!("membership.downtime_window must be between 4 and 10,000 rounds");
-        }
-        if !(1..=self.membership.downtime_window).contains(&self.membership.promote_after) {
-            bail!(
-                "membership.promote_after must be between 1 and membership.downtime_window ({})",
-                self.membership.downtime_window
-            );
-        }
-        if t.max_samples == 0 {
-            bail!("training.max_samples must be at least 1");
-        }
-        let model: ModelKind = self.model.kind.parse()?;
-        let dataset: DatasetKind = self.model.dataset.parse()?;
         Ok(Genesis {
             chain_id,
             validators,
             model,
             dataset,
-            partition: self.model.partition.parse()?,
-            train,
-            rule: t.rule.parse()?,
-            server: ServerOpt {
-                lr: t.server_lr,
-                momentum: t.server_momentum,
-                nesterov: t.nesterov,
+            partition,
+            train: TrainConfig {
+                dp_sgd: privacy.dp_sgd,
+                ..train
             },
-            compression: t.compression.parse()?,
-            dp: if t.dp.trim().is_empty() {
-                None
-            } else {
-                Some(t.dp.parse()?)
-            },
+            rule,
+            server,
+            compression,
+            dp,
             timeouts,
             hash,
             max_samples: self.training.max_samples,
             privacy,
             file: self,
         })
+    }
+}
+
+/// What [`TrainingSection::check`] yields: local training, server step, rule, compression and
+/// node-level DP, each `None` when it did not parse.
+type CheckedTraining = (
+    Option<TrainConfig>,
+    Option<ServerOpt>,
+    Option<Aggregator>,
+    Option<Compression>,
+    Option<Option<DpConfig>>,
+);
+
+impl TrainingSection {
+    /// Parses and range-checks `[training]`; every problem is added to `p`.
+    fn check(&self, p: &mut Problems) -> CheckedTraining {
+        p.between("training.batch", self.batch, limits::BATCH);
+        let work = match self.local_steps {
+            Some(s) => {
+                p.between("training.local_steps", s, limits::LOCAL_STEPS);
+                Work::Steps(s)
+            }
+            None => {
+                p.between(
+                    "training.local_epochs",
+                    self.local_epochs,
+                    limits::LOCAL_EPOCHS,
+                );
+                Work::Epochs(self.local_epochs)
+            }
+        };
+        let optimizer: Option<Optimizer> = p.parsed(
+            "training.optimizer",
+            &self.optimizer,
+            self.optimizer.parse(),
+        );
+        p.require(
+            self.prox_mu.is_finite() && (0.0..=limits::PROX_MU_MAX).contains(&self.prox_mu),
+            "training.prox_mu",
+            self.prox_mu,
+            &format!("must be finite and in [0, {}]", limits::PROX_MU_MAX),
+        );
+        let max_lr = model::train::MAX_LR;
+        p.require(
+            self.server_lr.is_finite() && self.server_lr > 0.0 && self.server_lr <= max_lr,
+            "training.server_lr",
+            self.server_lr,
+            &format!("must be finite and in (0, {max_lr}]"),
+        );
+        p.require(
+            self.server_momentum.is_finite() && (0.0..1.0).contains(&self.server_momentum),
+            "training.server_momentum",
+            self.server_momentum,
+            "must be in [0, 1)",
+        );
+        let server = ServerOpt {
+            lr: self.server_lr,
+            momentum: self.server_momentum,
+            nesterov: self.nesterov,
+        };
+        // The same ranges, checked where the server step lives (already reported above).
+        let server = server.validate().is_ok().then_some(server);
+        let rule: Option<Aggregator> = p.parsed("training.rule", &self.rule, self.rule.parse());
+        let compression: Option<Compression> = p.parsed(
+            "training.compression",
+            &self.compression,
+            self.compression.parse(),
+        );
+        let dp = if self.dp.trim().is_empty() {
+            Some(None)
+        } else {
+            p.parsed("training.dp", &self.dp, self.dp.parse::<DpConfig>())
+                .map(Some)
+        };
+        p.require(
+            self.max_samples >= 1,
+            "training.max_samples",
+            self.max_samples,
+            "must be at least 1",
+        );
+        let train = optimizer.map(|optimizer| TrainConfig {
+            work,
+            batch: self.batch,
+            optimizer,
+            prox_mu: self.prox_mu,
+            dp_sgd: None,
+        });
+        (train, server, rule, compression, dp)
+    }
+}
+
+impl TimeoutSection {
+    /// Range-checks `[timeouts]` (every problem is added to `p`) and builds the consensus
+    /// timeouts.
+    fn check(&self, p: &mut Problems) -> Timeouts {
+        let max = limits::TIMEOUT_MAX_MS;
+        let range = (1, max);
+        p.between("timeouts.propose_ms", self.propose_ms, range);
+        p.between("timeouts.vote_ms", self.vote_ms, range);
+        p.between("timeouts.max_ms", self.max_ms, range);
+        p.between(
+            "timeouts.propose_per_view_ms",
+            self.propose_per_view_ms,
+            (0, max),
+        );
+        p.between("timeouts.vote_per_view_ms", self.vote_per_view_ms, (0, max));
+        p.between("timeouts.min_round_ms", self.min_round_ms, (0, max));
+        p.require(
+            self.max_ms >= self.propose_ms && self.max_ms >= self.vote_ms,
+            "timeouts.max_ms",
+            self.max_ms,
+            &format!(
+                "must be at least timeouts.propose_ms ({}) and timeouts.vote_ms ({}): it caps them",
+                self.propose_ms, self.vote_ms
+            ),
+        );
+        p.require(
+            self.collect_ms <= self.propose_ms,
+            "timeouts.collect_ms",
+            self.collect_ms,
+            &format!(
+                "must be at most timeouts.propose_ms ({}): the proposer waits for stragglers \
+                 within the others' propose timeout",
+                self.propose_ms
+            ),
+        );
+        let vote = LinearTimeout {
+            base_ms: self.vote_ms,
+            per_view_ms: self.vote_per_view_ms,
+        };
+        Timeouts {
+            propose: LinearTimeout {
+                base_ms: self.propose_ms,
+                per_view_ms: self.propose_per_view_ms,
+            },
+            prevote: vote,
+            precommit: vote,
+            rebroadcast: LinearTimeout {
+                base_ms: self.vote_ms.max(500),
+                per_view_ms: 0,
+            },
+            max_ms: self.max_ms,
+        }
+    }
+}
+
+impl MembershipSection {
+    /// Range-checks `[membership]`; every problem is added to `p`.
+    fn check(&self, p: &mut Problems) {
+        p.require(
+            ["open", "approve", "closed"].contains(&self.policy.as_str()),
+            "membership.policy",
+            &self.policy,
+            "must be closed, approve or open",
+        );
+        p.between(
+            "membership.downtime_window",
+            self.downtime_window,
+            (4, 10_000),
+        );
+        p.require(
+            (1..=self.downtime_window).contains(&self.promote_after),
+            "membership.promote_after",
+            self.promote_after,
+            &format!(
+                "must be between 1 and membership.downtime_window ({})",
+                self.downtime_window
+            ),
+        );
     }
 }
 
@@ -519,5 +781,202 @@ mod tests {
             vec!["training.rule: \"nnm+centered-clip:0.1,3\" here, \"mean\" there".to_string()]
         );
         assert!(a.differences(&a.file).is_empty());
+    }
+
+    fn demo_file() -> GenesisFile {
+        demo("test-chain", &[ValidatorId([1; 32]), ValidatorId([2; 32])])
+    }
+
+    /// The error of checking `g`, which must fail.
+    fn refusal(g: GenesisFile) -> String {
+        format!(
+            "{:#}",
+            g.check().expect_err("a nonsense genesis must be refused")
+        )
+    }
+
+    #[test]
+    fn the_demo_and_the_cli_defaults_pass() {
+        assert!(demo_file().check().is_ok());
+        let mut g = demo_file();
+        g.training.local_steps = Some(limits::LOCAL_STEPS.1);
+        g.training.batch = limits::BATCH.1;
+        g.training.optimizer = "adam:10".into();
+        g.training.server_lr = 10.0;
+        g.training.server_momentum = 0.99;
+        g.training.prox_mu = 100.0;
+        g.training.dp = "clip:1,noise:0".into();
+        g.training.compression = "topk:0.01+int8".into();
+        g.timeouts.collect_ms = g.timeouts.propose_ms;
+        g.timeouts.max_ms = g.timeouts.propose_ms;
+        assert!(g.check().is_ok(), "the edges of every range are accepted");
+    }
+
+    #[test]
+    fn each_nonsense_training_setting_is_refused_by_name() {
+        type Edit = fn(&mut GenesisFile);
+        let cases: [(Edit, &str); 5] = [
+            (
+                |g| g.training.batch = 0,
+                "training.batch = 0: must be between 1 and 65536",
+            ),
+            (
+                |g| g.training.local_steps = Some(0),
+                "training.local_steps = 0: must be between 1 and 100000",
+            ),
+            (
+                |g| g.training.optimizer = "sgd:1e30".into(),
+                "training.optimizer = \"sgd:1e30\": invalid optimizer 'sgd:1e30': learning rate \
+                 1e30 must be finite and in (0, 10]",
+            ),
+            (
+                |g| g.training.server_lr = f64::NAN,
+                "training.server_lr = NaN: must be finite and in (0, 10]",
+            ),
+            (
+                |g| g.training.server_momentum = 2.0,
+                "training.server_momentum = 2.0: must be in [0, 1)",
+            ),
+        ];
+        for (edit, says) in cases {
+            let mut g = demo_file();
+            edit(&mut g);
+            let err = refusal(g);
+            assert_eq!(err, format!("genesis has 1 invalid setting:\n  {says}"));
+        }
+    }
+
+    #[test]
+    fn more_nonsense_is_refused() {
+        type Edit = fn(&mut GenesisFile);
+        let cases: [(Edit, &str); 16] = [
+            (|g| g.training.local_epochs = 0, "training.local_epochs = 0"),
+            (
+                |g| g.training.local_epochs = 1001,
+                "training.local_epochs = 1001",
+            ),
+            (|g| g.training.batch = 65_537, "training.batch = 65537"),
+            (
+                |g| g.training.optimizer = "sgd:0".into(),
+                "training.optimizer = \"sgd:0\"",
+            ),
+            (
+                |g| g.training.optimizer = "sgd:0.1,1".into(),
+                "momentum 1.0 must be in [0, 1)",
+            ),
+            (|g| g.training.server_lr = 0.0, "training.server_lr = 0.0"),
+            (
+                |g| g.training.server_momentum = -0.1,
+                "training.server_momentum = -0.1",
+            ),
+            (
+                |g| g.training.prox_mu = f64::INFINITY,
+                "training.prox_mu = inf",
+            ),
+            (|g| g.training.prox_mu = -1.0, "training.prox_mu = -1.0"),
+            (
+                |g| g.training.dp = "clip:0,noise:1".into(),
+                "training.dp = \"clip:0,noise:1\"",
+            ),
+            (
+                |g| g.training.dp = "clip:1,noise:NaN".into(),
+                "training.dp = \"clip:1,noise:NaN\"",
+            ),
+            (
+                |g| g.training.compression = "topk:1.5".into(),
+                "training.compression = \"topk:1.5\"",
+            ),
+            (
+                |g| g.training.max_samples = 0,
+                "training.max_samples = 0: must be at least 1",
+            ),
+            (
+                |g| g.timeouts.vote_ms = 0,
+                "timeouts.vote_ms = 0: must be between 1 and 3600000",
+            ),
+            (
+                |g| g.timeouts.collect_ms = 5_000,
+                "timeouts.collect_ms = 5000: must be at most timeouts.propose_ms (4000)",
+            ),
+            (
+                |g| g.timeouts.max_ms = 3_000,
+                "timeouts.max_ms = 3000: must be at least timeouts.propose_ms (4000)",
+            ),
+        ];
+        for (edit, says) in cases {
+            let mut g = demo_file();
+            edit(&mut g);
+            let err = refusal(g);
+            assert!(
+                err.starts_with("genesis has 1 invalid setting:"),
+                "{says}: {err}"
+            );
+            assert!(err.contains(says), "{says}: {err}");
+        }
+        // DP-SGD turns epochs into epochs / rate steps: bounded like local_steps.
+        let mut g = demo_file();
+        g.privacy.dp_sgd = "clip:1,noise:1,rate:0.00001".into();
+        let err = refusal(g);
+        assert!(err.contains("200000 DP-SGD steps a round"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let mut g = demo_file();
+        g.training.batch = 0;
+        g.training.local_steps = Some(0);
+        g.training.optimizer = "sgd:1e30".into();
+        g.training.server_lr = f64::NAN;
+        g.training.server_momentum = 2.0;
+        g.training.rule = "nonsense".into();
+        g.timeouts.vote_ms = 0;
+        g.membership.policy = "anyone".into();
+        g.privacy.delta = 0.5;
+        let err = refusal(g);
+        assert!(
+            err.starts_with("genesis has 9 invalid settings:\n"),
+            "{err}"
+        );
+        for setting in [
+            "training.batch = 0",
+            "training.local_steps = 0",
+            "training.optimizer = \"sgd:1e30\"",
+            "training.server_lr = NaN",
+            "training.server_momentum = 2.0",
+            "training.rule = \"nonsense\"",
+            "timeouts.vote_ms = 0",
+            "membership.policy = \"anyone\"",
+            "privacy.delta = 0.5",
+        ] {
+            assert_eq!(
+                err.lines()
+                    .filter(|l| l.trim_start().starts_with(setting))
+                    .count(),
+                1,
+                "{setting} listed once in: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_on_disk_is_refused_when_written_and_when_loaded() {
+        let dir = std::env::temp_dir().join(format!("cohort-genesis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("genesis.toml");
+        let mut g = demo_file();
+        g.training.batch = 0;
+        let err = format!("{:#}", write(&g, &path).expect_err("refused"));
+        assert!(err.contains("training.batch = 0"), "{err}");
+        assert!(!path.exists());
+        // A file written by hand is refused when a node loads it.
+        let text = toml::to_string_pretty(&g).expect("toml");
+        std::fs::write(&path, text).expect("write");
+        let err = format!("{:#}", Genesis::load(&path).expect_err("refused"));
+        assert!(err.contains("checking genesis"), "{err}");
+        assert!(
+            err.contains("training.batch = 0: must be between 1 and 65536"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

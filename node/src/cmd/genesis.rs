@@ -145,6 +145,8 @@ impl TrainingArgs {
         t.error_feedback = !a.no_error_feedback;
         t.dp = a.dp;
         g.timeouts.propose_ms = a.propose_ms;
+        // The cap on every timeout must not cut the propose timeout asked for.
+        g.timeouts.max_ms = g.timeouts.max_ms.max(a.propose_ms);
         g.privacy.dp_sgd = a.privacy.dp_sgd;
         g.privacy.epsilon_budget = a.privacy.epsilon_budget;
         g.privacy.delta = a.privacy.dp_delta;

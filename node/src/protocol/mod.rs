@@ -14,6 +14,7 @@
 //! * [`round`]: proposing, validating values and computing the aggregate (no state of its own);
 //! * [`sync`]: serving and adopting state snapshots, lag detection;
 //! * [`telemetry`]: counters, phase timings and per-author inclusion;
+//! * [`progress`]: whether the committed model still moves and is finite;
 //! * [`local`]: this node's own training, its delta, its join requests.
 
 pub mod approval;
@@ -22,6 +23,7 @@ pub mod height;
 pub mod local;
 pub mod pool;
 pub mod privacy;
+pub mod progress;
 pub mod round;
 pub mod sync;
 pub mod telemetry;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::Millis;
+use super::progress::{Finding, ProgressWatch, STALL_ROUNDS};
 use crate::metrics::REJECT_REASONS;
 use crate::wire::RoundValue;
 
@@ -73,6 +74,8 @@ pub struct Telemetry {
     inclusions: BTreeMap<[u8; 32], u64>,
     /// The latest round each author sent a valid delta for.
     heard: BTreeMap<[u8; 32], u64>,
+    /// Whether the committed model still moves and is finite.
+    progress: ProgressWatch,
 }
 
 impl Telemetry {
@@ -136,6 +139,9 @@ impl Telemetry {
         train_secs: f64,
     ) -> CommitReport {
         self.counters.rounds_committed += 1;
+        for finding in self.progress.committed(round, model_hash, &params) {
+            report(finding);
+        }
         for i in &rv.included {
             *self.inclusions.entry(i.author).or_default() += 1;
         }
@@ -172,6 +178,27 @@ impl Telemetry {
             seconds: cycle,
             phases: [train, gossip, consensus, 0.0, other],
         }
+    }
+}
+
+/// Logs what the progress watch found: the network commits, yet it does not learn.
+fn report(finding: Finding) {
+    match finding {
+        Finding::Stalled { round, rounds } => tracing::warn!(
+            round,
+            rounds,
+            "the committed model has not changed for {rounds} rounds (threshold \
+             {STALL_ROUNDS}): the network commits but does not learn; likely causes: a learning \
+             rate of zero or too small to change the parameters, every delta rejected or left \
+             out of the value, or every server step refused as non-finite (a learning rate too \
+             large)"
+        ),
+        Finding::NonFinite { round, index } => tracing::error!(
+            round,
+            parameter = index,
+            "a parameter of the committed model is not finite (NaN or infinite): the model is \
+             lost; check the genesis learning rates and the aggregation rule"
+        ),
     }
 }
 
