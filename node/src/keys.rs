@@ -48,8 +48,26 @@ impl NodeKey {
         Ok(NodeKey { secret })
     }
 
-    /// Reads a key file.
+    /// Reads a key file. On Unix a file that others may read or write is refused (like ssh's
+    /// private keys): anyone who reads it can sign as this validator.
     pub fn load(path: &Path) -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .with_context(|| format!("reading key file {}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                bail!(
+                    "key file {} has mode {:o}: others may read or change it, and whoever reads it \
+                     can sign as this validator; run `chmod 600 {}`",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                );
+            }
+        }
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading key file {}", path.display()))?;
         let secret = parse_hex32(&text)
@@ -157,6 +175,20 @@ mod tests {
         }
         // The PeerId derives from the same public key.
         assert_eq!(peer_id_of(&k.validator_id()), Some(k.peer_id().unwrap()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = NodeKey::load(&path)
+                .err()
+                .expect("a 0644 key is refused")
+                .to_string();
+            assert!(
+                err.contains("mode 644") && err.contains("chmod 600"),
+                "{err}"
+            );
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         std::fs::write(&path, "zz").unwrap();
         assert!(NodeKey::load(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

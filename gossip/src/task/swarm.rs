@@ -33,7 +33,25 @@ impl Task {
                 ..
             } => self.on_disconnected(peer_id),
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                debug!(peer = ?peer_id, %error, "dial failed");
+                // A bootstrap address that cannot be reached is the operator's business.
+                let bare = |a: &Multiaddr| -> Multiaddr {
+                    a.iter()
+                        .filter(|p| !matches!(p, Protocol::P2p(_)))
+                        .collect()
+                };
+                let failed: Vec<String> = match &error {
+                    libp2p::swarm::DialError::Transport(errs) => errs
+                        .iter()
+                        .filter(|(a, _)| self.config.bootstrap.iter().any(|b| bare(b) == bare(a)))
+                        .map(|(a, e)| format!("{a}: {e:?}"))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if failed.is_empty() {
+                    debug!(peer = ?peer_id, %error, "dial failed");
+                } else {
+                    warn!(failed = ?failed, "bootstrap peer unreachable");
+                }
             }
             SwarmEvent::ListenerClosed { .. } | SwarmEvent::ListenerError { .. }
                 if self.swarm.listeners().next().is_none() =>

@@ -191,6 +191,7 @@ pub fn run(a: Args) -> Result<()> {
             .map(|s| s.parse().with_context(|| format!("--listen {s}")))
             .collect::<Result<_>>()?
     };
+    refuse_ports_in_use(&listen)?;
     let bootstrap: Vec<gossip::Multiaddr> = a
         .net
         .bootstrap
@@ -319,4 +320,67 @@ fn blob_cache_bytes(genesis: &Genesis) -> usize {
     let params = genesis.model.num_params() * 4;
     let deltas = 3 * 2 * (genesis.validators.len() + 4) * (params + 4096);
     (deltas + 4 * params).clamp(8 << 20, 512 << 20)
+}
+
+/// Refuses a `--listen` address whose fixed TCP or UDP port another process already holds.
+/// libp2p binds its listeners with SO_REUSEPORT (for port reuse when dialling), so a second
+/// node on the same port would start anyway and take half of the inbound connections; a plain
+/// bind (without SO_REUSEPORT) fails on a port in use, which is what this probes. Port 0 (any)
+/// is not checked.
+fn refuse_ports_in_use(listen: &[gossip::Multiaddr]) -> Result<()> {
+    use libp2p::multiaddr::Protocol;
+    for addr in listen {
+        let mut ip: Option<std::net::IpAddr> = None;
+        for p in addr.iter() {
+            let in_use = match p {
+                Protocol::Ip4(a) => {
+                    ip = Some(a.into());
+                    None
+                }
+                Protocol::Ip6(a) => {
+                    ip = Some(a.into());
+                    None
+                }
+                Protocol::Tcp(port) if port != 0 => ip.and_then(|ip| {
+                    std::net::TcpListener::bind((ip, port))
+                        .err()
+                        .filter(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+                }),
+                Protocol::Udp(port) if port != 0 => ip.and_then(|ip| {
+                    std::net::UdpSocket::bind((ip, port))
+                        .err()
+                        .filter(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+                }),
+                _ => None,
+            };
+            if let Some(e) = in_use {
+                anyhow::bail!(
+                    "--listen {addr}: the port is already in use ({e}); is another node running \
+                     with this address? Pick another port, or 0 for any"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listen_port_another_process_holds_is_refused() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = held.local_addr().expect("addr").port();
+        let taken: gossip::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr");
+        let err = refuse_ports_in_use(&[taken])
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("already in use"), "{err}");
+        let any: gossip::Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().expect("addr");
+        refuse_ports_in_use(&[any]).expect("port 0 is never in use");
+        drop(held);
+        let free: gossip::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr");
+        refuse_ports_in_use(&[free]).expect("free again");
+    }
 }
