@@ -64,10 +64,12 @@ if command -v ldd >/dev/null 2>&1; then
     esac
 fi
 
-# Stage the build context: docker/out/{cohort,rootfs/{data,tmp}} (gitignored).
+# Stage the build context: docker/out/{cohort,rootfs/{data,tmp,testnet}} (gitignored).
 out="$COHORT_ROOT/docker/out"
-mkdir -p "$out/rootfs/data" "$out/rootfs/tmp"
-chmod 1777 "$out/rootfs/data" "$out/rootfs/tmp"
+mkdir -p "$out/rootfs/data" "$out/rootfs/tmp" "$out/rootfs/testnet"
+# A new named volume mounted on /testnet starts with this mode (Docker copies it up), so the
+# compose init service can write the keys there as any uid.
+chmod 1777 "$out/rootfs/data" "$out/rootfs/tmp" "$out/rootfs/testnet"
 cp "$bin" "$out/cohort.tmp"
 if [[ "${COHORT_STRIP:-1}" != 0 ]] && command -v strip >/dev/null 2>&1; then
     strip --strip-debug "$out/cohort.tmp"

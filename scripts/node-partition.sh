@@ -7,7 +7,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/testnet-lib.sh"
 name="${1:-}"
 check_service_name "$name"
-require_testnet_env
 cid="$(container_id "$name")"
 net="$(testnet_network)"
 docker network disconnect "$net" "$cid"

@@ -7,7 +7,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/testnet-lib.sh"
 name="${1:-}"
 check_service_name "$name"
-require_testnet_env
 profile=()
 [[ "$name" != joiner ]] || profile=(--profile joiner)
 # `up -d --no-deps NAME` starts an existing container as-is, or creates a missing one

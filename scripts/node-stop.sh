@@ -8,7 +8,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/testnet-lib.sh"
 name="${1:-}"
 check_service_name "$name"
-require_testnet_env
 if [[ "${2:-}" == "--kill" ]]; then
     compose kill -s SIGKILL "$name"
 else

@@ -3,15 +3,13 @@
 #
 # Environment (all optional):
 #   COHORT_PROJECT       compose project name                       (default: cohort)
-#   COHORT_TESTNET_DIR   keys, genesis and .env from testnet-keys.sh (default: <repo>/docker/testnet)
 #   COHORT_IMAGE         image tag built by docker-build.sh          (default: cohort:dev)
 #   COMPOSE              compose command to use, e.g. "docker-compose" (default: autodetect)
 
 COHORT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 COHORT_PROJECT="${COHORT_PROJECT:-cohort}"
-COHORT_TESTNET_DIR="${COHORT_TESTNET_DIR:-$COHORT_ROOT/docker/testnet}"
 COHORT_IMAGE="${COHORT_IMAGE:-cohort:dev}"
-export COHORT_ROOT COHORT_PROJECT COHORT_TESTNET_DIR COHORT_IMAGE
+export COHORT_ROOT COHORT_PROJECT COHORT_IMAGE
 
 die() {
     echo "error: $*" >&2
@@ -35,21 +33,11 @@ detect_compose() {
     fi
 }
 
-# compose ARGS...: runs compose on the repository's docker-compose.yml for this project,
-# with the variables (PeerIds, uid, paths) written by testnet-keys.sh.
+# compose ARGS...: runs compose on the repository's docker-compose.yml for this project (keys
+# and genesis live in the project's `testnet` volume, made by its init service).
 compose() {
     [[ -n "${COMPOSE_CMD[*]:-}" ]] || detect_compose
-    local env_args=()
-    if [[ -f "$COHORT_TESTNET_DIR/.env" ]]; then
-        env_args=(--env-file "$COHORT_TESTNET_DIR/.env")
-    fi
-    "${COMPOSE_CMD[@]}" -p "$COHORT_PROJECT" -f "$COHORT_ROOT/docker-compose.yml" \
-        "${env_args[@]}" "$@"
-}
-
-require_testnet_env() {
-    [[ -f "$COHORT_TESTNET_DIR/.env" ]] \
-        || die "no $COHORT_TESTNET_DIR/.env: run scripts/testnet-keys.sh first"
+    "${COMPOSE_CMD[@]}" -p "$COHORT_PROJECT" -f "$COHORT_ROOT/docker-compose.yml" "$@"
 }
 
 # The services the scripts accept as NAME.

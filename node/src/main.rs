@@ -45,6 +45,8 @@ enum Command {
     Netsim(cmd::netsim::Args),
     /// Start a local multi-process testnet on loopback and report every round.
     Testnet(cmd::testnet::Args),
+    /// Write a local testnet's keys and genesis into one directory (once; the compose init).
+    TestnetInit(cmd::testnet_init::Args),
     /// Show a running node's status.
     Status(cmd::admin::StatusArgs),
     /// Re-check a data dir's ledger from genesis and its stored model.
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
         Command::Genesis(a) => cmd::genesis::run(a),
         Command::Run(a) => cmd::run::run(*a),
         Command::Testnet(a) => cmd::testnet::run(a),
+        Command::TestnetInit(a) => cmd::testnet_init::run(a).map(|_| ()),
         Command::Netsim(a) => cmd::netsim::run(a),
         Command::Status(a) => cmd::admin::status(a),
         Command::Verify(a) => cmd::admin::verify(a),

@@ -619,6 +619,13 @@ impl Task {
         if missing == 0 {
             return;
         }
+        if self.connected.is_empty() {
+            // Alone: the bootstrap peers may have started after us (a compose testnet) or come
+            // back from a partition; dial them again.
+            for addr in self.config.bootstrap.clone() {
+                let _ = self.dial(addr);
+            }
+        }
         let walk = self.ticks.is_multiple_of(30);
         let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
             return;

@@ -10,3 +10,4 @@ pub mod netsim;
 pub mod run;
 pub mod simulate;
 pub mod testnet;
+pub mod testnet_init;

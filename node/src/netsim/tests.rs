@@ -307,3 +307,31 @@ fn poisoned_contributors_are_included_only_within_the_robust_rule() {
         );
     }
 }
+
+/// The slowest validator (it trains longest) is down for a while and comes back: the
+/// proposers wait for it again once they hear from it, so it is included again and never
+/// removed for downtime. Found by the compose smoke test: a validator healed from a partition
+/// was never waited for (its late deltas were ignored unheard), never included, and removed
+/// after W rounds.
+#[test]
+fn a_validator_back_from_an_outage_is_waited_for_again() {
+    for seed in 0..3 {
+        let mut c = SimConfig::new(Scenario::Calm, seed, 4);
+        c.outages = vec![(1, 500, Some(3_000))];
+        c.faults_until = 20_000;
+        let out = Sim::new(c).expect("sim").run();
+        assert_clean("outage", seed, &out);
+        assert!(
+            out.removed.is_empty(),
+            "seed {seed}: removed {:?}",
+            out.removed
+        );
+        // inclusions: honest validators 0..4 as node 0 saw them.
+        let back = out.inclusions[1];
+        assert!(
+            back * 2 >= out.height,
+            "seed {seed}: node 1 included in {back} of {} rounds",
+            out.height
+        );
+    }
+}

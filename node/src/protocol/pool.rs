@@ -214,7 +214,22 @@ impl Core {
         let author = sd.msg.author;
         let h = self.committed.height() + 1;
         if round < h {
-            // Before the membership check: the set of an old round may be forgotten.
+            // Before the membership check: the set of an old round may be forgotten. But a
+            // current validator's validly signed delta for a recent round shows it is alive,
+            // only late: the proposers wait for it again. Without this a validator whose deltas
+            // come in after the proposal (as after a partition heals) was never waited for,
+            // never included, and removed for downtime (found by the compose smoke test).
+            let window = super::committed::ACTIVITY_WINDOW as u64;
+            if round + window >= h
+                && self
+                    .committed
+                    .chain
+                    .set_for(h)
+                    .contains(&ValidatorId(author))
+                && sd.verify().is_ok()
+            {
+                self.telemetry.heard(author, round);
+            }
             return Verdict::Ignore("old round");
         }
         let chain = &self.committed.chain;
