@@ -16,10 +16,12 @@ echo "building release binaries in $CARGO_TARGET_DIR (candle takes ~7 min the fi
 cargo build --release -q -p node --bin cohort
 cargo build --release -q -p consensus --example bench --features sim
 cargo build --release -q -p model --example train_speed
+cargo build --release -q -p model --example mia
 cargo build --release -q -p cohort-bench
 R="$CARGO_TARGET_DIR/release"
 exec "$R/cohort-bench" \
   --cohort "$R/cohort" \
   --consensus-bench "$R/examples/bench" \
   --train-speed "$R/examples/train_speed" \
+  --mia "$R/examples/mia" \
   --data-dir "$MNIST_DIR" "$@"

@@ -19,7 +19,7 @@ use crate::runner::Runner;
 #[derive(Parser, Debug)]
 #[command(name = "cohort-bench", version)]
 struct Cli {
-    /// Suites to run: parity, attacks, bandwidth, overhead, scale, privacy, or all (default).
+    /// Suites to run: parity, attacks, bandwidth, overhead, scale, privacy, mia, or all (default).
     /// `render` only regenerates BENCHMARKS.md and the plots from the CSVs already there.
     suites: Vec<String>,
     /// Small sizes that finish in minutes on 2 cores.
@@ -39,6 +39,10 @@ struct Cli {
     /// train_speed`), for the overhead suite.
     #[arg(long)]
     train_speed: Option<PathBuf>,
+    /// The membership-inference experiment (`cargo build --release -p model --example mia`),
+    /// for the mia suite.
+    #[arg(long)]
+    mia: Option<PathBuf>,
     /// MNIST IDX directory.
     #[arg(long, default_value = "../shared/data/mnist")]
     data_dir: PathBuf,
@@ -53,14 +57,18 @@ struct Cli {
     plots: PathBuf,
 }
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     "parity",
     "attacks",
     "bandwidth",
     "overhead",
     "scale",
     "privacy",
+    "mia",
 ];
+
+/// Suites that run no `cohort` binary.
+const WITHOUT_COHORT: [&str; 1] = ["mia"];
 
 fn machine(cli: &Cli) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -123,7 +131,8 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&cli.results)
         .with_context(|| format!("creating {}", cli.results.display()))?;
     if !render_only {
-        if !cli.cohort.exists() {
+        let needs_cohort = suites.iter().any(|s| !WITHOUT_COHORT.contains(&s.as_str()));
+        if needs_cohort && !cli.cohort.exists() {
             bail!(
                 "{} not found: build it with `cargo build --release -p node` or pass --cohort",
                 cli.cohort.display()
@@ -139,6 +148,7 @@ fn main() -> Result<()> {
         cli.cohort.clone(),
         cli.consensus_bench.clone(),
         cli.train_speed.clone(),
+        cli.mia.clone(),
         cli.data_dir.clone(),
         cli.results.clone(),
     );
@@ -153,6 +163,7 @@ fn main() -> Result<()> {
             "overhead" => suites::overhead(&mut runner, cli.quick),
             "scale" => suites::scale(&mut runner, cli.quick),
             "privacy" => suites::privacy(&mut runner, cli.quick),
+            "mia" => suites::mia(&mut runner, cli.quick),
             _ => unreachable!("checked above"),
         };
         match res {

@@ -9,7 +9,7 @@ use cohort_bench::plot::{LineChart, Series, StackedBars, line_chart, stacked_bar
 use cohort_bench::table::{Table, replace_block};
 
 /// Suites in document order.
-pub const SUITES: [&str; 8] = [
+pub const SUITES: [&str; 9] = [
     "parity",
     "attacks",
     "bandwidth",
@@ -18,6 +18,7 @@ pub const SUITES: [&str; 8] = [
     "scale",
     "consensus",
     "privacy",
+    "mia",
 ];
 
 fn num(s: &str) -> Option<f64> {

@@ -16,6 +16,8 @@ pub struct Runner {
     pub consensus_bench: Option<PathBuf>,
     /// `model/examples/train_speed`, if given.
     pub train_speed: Option<PathBuf>,
+    /// `model/examples/mia`, if given.
+    pub mia: Option<PathBuf>,
     /// MNIST IDX directory.
     pub data_dir: PathBuf,
     /// `bench/results`.
@@ -34,6 +36,7 @@ impl Runner {
         cohort: PathBuf,
         consensus_bench: Option<PathBuf>,
         train_speed: Option<PathBuf>,
+        mia: Option<PathBuf>,
         data_dir: PathBuf,
         results: PathBuf,
     ) -> Runner {
@@ -41,6 +44,7 @@ impl Runner {
             cohort,
             consensus_bench,
             train_speed,
+            mia,
             data_dir,
             results,
             commands: Vec::new(),
@@ -175,6 +179,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cohort-bench-runner-{}", std::process::id()));
         let mut r = Runner::new(
             PathBuf::from("/bin/echo"),
+            None,
             None,
             None,
             PathBuf::new(),

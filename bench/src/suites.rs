@@ -1,6 +1,7 @@
 //! The suites. Each runs real `cohort` commands (simulations in one process, or testnets of
-//! real node processes on loopback), reads their CSV output and writes `bench/results/SUITE.csv`
-//! (the table) and, where there is a plot, `SUITE-curves.csv` (long format: series, x, y).
+//! real node processes on loopback; `mia` runs `model/examples/mia` instead), reads their CSV
+//! output and writes `bench/results/SUITE.csv` (the table) and, where there is a plot,
+//! `SUITE-curves.csv` (long format: series, x, y).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -791,6 +792,28 @@ pub fn privacy(r: &mut Runner, quick: bool) -> Result<()> {
     }
     table.write_csv(&r.results.join("privacy.csv"))?;
     curves.write_csv(&r.results.join("privacy-curves.csv"))?;
+    r.finish(if quick { "quick" } else { "full" })
+}
+
+/// Suite 7: what a membership-inference attacker learns (issue 13 item 5). Runs
+/// `model/examples/mia` (`--mia`): the 2NN trained on MNIST members without DP, with node-level
+/// DP on its released delta and with DP-SGD at epsilon 2, each attacked by the loss-threshold
+/// test; five seeds (quick: three, on 500 members), mean ± standard deviation.
+pub fn mia(r: &mut Runner, quick: bool) -> Result<()> {
+    r.begin("mia");
+    let bin = r.mia.clone().context(
+        "the mia suite needs the membership-inference program: build it with \
+         `cargo build --release -p model --example mia` and pass --mia",
+    )?;
+    let csv = r.scratch("mia.csv");
+    let mut a = args(&["--data-dir", &p(&r.data_dir), "--csv", &p(&csv)]);
+    a.extend(args(if quick {
+        &["--quick", "--seeds", "3"]
+    } else {
+        &["--seeds", "5"]
+    }));
+    r.run("membership inference", &bin, &a)?;
+    read(&csv)?.write_csv(&r.results.join("mia.csv"))?;
     r.finish(if quick { "quick" } else { "full" })
 }
 

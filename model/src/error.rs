@@ -48,6 +48,10 @@ pub enum Error {
     /// DP-SGD is configured but the caller gave no secret noise source.
     #[error("DP-SGD needs a secret noise source (32 secret bytes) and none was given")]
     DpSgdWithoutSecret,
+    /// A membership-inference measurement got unusable input (no scores, a NaN score, too few
+    /// records for the member and non-member sets, an unreachable epsilon).
+    #[error("membership inference: {0}")]
+    Mia(String),
     /// A checkpoint file is missing a tensor or has the wrong shape.
     #[error("checkpoint: {0}")]
     Checkpoint(String),

@@ -16,6 +16,8 @@
 //! - [`dpsgd`]: record-level DP-SGD's settings, secret noise source and Poisson sampling;
 //! - [`aggregate`]: mean, median, trimmed mean, Multi-Krum, CenteredClip and the server step;
 //! - [`attack`]: Byzantine behaviours for experiments;
+//! - [`mia`]: membership inference (the loss-threshold attack, ROC AUC, TPR at low FPR) and the
+//!   experiment that measures it with and without DP;
 //! - [`sim`]: N nodes in one process on the same per-round math as the networked node.
 #![deny(clippy::unwrap_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
@@ -30,6 +32,7 @@ pub mod dpsgd;
 pub mod error;
 pub mod fast;
 pub mod images;
+pub mod mia;
 pub mod net;
 pub mod params;
 pub mod partition;
