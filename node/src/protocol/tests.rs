@@ -717,3 +717,66 @@ fn the_privacy_budget_stops_training_and_epsilon_is_the_accountants() {
         "{text}"
     );
 }
+
+#[test]
+fn approvals_count_only_if_recent_by_current_validators_and_made_after_a_removal() {
+    // `approve` policy, 4 validators: a join needs approvals from a quorum (3).
+    let k = keys();
+    let mut f = genesis(&k).file;
+    f.membership.policy = "approve".into();
+    let cfg = CoreConfig {
+        key: k[0].clone(),
+        genesis: f.check().expect("genesis"),
+        byzantine: None,
+        join: false,
+        instance: 9,
+    };
+    let mut c = Core::new(cfg, empty_store()).expect("core");
+    c.handle(0, Event::Start).expect("start");
+    let chain = c.genesis().chain_id.as_str().to_string();
+    let joiner = SigningKey::from_bytes(&[42; 32]);
+    let jkey = joiner.verifying_key().to_bytes();
+    let join = crate::wire::SignedJoin::new(&chain, &joiner, 4, 60);
+    let approvals = |by: &[SigningKey], round: u64| {
+        let mut a: Vec<crate::wire::SignedApproval> = by
+            .iter()
+            .map(|v| crate::wire::SignedApproval::new(&chain, v, jkey, round))
+            .collect();
+        a.sort_by_key(|a| (a.joiner, a.validator));
+        a
+    };
+    let joins = std::slice::from_ref(&join);
+    assert!(
+        c.approvals_ok(10, joins, &approvals(&k[..3], 5)),
+        "a quorum, recent"
+    );
+    assert!(
+        !c.approvals_ok(10, joins, &approvals(&k[..2], 5)),
+        "one short of a quorum"
+    );
+    // Older than a join request's lifetime: stale.
+    let h = 5 + super::round::JOIN_TTL + 1;
+    assert!(!c.approvals_ok(h, joins, &approvals(&k[..3], 5)), "too old");
+    assert!(
+        !c.approvals_ok(5, joins, &approvals(&k[..3], 5)),
+        "made at the round itself"
+    );
+    // Approvals by keys that are not validators do not count.
+    let outsiders: Vec<SigningKey> = (50..53u8)
+        .map(|b| SigningKey::from_bytes(&[b; 32]))
+        .collect();
+    assert!(
+        !c.approvals_ok(10, joins, &approvals(&outsiders, 5)),
+        "not validators"
+    );
+    // The key was removed at round 7: approvals made before that are replays.
+    c.committed.chain.tenure.removed.insert(jkey, 7);
+    assert!(
+        !c.approvals_ok(10, joins, &approvals(&k[..3], 5)),
+        "made before the removal"
+    );
+    assert!(
+        c.approvals_ok(10, joins, &approvals(&k[..3], 8)),
+        "made after the removal"
+    );
+}
