@@ -49,10 +49,11 @@ impl NodeKey {
     }
 
     /// Reads a key file. On Unix a file that others may read or write is refused (like ssh's
-    /// private keys): anyone who reads it can sign as this validator.
-    pub fn load(path: &Path) -> Result<Self> {
+    /// private keys: anyone who reads it can sign as this validator) unless `allow_open` (the
+    /// operator said so with `--allow-open-key`).
+    pub fn load_with(path: &Path, allow_open: bool) -> Result<Self> {
         #[cfg(unix)]
-        {
+        if !allow_open {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(path)
                 .with_context(|| format!("reading key file {}", path.display()))?
@@ -61,7 +62,7 @@ impl NodeKey {
             if mode & 0o077 != 0 {
                 bail!(
                     "key file {} has mode {:o}: others may read or change it, and whoever reads it \
-                     can sign as this validator; run `chmod 600 {}`",
+                     can sign as this validator; run `chmod 600 {}` (or pass --allow-open-key)",
                     path.display(),
                     mode & 0o777,
                     path.display()
@@ -161,7 +162,7 @@ mod tests {
         let k = NodeKey::generate().unwrap();
         let path = dir.join("node.key");
         let pubp = k.save(&path).unwrap();
-        let back = NodeKey::load(&path).unwrap();
+        let back = NodeKey::load_with(&path, false).unwrap();
         assert_eq!(back.public(), k.public());
         assert_eq!(
             load_public(pubp.to_str().unwrap()).unwrap(),
@@ -179,7 +180,7 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            let err = NodeKey::load(&path)
+            let err = NodeKey::load_with(&path, false)
                 .err()
                 .expect("a 0644 key is refused")
                 .to_string();
@@ -190,7 +191,7 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
         std::fs::write(&path, "zz").unwrap();
-        assert!(NodeKey::load(&path).is_err());
+        assert!(NodeKey::load_with(&path, false).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -55,10 +55,14 @@ pub struct Args {
     /// Evaluate the model on the test set every N committed rounds (and at --rounds); 0 never.
     #[arg(long, default_value_t = 1)]
     pub eval_every: u64,
-    /// Ask the validators to admit this node (a signed join request); it votes and its deltas
-    /// count from two rounds after a committed round includes the request.
+    /// Ask the validators to admit this node (a signed join request). Under the `open` policy it
+    /// becomes a contributor (its deltas may be included) and is promoted to validator after
+    /// `promote_after` included rounds; under `approve`, once a quorum of operators approved it.
     #[arg(long)]
     pub join: bool,
+    /// Accept a key file that group or others may read (refused by default, as ssh does).
+    #[arg(long)]
+    pub allow_open_key: bool,
     /// Network: listen addresses, bootstrap peers, the HTTP API, mDNS.
     #[command(flatten)]
     pub net: NetArgs,
@@ -139,7 +143,7 @@ pub fn run(a: Args) -> Result<()> {
     let key_path = a.key.clone().context("--key is required")?;
     let genesis_path = a.genesis.clone().context("--genesis is required")?;
     let data_dir = a.data_dir.clone().context("--data-dir is required")?;
-    let key = NodeKey::load(&key_path)?;
+    let key = NodeKey::load_with(&key_path, a.allow_open_key)?;
     let genesis = Genesis::load(&genesis_path)?;
     let byzantine = a
         .byzantine

@@ -97,10 +97,10 @@ mod tests {
         let g = crate::genesis::Genesis::load(&dir.join("genesis.toml")).expect("valid genesis");
         assert_eq!(g.validators.len(), 4);
         for i in 0..4 {
-            let k = NodeKey::load(&dir.join(format!("node{i}/node.key"))).expect("key");
+            let k = NodeKey::load_with(&dir.join(format!("node{i}/node.key")), false).expect("key");
             assert!(g.validators.contains(&k.validator_id()));
         }
-        let j = NodeKey::load(&dir.join("joiner1/node.key")).expect("joiner key");
+        let j = NodeKey::load_with(&dir.join("joiner1/node.key"), false).expect("joiner key");
         assert!(!g.validators.contains(&j.validator_id()));
         // Again: nothing changes.
         assert_eq!(run(args()).expect("init"), Outcome::Kept);
