@@ -23,7 +23,13 @@ use clap::{Parser, Subcommand};
 
 /// Cohort: decentralized training over libp2p with BFT agreement on every round's aggregate.
 #[derive(Parser, Debug)]
-#[command(name = "cohort", version, about, long_about = None)]
+#[command(
+    name = "cohort",
+    version,
+    about = "Cohort: decentralized training. Each node trains on its own data; signed model deltas are \
+             gossiped over libp2p and every round's robust aggregate is agreed by BFT consensus.",
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

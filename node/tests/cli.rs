@@ -175,3 +175,14 @@ fn centralized_mnist_one_epoch_when_present() {
         .expect("accuracy");
     assert!(acc > 93.0, "{line}");
 }
+
+#[test]
+fn help_shows_the_product_line() {
+    let o = cohort(&["--help"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = stdout(&o).lines().next().unwrap_or_default().to_string();
+    assert!(
+        first.starts_with("Cohort: decentralized training."),
+        "{first}"
+    );
+}
