@@ -9,7 +9,8 @@
 //! DIR/own_delta.bin      this node's signed delta of its current round (written before it
 //!                        is published: after a restart the node sends the same one again
 //!                        instead of signing a second, different delta for the round)
-//! DIR/checkpoints/round-000010.safetensors   every `checkpoint_every` rounds
+//! DIR/checkpoints/round-000010.safetensors   every `checkpoint_every` rounds, the last
+//!                        [`KEEP_CHECKPOINTS`] kept
 //! DIR/evidence.log       two different signed deltas by one author for one round
 //! DIR/listen.txt         the node's listen multiaddrs (for launchers)
 //! ```
@@ -200,8 +201,37 @@ impl Store {
             .join("checkpoints")
             .join(format!("round-{round:06}.safetensors"));
         let bytes = model::params::to_safetensors_bytes(kind, params)?;
-        write_atomic(&path, &bytes)
+        write_atomic(&path, &bytes)?;
+        prune_checkpoints(&self.root.join("checkpoints"), KEEP_CHECKPOINTS)
     }
+}
+
+/// Checkpoints kept: writing one deletes all but the newest this many.
+pub const KEEP_CHECKPOINTS: usize = 5;
+
+/// Deletes `round-N.safetensors` files in `dir` but the `keep` of highest N; other files stay.
+fn prune_checkpoints(dir: &Path, keep: usize) -> Result<()> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let path = e.path();
+            let round = path
+                .file_name()?
+                .to_str()?
+                .strip_prefix("round-")?
+                .strip_suffix(".safetensors")?
+                .parse::<u64>()
+                .ok()?;
+            Some((round, path))
+        })
+        .collect();
+    found.sort();
+    let excess = found.len().saturating_sub(keep);
+    for (_, path) in found.into_iter().take(excess) {
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Reads the ledger of a data dir without opening it for writing.
@@ -221,4 +251,37 @@ pub fn read_state(root: &Path) -> Result<StateBody> {
     let path = root.join("state.bin");
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     StateBody::decode(&bytes).with_context(|| format!("{} is corrupt", path.display()))
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_newest_checkpoints_are_kept() {
+        let dir = std::env::temp_dir().join(format!("cohort-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        // Past round 999,999 the name has seven digits: order by number, not by name.
+        for r in [10u64, 20, 30, 40, 50, 60, 70, 1_000_000] {
+            std::fs::write(dir.join(format!("round-{r:06}.safetensors")), b"x").expect("write");
+        }
+        std::fs::write(dir.join("notes.txt"), b"keep me").expect("write");
+        prune_checkpoints(&dir, 3).expect("prune");
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "notes.txt",
+                "round-000060.safetensors",
+                "round-000070.safetensors",
+                "round-1000000.safetensors"
+            ]
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }
