@@ -259,8 +259,11 @@ impl Core {
             return Verdict::Ignore("our key elsewhere");
         }
         if round > h + LOOKAHEAD {
-            // A validator really works on a later round: we may be behind.
-            self.sync.lag_signal(author, f);
+            // A validator really works on a later round: we may be behind. Contributors do not
+            // count: their keys cost nothing, so f + 1 of them prove nothing.
+            if self.validators().contains(&ValidatorId(author)) {
+                self.sync.lag_signal(author, f);
+            }
             return Verdict::Ignore("far future round");
         }
         if sd.msg.samples == 0 || sd.msg.samples > g.max_samples {

@@ -195,6 +195,31 @@ fn far_future_deltas_need_signatures_from_f_plus_one_validators_to_mean_we_are_b
 }
 
 #[test]
+fn far_future_deltas_of_contributors_never_mean_we_are_behind() {
+    // Contributors (open policy) cost nothing to create: two of them claiming round 50 must not
+    // push this node into a state sync, as two validators (f + 1) would.
+    let k = keys();
+    let mut c = core(&k);
+    let n = c.params().len();
+    let base = c.model_hash();
+    let sybils: Vec<SigningKey> = (60..62u8)
+        .map(|b| SigningKey::from_bytes(&[b; 32]))
+        .collect();
+    for s in &sybils {
+        c.committed
+            .chain
+            .tenure
+            .contributors
+            .insert(s.verifying_key().to_bytes(), 0);
+        gossip(&mut c, Topic::Deltas, signed_delta(s, 50, 10, base, n));
+    }
+    assert!(
+        !c.is_syncing(),
+        "contributors' far-future rounds started a sync"
+    );
+}
+
+#[test]
 fn sample_claims_are_bounded_by_the_genesis() {
     let k = keys();
     let mut c = core(&k);
