@@ -39,7 +39,7 @@ pub struct Tenure {
     /// Key -> the round whose value removed it.
     pub removed: std::collections::BTreeMap<[u8; 32], u64>,
     /// Under `open`: contributor -> the round whose value admitted it. A contributor is
-    /// forgotten when promoted, removed, or W rounds after its admission.
+    /// forgotten when promoted, removed, or [`contributor_tenure`] rounds after its admission.
     pub contributors: std::collections::BTreeMap<[u8; 32], u64>,
 }
 

@@ -142,6 +142,13 @@ impl Checker {
                 BUFFER_PER_SIGNER * n,
             ),
         ];
+        // A join flood never holds more than MAX_CONTRIBUTORS contributor slots.
+        if core.contributor_count() > MAX_CONTRIBUTORS {
+            self.violations.push(format!(
+                "admission: node {i} has {} contributors",
+                core.contributor_count()
+            ));
+        }
         // Admission never lets newcomers reach a third of the voting set.
         let (new, size) = core.newcomers();
         if new > size.saturating_sub(1) / 3 {

@@ -21,7 +21,8 @@ pub const RECENT: usize = 16;
 pub const ACTIVITY_WINDOW: usize = 8;
 /// At most this many contributors' deltas are included in one value.
 pub const MAX_CONTRIBUTOR_DELTAS: usize = 4;
-/// At most this many contributors at a time (each admitted for at most W rounds).
+/// At most this many contributors at a time (each one for at most its tenure,
+/// [`crate::chain::contributor_tenure`]).
 pub const MAX_CONTRIBUTORS: usize = 16;
 
 /// A participant's record over the last (at most W) committed rounds.

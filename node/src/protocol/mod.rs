@@ -419,13 +419,20 @@ impl Core {
         self.privacy.epsilon()
     }
 
+    /// Contributors whose deltas a value for the height being decided may include.
+    pub fn contributor_count(&self) -> usize {
+        self.committed
+            .contributors(self.committed.height() + 1)
+            .len()
+    }
+
     /// Membership as `/status` shows it.
     pub fn membership_status(&self) -> crate::metrics::MembershipStatus {
         let h = self.committed.height() + 1;
         crate::metrics::MembershipStatus {
             policy: self.cfg.genesis.file.membership.policy.clone(),
             contributor: self.committed.chain.is_contributor(&self.me.0, h),
-            contributors: self.committed.contributors(h).len(),
+            contributors: self.contributor_count(),
             pending_joins: self
                 .local
                 .pending_joins
