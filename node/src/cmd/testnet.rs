@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::cmd::genesis::TrainingArgs;
-use crate::genesis::write;
-use crate::keys::NodeKey;
 
 /// Flags of `cohort testnet`.
 #[derive(clap::Args, Debug)]
@@ -100,16 +98,14 @@ pub fn run(a: Args) -> Result<()> {
         std::env::temp_dir().join(format!("cohort-testnet-{}", std::process::id()))
     });
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let keys: Vec<NodeKey> = (0..a.nodes)
-        .map(|_| NodeKey::generate())
-        .collect::<Result<_>>()?;
-    for (i, k) in keys.iter().enumerate() {
-        k.save(&tmp.join(format!("node{i}/node.key")))?;
-    }
-    let ids: Vec<_> = keys.iter().map(NodeKey::validator_id).collect();
-    let g = a.training.genesis("cohort-testnet", &ids);
+    let (g, _) = crate::cmd::testnet_init::write_keys_and_genesis(
+        &tmp,
+        a.nodes,
+        0,
+        "cohort-testnet",
+        &a.training,
+    )?;
     let genesis = tmp.join("genesis.toml");
-    write(&g, &genesis)?;
     let mut byz = vec![None; a.nodes];
     for b in &a.byzantine {
         let (i, kind) = b.split_once(':').context("--byzantine I:KIND")?;

@@ -3,12 +3,12 @@
 //! Idempotent: a directory that already holds a genesis is left as it is, so restarting the
 //! compose project keeps its chain.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::cmd::genesis::TrainingArgs;
-use crate::genesis::write;
+use crate::genesis::{GenesisFile, write};
 use crate::keys::NodeKey;
 
 /// Flags of `cohort testnet-init`.
@@ -49,23 +49,11 @@ pub fn run(a: Args) -> Result<Outcome> {
         );
         return Ok(Outcome::Kept);
     }
-    anyhow::ensure!(a.validators >= 1, "--validators must be at least 1");
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut ids = Vec::new();
-    let names = (0..a.validators)
-        .map(|i| format!("node{i}"))
-        .chain((0..a.joiners).map(|j| format!("joiner{j}")));
-    for (i, name) in names.enumerate() {
-        let key = NodeKey::generate()?;
-        key.save(&a.out.join(&name).join("node.key"))?;
-        if i < a.validators {
-            ids.push(key.validator_id());
-        }
+    let (g, keys) =
+        write_keys_and_genesis(&a.out, a.validators, a.joiners, &a.chain_id, &a.training)?;
+    for (name, key) in &keys {
         println!("{name}: {}", key.peer_id()?);
     }
-    let g = a.training.genesis(&a.chain_id, &ids);
-    // Written last: its presence means the directory is complete.
-    write(&g, &genesis)?;
     println!(
         "wrote {} ({} validators, chain {})",
         genesis.display(),
@@ -73,6 +61,37 @@ pub fn run(a: Args) -> Result<Outcome> {
         g.chain_id
     );
     Ok(Outcome::Written)
+}
+
+/// Fresh keys `dir/nodeI/node.key` for `validators` genesis validators and
+/// `dir/joinerJ/node.key` for `joiners` other keys (returned with their names), then
+/// `dir/genesis.toml` naming the validators (written last: its presence means the directory is
+/// complete). Shared by `cohort testnet` and `cohort testnet-init`.
+pub fn write_keys_and_genesis(
+    dir: &Path,
+    validators: usize,
+    joiners: usize,
+    chain_id: &str,
+    training: &TrainingArgs,
+) -> Result<(GenesisFile, Vec<(String, NodeKey)>)> {
+    anyhow::ensure!(validators >= 1, "at least one validator is needed");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut ids = Vec::new();
+    let mut keys = Vec::new();
+    let names = (0..validators)
+        .map(|i| format!("node{i}"))
+        .chain((0..joiners).map(|j| format!("joiner{j}")));
+    for (i, name) in names.enumerate() {
+        let key = NodeKey::generate()?;
+        key.save(&dir.join(&name).join("node.key"))?;
+        if i < validators {
+            ids.push(key.validator_id());
+        }
+        keys.push((name, key));
+    }
+    let g = training.genesis(chain_id, &ids);
+    write(&g, &dir.join("genesis.toml"))?;
+    Ok((g, keys))
 }
 
 #[cfg(test)]
