@@ -909,17 +909,11 @@ mod tests {
         );
         // Two poisoned inputs among 6 (f = 1 assumed by default) poison nnm's neighbourhoods;
         // assuming 2 keeps the median at the honest value.
-        let honest = [1.0f32, 1.01, 0.99, 1.0];
-        let bad = [1e6f32, 1e6];
-        let mut all: Vec<&[f32]> = honest.iter().map(std::slice::from_ref).collect();
-        all.extend(bad.iter().map(std::slice::from_ref));
-        let inputs: Vec<Contribution<'_>> = all
+        let xs: Vec<Vec<f32>> = [1.0f32, 1.01, 0.99, 1.0, 1e6, 1e6]
             .iter()
-            .map(|d| Contribution {
-                delta: d,
-                samples: 1,
-            })
+            .map(|&v| vec![v])
             .collect();
+        let inputs = contribs(&xs, &[1; 6]);
         let a: Aggregator = "nnm+median".parse().unwrap();
         let naive = a.aggregate(&inputs).unwrap();
         assert!(naive[0] > 1e4, "{naive:?}");
@@ -929,17 +923,15 @@ mod tests {
 
     #[test]
     fn outliers_are_inputs_far_from_the_aggregate_relative_to_the_median() {
-        let honest = [[1.0f32, 0.0], [1.1, 0.1], [0.9, -0.1], [1.0, 0.05]];
-        let bad = [-10.0f32, 0.0];
-        let mut all: Vec<&[f32]> = honest.iter().map(|d| d.as_slice()).collect();
-        all.push(&bad);
-        let inputs: Vec<Contribution<'_>> = all
-            .iter()
-            .map(|d| Contribution {
-                delta: d,
-                samples: 1,
-            })
-            .collect();
+        // Four honest inputs and one far away.
+        let xs = vec![
+            vec![1.0f32, 0.0],
+            vec![1.1, 0.1],
+            vec![0.9, -0.1],
+            vec![1.0, 0.05],
+            vec![-10.0, 0.0],
+        ];
+        let inputs = contribs(&xs, &[1; 5]);
         let agg = "median"
             .parse::<Aggregator>()
             .unwrap()
