@@ -302,6 +302,18 @@ fn the_pool_keeps_usable_rounds_and_one_other_version() {
     assert!(p.blob(&[1; 32]).is_none());
 }
 
+/// Inclusions of `authors`' deltas (zero digests, one sample each).
+fn included_of(authors: impl IntoIterator<Item = [u8; 32]>) -> Vec<Included> {
+    authors
+        .into_iter()
+        .map(|author| Included {
+            author,
+            digest: [0; 32],
+            samples: 1,
+        })
+        .collect()
+}
+
 fn entry(height: u64, joins: bool) -> (LedgerEntry, RoundValue) {
     let rv = RoundValue {
         version: 1,
@@ -409,17 +421,12 @@ fn contributors_count_against_f_and_are_promoted_after_k_inclusions() {
     // a is included in rounds 2..=9 (8 rounds), b in every other one (4).
     for h in 2..=9u64 {
         let (e, mut rv) = entry(h, false);
-        rv.included = k
-            .iter()
-            .map(|key| key.verifying_key().to_bytes())
-            .chain([a])
-            .chain((h % 2 == 0).then_some(b))
-            .map(|author| Included {
-                author,
-                digest: [0; 32],
-                samples: 1,
-            })
-            .collect();
+        rv.included = included_of(
+            k.iter()
+                .map(|key| key.verifying_key().to_bytes())
+                .chain([a])
+                .chain((h % 2 == 0).then_some(b)),
+        );
         c.remember(e, &rv);
     }
     assert_eq!(c.due_promotions(10, &[]), vec![a]);
@@ -436,16 +443,11 @@ fn contributors_count_against_f_and_are_promoted_after_k_inclusions() {
     r.chain.tenure.contributors.insert(a, 1);
     for h in 2..=9u64 {
         let (e, mut rv) = entry(h, false);
-        rv.included = k
-            .iter()
-            .map(|key| key.verifying_key().to_bytes())
-            .chain([a])
-            .map(|author| Included {
-                author,
-                digest: [0; 32],
-                samples: 1,
-            })
-            .collect();
+        rv.included = included_of(
+            k.iter()
+                .map(|key| key.verifying_key().to_bytes())
+                .chain([a]),
+        );
         if h == 5 {
             rv.rejected = vec![a];
         }
@@ -566,14 +568,7 @@ fn newcomers_stay_within_f_and_silent_validators_are_due_for_removal_after_the_w
     let (mut c2, _) = Committed::recover(&g2, &empty_store()).expect("recover");
     for h in 1..=16u64 {
         let (e, mut rv) = entry(h, false);
-        rv.included = k[1..]
-            .iter()
-            .map(|key| Included {
-                author: key.verifying_key().to_bytes(),
-                digest: [0; 32],
-                samples: 1,
-            })
-            .collect();
+        rv.included = included_of(k[1..].iter().map(|key| key.verifying_key().to_bytes()));
         c2.remember(e, &rv);
     }
     assert_eq!(c2.due_removals(17), vec![k[0].verifying_key().to_bytes()]);
