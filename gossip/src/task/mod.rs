@@ -141,6 +141,9 @@ pub(crate) struct Task {
     /// Relayed listen addresses waiting for a connection to their relay.
     relay_listens: Vec<(PeerId, Multiaddr)>,
     bootstrapped: bool,
+    /// Bootstrap addresses already reported unreachable (one warning each, though a node
+    /// without peers re-dials them every few seconds).
+    unreachable_warned: HashSet<Multiaddr>,
     ticks: u64,
     next_id: u64,
 }
@@ -203,6 +206,7 @@ impl Task {
             listen_waiters: Vec::new(),
             relay_listens: Vec::new(),
             bootstrapped: false,
+            unreachable_warned: HashSet::new(),
             ticks: 0,
             next_id: 0,
         };

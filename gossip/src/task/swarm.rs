@@ -43,6 +43,7 @@ impl Task {
                     libp2p::swarm::DialError::Transport(errs) => errs
                         .iter()
                         .filter(|(a, _)| self.config.bootstrap.iter().any(|b| bare(b) == bare(a)))
+                        .filter(|(a, _)| self.unreachable_warned.insert(bare(a)))
                         .map(|(a, e)| format!("{a}: {e:?}"))
                         .collect(),
                     _ => Vec::new(),
