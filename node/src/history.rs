@@ -27,6 +27,78 @@ pub struct RoundSummary {
     pub accuracy: Option<f32>,
     /// The authors (validator keys, hex) whose deltas the round included.
     pub included: Vec<String>,
+    /// Where this node's time went in the round, seconds, where this node timed it.
+    pub phases: Option<Phases>,
+    /// What the round's value changed or recorded beyond the model (empty lists are left out
+    /// of the JSON).
+    #[serde(flatten)]
+    pub events: RoundEvents,
+}
+
+/// A round's time by phase, seconds (see `metrics::PHASES`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Phases {
+    /// Local training.
+    pub train: f64,
+    /// Waiting for deltas and the proposal.
+    pub gossip: f64,
+    /// Votes until the commit.
+    pub consensus: f64,
+    /// Computing the aggregate.
+    pub aggregate: f64,
+    /// Between the commit and the next round's start.
+    pub other: f64,
+}
+
+impl From<[f64; 5]> for Phases {
+    fn from(p: [f64; 5]) -> Self {
+        Phases {
+            train: p[0],
+            gossip: p[1],
+            consensus: p[2],
+            aggregate: p[3],
+            other: p[4],
+        }
+    }
+}
+
+/// Membership changes and findings a committed value carries, keys in hex.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RoundEvents {
+    /// Keys whose join requests the value admitted (as validators, or as contributors under
+    /// `open`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub joins: Vec<String>,
+    /// Contributors promoted to validators.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub promotions: Vec<String>,
+    /// Validators removed (downtime or equivocation).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removals: Vec<String>,
+    /// Included deltas that were outliers against the aggregate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<String>,
+    /// Pieces of equivocation evidence (votes and deltas) the value committed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub evidence: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl RoundEvents {
+    /// The events of a committed value.
+    pub fn of(rv: &RoundValue) -> Self {
+        let keys = |v: &[[u8; 32]]| v.iter().map(|k| hex(k)).collect::<Vec<_>>();
+        RoundEvents {
+            joins: rv.joins.iter().map(|j| hex(&j.validator)).collect(),
+            promotions: keys(&rv.promotions),
+            removals: keys(&rv.removals),
+            rejected: keys(&rv.rejected),
+            evidence: rv.evidence.len() + rv.delta_evidence.len(),
+        }
+    }
 }
 
 /// The last up to [`History::LIMIT`] committed rounds, oldest first.
@@ -52,6 +124,7 @@ impl History {
             h.push(RoundSummary {
                 round: e.height,
                 included: rv.included.iter().map(|i| hex(&i.author)).collect(),
+                events: RoundEvents::of(&rv),
                 ..RoundSummary::default()
             });
         }

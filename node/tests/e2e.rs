@@ -584,6 +584,104 @@ fn a_second_process_with_a_validator_key_in_use_is_stopped_and_the_network_goes_
     });
 }
 
+/// The dashboard in a real browser: headless Chromium loads `GET /` from node 0 of a running
+/// 4-node testnet, runs its script against the live API, and the DOM it leaves shows at least
+/// three rounds on the training curve, the phase bars, the reputation of all four validators and
+/// the recent rounds. Skipped, with a message, where no Chromium is installed (`.ci/run`
+/// installs Debian's `chromium` when it can). Set `COHORT_DASHBOARD_PNG` to keep a screenshot.
+#[test]
+fn the_dashboard_shows_the_live_testnet_in_headless_chromium() {
+    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!("skip: no chromium on PATH (install Debian's `chromium` to run this test)");
+        return;
+    };
+    let net = Net::new("e2e-dashboard", 4, 0, "nnm+median");
+    let first = net.start(0, None, &["--eval-every", "1"]);
+    let boot = listen_addr(&first);
+    let mut nodes = vec![first];
+    for i in 1..4 {
+        nodes.push(net.start(i, Some(&boot), &[]));
+    }
+    wait_until("5 rounds", 120, || (round(&nodes[0]) >= 5).then_some(()));
+    let api = std::fs::read_to_string(nodes[0].dir.join("data/api.txt")).expect("api");
+    let url = format!("http://{}/", api.trim());
+    let profile = net.root.join("chromium-profile");
+    let chrome = |extra: &[String]| {
+        Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--window-size=1280,1900",
+                // Virtual time runs the page's 2 s poll loop three times over.
+                "--virtual-time-budget=7000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("chromium runs")
+    };
+    let out = chrome(&["--dump-dom".to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dom = text(&out.stdout);
+    // The chart: the accuracy and eval-loss series span at least three rounds.
+    let span = dom
+        .split("id=\"span\">rounds ")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap_or_else(|| panic!("no round span in the chart: {dom}"));
+    let (a, b) = span.split_once('\u{2013}').expect("rounds a-b");
+    let (a, b): (u64, u64) = (a.parse().expect("a"), b.parse().expect("b"));
+    assert!(b >= a + 2, "chart spans rounds {a}-{b}");
+    let points = dom
+        .split("<polyline")
+        .skip(1)
+        .map(|p| {
+            p.split("points=\"")
+                .nth(1)
+                .and_then(|q| q.split('"').next())
+                .map_or(0, |q| q.split_whitespace().count())
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(points >= 3, "longest series has {points} points");
+    assert!(
+        dom.matches("class=\"phase\"").count() >= 3 * 3,
+        "phase bars missing"
+    );
+    // Reputation: the four validators; recent rounds: at least three rows; no error shown.
+    let rows = |id: &str| {
+        dom.split(&format!("id=\"{id}\""))
+            .nth(1)
+            .and_then(|t| t.split("</table>").next())
+            .map_or(0, |t| t.matches("<tr>").count().saturating_sub(1))
+    };
+    assert_eq!(rows("rep"), 4, "reputation table: {dom}");
+    assert!(rows("recent") >= 3, "recent rounds table");
+    assert!(
+        dom.contains("<span id=\"err\"></span>"),
+        "the page shows an error"
+    );
+    assert!(dom.contains(">validator<"), "role");
+    if let Ok(png) = std::env::var("COHORT_DASHBOARD_PNG") {
+        let out = chrome(&[format!("--screenshot={png}")]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let len = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 10_000, "screenshot of {len} bytes");
+    }
+}
+
 fn round_json(node: &Node, r: u64) -> Option<serde_json::Value> {
     let api = std::fs::read_to_string(node.dir.join("data/api.txt")).ok()?;
     let resp = http_get(api.trim(), &format!("/round/{r}"));

@@ -308,6 +308,14 @@ async fn history_is_valid_json_of_at_most_1000_rounds() {
                 eval_loss: (r % 10 == 0).then_some(0.125),
                 accuracy: (r % 10 == 0).then_some(0.875),
                 included: (0..4).map(|i| crate::keys::hex(&[i; 32])).collect(),
+                phases: Some([0.25, 0.125, 0.0625, 0.03125, 0.03125].into()),
+                events: crate::history::RoundEvents {
+                    joins: (r == 1500)
+                        .then(|| crate::keys::hex(&[9; 32]))
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                },
             })
         });
     }
@@ -330,6 +338,11 @@ async fn history_is_valid_json_of_at_most_1000_rounds() {
         rounds[999]["included"].as_array().expect("authors").len(),
         4
     );
+    assert_eq!(rounds[999]["phases"]["train"], 0.25);
+    assert_eq!(rounds[999]["joins"][0], crate::keys::hex(&[9; 32]));
+    // Empty event lists are left out (a round without changes costs no bytes for them).
+    assert!(rounds[998].get("joins").is_none(), "{}", rounds[998]);
+    assert!(rounds[998].get("evidence").is_none(), "{}", rounds[998]);
 }
 
 #[tokio::test]

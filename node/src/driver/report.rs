@@ -50,6 +50,8 @@ impl Shell {
             eval_loss: loss,
             accuracy: acc,
             included: r.authors.iter().map(|a| hex(a)).collect(),
+            phases: Some(phases.into()),
+            events: r.events,
         };
         self.history.send_modify(|h| h.push(summary));
         self.publish_status(core);

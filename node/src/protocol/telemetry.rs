@@ -55,6 +55,8 @@ pub struct CommitReport {
     pub seconds: f64,
     /// Phase seconds in `metrics::PHASES` order.
     pub phases: [f64; 5],
+    /// Membership changes and findings the value carried.
+    pub events: crate::history::RoundEvents,
 }
 
 /// See the module documentation.
@@ -177,6 +179,7 @@ impl Telemetry {
             params,
             seconds: cycle,
             phases: [train, gossip, consensus, 0.0, other],
+            events: crate::history::RoundEvents::of(rv),
         }
     }
 }
