@@ -23,8 +23,7 @@ fn figures(text: &str) -> Vec<String> {
             continue;
         }
         let mut j = i;
-        while j < chars.len() && (chars[j].is_ascii_digit() || chars[j] == '.' || chars[j] == ',')
-        {
+        while j < chars.len() && (chars[j].is_ascii_digit() || chars[j] == '.' || chars[j] == ',') {
             j += 1;
         }
         let token: String = chars[i..j].iter().collect();
@@ -45,10 +44,7 @@ fn section<'a>(doc: &'a str, from: &str, to: &str) -> &'a str {
     let a = doc
         .find(from)
         .unwrap_or_else(|| panic!("README has no {from:?}"));
-    let z = doc[a..]
-        .find(to)
-        .map_or(doc.len(), |z| a + z)
-        .max(a);
+    let z = doc[a..].find(to).map_or(doc.len(), |z| a + z).max(a);
     &doc[a..z]
 }
 
@@ -59,7 +55,10 @@ fn readme_quotes_only_figures_that_benchmarks_md_holds() {
     let quoted = section(&readme, "\n## Benchmarks\n", "\n## Docker testnet");
     let found = figures(quoted);
     assert!(found.len() >= 10, "too few figures found: {found:?}");
-    let missing: Vec<&String> = found.iter().filter(|f| !bench.contains(f.as_str())).collect();
+    let missing: Vec<&String> = found
+        .iter()
+        .filter(|f| !bench.contains(f.as_str()))
+        .collect();
     assert!(
         missing.is_empty(),
         "README quotes figures that BENCHMARKS.md does not hold: {missing:?}"
