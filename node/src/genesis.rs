@@ -152,6 +152,15 @@ pub struct MembershipSection {
     /// included before it is promoted to validator (1..=W).
     #[serde(default = "default_promote_after")]
     pub promote_after: u64,
+    /// Proof of work a join request must carry, in leading zero bits of its work hash (about
+    /// 2^bits SHA-256 hashes to make one; 0..=32). It prices Sybil joins: every fresh key and
+    /// every new request costs a fresh proof.
+    #[serde(default = "default_join_work_bits")]
+    pub join_work_bits: u32,
+}
+
+fn default_join_work_bits() -> u32 {
+    20
 }
 
 fn default_policy() -> String {
@@ -168,6 +177,7 @@ impl Default for MembershipSection {
             policy: default_policy(),
             downtime_window: 100,
             promote_after: default_promote_after(),
+            join_work_bits: default_join_work_bits(),
         }
     }
 }
@@ -641,6 +651,12 @@ impl MembershipSection {
                 "must be between 1 and membership.downtime_window ({})",
                 self.downtime_window
             ),
+        );
+        p.require(
+            self.join_work_bits <= crate::wire::MAX_JOIN_WORK_BITS,
+            "membership.join_work_bits",
+            self.join_work_bits,
+            &format!("must be at most {}", crate::wire::MAX_JOIN_WORK_BITS),
         );
     }
 }

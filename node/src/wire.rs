@@ -254,9 +254,48 @@ pub struct SignedJoin {
     /// ed25519 signature by `validator` over
     /// `cohort/join/v2 || chain_id || validator || round || expires`.
     pub signature: Vec<u8>,
+    /// Proof of work: a nonce for which `sha256(cohort/join-work/v1 || signature || work)`
+    /// starts with at least the genesis `membership.join_work_bits` zero bits. The signature
+    /// is deterministic over chain, key, round and expiry, so the work is bound to this one
+    /// request: a fresh key, or a new request, costs a fresh proof.
+    pub work: u64,
 }
 
+/// Most work bits a genesis may ask of a join request (2^32 hashes: hours on one core).
+pub const MAX_JOIN_WORK_BITS: u32 = 32;
+
 impl SignedJoin {
+    /// The leading zero bits of this request's work hash.
+    pub fn work_bits(&self) -> u32 {
+        Self::bits_for(&self.signature, self.work)
+    }
+
+    fn bits_for(signature: &[u8], work: u64) -> u32 {
+        let mut h = Sha256::new();
+        h.update(b"cohort/join-work/v1\0");
+        h.update(signature);
+        h.update(work.to_le_bytes());
+        let d = h.finalize();
+        let mut bits = 0;
+        for b in d.iter() {
+            bits += b.leading_zeros();
+            if *b != 0 {
+                break;
+            }
+        }
+        bits
+    }
+
+    /// Finds the first nonce giving at least `bits` zero bits (about 2^bits hashes; `bits` is
+    /// capped at [`MAX_JOIN_WORK_BITS`]).
+    pub fn solve(mut self, bits: u32) -> SignedJoin {
+        let bits = bits.min(MAX_JOIN_WORK_BITS);
+        self.work = (0..=u64::MAX)
+            .find(|w| Self::bits_for(&self.signature, *w) >= bits)
+            .unwrap_or(0);
+        self
+    }
+
     fn sign_bytes(chain_id: &str, validator: &[u8; 32], round: u64, expires: u64) -> Vec<u8> {
         let mut out = b"cohort/join/v2\0".to_vec();
         out.extend_from_slice(&(chain_id.len() as u32).to_le_bytes());
@@ -277,6 +316,7 @@ impl SignedJoin {
             round,
             expires,
             signature: sig.to_bytes().to_vec(),
+            work: 0,
         }
     }
 
@@ -586,5 +626,30 @@ mod tests {
         let mut huge = vec![1u8];
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(SignedDelta::decode(&huge).is_err());
+    }
+
+    #[test]
+    fn join_work_is_bound_to_the_request_and_costs_about_two_to_the_bits_hashes() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let j = SignedJoin::new("c@00", &key, 5, 20);
+        let solved = j.clone().solve(12);
+        assert!(solved.work_bits() >= 12);
+        solved.verify("c@00").unwrap();
+        // The first nonce with 12 zero bits: geometric with mean 4096, so far below 2^20.
+        assert!(solved.work < 1 << 20, "{}", solved.work);
+        // The same nonce on another request (another round, another key) is not work for it.
+        let other = SignedJoin::new("c@00", &key, 6, 20);
+        let reused = SignedJoin {
+            work: solved.work,
+            ..other
+        };
+        let stranger = SignedJoin {
+            work: solved.work,
+            ..SignedJoin::new("c@00", &SigningKey::from_bytes(&[4; 32]), 5, 20)
+        };
+        // Each has 12 bits only by a 1-in-4096 chance; the seeds here do not.
+        assert!(reused.work_bits() < 12 && stranger.work_bits() < 12);
+        let back = SignedJoin::decode(&solved.encode().unwrap()).unwrap();
+        assert_eq!(back.work_bits(), solved.work_bits());
     }
 }

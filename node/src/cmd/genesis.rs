@@ -34,6 +34,10 @@ pub struct Args {
     /// Under `open`: included deltas (within the last W rounds) that promote a contributor.
     #[arg(long, default_value_t = 8)]
     pub promote_after: u64,
+    /// Proof of work a join request must carry, in zero bits (about 2^bits SHA-256 hashes per
+    /// request; 20 is a fraction of a second on one core). The price of a Sybil join.
+    #[arg(long, default_value_t = 20)]
+    pub join_work_bits: u32,
     /// Output file.
     #[arg(long, default_value = "genesis.toml")]
     pub out: PathBuf,
@@ -164,6 +168,7 @@ pub fn run(a: Args) -> Result<()> {
     g.membership.policy = a.membership;
     g.membership.downtime_window = a.downtime_window;
     g.membership.promote_after = a.promote_after;
+    g.membership.join_work_bits = a.join_work_bits;
     write(&g, &a.out)?;
     println!(
         "wrote {} ({} validators, chain {})",

@@ -282,7 +282,10 @@ impl Sim {
             b.iter_mut().for_each(|x| *x = self.rng.next_u64() as u8);
             let key = SigningKey::from_bytes(&b);
             let ttl = crate::protocol::round::JOIN_TTL;
-            if let Ok(bytes) = crate::wire::SignedJoin::new(&chain, &key, h, h + ttl).encode() {
+            // The flooder pays the proof of work the genesis asks (free requests are refused).
+            let bits = self.genesis.file.membership.join_work_bits;
+            let join = crate::wire::SignedJoin::new(&chain, &key, h, h + ttl).solve(bits);
+            if let Ok(bytes) = join.encode() {
                 self.broadcast_unchecked(i, Topic::Membership, bytes);
             }
         }

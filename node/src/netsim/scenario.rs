@@ -278,5 +278,7 @@ pub fn genesis(ids: &[ValidatorId], c: &SimConfig) -> Result<Genesis> {
     g.membership.downtime_window = 32;
     g.membership.policy = c.policy.clone();
     g.membership.promote_after = 2;
+    // Joins carry real proof of work; 4 bits keeps a flood of 100 keys a round cheap to simulate.
+    g.membership.join_work_bits = 4;
     g.check()
 }

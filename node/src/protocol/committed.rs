@@ -24,6 +24,12 @@ pub const MAX_CONTRIBUTOR_DELTAS: usize = 4;
 /// At most this many contributors at a time (each one for at most its tenure,
 /// [`crate::chain::contributor_tenure`]).
 pub const MAX_CONTRIBUTORS: usize = 16;
+/// A contributor none of whose deltas was included in this many committed rounds (counted from
+/// its admission) loses its slot: a key that joined and stays silent, such as one of a join
+/// flood, holds a slot for this long, not for its whole tenure. Contributors take turns
+/// (`round.rs`), so with room for one contributor delta a round and at most
+/// [`MAX_CONTRIBUTORS`] of them, an active one is included at least every 16 rounds.
+pub const SILENT_CONTRIBUTOR_ROUNDS: u64 = 2 * MAX_CONTRIBUTORS as u64;
 
 /// A participant's record over the last (at most W) committed rounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +109,9 @@ impl Committed {
             velocity: Arc::new(Vec::new()),
             recent: VecDeque::new(),
             changes: Vec::new(),
-            keep: RECENT.max(genesis.file.membership.downtime_window as usize),
+            keep: RECENT
+                .max(SILENT_CONTRIBUTOR_ROUNDS as usize)
+                .max(genesis.file.membership.downtime_window as usize),
             window: genesis.file.membership.downtime_window,
             contributors_first: genesis.file.membership.contributors_first(),
             promote_after: genesis.file.membership.promote_after,
@@ -305,14 +313,24 @@ impl Committed {
             .count()
     }
 
-    /// Contributors whose deltas a value for height `h` may include (sorted).
+    /// Contributors whose deltas a value for height `h` may include (sorted): within their
+    /// tenure, and admitted or included within the last [`SILENT_CONTRIBUTOR_ROUNDS`] rounds.
     pub fn contributors(&self, h: u64) -> Vec<[u8; 32]> {
+        let silent = SILENT_CONTRIBUTOR_ROUNDS;
         self.chain
             .tenure
             .contributors
-            .keys()
-            .filter(|k| self.chain.is_contributor(k, h))
-            .copied()
+            .iter()
+            .filter(|(k, _)| self.chain.is_contributor(k, h))
+            .filter(|(k, admitted)| {
+                **admitted + silent >= h
+                    || self.recent.iter().any(|r| {
+                        r.entry.height < h
+                            && r.entry.height + silent >= h
+                            && r.participants.contains(*k)
+                    })
+            })
+            .map(|(k, _)| *k)
             .collect()
     }
 

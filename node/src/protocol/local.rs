@@ -43,6 +43,9 @@ pub struct LocalState {
     pub pending_joins: BTreeMap<[u8; 32], SignedJoin>,
     /// When our own join request last went out.
     last_join_sent: Option<Millis>,
+    /// Our own join request with its proof of work, re-sent while more than half of its
+    /// lifetime is left (a proof costs about 2^join_work_bits hashes).
+    own_join: Option<SignedJoin>,
     /// Our signed delta of the current round.
     pub(super) own: Option<OwnDelta>,
     /// When our genesis hello last went out.
@@ -283,6 +286,9 @@ impl Core {
         if j.verify(self.cfg.genesis.chain_id.as_str()).is_err() {
             return Verdict::Reject("bad join request");
         }
+        if j.work_bits() < self.cfg.genesis.file.membership.join_work_bits {
+            return Verdict::Reject("join request without enough proof of work");
+        }
         let h = self.committed.height() + 1;
         if self
             .committed
@@ -333,12 +339,21 @@ impl Core {
         {
             self.local.last_join_sent = Some(now);
             let made = self.committed.height();
-            let j = SignedJoin::new(
-                self.cfg.genesis.chain_id.as_str(),
-                &self.cfg.key,
-                made,
-                made + super::round::JOIN_TTL,
-            );
+            let removed = chain.tenure.removed.get(&self.me.0).copied();
+            let reusable = |j: &SignedJoin| {
+                j.expires >= h + super::round::JOIN_TTL / 2 && removed.is_none_or(|r| j.round > r)
+            };
+            let j = match self.local.own_join.take() {
+                Some(j) if reusable(&j) => j,
+                _ => SignedJoin::new(
+                    self.cfg.genesis.chain_id.as_str(),
+                    &self.cfg.key,
+                    made,
+                    made + super::round::JOIN_TTL,
+                )
+                .solve(self.cfg.genesis.file.membership.join_work_bits),
+            };
+            self.local.own_join = Some(j.clone());
             if let Ok(bytes) = j.encode() {
                 out.push(Action::Publish {
                     topic: Topic::Membership,

@@ -25,8 +25,8 @@ use crate::wire::{DeltaEvidence, Included, LedgerEntry, RoundValue, SignedJoin, 
 /// bound of `Committed::admissible_joins`).
 pub const MAX_JOINS_PER_ROUND: usize = 4;
 /// The round value format: 2 added removals, 3 delta equivocation evidence, 4 promotions and
-/// rejected authors.
-pub const VALUE_VERSION: u8 = 4;
+/// rejected authors, 5 proof of work in join requests.
+pub const VALUE_VERSION: u8 = 5;
 /// A join request may be admitted for at most this many rounds after it was made.
 pub const JOIN_TTL: u64 = 64;
 
@@ -360,7 +360,8 @@ impl Core {
         }
     }
 
-    /// Whether a value for height `h` may admit `j`: signed for this chain, made at or before
+    /// Whether a value for height `h` may admit `j`: signed for this chain, carrying the
+    /// genesis' proof of work, made at or before
     /// `h` and after any removal of its key (no replay of an older request), not expired, with
     /// a bounded lifetime, and not already a validator of the set it would join.
     pub(super) fn join_admissible(&self, j: &SignedJoin, h: u64) -> bool {
@@ -368,6 +369,7 @@ impl Core {
         let removed = chain.tenure.removed.get(&j.validator).copied();
         self.cfg.genesis.file.membership.admits()
             && j.verify(self.cfg.genesis.chain_id.as_str()).is_ok()
+            && j.work_bits() >= self.cfg.genesis.file.membership.join_work_bits
             && j.round < h
             && j.expires >= h
             && j.expires.saturating_sub(j.round) <= JOIN_TTL

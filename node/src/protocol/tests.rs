@@ -25,6 +25,8 @@ fn genesis(keys: &[SigningKey]) -> crate::genesis::Genesis {
         .collect();
     let mut g = crate::genesis::demo("core-test", &ids);
     g.membership.downtime_window = 16;
+    // Hand-made join requests here carry no proof of work; one test sets the bits itself.
+    g.membership.join_work_bits = 0;
     g.check().expect("genesis")
 }
 
@@ -360,6 +362,8 @@ fn a_snapshot_at_round_100000_carries_as_many_entries_as_at_round_100() {
     f.membership.policy = "approve".into();
     let g = f.check().expect("genesis");
     let (mut c, _) = Committed::recover(&g, &empty_store()).expect("recover");
+    // Recent entries kept: enough to see which contributors were silent (W = 16 here).
+    let keep = RECENT.max(super::committed::SILENT_CONTRIBUTOR_ROUNDS as usize);
     let mut sizes = Vec::new();
     for h in 1..=100_000 {
         let (e, rv) = entry(h, h % 25_000 == 0);
@@ -368,10 +372,10 @@ fn a_snapshot_at_round_100000_carries_as_many_entries_as_at_round_100() {
             sizes.push((c.entries_for_snapshot(0).len(), c.held_entries()));
         }
     }
-    // Round 100: the last 16. Round 100,000: the last 16 and the 3 earlier ones that changed
-    // the set (the fourth, round 100,000, is among the last 16 and sent once).
-    assert_eq!(sizes[0], (RECENT, RECENT));
-    assert_eq!(sizes[1], (RECENT + 3, RECENT + 4));
+    // Round 100: the last 32. Round 100,000: the last 32 and the 3 earlier ones that changed
+    // the set (the fourth, round 100,000, is among the last 32 and sent once).
+    assert_eq!(sizes[0], (keep, keep));
+    assert_eq!(sizes[1], (keep + 3, keep + 4));
     let heights: Vec<u64> = c.entries_for_snapshot(0).iter().map(|e| e.height).collect();
     assert!(heights.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(c.entries_for_snapshot(99_990).len(), 10);
@@ -383,11 +387,47 @@ fn a_snapshot_at_round_100000_carries_as_many_entries_as_at_round_100() {
         let (e, rv) = entry(h, h % 25_000 == 0);
         c.remember(e, &rv);
     }
-    assert_eq!(c.entries_for_snapshot(0).len(), RECENT);
+    assert_eq!(c.entries_for_snapshot(0).len(), keep);
     assert_eq!(
         c.held_entries(),
-        RECENT + 1,
+        keep + 1,
         "the join of round 100,000 is still held"
+    );
+}
+
+/// A join flood's fresh keys never send a delta: each loses its contributor slot
+/// SILENT_CONTRIBUTOR_ROUNDS after its admission instead of holding it for its whole tenure,
+/// while a contributor whose deltas are included keeps its slot.
+#[test]
+fn silent_contributors_lose_their_slot_and_included_ones_keep_it() {
+    use super::committed::SILENT_CONTRIBUTOR_ROUNDS as SILENT;
+    let k = keys();
+    let g = genesis(&k);
+    let (mut c, _) = Committed::recover(&g, &empty_store()).expect("recover");
+    let (silent, active) = ([31u8; 32], [32u8; 32]);
+    c.chain.tenure.contributors.insert(silent, 1);
+    c.chain.tenure.contributors.insert(active, 1);
+    // Rounds 1..=40: the validators' deltas every round; the active contributor's every 16th.
+    for h in 1..=40u64 {
+        let (e, mut rv) = entry(h, false);
+        rv.included = included_of(
+            k.iter()
+                .map(|key| key.verifying_key().to_bytes())
+                .chain((h % 16 == 0).then_some(active)),
+        );
+        c.remember(e, &rv);
+    }
+    assert_eq!(c.contributors(1 + SILENT), vec![silent, active]);
+    assert_eq!(
+        c.contributors(2 + SILENT),
+        vec![active],
+        "the silent key's slot is free"
+    );
+    // Last included at round 32: kept through round 32 + SILENT (if still within its tenure).
+    assert!(c.contributors(41).contains(&active));
+    assert!(
+        c.chain.is_contributor(&silent, 2 + SILENT),
+        "still within its tenure: it cannot join again until that ends"
     );
 }
 
@@ -608,6 +648,23 @@ fn join_requests_are_admissible_only_if_open_fresh_and_not_replayed_after_a_remo
     let mut closed = core(&k);
     closed.cfg.genesis.file.membership.policy = "closed".into();
     assert!(!closed.join_admissible(&j(0, 10), 1));
+    // A genesis that prices joins: a request without the work is neither admissible in a value
+    // nor accepted from gossip (a peer penalty); the same request with the work is both.
+    let mut priced = core(&k);
+    priced.cfg.genesis.file.membership.join_work_bits = 10;
+    let free = j(0, 10);
+    let paid = free.clone().solve(10);
+    assert!(
+        free.work_bits() < 10,
+        "this seed's free request has no work by chance"
+    );
+    assert!(!priced.join_admissible(&free, 1));
+    assert!(priced.join_admissible(&paid, 1));
+    let verdict = |c: &mut Core, join: &crate::wire::SignedJoin| {
+        gossip(c, Topic::Membership, join.encode().expect("encode"))
+    };
+    assert!(matches!(verdict(&mut priced, &free), Verdict::Reject(_)));
+    assert!(matches!(verdict(&mut priced, &paid), Verdict::Accept));
 }
 
 #[test]
