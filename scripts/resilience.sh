@@ -8,7 +8,11 @@
 #   wipe     a validator whose data dir is wiped at round WIPE_AT catches up
 #   fair     how often each validator's delta is included in rounds 101..FAIR_ROUNDS (node 1
 #            trains on the most data: the Dirichlet split gives shards of different sizes)
-# Usage: scripts/resilience.sh [quorum] [onedown] [rss] [wipe] [fair]   (default: all five)
+#   apiload  rounds/s quiet, then while node 0's API holds 1,000 idle connections, 100 clients
+#            dripping a request head and 16 clients polling /round/1 (scripts/api-load.py);
+#            the slowest of 10 /status requests during the load
+# Usage: scripts/resilience.sh [quorum] [onedown] [rss] [wipe] [fair] [apiload]
+#        (default: the first five)
 # Env: COHORT (binary; default the dev build in ~/.cache/cohort/target), TRIALS=5, SECS=20,
 #      RSS_ROUNDS=5000, WIPE_AT=2000. Prints one `result:` line per measurement.
 set -euo pipefail
@@ -135,6 +139,28 @@ fair() {
   done | tr ' ' '\n' | sort | uniq -c | while read -r count author; do
     echo "result: fair validator $author included in $count of $((FAIR_ROUNDS - 100)) rounds"
   done
+}
+
+apiload() {
+  start_all
+  wait_round 0 20 60
+  echo "result: apiload quiet: $(rate "$SECS") rounds/s"
+  # 1,000 idle sockets plus the rest need descriptors on both sides.
+  ulimit -n 4096 2>/dev/null || true
+  python3 "$(dirname "$0")/api-load.py" "$(cat "$W/n0/data/api.txt")" 1000 100 16 /round/1 \
+    >"$W/load.out" 2>&1 &
+  local load=$!
+  sleep 5
+  echo "result: apiload under load: $(rate "$SECS") rounds/s"
+  local worst=0
+  for _ in $(seq 10); do
+    local t; t=$(curl -s -o /dev/null -w '%{time_total}' --max-time 10 "http://$(cat "$W/n0/data/api.txt")/status" || echo 10)
+    worst=$(python3 -c "print(max($worst, $t))")
+    sleep 0.5
+  done
+  kill -TERM "$load" 2>/dev/null || true
+  wait "$load" 2>/dev/null || true
+  echo "result: apiload slowest /status of 10 under load: ${worst} s; $(cat "$W/load.out")"
 }
 
 for what in "${@:-quorum onedown rss wipe fair}"; do
