@@ -19,8 +19,9 @@
 //! - [`mia`]: membership inference (the loss-threshold attack, ROC AUC, TPR at low FPR) and the
 //!   experiment that measures it with and without DP;
 //! - [`sim`]: N nodes in one process on the same per-round math as the networked node;
-//! - [`text`]: text for next-character language modelling: plain text files and the Shakespeare
-//!   plays by speaking role, a character vocabulary that a genesis can fix.
+//! - [`text`], [`text_partition`]: text for next-character language modelling: plain text files
+//!   and the Shakespeare plays by speaking role, a character vocabulary that a genesis can fix, role
+//!   and IID splits over nodes.
 #![deny(clippy::unwrap_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
@@ -44,6 +45,7 @@ pub mod sim;
 pub mod source;
 pub mod tabular;
 pub mod text;
+pub mod text_partition;
 pub mod train;
 
 #[cfg(test)]
