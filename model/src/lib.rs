@@ -19,9 +19,9 @@
 //! - [`mia`]: membership inference (the loss-threshold attack, ROC AUC, TPR at low FPR) and the
 //!   experiment that measures it with and without DP;
 //! - [`sim`]: N nodes in one process on the same per-round math as the networked node;
-//! - [`text`], [`text_partition`]: text for next-character language modelling: plain text files
-//!   and the Shakespeare plays by speaking role, a character vocabulary that a genesis can fix, role
-//!   and IID splits over nodes.
+//! - [`text`], [`text_partition`], [`transformer`], [`lm`]: next-character language modelling:
+//!   text files and the Shakespeare plays by speaking role, a fixed character vocabulary, role and
+//!   IID splits, a decoder-only transformer, its training, evaluation, sampling and model files.
 #![deny(clippy::unwrap_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
@@ -35,6 +35,7 @@ pub mod dpsgd;
 pub mod error;
 pub mod fast;
 pub mod images;
+pub mod lm;
 pub mod mia;
 pub mod net;
 pub mod params;
@@ -47,6 +48,7 @@ pub mod tabular;
 pub mod text;
 pub mod text_partition;
 pub mod train;
+pub mod transformer;
 
 #[cfg(test)]
 mod testutil;
