@@ -459,6 +459,17 @@ mod tests {
         assert_eq!(s, "\n!abc");
         assert_eq!(Vocab::try_from(s).unwrap(), v);
         assert!(Vocab::try_from("aba".to_string()).is_err());
+        // As a genesis would hold it: a TOML string, escapes and all, and back.
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Genesis {
+            vocab: Vocab,
+        }
+        let g = Genesis {
+            vocab: Vocab::from_texts(["a\"b\\\n'é"]).unwrap(),
+        };
+        let text = toml::to_string(&g).unwrap();
+        assert_eq!(toml::from_str::<Genesis>(&text).unwrap(), g);
+        assert!(toml::from_str::<Genesis>("vocab = \"aa\"").is_err());
         assert!(Vocab::try_from(String::new()).is_err());
     }
 
