@@ -26,6 +26,15 @@ pub enum Error {
     /// a class count the training path cannot take).
     #[error("dataset: {0}")]
     Dataset(String),
+    /// A text holds a character outside the model's vocabulary: the document, the character and
+    /// its 1-based line and column (counted in characters).
+    #[error("{doc}: character {ch:?} at line {line}, column {column} is not in the vocabulary")]
+    OutOfVocabulary {
+        doc: String,
+        ch: char,
+        line: usize,
+        column: usize,
+    },
     /// A sample index past the end of a dataset.
     #[error("sample index {index} out of range for a dataset of {len}")]
     IndexOutOfRange { index: usize, len: usize },

@@ -18,7 +18,10 @@
 //! - [`attack`]: Byzantine behaviours for experiments;
 //! - [`mia`]: membership inference (the loss-threshold attack, ROC AUC, TPR at low FPR) and the
 //!   experiment that measures it with and without DP;
-//! - [`sim`]: N nodes in one process on the same per-round math as the networked node.
+//! - [`sim`]: N nodes in one process on the same per-round math as the networked node;
+//! - [`text`], [`text_partition`], [`transformer`], [`lm`]: next-character language modelling:
+//!   text files and the Shakespeare plays by speaking role, a fixed character vocabulary, role and
+//!   IID splits, a decoder-only transformer, its training, evaluation, sampling and model files.
 #![deny(clippy::unwrap_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
@@ -32,6 +35,7 @@ pub mod dpsgd;
 pub mod error;
 pub mod fast;
 pub mod images;
+pub mod lm;
 pub mod mia;
 pub mod net;
 pub mod params;
@@ -41,7 +45,10 @@ pub mod schema;
 pub mod sim;
 pub mod source;
 pub mod tabular;
+pub mod text;
+pub mod text_partition;
 pub mod train;
+pub mod transformer;
 
 #[cfg(test)]
 mod testutil;

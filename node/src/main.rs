@@ -39,6 +39,10 @@ struct Cli {
 enum Command {
     /// Train one model on the whole training set: the centralized baseline.
     Centralized(cmd::centralized::Args),
+    /// Train the character transformer on text (the language-model task's centralized baseline).
+    LmTrain(cmd::lm::Args),
+    /// Generate text from a language-model file.
+    Sample(cmd::sample::Args),
     /// Simulate N nodes in one process on the same math as the networked node (no network).
     Simulate(cmd::simulate::Args),
     /// Generate a node key (the libp2p identity and the validator key).
@@ -91,6 +95,8 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Centralized(a) => cmd::centralized::run(a),
+        Command::LmTrain(a) => cmd::lm::run(a),
+        Command::Sample(a) => cmd::sample::run(a),
         Command::Simulate(a) => cmd::simulate::run(a),
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Genesis(a) => cmd::genesis::run(a),
