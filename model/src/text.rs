@@ -369,53 +369,30 @@ fn data_err(path: &Path, what: String) -> Error {
 /// The largest uncompressed tarball read (a bound against a gzip bomb).
 const MAX_TAR_BYTES: u64 = 1 << 30;
 
-/// The regular files of a ustar/GNU tar archive as `(name, bytes)`. GNU long names (`L` entries)
-/// are honoured; directories, links and pax headers are skipped. Malformed archives are an error,
-/// never a panic.
+/// The regular files of a tar archive as `(name, bytes)`, through the `tar` crate (ustar, GNU
+/// long names, pax); directories and links are skipped. Malformed or truncated archives are an
+/// error, never a panic.
 fn tar_entries(tar: &[u8]) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
     let mut out = Vec::new();
-    let mut pos = 0usize;
-    let mut long_name: Option<String> = None;
-    while pos + 512 <= tar.len() {
-        let h = &tar[pos..pos + 512];
-        if h.iter().all(|&b| b == 0) {
-            break;
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().map_err(|e| format!("tar: {e}"))? {
+        let mut entry = entry.map_err(|e| format!("tar: {e}"))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
         }
-        let field = |a: usize, b: usize| {
-            let f = &h[a..b];
-            let end = f.iter().position(|&c| c == 0).unwrap_or(f.len());
-            String::from_utf8_lossy(&f[..end]).into_owned()
-        };
-        let size_str = field(124, 136);
-        let size = usize::from_str_radix(size_str.trim(), 8)
-            .map_err(|_| format!("tar entry at byte {pos}: bad size {size_str:?}"))?;
-        let start = pos + 512;
-        let end = start
-            .checked_add(size)
-            .filter(|&e| e <= tar.len())
-            .ok_or_else(|| format!("tar entry at byte {pos}: {size} bytes past the end"))?;
-        let data = &tar[start..end];
-        let name = match long_name.take() {
-            Some(n) => n,
-            None => {
-                let prefix = field(345, 500);
-                let name = field(0, 100);
-                if prefix.is_empty() || &h[257..262] != b"ustar" {
-                    name
-                } else {
-                    format!("{prefix}/{name}")
-                }
-            }
-        };
-        match h[156] {
-            b'0' | 0 => out.push((name, data.to_vec())),
-            b'L' => {
-                let end = data.iter().position(|&c| c == 0).unwrap_or(data.len());
-                long_name = Some(String::from_utf8_lossy(&data[..end]).into_owned());
-            }
-            _ => {}
+        let name = entry
+            .path()
+            .map_err(|e| format!("tar entry name: {e}"))?
+            .to_string_lossy()
+            .into_owned();
+        let mut data = Vec::new();
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| format!("tar entry {name}: {e}"))?;
+        if (data.len() as u64) < entry.header().size().unwrap_or(0) {
+            return Err(format!("tar entry {name}: truncated"));
         }
-        pos = start + size.div_ceil(512) * 512;
+        out.push((name, data));
     }
     Ok(out)
 }
@@ -506,18 +483,15 @@ mod tests {
         assert_eq!(d.split(1.0), ("", "abcdéfghij"));
     }
 
-    /// A ustar archive with one file, built by hand.
+    /// A tar archive with one file.
     fn one_file_tar(name: &str, body: &[u8]) -> Vec<u8> {
-        let mut h = [0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        let size = format!("{:011o}\0", body.len());
-        h[124..136].copy_from_slice(size.as_bytes());
-        h[156] = b'0';
-        h[257..263].copy_from_slice(b"ustar\0");
-        let mut t = h.to_vec();
-        t.extend_from_slice(body);
-        t.resize(512 + body.len().div_ceil(512) * 512 + 1024, 0);
-        t
+        let mut h = tar::Header::new_ustar();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut h, name, body).unwrap();
+        b.into_inner().unwrap()
     }
 
     #[test]
@@ -525,12 +499,12 @@ mod tests {
         let t = one_file_tar("./a_gut.txt", b"hello");
         assert_eq!(
             tar_entries(&t).unwrap(),
-            [("./a_gut.txt".to_string(), b"hello".to_vec())]
+            [("a_gut.txt".to_string(), b"hello".to_vec())]
         );
-        assert!(tar_entries(&t[..515]).is_err());
+        assert!(tar_entries(&t[..515]).is_err(), "cut inside the file");
         let mut bad = t.clone();
         bad[124] = b'9';
-        assert!(tar_entries(&bad).is_err());
+        assert!(tar_entries(&bad).is_err(), "a size that is not octal");
     }
 
     #[test]
