@@ -13,6 +13,9 @@ use crate::data::{
 use crate::error::{Error, Result, parse_err};
 use crate::rng::Rng;
 
+/// Most classes the training path takes (its labels are `u8`).
+pub const MAX_TRAIN_CLASSES: usize = 256;
+
 /// Every sample's inputs, row-major (`len * input_size` values).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Features {
@@ -238,11 +241,11 @@ impl CompactDataset {
     }
 
     /// The whole set as the dense [`Dataset`] that [`crate::train`] takes. That path has `u8`
-    /// labels and at most [`NUM_CLASSES`] outputs, so a schema with more classes is an error here.
+    /// labels, so a schema with more than [`MAX_TRAIN_CLASSES`] classes is an error here.
     pub fn to_dataset(&self) -> Result<Dataset> {
-        if self.num_classes > NUM_CLASSES {
+        if self.num_classes > MAX_TRAIN_CLASSES {
             return Err(Error::Dataset(format!(
-                "{} classes; the training path takes at most {NUM_CLASSES}",
+                "{} classes; the training path takes at most {MAX_TRAIN_CLASSES}",
                 self.num_classes
             )));
         }
@@ -418,8 +421,10 @@ mod tests {
         assert_eq!(ds.y, vec![0, 1, 2, 0, 1]);
         assert_eq!(&ds.x[2..4], &[50.0 / 255.0, 254.0 / 255.0]);
         let many = CompactDataset::new(Features::Dense(vec![0.5]), vec![10], 1, 11).unwrap();
+        assert_eq!(many.to_dataset().unwrap().y, vec![10]);
+        let many = CompactDataset::new(Features::Dense(vec![0.5]), vec![256], 1, 257).unwrap();
         let e = many.to_dataset().unwrap_err();
-        assert!(e.to_string().contains("at most 10"), "{e}");
+        assert!(e.to_string().contains("at most 256"), "{e}");
     }
 
     fn idx(magic: u32, dims: &[u32], body: &[u8]) -> Vec<u8> {

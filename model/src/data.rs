@@ -21,7 +21,7 @@ pub const NUM_CLASSES: usize = 10;
 pub struct Dataset {
     /// Row-major features, `len * features` values in [0, 1].
     pub x: Vec<f32>,
-    /// One label per row, in `0..NUM_CLASSES`.
+    /// One label per row: a class number (`0..NUM_CLASSES` for the built-in data sets).
     pub y: Vec<u8>,
     /// Features per row (784 for MNIST, 64 for digits).
     pub features: usize,
@@ -53,11 +53,22 @@ impl Dataset {
         }
     }
 
-    /// Count of samples per label.
-    pub fn label_counts(&self) -> [usize; NUM_CLASSES] {
-        let mut c = [0; NUM_CLASSES];
+    /// How many labels to count: one past the largest label, and at least [`NUM_CLASSES`] (the
+    /// built-in data sets' ten, whether or not a subset holds each).
+    pub fn num_labels(&self) -> usize {
+        self.y
+            .iter()
+            .map(|&l| usize::from(l) + 1)
+            .max()
+            .unwrap_or(0)
+            .max(NUM_CLASSES)
+    }
+
+    /// Count of samples per label, `num_labels()` of them.
+    pub fn label_counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.num_labels()];
         for &l in &self.y {
-            c[l as usize] += 1;
+            c[usize::from(l)] += 1;
         }
         c
     }
@@ -98,6 +109,45 @@ impl std::fmt::Display for DatasetKind {
             Self::Mnist => "mnist",
             Self::FashionMnist => "fashion-mnist",
         })
+    }
+}
+
+impl DatasetKind {
+    /// The schema of this data set: grey images (8x8 digits, 28x28 otherwise), ten classes
+    /// named as the data set names them.
+    pub fn schema(self) -> crate::schema::DataSchema {
+        use crate::schema::{DataSchema, InputSpec, Task};
+        let side = match self {
+            Self::Digits => 8,
+            Self::Mnist | Self::FashionMnist => 28,
+        };
+        let classes: Vec<String> = match self {
+            Self::Digits | Self::Mnist => (0..NUM_CLASSES).map(|d| d.to_string()).collect(),
+            Self::FashionMnist => [
+                "t-shirt",
+                "trouser",
+                "pullover",
+                "dress",
+                "coat",
+                "sandal",
+                "shirt",
+                "sneaker",
+                "bag",
+                "ankle-boot",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        DataSchema {
+            task: Task::Classification,
+            classes,
+            input: InputSpec::Images {
+                width: side,
+                height: side,
+                channels: 1,
+                resize: false,
+            },
+        }
     }
 }
 
