@@ -94,7 +94,7 @@ fn dataset(args: &Args) -> Result<Dataset, Box<dyn std::error::Error>> {
         .map(|_| rng.next_f64() as f32)
         .collect();
     let y = (0..args.samples).map(|_| rng.below(10) as u8).collect();
-    Ok(Dataset { x, y, features: f })
+    Ok(Dataset::dense(x, y, f))
 }
 
 /// One epoch of the bare candle-nn loop, sequential batches; returns the seconds taken.
@@ -107,7 +107,7 @@ fn bare_candle(data: &Dataset, batch: usize, lr: f64) -> candle_core::Result<f64
     let fc3 = candle_nn::linear(200, 10, vb.pp("fc3"))?;
     let mut opt = candle_nn::SGD::new(varmap.all_vars(), lr)?;
     let n = data.len();
-    let xs_all = Tensor::from_slice(&data.x, (n, data.features), &dev)?;
+    let xs_all = Tensor::from_vec(data.to_f32(), (n, data.features), &dev)?;
     let ys: Vec<u32> = data.y.iter().map(|&y| u32::from(y)).collect();
     let ys_all = Tensor::from_vec(ys, n, &dev)?;
     let start = Instant::now();

@@ -367,7 +367,7 @@ impl Net {
             self.labels.resize(idx.len(), 0);
         }
         for ((row, label), &i) in x.chunks_exact_mut(f).zip(&mut self.labels).zip(idx) {
-            row.copy_from_slice(&data.x[i * f..(i + 1) * f]);
+            data.row_into(i, row);
             *label = data.y[i];
         }
         Ok(())
@@ -831,11 +831,9 @@ mod tests {
     /// `n` samples of `features` values in [0, 1) with seeded labels.
     pub(super) fn noise(n: usize, features: usize, seed: u64) -> Dataset {
         let mut rng = Rng::seed(seed);
-        Dataset {
-            x: (0..n * features).map(|_| rng.next_f64() as f32).collect(),
-            y: (0..n).map(|_| rng.below(10) as u8).collect(),
-            features,
-        }
+        let x = (0..n * features).map(|_| rng.next_f64() as f32).collect();
+        let y = (0..n).map(|_| rng.below(10) as u8).collect();
+        Dataset::dense(x, y, features)
     }
 
     fn cfg(work: Work, batch: usize, optimizer: Optimizer, prox_mu: f64) -> TrainConfig {

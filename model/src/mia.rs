@@ -566,7 +566,8 @@ mod tests {
         assert_eq!((m.len(), n.len()), (100, 100));
         assert_eq!(m.label_counts(), n.label_counts());
         let rows = |d: &Dataset| -> Vec<Vec<u32>> {
-            d.x.chunks(d.features)
+            d.to_f32()
+                .chunks(d.features)
                 .map(|r| r.iter().map(|v| v.to_bits()).collect())
                 .collect()
         };

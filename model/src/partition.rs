@@ -158,11 +158,7 @@ mod tests {
     use super::*;
 
     fn toy(n: usize) -> Dataset {
-        Dataset {
-            x: vec![0.0; n],
-            y: (0..n).map(|i| (i % 10) as u8).collect(),
-            features: 1,
-        }
+        Dataset::dense(vec![0.0; n], (0..n).map(|i| (i % 10) as u8).collect(), 1)
     }
 
     fn check_cover(parts: &[Vec<usize>], n: usize) {

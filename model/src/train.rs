@@ -142,7 +142,7 @@ pub fn batch_tensors(data: &Dataset, idx: &[usize], device: &Device) -> Result<(
     let mut x = Vec::with_capacity(idx.len() * f);
     let mut y = Vec::with_capacity(idx.len());
     for &i in idx {
-        x.extend_from_slice(&data.x[i * f..(i + 1) * f]);
+        data.extend_row(i, &mut x);
         y.push(u32::from(data.y[i]));
     }
     Ok((

@@ -37,7 +37,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let loaded = a.data.load(a.seed)?;
     let kind = &loaded.model;
-    let train = loaded.union();
+    let train = loaded.union()?;
     let test = &loaded.test;
     let model = Model::new(kind, &kind.init(a.seed), &Device::Cpu)?;
     let mut rng = Rng::derive(a.seed, 0xCE47);

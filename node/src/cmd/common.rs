@@ -49,17 +49,8 @@ pub struct Loaded {
 
 impl Loaded {
     /// Every part in one set (the union of the parties' data).
-    pub fn union(&self) -> Dataset {
-        let mut all = Dataset {
-            x: Vec::new(),
-            y: Vec::new(),
-            features: self.test.features,
-        };
-        for p in &self.parts {
-            all.x.extend_from_slice(&p.x);
-            all.y.extend_from_slice(&p.y);
-        }
-        all
+    pub fn union(&self) -> Result<Dataset> {
+        Ok(Dataset::concat(&self.parts, self.test.features)?)
     }
 }
 
@@ -124,18 +115,7 @@ impl DataArgs {
         }
         let test = match &self.eval {
             Some(e) => dense(load_source(e, &schema)?)?,
-            None => {
-                let mut t = Dataset {
-                    x: Vec::new(),
-                    y: Vec::new(),
-                    features: schema.input_size(),
-                };
-                for v in held_out {
-                    t.x.extend(v.x);
-                    t.y.extend(v.y);
-                }
-                t
-            }
+            None => Dataset::concat(&held_out, schema.input_size())?,
         };
         Ok(Loaded { parts, test, model })
     }
