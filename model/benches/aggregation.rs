@@ -4,7 +4,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use model::aggregate::{Contribution, Rule, aggregate};
 use model::codec::{Compression, decode, encode};
-use model::net::ModelKind;
+use model::net::ModelSpec;
 use model::rng::Rng;
 use std::hint::black_box;
 
@@ -16,7 +16,7 @@ fn deltas(k: usize, n: usize) -> Vec<Vec<f32>> {
 }
 
 fn rules(c: &mut Criterion) {
-    let n = ModelKind::Cnn.num_params();
+    let n = ModelSpec::cnn().num_params();
     let xs = deltas(16, n);
     let inputs: Vec<Contribution<'_>> = xs
         .iter()
@@ -44,7 +44,7 @@ fn rules(c: &mut Criterion) {
 }
 
 fn codecs(c: &mut Criterion) {
-    let n = ModelKind::Cnn.num_params();
+    let n = ModelSpec::cnn().num_params();
     let x = deltas(1, n).remove(0);
     let mut g = c.benchmark_group("codec_1.66M");
     g.sample_size(10);

@@ -31,7 +31,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Optimizer as _, VarBuilder, VarMap};
 use model::data::Dataset;
 use model::dpsgd::{DpSgdConfig, NoiseSource};
-use model::net::{Model, ModelKind};
+use model::net::{Model, ModelSpec};
 use model::rng::Rng;
 use model::train::{
     Optimizer, TrainConfig, Work, train_local, train_local_with_noise, train_model,
@@ -94,7 +94,7 @@ fn dataset(args: &Args) -> Result<Dataset, Box<dyn std::error::Error>> {
         .map(|_| rng.next_f64() as f32)
         .collect();
     let y = (0..args.samples).map(|_| rng.below(10) as u8).collect();
-    Ok(Dataset { x, y, features: f })
+    Ok(Dataset::dense(x, y, f))
 }
 
 /// One epoch of the bare candle-nn loop, sequential batches; returns the seconds taken.
@@ -107,7 +107,7 @@ fn bare_candle(data: &Dataset, batch: usize, lr: f64) -> candle_core::Result<f64
     let fc3 = candle_nn::linear(200, 10, vb.pp("fc3"))?;
     let mut opt = candle_nn::SGD::new(varmap.all_vars(), lr)?;
     let n = data.len();
-    let xs_all = Tensor::from_slice(&data.x, (n, data.features), &dev)?;
+    let xs_all = Tensor::from_vec(data.to_f32(), (n, data.features), &dev)?;
     let ys: Vec<u32> = data.y.iter().map(|&y| u32::from(y)).collect();
     let ys_all = Tensor::from_vec(ys, n, &dev)?;
     let start = Instant::now();
@@ -138,7 +138,7 @@ fn config(batch: usize, optimizer: Optimizer) -> TrainConfig {
 
 /// One epoch of Cohort's autograd path; returns the seconds taken.
 fn autograd(data: &Dataset, cfg: &TrainConfig, init: &[f32]) -> model::Result<f64> {
-    let m = Model::new(ModelKind::Mlp, init, &Device::Cpu)?;
+    let m = Model::new(&ModelSpec::mlp(), init, &Device::Cpu)?;
     let start = Instant::now();
     train_model_autograd(&m, data, cfg, &mut Rng::seed(1), None, None)?;
     Ok(start.elapsed().as_secs_f64())
@@ -163,7 +163,7 @@ fn fast_dp(data: &Dataset, batch: usize, init: &[f32]) -> model::Result<f64> {
     let mut noise = NoiseSource::from_secret([7; 32]);
     let start = Instant::now();
     train_local_with_noise(
-        ModelKind::Mlp,
+        &ModelSpec::mlp(),
         init,
         data,
         &cfg,
@@ -177,7 +177,7 @@ fn fast_dp(data: &Dataset, batch: usize, init: &[f32]) -> model::Result<f64> {
 /// One expected epoch of DP-SGD on the per-example autograd path; returns the seconds taken.
 fn autograd_dp(data: &Dataset, batch: usize, init: &[f32]) -> model::Result<f64> {
     let cfg = dp_config(batch, data.len(), sgd());
-    let m = Model::new(ModelKind::Mlp, init, &Device::Cpu)?;
+    let m = Model::new(&ModelSpec::mlp(), init, &Device::Cpu)?;
     let mut noise = NoiseSource::from_secret([7; 32]);
     let start = Instant::now();
     train_model_autograd(&m, data, &cfg, &mut Rng::seed(1), Some(&mut noise), None)?;
@@ -194,7 +194,7 @@ fn sgd() -> Optimizer {
 /// One epoch of `train_model` with a progress callback (the fast path, which then keeps the
 /// model's variables current after every step); returns the seconds taken.
 fn with_progress(data: &Dataset, cfg: &TrainConfig, init: &[f32]) -> model::Result<f64> {
-    let m = Model::new(ModelKind::Mlp, init, &Device::Cpu)?;
+    let m = Model::new(&ModelSpec::mlp(), init, &Device::Cpu)?;
     let mut last = 0;
     let mut on_step = |step: usize, _total: usize| last = step;
     let start = Instant::now();
@@ -206,7 +206,7 @@ fn with_progress(data: &Dataset, cfg: &TrainConfig, init: &[f32]) -> model::Resu
 fn fast(data: &Dataset, cfg: &TrainConfig, init: &[f32]) -> model::Result<f64> {
     let start = Instant::now();
     train_local(
-        ModelKind::Mlp,
+        &ModelSpec::mlp(),
         init,
         data,
         cfg,
@@ -229,7 +229,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let data = dataset(&args)?;
     let warm = data.subset(&(0..data.len().min(2048)).collect::<Vec<_>>());
-    let init = ModelKind::Mlp.init(1);
+    let init = ModelSpec::mlp().init(1);
     let mut csv = match &args.csv {
         Some(path) => {
             let mut f = std::fs::File::create(path)?;
@@ -311,7 +311,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.dp || args.only.as_deref().is_some_and(|o| o.ends_with("-dp")) {
         // The noise alone: one draw per parameter per step.
         let mut noise = NoiseSource::from_secret([7; 32]);
-        let mut grad = vec![0.0f32; ModelKind::Mlp.num_params()];
+        let mut grad = vec![0.0f32; ModelSpec::mlp().num_params()];
         let reps = 200;
         let start = Instant::now();
         for _ in 0..reps {

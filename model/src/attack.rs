@@ -200,10 +200,12 @@ impl Attack {
     }
 }
 
-/// Flips labels `y -> 9 - y` (the label-flip attack's training data).
-pub fn flip_labels(y: &mut [u8]) {
+/// Flips labels `y -> classes - 1 - y` (the label-flip attack's training data; `9 - y` on the
+/// ten digits).
+pub fn flip_labels(y: &mut [u8], classes: usize) {
+    let top = u8::try_from(classes.saturating_sub(1)).unwrap_or(u8::MAX);
     for l in y {
-        *l = 9 - (*l).min(9);
+        *l = top - (*l).min(top);
     }
 }
 
@@ -242,8 +244,11 @@ mod tests {
         let g = Attack::Gaussian { sigma: 1.0 }.corrupt(&[0.0; 1000], &[], 8, 2, &mut rng);
         assert!(g.iter().any(|v| *v != 0.0));
         let mut y = [0u8, 3, 9];
-        flip_labels(&mut y);
+        flip_labels(&mut y, 10);
         assert_eq!(y, [9, 6, 0]);
+        let mut y = [0u8, 1, 2];
+        flip_labels(&mut y, 3);
+        assert_eq!(y, [2, 1, 0]);
     }
 
     #[test]

@@ -13,6 +13,9 @@ use crate::data::{
 use crate::error::{Error, Result, parse_err};
 use crate::rng::Rng;
 
+/// Most classes the training path takes (its labels are `u8`).
+pub const MAX_TRAIN_CLASSES: usize = 256;
+
 /// Every sample's inputs, row-major (`len * input_size` values).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Features {
@@ -238,18 +241,15 @@ impl CompactDataset {
     }
 
     /// The whole set as the dense [`Dataset`] that [`crate::train`] takes. That path has `u8`
-    /// labels and at most [`NUM_CLASSES`] outputs, so a schema with more classes is an error here.
+    /// labels, so a schema with more than [`MAX_TRAIN_CLASSES`] classes is an error here.
     pub fn to_dataset(&self) -> Result<Dataset> {
-        if self.num_classes > NUM_CLASSES {
+        if self.num_classes > MAX_TRAIN_CLASSES {
             return Err(Error::Dataset(format!(
-                "{} classes; the training path takes at most {NUM_CLASSES}",
+                "{} classes; the training path takes at most {MAX_TRAIN_CLASSES}",
                 self.num_classes
             )));
         }
-        let x = match &self.features {
-            Features::Pixels(p) => p.iter().map(|&b| f32::from(b) / 255.0).collect(),
-            Features::Dense(d) => d.clone(),
-        };
+        let x = self.features.clone();
         let y = self
             .labels
             .iter()
@@ -280,9 +280,10 @@ pub fn load_idx_pair_compact(
     labels: &str,
 ) -> Result<(CompactDataset, (usize, usize))> {
     let (ipath, ibytes) = read_maybe_gz(dir, images)?;
-    let (n, (rows, cols), pixels) = parse_idx_images_u8(&ibytes, &ipath)?;
-    let pixels = pixels.to_vec();
-    drop(ibytes);
+    let (n, (rows, cols), _) = parse_idx_images_u8(&ibytes, &ipath)?;
+    // The pixels are the file after its 16-byte header, kept in place rather than copied.
+    let mut pixels = ibytes;
+    pixels.drain(..16);
     let (lpath, lbytes) = read_maybe_gz(dir, labels)?;
     let y = parse_idx_labels(&lbytes, &lpath)?;
     if y.len() != n {
@@ -416,10 +417,22 @@ mod tests {
         let ds = pixels().to_dataset().unwrap();
         assert_eq!(ds.features, 2);
         assert_eq!(ds.y, vec![0, 1, 2, 0, 1]);
-        assert_eq!(&ds.x[2..4], &[50.0 / 255.0, 254.0 / 255.0]);
+        // Pixels stay u8 until a batch reads them.
+        assert_eq!(
+            ds.x,
+            Features::Pixels((0..5u8).flat_map(|i| [i * 50, 255 - i]).collect())
+        );
+        let (mut row, mut xs) = ([0.0f32; 2], Vec::new());
+        ds.row_into(1, &mut row);
+        ds.extend_row(1, &mut xs);
+        assert_eq!(row, [50.0 / 255.0, 254.0 / 255.0]);
+        assert_eq!(xs, row);
+        assert_eq!(ds.memory_bytes(), 10 + 5);
         let many = CompactDataset::new(Features::Dense(vec![0.5]), vec![10], 1, 11).unwrap();
+        assert_eq!(many.to_dataset().unwrap().y, vec![10]);
+        let many = CompactDataset::new(Features::Dense(vec![0.5]), vec![256], 1, 257).unwrap();
         let e = many.to_dataset().unwrap_err();
-        assert!(e.to_string().contains("at most 10"), "{e}");
+        assert!(e.to_string().contains("at most 256"), "{e}");
     }
 
     fn idx(magic: u32, dims: &[u32], body: &[u8]) -> Vec<u8> {
@@ -483,7 +496,7 @@ mod tests {
         let idx: Vec<usize> = vec![0, 1, 59999];
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
         s.train.batch_into(&idx, &mut xs, &mut ys).unwrap();
-        assert_eq!(xs, dense.train.subset(&idx).x);
-        assert_eq!(s.test.to_dataset().unwrap().x, dense.test.x);
+        assert_eq!(xs, dense.train.subset(&idx).to_f32());
+        assert_eq!(s.test.to_dataset().unwrap().to_f32(), dense.test.to_f32());
     }
 }

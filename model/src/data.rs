@@ -7,8 +7,14 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::compact::Features;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+
+/// A stored pixel as a float in [0, 1].
+fn pixel(b: u8) -> f32 {
+    f32::from(b) / 255.0
+}
 
 /// The embedded scikit-learn 8x8 digits (BSD-3, see `model/data/COPYING`).
 const DIGITS_CSV_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
@@ -16,18 +22,98 @@ const DIGITS_CSV_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
 /// Number of classes of every dataset here.
 pub const NUM_CLASSES: usize = 10;
 
-/// A labelled dataset held in memory.
+/// A labelled dataset held in memory, compactly: image pixels stay the `u8` they were stored
+/// as (a quarter of `f32`) and become floats only for the batch being trained on
+/// ([`Dataset::extend_row`], [`Dataset::row_into`]).
 #[derive(Debug, Clone)]
 pub struct Dataset {
-    /// Row-major features, `len * features` values in [0, 1].
-    pub x: Vec<f32>,
-    /// One label per row, in `0..NUM_CLASSES`.
+    /// Row-major features, `len * features` values: pixels (read as `p / 255`, in [0, 1]) or
+    /// floats.
+    pub x: Features,
+    /// One label per row: a class number (`0..NUM_CLASSES` for the built-in data sets).
     pub y: Vec<u8>,
     /// Features per row (784 for MNIST, 64 for digits).
     pub features: usize,
 }
 
 impl Dataset {
+    /// A set of `f32` features.
+    pub fn dense(x: Vec<f32>, y: Vec<u8>, features: usize) -> Dataset {
+        Dataset {
+            x: Features::Dense(x),
+            y,
+            features,
+        }
+    }
+
+    /// Appends row `i` as floats to `out`.
+    pub fn extend_row(&self, i: usize, out: &mut Vec<f32>) {
+        let f = self.features;
+        match &self.x {
+            Features::Pixels(p) => out.extend(p[i * f..(i + 1) * f].iter().map(|&b| pixel(b))),
+            Features::Dense(d) => out.extend_from_slice(&d[i * f..(i + 1) * f]),
+        }
+    }
+
+    /// Writes row `i` as floats into `out` (`features` long).
+    pub fn row_into(&self, i: usize, out: &mut [f32]) {
+        let f = self.features;
+        match &self.x {
+            Features::Pixels(p) => {
+                for (o, &b) in out.iter_mut().zip(&p[i * f..(i + 1) * f]) {
+                    *o = pixel(b);
+                }
+            }
+            Features::Dense(d) => out.copy_from_slice(&d[i * f..(i + 1) * f]),
+        }
+    }
+
+    /// Every feature as floats (tests and benchmarks; training reads rows).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.x {
+            Features::Pixels(p) => p.iter().map(|&b| pixel(b)).collect(),
+            Features::Dense(d) => d.clone(),
+        }
+    }
+
+    /// Bytes held by features and labels.
+    pub fn memory_bytes(&self) -> usize {
+        let x = match &self.x {
+            Features::Pixels(p) => p.len(),
+            Features::Dense(d) => d.len() * size_of::<f32>(),
+        };
+        x + self.y.len()
+    }
+
+    /// The samples of every part, in order, as one set (pixels stay pixels when every part holds
+    /// pixels). The parts must have `features` inputs each.
+    pub fn concat(parts: &[Dataset], features: usize) -> Result<Dataset> {
+        if let Some(p) = parts.iter().find(|p| p.features != features) {
+            return Err(Error::Dataset(format!(
+                "a part has {} features, expected {features}",
+                p.features
+            )));
+        }
+        let y = parts.iter().flat_map(|p| p.y.iter().copied()).collect();
+        let all_pixels = parts.iter().all(|p| matches!(p.x, Features::Pixels(_)));
+        let x = if all_pixels && !parts.is_empty() {
+            let mut v = Vec::new();
+            for p in parts {
+                if let Features::Pixels(px) = &p.x {
+                    v.extend_from_slice(px);
+                }
+            }
+            Features::Pixels(v)
+        } else {
+            let mut v = Vec::new();
+            for p in parts {
+                v.extend(p.to_f32());
+            }
+            Features::Dense(v)
+        };
+        Ok(Dataset { x, y, features })
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.y.len()
@@ -40,24 +126,43 @@ impl Dataset {
 
     /// The rows at `idx`, as a new dataset (used for partitions and splits).
     pub fn subset(&self, idx: &[usize]) -> Dataset {
-        let mut x = Vec::with_capacity(idx.len() * self.features);
-        let mut y = Vec::with_capacity(idx.len());
-        for &i in idx {
-            x.extend_from_slice(&self.x[i * self.features..(i + 1) * self.features]);
-            y.push(self.y[i]);
-        }
-        Dataset {
-            x,
-            y,
-            features: self.features,
-        }
+        let f = self.features;
+        let y = idx.iter().map(|&i| self.y[i]).collect();
+        let x = match &self.x {
+            Features::Pixels(p) => {
+                let mut x = Vec::with_capacity(idx.len() * f);
+                for &i in idx {
+                    x.extend_from_slice(&p[i * f..(i + 1) * f]);
+                }
+                Features::Pixels(x)
+            }
+            Features::Dense(d) => {
+                let mut x = Vec::with_capacity(idx.len() * f);
+                for &i in idx {
+                    x.extend_from_slice(&d[i * f..(i + 1) * f]);
+                }
+                Features::Dense(x)
+            }
+        };
+        Dataset { x, y, features: f }
     }
 
-    /// Count of samples per label.
-    pub fn label_counts(&self) -> [usize; NUM_CLASSES] {
-        let mut c = [0; NUM_CLASSES];
+    /// How many labels to count: one past the largest label, and at least [`NUM_CLASSES`] (the
+    /// built-in data sets' ten, whether or not a subset holds each).
+    pub fn num_labels(&self) -> usize {
+        self.y
+            .iter()
+            .map(|&l| usize::from(l) + 1)
+            .max()
+            .unwrap_or(0)
+            .max(NUM_CLASSES)
+    }
+
+    /// Count of samples per label, `num_labels()` of them.
+    pub fn label_counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.num_labels()];
         for &l in &self.y {
-            c[l as usize] += 1;
+            c[usize::from(l)] += 1;
         }
         c
     }
@@ -98,6 +203,45 @@ impl std::fmt::Display for DatasetKind {
             Self::Mnist => "mnist",
             Self::FashionMnist => "fashion-mnist",
         })
+    }
+}
+
+impl DatasetKind {
+    /// The schema of this data set: grey images (8x8 digits, 28x28 otherwise), ten classes
+    /// named as the data set names them.
+    pub fn schema(self) -> crate::schema::DataSchema {
+        use crate::schema::{DataSchema, InputSpec, Task};
+        let side = match self {
+            Self::Digits => 8,
+            Self::Mnist | Self::FashionMnist => 28,
+        };
+        let classes: Vec<String> = match self {
+            Self::Digits | Self::Mnist => (0..NUM_CLASSES).map(|d| d.to_string()).collect(),
+            Self::FashionMnist => [
+                "t-shirt",
+                "trouser",
+                "pullover",
+                "dress",
+                "coat",
+                "sandal",
+                "shirt",
+                "sneaker",
+                "bag",
+                "ankle-boot",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        DataSchema {
+            task: Task::Classification,
+            classes,
+            input: InputSpec::Images {
+                width: side,
+                height: side,
+                channels: 1,
+                resize: false,
+            },
+        }
     }
 }
 
@@ -170,7 +314,7 @@ fn parse_digits(gz: &[u8], path: &Path) -> Result<Dataset> {
             .ok_or_else(|| data_err(path, format!("line {}: bad label", line_no + 1)))?;
         y.push(label);
     }
-    Ok(Dataset { x, y, features: 64 })
+    Ok(Dataset::dense(x, y, 64))
 }
 
 pub(crate) fn data_err(path: &Path, what: impl Into<String>) -> Error {
@@ -295,7 +439,12 @@ pub fn parse_idx_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
 fn load_idx_pair(dir: &Path, images: &str, labels: &str) -> Result<Dataset> {
     let (ipath, ibytes) = read_maybe_gz(dir, images)?;
     let (lpath, lbytes) = read_maybe_gz(dir, labels)?;
-    let (n, features, x) = parse_idx_images(&ibytes, &ipath)?;
+    let (n, (rows, cols), _) = parse_idx_images_u8(&ibytes, &ipath)?;
+    // The pixels are the file after its 16-byte header: kept in place, not copied (a copy
+    // doubled the peak memory of loading MNIST).
+    let mut pixels = ibytes;
+    pixels.drain(..16);
+    let (features, x) = (rows * cols, Features::Pixels(pixels));
     let y = parse_idx_labels(&lbytes, &lpath)?;
     if y.len() != n {
         return Err(data_err(
@@ -329,7 +478,7 @@ mod tests {
         assert_eq!(a.test.len(), 359);
         assert_eq!(a.train.y, b.train.y);
         assert_eq!(a.train.features, 64);
-        assert!(a.train.x.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(a.train.to_f32().iter().all(|v| (0.0..=1.0).contains(v)));
         // Every class is present in both halves.
         assert!(a.train.label_counts().iter().all(|&c| c > 100));
         assert!(a.test.label_counts().iter().all(|&c| c > 20));

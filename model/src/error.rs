@@ -22,6 +22,10 @@ pub enum Error {
         column: String,
         what: String,
     },
+    /// A model declaration (the genesis `[model]` section) is unknown, out of range or does not
+    /// fit the data's shape.
+    #[error("model: {0}")]
+    Model(String),
     /// An in-memory dataset is inconsistent (features and labels disagree, a label out of range,
     /// a class count the training path cannot take).
     #[error("dataset: {0}")]

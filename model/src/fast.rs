@@ -1,4 +1,4 @@
-//! Local training of the MLP kinds ([`ModelKind::Mlp`], [`ModelKind::DigitsMlp`]) without
+//! Local training of the MLPs (every [`ModelSpec`] that [`ModelSpec::is_dense_stack`]) without
 //! autograd: a hand-written forward and backward pass over candle CPU storage, 2.2-2.4x the
 //! autograd path's samples per second on the 2NN at batch 32 (`examples/train_speed.rs`).
 //!
@@ -39,13 +39,13 @@ use candle_core::{CpuStorage, Layout};
 use crate::data::Dataset;
 use crate::dpsgd::{DpSgdConfig, NoiseSource, clip_factor};
 use crate::error::{Error, Result};
-use crate::net::{Model, ModelKind};
+use crate::net::{Model, ModelSpec};
 use crate::rng::Rng;
 use crate::train::{Batches, Optimizer, TrainConfig, check_data};
 
 /// Whether [`train`] handles `kind`.
-pub fn supports(kind: ModelKind) -> bool {
-    matches!(kind, ModelKind::Mlp | ModelKind::DigitsMlp)
+pub fn supports(kind: &ModelSpec) -> bool {
+    kind.is_dense_stack()
 }
 
 /// One `Linear` layer and where its tensors sit in the flat parameter vector.
@@ -87,7 +87,7 @@ fn transpose_block(params: &mut [f32], off: usize, rows: usize, cols: usize) {
 }
 
 /// The layers `fc1`, `fc2`, ... of `kind`, in order, read off its canonical layout.
-fn dense_layers(kind: ModelKind) -> Result<Vec<Dense>> {
+fn dense_layers(kind: &ModelSpec) -> Result<Vec<Dense>> {
     let mut offsets = std::collections::HashMap::new();
     let mut off = 0;
     for spec in kind.layout() {
@@ -367,7 +367,7 @@ impl Net {
             self.labels.resize(idx.len(), 0);
         }
         for ((row, label), &i) in x.chunks_exact_mut(f).zip(&mut self.labels).zip(idx) {
-            row.copy_from_slice(&data.x[i * f..(i + 1) * f]);
+            data.row_into(i, row);
             *label = data.y[i];
         }
         Ok(())
@@ -623,7 +623,7 @@ fn sum_sq(x: &[f32]) -> f64 {
 /// With `cfg.dp_sgd` set this is DP-SGD ([`crate::dpsgd`]; `rng` is then unused), whose batches
 /// and noise come from `noise`, required then.
 pub fn train(
-    kind: ModelKind,
+    kind: &ModelSpec,
     params: &mut Vec<f32>,
     data: &Dataset,
     cfg: &TrainConfig,
@@ -664,7 +664,7 @@ pub fn train_model(
     let mut params = model.flat()?;
     let out = match progress {
         None => run(
-            model.kind(),
+            model.spec(),
             &mut params,
             data,
             cfg,
@@ -674,7 +674,7 @@ pub fn train_model(
             &mut |_, _, _| Ok(()),
         )?,
         Some(p) => run(
-            model.kind(),
+            model.spec(),
             &mut params,
             data,
             cfg,
@@ -737,7 +737,7 @@ type OnStep<'a> = dyn FnMut(usize, usize, &[f32]) -> Result<()> + 'a;
 // Private, and each argument is a different kind of thing; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 fn run(
-    kind: ModelKind,
+    kind: &ModelSpec,
     params: &mut Vec<f32>,
     data: &Dataset,
     cfg: &TrainConfig,
@@ -831,11 +831,9 @@ mod tests {
     /// `n` samples of `features` values in [0, 1) with seeded labels.
     pub(super) fn noise(n: usize, features: usize, seed: u64) -> Dataset {
         let mut rng = Rng::seed(seed);
-        Dataset {
-            x: (0..n * features).map(|_| rng.next_f64() as f32).collect(),
-            y: (0..n).map(|_| rng.below(10) as u8).collect(),
-            features,
-        }
+        let x = (0..n * features).map(|_| rng.next_f64() as f32).collect();
+        let y = (0..n).map(|_| rng.below(10) as u8).collect();
+        Dataset::dense(x, y, features)
     }
 
     fn cfg(work: Work, batch: usize, optimizer: Optimizer, prox_mu: f64) -> TrainConfig {
@@ -854,7 +852,7 @@ mod tests {
     /// Adam is the exception for the few weights whose gradient is a sum that cancels to about
     /// its eps (1e-8): there `m / (sqrt(v) + eps)` turns rounding noise into a step of up to `lr`,
     /// on either path. For Adam the check is: all within `lr`, all but 1 in 10,000 within TOL.
-    fn check(name: &str, kind: ModelKind, data: &Dataset, c: &TrainConfig) {
+    fn check(name: &str, kind: &ModelSpec, data: &Dataset, c: &TrainConfig) {
         let (diffs, fast, slow) = compare(kind, data, c);
         let max = diffs.iter().copied().fold(0.0f32, f32::max);
         let off = diffs.iter().filter(|d| **d >= TOL).count();
@@ -869,7 +867,7 @@ mod tests {
 
     /// Trains `kind` on both paths with the same seed; returns every parameter's difference and
     /// both mean losses.
-    fn compare(kind: ModelKind, data: &Dataset, c: &TrainConfig) -> (Vec<f32>, f32, f32) {
+    fn compare(kind: &ModelSpec, data: &Dataset, c: &TrainConfig) -> (Vec<f32>, f32, f32) {
         let init = kind.init(4);
         let mut fast = init.clone();
         let (fast_loss, fast_steps) =
@@ -913,7 +911,7 @@ mod tests {
             ("fedprox momentum", cfg(Work::Steps(15), 16, MOMENTUM, 0.5)),
             ("fedprox adam", cfg(Work::Steps(15), 16, ADAM, 0.5)),
         ] {
-            check(name, ModelKind::DigitsMlp, &data, &c);
+            check(name, &ModelSpec::digits_mlp(), &data, &c);
         }
     }
 
@@ -926,7 +924,30 @@ mod tests {
             ("adam", cfg(Work::Steps(6), 8, ADAM, 0.0)),
             ("fedprox momentum", cfg(Work::Epochs(1), 16, MOMENTUM, 0.5)),
         ] {
-            check(name, ModelKind::Mlp, &data, &c);
+            check(name, &ModelSpec::mlp(), &data, &c);
+        }
+    }
+
+    #[test]
+    fn matches_autograd_on_declared_mlps_and_softmax_regression() {
+        use crate::net::InputShape;
+        // 13 features, 3 classes: a three-layer MLP, a one-layer one, softmax regression.
+        let mut data = noise(50, 13, 5);
+        data.y.iter_mut().for_each(|y| *y %= 3);
+        let layers = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (kind, l) in [
+            ("mlp", layers(&["dense:16", "dense:8"])),
+            ("mlp", layers(&["dense:5"])),
+            ("logistic", Vec::new()),
+        ] {
+            let spec = ModelSpec::declare(kind, &l, InputShape::Flat(13), 3).unwrap();
+            assert!(supports(&spec), "{spec}");
+            for (name, c) in [
+                ("momentum", cfg(Work::Epochs(2), 8, MOMENTUM, 0.0)),
+                ("fedprox sgd", cfg(Work::Steps(9), 8, SGD, 0.5)),
+            ] {
+                check(&format!("{spec} {name}"), &spec, &data, &c);
+            }
         }
     }
 
@@ -936,9 +957,9 @@ mod tests {
         for opt in [MOMENTUM, ADAM] {
             let c = cfg(Work::Epochs(2), 32, opt, 0.1);
             let run = || {
-                let mut p = ModelKind::Mlp.init(1);
+                let mut p = ModelSpec::mlp().init(1);
                 let (loss, _) = train(
-                    ModelKind::Mlp,
+                    &ModelSpec::mlp(),
                     &mut p,
                     &data,
                     &c,
@@ -957,7 +978,7 @@ mod tests {
     #[test]
     fn train_model_keeps_the_model_current_for_progress_callbacks() {
         // The 2NN, whose first layer trains transposed unless a callback may look at the model.
-        let kind = ModelKind::Mlp;
+        let kind = &ModelSpec::mlp();
         let data = noise(30, 784, 6);
         let c = cfg(Work::Steps(3), 10, MOMENTUM, 0.0);
         let init = kind.init(2);
@@ -984,11 +1005,11 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert!(diff < TOL, "{diff}");
-        assert!(!supports(ModelKind::Cnn));
-        let mut wrong = ModelKind::DigitsMlp.init(2);
+        assert!(!supports(&ModelSpec::cnn()));
+        let mut wrong = ModelSpec::digits_mlp().init(2);
         assert!(
             train(
-                ModelKind::Mlp,
+                &ModelSpec::mlp(),
                 &mut wrong,
                 &data,
                 &c,
@@ -998,7 +1019,7 @@ mod tests {
             )
             .is_err()
         );
-        assert_eq!(wrong, ModelKind::DigitsMlp.init(2));
+        assert_eq!(wrong, ModelSpec::digits_mlp().init(2));
     }
 }
 
@@ -1034,7 +1055,7 @@ mod dp_tests {
     };
 
     /// Trains on the fast path with `NoiseSource::reproducible(seed, 0)`; returns the parameters.
-    fn fast_dp(kind: ModelKind, data: &Dataset, c: &TrainConfig, seed: u64) -> Vec<f32> {
+    fn fast_dp(kind: &ModelSpec, data: &Dataset, c: &TrainConfig, seed: u64) -> Vec<f32> {
         let mut p = kind.init(4);
         let mut noise = NoiseSource::reproducible(seed, 0);
         train(
@@ -1051,7 +1072,7 @@ mod dp_tests {
     }
 
     /// The same on the autograd path.
-    fn autograd_dp(kind: ModelKind, data: &Dataset, c: &TrainConfig, seed: u64) -> Vec<f32> {
+    fn autograd_dp(kind: &ModelSpec, data: &Dataset, c: &TrainConfig, seed: u64) -> Vec<f32> {
         let model = Model::new(kind, &kind.init(4), &Device::Cpu).unwrap();
         let mut noise = NoiseSource::reproducible(seed, 0);
         train_model_autograd(&model, data, c, &mut Rng::seed(1), Some(&mut noise), None).unwrap();
@@ -1065,7 +1086,7 @@ mod dp_tests {
             .fold(0.0, f32::max)
     }
 
-    fn delta(kind: ModelKind, p: &[f32]) -> Vec<f32> {
+    fn delta(kind: &ModelSpec, p: &[f32]) -> Vec<f32> {
         p.iter().zip(&kind.init(4)).map(|(a, b)| a - b).collect()
     }
 
@@ -1074,8 +1095,8 @@ mod dp_tests {
     #[test]
     fn per_example_norms_match_autograd() {
         for (kind, data) in [
-            (ModelKind::DigitsMlp, digits(12)),
-            (ModelKind::Mlp, noise_data(6, 784, 8)),
+            (&ModelSpec::digits_mlp(), digits(12)),
+            (&ModelSpec::mlp(), noise_data(6, 784, 8)),
         ] {
             let init = kind.init(3);
             let model = Model::new(kind, &init, &Device::Cpu).unwrap();
@@ -1132,7 +1153,7 @@ mod dp_tests {
     #[test]
     fn without_noise_or_clipping_it_is_full_batch_training() {
         let data = digits(40);
-        let kind = ModelKind::DigitsMlp;
+        let kind = &ModelSpec::digits_mlp();
         let momentum = Optimizer::Sgd {
             lr: 0.1,
             momentum: 0.9,
@@ -1170,8 +1191,8 @@ mod dp_tests {
     #[test]
     fn fast_and_autograd_dp_agree() {
         for (kind, data, clip) in [
-            (ModelKind::DigitsMlp, digits(60), 1.0),
-            (ModelKind::Mlp, noise_data(30, 784, 2), 3.0),
+            (&ModelSpec::digits_mlp(), digits(60), 1.0),
+            (&ModelSpec::mlp(), noise_data(30, 784, 2), 3.0),
         ] {
             let momentum = Optimizer::Sgd {
                 lr: 0.05,
@@ -1190,7 +1211,7 @@ mod dp_tests {
     /// parameters by at most `lr C b / (q N)` (b the drawn batch).
     #[test]
     fn tiny_clip_bounds_the_update() {
-        let (kind, data) = (ModelKind::DigitsMlp, digits(40));
+        let (kind, data) = (&ModelSpec::digits_mlp(), digits(40));
         let (clip, rate) = (1e-2, 0.5);
         let c = dp_cfg(Work::Steps(1), SGD1, clip, 0.0, rate);
         let mut batch = Vec::new();
@@ -1218,7 +1239,10 @@ mod dp_tests {
         // 2NN: 199,210 coordinates, standard error of the std 0.16%; the clipped data moves the
         // parameters by at most C b / (q N) <= 2 in norm, 0.1% of the variance.
         let data = noise_data(n, 784, 3);
-        let d = delta(ModelKind::Mlp, &fast_dp(ModelKind::Mlp, &data, &c, 11));
+        let d = delta(
+            &ModelSpec::mlp(),
+            &fast_dp(&ModelSpec::mlp(), &data, &c, 11),
+        );
         let (mean, std) = moments(&d);
         assert!((std / want - 1.0).abs() < 0.01, "fast: std {std} vs {want}");
         assert!(
@@ -1228,8 +1252,8 @@ mod dp_tests {
         // Digits MLP on autograd: 4,810 coordinates, standard error 1%.
         let data = digits(n);
         let d = delta(
-            ModelKind::DigitsMlp,
-            &autograd_dp(ModelKind::DigitsMlp, &data, &c, 11),
+            &ModelSpec::digits_mlp(),
+            &autograd_dp(&ModelSpec::digits_mlp(), &data, &c, 11),
         );
         let (_, std) = moments(&d);
         assert!(
@@ -1253,7 +1277,7 @@ mod dp_tests {
     /// another gives another; without a secret DP-SGD refuses to train.
     #[test]
     fn the_secret_keys_the_run() {
-        let (kind, data) = (ModelKind::DigitsMlp, digits(50));
+        let (kind, data) = (&ModelSpec::digits_mlp(), digits(50));
         let c = dp_cfg(Work::Epochs(1), SGD1, 1.0, 1.0, 0.2);
         let run = |secret: [u8; 32]| {
             let mut p = kind.init(4);
@@ -1285,7 +1309,7 @@ mod dp_tests {
     /// An empty Poisson batch still takes a step on the noise alone.
     #[test]
     fn empty_batches_take_noise_only_steps() {
-        let (kind, data) = (ModelKind::DigitsMlp, digits(10));
+        let (kind, data) = (&ModelSpec::digits_mlp(), digits(10));
         let c = dp_cfg(Work::Steps(3), SGD1, 1.0, 1.0, 1e-9);
         let mut p = kind.init(4);
         let mut noise = NoiseSource::reproducible(1, 0);

@@ -9,7 +9,8 @@
 //!
 //! Folder names must be the schema's class names (a class may have no folder: a node need not
 //! hold every class). Each image is converted to grey or RGB as the schema says (alpha dropped),
-//! resized to the schema's size (bilinear; no resampling when it already has that size) and kept
+//! resized to the schema's size (bilinear; no resampling when it already has that size; with
+//! `resize = false` an image of another size is an error naming it) and kept
 //! as `u8` pixels, channel-major. Folders and files are read in name order, so the same directory
 //! always gives the same dataset. Hidden entries (`.name`) are skipped; anything else that is not
 //! a class folder or an image in one is an error naming it.
@@ -82,6 +83,7 @@ pub fn load_image_folder(dir: &Path, schema: &DataSchema) -> Result<CompactDatas
         width,
         height,
         channels,
+        resize,
     } = schema.input
     else {
         return Err(Error::Schema(format!(
@@ -131,6 +133,16 @@ pub fn load_image_folder(dir: &Path, schema: &DataSchema) -> Result<CompactDatas
                 ));
             }
             let img = decode(&fpath)?;
+            if !resize && (img.width(), img.height()) != (width, height) {
+                return Err(data_err(
+                    &fpath,
+                    format!(
+                        "image is {}x{} but the schema says {width}x{height} and resize = false",
+                        img.width(),
+                        img.height()
+                    ),
+                ));
+            }
             push_pixels(&mut pixels, img, width, height, channels);
             labels.push(class);
         }

@@ -2,7 +2,11 @@
 //! come in as inputs through [`rng::Rng`]).
 //!
 //! Modules:
-//! - [`net`]: the models (2NN MLP, CNN, digits MLP) in candle-nn and their canonical parameter layout;
+//! - [`spec`]: model declarations (the genesis `[model]`: presets 2NN, CNN, digits MLP; declared
+//!   MLPs, CNNs, softmax regression) sized by the data schema, and their canonical parameter layout;
+//! - [`net`]: a declared model in candle-nn;
+//! - [`custom`]: a model of one's own ([`custom::CustomModel`]: built from a `VarBuilder`, forward,
+//!   loss, right predictions), trained like a declared one;
 //! - [`data`]: MNIST/Fashion-MNIST IDX loading with every header checked, the embedded 8x8 digits;
 //! - [`schema`]: a cohort's data schema (classes, tabular columns or image size), the genesis `[data]`;
 //! - [`source`]: a node's own data (`csv:PATH`, `images:DIR`, `idx:DIR`) loaded against the schema
@@ -29,6 +33,7 @@ pub mod aggregate;
 pub mod attack;
 pub mod codec;
 pub mod compact;
+pub mod custom;
 pub mod data;
 pub mod dp;
 pub mod dpsgd;
@@ -44,6 +49,7 @@ pub mod rng;
 pub mod schema;
 pub mod sim;
 pub mod source;
+pub mod spec;
 pub mod tabular;
 pub mod text;
 pub mod text_partition;

@@ -21,7 +21,7 @@ use crate::data::{Dataset, Split};
 use crate::dp::{Accountant, DpConfig, privatise};
 use crate::dpsgd::{DpSgdConfig, NoiseSource};
 use crate::error::{Error, Result};
-use crate::net::{Model, ModelKind};
+use crate::net::{Model, ModelSpec};
 use crate::rng::Rng;
 use crate::train::{
     Optimizer, TrainConfig, Work, batch_tensors, evaluate, train_local, train_local_with_noise,
@@ -116,7 +116,7 @@ pub fn tpr_at_fpr(members: &[f64], nonmembers: &[f64], max_fpr: f64) -> Result<f
 /// The logits come from the model in f32; the loss is taken from them in f64 ([`logit_loss`]),
 /// so that the losses of well-fitted records, far below f32's resolution near 1 (a softmax of
 /// `1 - 1e-9` rounds to 1 and its loss to 0), keep their order instead of tying at 0.
-pub fn per_example_losses(kind: ModelKind, params: &[f32], data: &Dataset) -> Result<Vec<f64>> {
+pub fn per_example_losses(kind: &ModelSpec, params: &[f32], data: &Dataset) -> Result<Vec<f64>> {
     let model = Model::new(kind, params, &Device::Cpu)?;
     let mut out = Vec::with_capacity(data.len());
     let idx: Vec<usize> = (0..data.len()).collect();
@@ -171,7 +171,7 @@ pub struct AttackResult {
 /// (records the model trained on) and non-member (records from the same distribution it did
 /// not see; for a balanced test, as many as members).
 pub fn attack(
-    kind: ModelKind,
+    kind: &ModelSpec,
     params: &[f32],
     members: &Dataset,
     nonmembers: &Dataset,
@@ -193,7 +193,7 @@ pub fn attack(
 #[derive(Debug, Clone, PartialEq)]
 pub struct Setup {
     /// The network.
-    pub kind: ModelKind,
+    pub kind: ModelSpec,
     /// Records trained on (members), and as many non-members, both drawn from the training split.
     pub members: usize,
     /// The seed of the initial model, the member draw, the batch order and, for this
@@ -226,7 +226,7 @@ impl Setup {
     /// 0.05 (expected batch 50) for 30 expected epochs (600 steps) of SGD at 0.05.
     pub fn mnist() -> Setup {
         Setup {
-            kind: ModelKind::Mlp,
+            kind: ModelSpec::mlp(),
             members: 1000,
             seed: 13,
             train: TrainConfig {
@@ -259,7 +259,7 @@ impl Setup {
     /// MNIST.
     pub fn digits() -> Setup {
         Setup {
-            kind: ModelKind::DigitsMlp,
+            kind: ModelSpec::digits_mlp(),
             members: 100,
             train: TrainConfig {
                 work: Work::Epochs(200),
@@ -371,7 +371,7 @@ pub fn draw_members(pool: &Dataset, members: usize, seed: u64) -> Result<(Datase
 /// node-level DP setting, and with DP-SGD, and attacks each model with as many non-members of
 /// `split.train`. Deterministic: the same inputs give the same rows.
 pub fn run_experiment(split: &Split, setup: &Setup) -> Result<Vec<Row>> {
-    let kind = setup.kind;
+    let kind = &setup.kind;
     let (members, nonmembers) = draw_members(&split.train, setup.members, setup.seed)?;
     let init = kind.init(setup.seed);
     let device = Device::Cpu;
@@ -543,7 +543,7 @@ mod tests {
     #[test]
     fn losses_are_cross_entropy() {
         // A zero model outputs equal logits: every loss is ln 10.
-        let kind = ModelKind::DigitsMlp;
+        let kind = &ModelSpec::digits_mlp();
         let split = crate::data::digits().unwrap();
         let data = split.test.subset(&[0, 1, 2]);
         let l = per_example_losses(kind, &vec![0.0; kind.num_params()], &data).unwrap();
@@ -566,7 +566,8 @@ mod tests {
         assert_eq!((m.len(), n.len()), (100, 100));
         assert_eq!(m.label_counts(), n.label_counts());
         let rows = |d: &Dataset| -> Vec<Vec<u32>> {
-            d.x.chunks(d.features)
+            d.to_f32()
+                .chunks(d.features)
                 .map(|r| r.iter().map(|v| v.to_bits()).collect())
                 .collect()
         };

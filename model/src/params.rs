@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::net::ModelKind;
+use crate::net::ModelSpec;
 
 /// A 32-byte SHA-256 digest.
 pub type Hash = [u8; 32];
@@ -35,7 +35,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The flat vector of `kind` from named tensors, checking that every name is present with the
 /// right shape and that no unknown name is there.
-pub fn flatten_named(kind: ModelKind, tensors: &HashMap<String, Tensor>) -> Result<Vec<f32>> {
+pub fn flatten_named(kind: &ModelSpec, tensors: &HashMap<String, Tensor>) -> Result<Vec<f32>> {
     let layout = kind.layout();
     if tensors.len() != layout.len() {
         let mut extra: Vec<&String> = tensors
@@ -72,7 +72,7 @@ pub fn flatten_named(kind: ModelKind, tensors: &HashMap<String, Tensor>) -> Resu
 }
 
 /// Writes `flat` as a safetensors file (loadable by PyTorch's `safetensors.torch.load_file`).
-pub fn save_safetensors(kind: ModelKind, flat: &[f32], path: &Path) -> Result<()> {
+pub fn save_safetensors(kind: &ModelSpec, flat: &[f32], path: &Path) -> Result<()> {
     let bytes = to_safetensors_bytes(kind, flat)?;
     std::fs::write(path, bytes).map_err(|source| Error::Io {
         path: path.to_path_buf(),
@@ -83,7 +83,7 @@ pub fn save_safetensors(kind: ModelKind, flat: &[f32], path: &Path) -> Result<()
 /// Serialises `flat` to safetensors bytes. The bytes are canonical (tensors in sorted-name order,
 /// no metadata, fixed JSON layout), so two nodes holding the same parameters produce the same file
 /// and a checkpoint can be addressed by its digest.
-pub fn to_safetensors_bytes(kind: ModelKind, flat: &[f32]) -> Result<Vec<u8>> {
+pub fn to_safetensors_bytes(kind: &ModelSpec, flat: &[f32]) -> Result<Vec<u8>> {
     let expected = kind.num_params();
     if flat.len() != expected {
         return Err(Error::WrongLength {
@@ -121,7 +121,7 @@ pub fn to_safetensors_bytes(kind: ModelKind, flat: &[f32]) -> Result<Vec<u8>> {
 }
 
 /// Reads a safetensors file into the flat vector of `kind` (names and shapes checked).
-pub fn load_safetensors(kind: ModelKind, path: &Path) -> Result<Vec<f32>> {
+pub fn load_safetensors(kind: &ModelSpec, path: &Path) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -131,7 +131,7 @@ pub fn load_safetensors(kind: ModelKind, path: &Path) -> Result<Vec<f32>> {
 }
 
 /// Parses safetensors bytes (possibly from a peer) into the flat vector of `kind`.
-pub fn from_safetensors_bytes(kind: ModelKind, bytes: &[u8]) -> Result<Vec<f32>> {
+pub fn from_safetensors_bytes(kind: &ModelSpec, bytes: &[u8]) -> Result<Vec<f32>> {
     let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
     flatten_named(kind, &tensors)
 }
@@ -163,7 +163,7 @@ mod tests {
 
     #[test]
     fn safetensors_round_trip_and_checks() {
-        let kind = ModelKind::DigitsMlp;
+        let kind = &ModelSpec::digits_mlp();
         let p = kind.init(3);
         let dir = std::env::temp_dir().join(format!("cohort-params-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -177,7 +177,7 @@ mod tests {
         let t = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
         assert_eq!(t["fc2.bias"].dims(), &[10]);
         // Wrong model: names differ.
-        assert!(load_safetensors(ModelKind::Mlp, &path).is_err());
+        assert!(load_safetensors(&ModelSpec::mlp(), &path).is_err());
         // Truncated bytes: an error, not a panic.
         assert!(from_safetensors_bytes(kind, &bytes[..bytes.len() / 2]).is_err());
         assert!(from_safetensors_bytes(kind, b"garbage").is_err());

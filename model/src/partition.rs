@@ -1,7 +1,7 @@
 //! Seeded partitions of a training set over `n` nodes: IID, Dirichlet over labels (Hsu et al. 2019)
 //! and McMahan et al.'s pathological shards.
 
-use crate::data::{Dataset, NUM_CLASSES};
+use crate::data::Dataset;
 use crate::error::{Error, Result, parse_err};
 use crate::rng::Rng;
 
@@ -81,7 +81,10 @@ pub fn partition(data: &Dataset, nodes: usize, how: Partition, seed: u64) -> Vec
             }
         }
         Partition::Dirichlet(alpha) => {
-            for label in 0..NUM_CLASSES as u8 {
+            // Every label present (at least the ten of the built-in data sets, so that their
+            // splits stay what they were).
+            let classes = data.num_labels();
+            for label in 0..=u8::try_from(classes - 1).unwrap_or(u8::MAX) {
                 let mut idx: Vec<usize> = (0..data.len()).filter(|&i| data.y[i] == label).collect();
                 rng.shuffle(&mut idx);
                 let p = rng.dirichlet(alpha, nodes);
@@ -135,11 +138,14 @@ pub fn partition(data: &Dataset, nodes: usize, how: Partition, seed: u64) -> Vec
 
 /// One line per node with its sample count and per-label counts, for printing.
 pub fn describe(data: &Dataset, parts: &[Vec<usize>]) -> String {
-    let mut s = String::from("node  samples  labels 0..9\n");
+    let classes = data.num_labels();
+    let mut s = format!("node  samples  labels 0..{}\n", classes - 1);
     for (i, p) in parts.iter().enumerate() {
-        let mut c = [0usize; NUM_CLASSES];
+        let mut c = vec![0usize; classes];
         for &j in p {
-            c[data.y[j] as usize] += 1;
+            if let Some(n) = c.get_mut(usize::from(data.y[j])) {
+                *n += 1;
+            }
         }
         let counts: Vec<String> = c.iter().map(|v| format!("{v:>5}")).collect();
         s.push_str(&format!("{i:>4}  {:>7}  {}\n", p.len(), counts.join("")));
@@ -152,11 +158,7 @@ mod tests {
     use super::*;
 
     fn toy(n: usize) -> Dataset {
-        Dataset {
-            x: vec![0.0; n],
-            y: (0..n).map(|i| (i % 10) as u8).collect(),
-            features: 1,
-        }
+        Dataset::dense(vec![0.0; n], (0..n).map(|i| (i % 10) as u8).collect(), 1)
     }
 
     fn check_cover(parts: &[Vec<usize>], n: usize) {

@@ -76,7 +76,8 @@ pub enum InputSpec {
         /// The column holding each row's class name.
         label: String,
     },
-    /// Images, resized to `width` x `height` and scaled to [0, 1]; the input vector is
+    /// Images, resized to `width` x `height` (unless `resize` is false) and scaled to [0, 1]; the
+    /// input vector is
     /// channel-major (`channels` planes of `height` rows of `width` pixels).
     Images {
         /// Width in pixels after resizing.
@@ -85,7 +86,19 @@ pub enum InputSpec {
         height: u32,
         /// 1 (grey) or 3 (RGB; an alpha channel is dropped).
         channels: u8,
+        /// Whether an image of another size is resized (bilinear) to `width` x `height`; when
+        /// false, such an image is an error naming the file. Default true.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        resize: bool,
     },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// One input column of a table. In TOML: `{ name = "age", kind = "numeric", mean = 40.0, std = 10.0 }`
@@ -259,6 +272,7 @@ impl DataSchema {
                 width,
                 height,
                 channels,
+                ..
             } => {
                 for (what, side) in [("width", *width), ("height", *height)] {
                     if !(1..=MAX_IMAGE_SIDE).contains(&side) {
@@ -290,7 +304,25 @@ impl DataSchema {
                 width,
                 height,
                 channels,
+                ..
             } => *width as usize * *height as usize * *channels as usize,
+        }
+    }
+
+    /// The model's input: flat features for a table, an image for images.
+    pub fn input_shape(&self) -> crate::spec::InputShape {
+        match &self.input {
+            InputSpec::Tabular { .. } => crate::spec::InputShape::Flat(self.input_size()),
+            InputSpec::Images {
+                width,
+                height,
+                channels,
+                ..
+            } => crate::spec::InputShape::Image {
+                channels: usize::from(*channels),
+                height: *height as usize,
+                width: *width as usize,
+            },
         }
     }
 
@@ -422,6 +454,7 @@ pub(crate) mod tests {
                 width,
                 height,
                 channels,
+                resize: true,
             },
         }
     }

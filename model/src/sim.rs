@@ -11,7 +11,7 @@ use crate::data::{Dataset, Split};
 use crate::dp::{Accountant, DpConfig, privatise};
 use crate::dpsgd::NoiseSource;
 use crate::error::Result;
-use crate::net::{Model, ModelKind};
+use crate::net::{Model, ModelSpec};
 use crate::partition::{Partition, partition};
 use crate::rng::Rng;
 use crate::train::{TrainConfig, evaluate, train_local_with_noise};
@@ -20,7 +20,7 @@ use crate::train::{TrainConfig, evaluate, train_local_with_noise};
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     /// The network.
-    pub model: ModelKind,
+    pub model: ModelSpec,
     /// Number of nodes.
     pub nodes: usize,
     /// How the training set is split.
@@ -84,24 +84,32 @@ impl Simulation {
     /// Partitions `split.train` over the nodes and derives the initial model from the seed.
     pub fn new(cfg: SimConfig, split: &Split) -> Result<Self> {
         let parts = partition(&split.train, cfg.nodes, cfg.partition, cfg.seed);
+        let shards = parts.iter().map(|idx| split.train.subset(idx)).collect();
+        Self::with_shards(cfg, shards, split.test.clone())
+    }
+
+    /// Node `i` trains on `shards[i]` (each party's own data; `cfg.partition` is unused), the
+    /// model is evaluated on `test`.
+    pub fn with_shards(cfg: SimConfig, mut shards: Vec<Dataset>, test: Dataset) -> Result<Self> {
+        if shards.len() != cfg.nodes {
+            return Err(crate::error::Error::Dataset(format!(
+                "{} data sets for {} nodes",
+                shards.len(),
+                cfg.nodes
+            )));
+        }
         let byz = cfg.byzantine.map(|(k, _)| k).unwrap_or(0);
-        let shards = parts
-            .iter()
-            .enumerate()
-            .map(|(i, idx)| {
-                let mut d = split.train.subset(idx);
-                if i < byz && cfg.byzantine.is_some_and(|(_, a)| a.is_data_level()) {
-                    flip_labels(&mut d.y);
-                }
-                d
-            })
-            .collect();
+        for d in shards.iter_mut().take(byz) {
+            if cfg.byzantine.is_some_and(|(_, a)| a.is_data_level()) {
+                flip_labels(&mut d.y, cfg.model.classes());
+            }
+        }
         let params = cfg.model.init(cfg.seed);
-        let eval_model = Model::new(cfg.model, &params, &Device::Cpu)?;
+        let eval_model = Model::new(&cfg.model, &params, &Device::Cpu)?;
         Ok(Simulation {
             residuals: vec![Vec::new(); cfg.nodes],
             shards,
-            test: split.test.clone(),
+            test,
             params,
             velocity: Vec::new(),
             round: 0,
@@ -145,7 +153,7 @@ impl Simulation {
                 .dp_sgd
                 .map(|_| NoiseSource::reproducible(cfg.seed, stream));
             let out = train_local_with_noise(
-                cfg.model,
+                &cfg.model,
                 &self.params,
                 shard,
                 &cfg.train,
@@ -313,7 +321,7 @@ mod tests {
 
     fn base(seed: u64) -> SimConfig {
         SimConfig {
-            model: ModelKind::DigitsMlp,
+            model: ModelSpec::digits_mlp(),
             nodes: 4,
             partition: Partition::Dirichlet(0.5),
             train: TrainConfig {

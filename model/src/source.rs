@@ -111,6 +111,7 @@ fn load_idx(dir: &Path, schema: &DataSchema) -> Result<CompactDataset> {
         width,
         height,
         channels,
+        ..
     } = schema.input
     else {
         return Err(Error::Schema(format!(

@@ -2,13 +2,13 @@
 //! [`crate::fast`] on the CPU, everything else through candle's autograd.
 
 use candle_core::backprop::GradStore;
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
 
 use crate::data::Dataset;
 use crate::dpsgd::{DpSgdConfig, NoiseSource, clip_factor};
 use crate::error::{Error, Result, parse_err};
-use crate::net::{Model, ModelKind};
+use crate::net::{Model, ModelSpec};
 use crate::rng::Rng;
 
 /// The local optimiser.
@@ -142,7 +142,7 @@ pub fn batch_tensors(data: &Dataset, idx: &[usize], device: &Device) -> Result<(
     let mut x = Vec::with_capacity(idx.len() * f);
     let mut y = Vec::with_capacity(idx.len());
     for &i in idx {
-        x.extend_from_slice(&data.x[i * f..(i + 1) * f]);
+        data.extend_row(i, &mut x);
         y.push(u32::from(data.y[i]));
     }
     Ok((
@@ -157,7 +157,7 @@ pub fn batch_tensors(data: &Dataset, idx: &[usize], device: &Device) -> Result<(
 /// everything else takes candle's autograd ([`train_model_autograd`]). With `cfg.dp_sgd` set this
 /// fails with [`Error::DpSgdWithoutSecret`]: use [`train_local_with_noise`].
 pub fn train_local(
-    kind: ModelKind,
+    kind: &ModelSpec,
     global: &[f32],
     data: &Dataset,
     cfg: &TrainConfig,
@@ -171,7 +171,7 @@ pub fn train_local(
 /// every noise draw comes from `noise` (then required; `rng` is unused), which the caller keys
 /// with 32 secret bytes ([`NoiseSource::from_secret`]). Without `cfg.dp_sgd`, `noise` is unused.
 pub fn train_local_with_noise(
-    kind: ModelKind,
+    kind: &ModelSpec,
     global: &[f32],
     data: &Dataset,
     cfg: &TrainConfig,
@@ -250,7 +250,7 @@ impl Batches {
 }
 
 /// Checks that `data` fits `kind`; false when there is nothing to train on.
-pub(crate) fn check_data(kind: ModelKind, data: &Dataset) -> Result<bool> {
+pub(crate) fn check_data(kind: &ModelSpec, data: &Dataset) -> Result<bool> {
     if data.is_empty() {
         return Ok(false);
     }
@@ -259,6 +259,12 @@ pub(crate) fn check_data(kind: ModelKind, data: &Dataset) -> Result<bool> {
             got: data.features,
             expected: kind.input_features(),
         });
+    }
+    if let Some(&l) = data.y.iter().find(|&&l| usize::from(l) >= kind.classes()) {
+        return Err(Error::Dataset(format!(
+            "label {l} is not below the model's {} classes",
+            kind.classes()
+        )));
     }
     Ok(true)
 }
@@ -351,7 +357,7 @@ pub fn train_model_with_noise(
     progress: Option<&mut dyn FnMut(usize, usize)>,
 ) -> Result<(f32, usize)> {
     let on_cpu = model.vars().first().is_none_or(|v| v.device().is_cpu());
-    if !(on_cpu && crate::fast::supports(model.kind())) {
+    if !(on_cpu && crate::fast::supports(model.spec())) {
         return train_model_autograd(model, data, cfg, rng, noise, progress);
     }
     crate::fast::train_model(model, data, cfg, rng, noise, progress)
@@ -371,7 +377,7 @@ pub fn train_model_autograd(
     if let Some((dp, noise)) = crate::dpsgd::resolve(cfg, noise)? {
         return train_model_autograd_dp(model, data, cfg, &dp, noise, progress);
     }
-    if !check_data(model.kind(), data)? {
+    if !check_data(model.spec(), data)? {
         return Ok((0.0, 0));
     }
     let mut batches = Batches::new(data.len(), cfg);
@@ -388,7 +394,7 @@ pub fn train_model_autograd(
     for step in 0..total_steps {
         let (xs, ys) = batch_tensors(data, batches.next(rng), &device)?;
         let logits = model.forward(&xs)?;
-        let mut loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
+        let mut loss = model.loss(&logits, &ys)?;
         loss_sum += f64::from(loss.to_scalar::<f32>()?);
         if cfg.prox_mu > 0.0 {
             let mut prox = Tensor::zeros((), DType::F32, &device)?;
@@ -435,7 +441,7 @@ pub fn train_model_autograd_dp(
     mut progress: Option<&mut dyn FnMut(usize, usize)>,
 ) -> Result<(f32, usize)> {
     dp.validate()?;
-    if !check_data(model.kind(), data)? {
+    if !check_data(model.spec(), data)? {
         return Ok((0.0, 0));
     }
     let total_steps = dp.steps(cfg.work);
@@ -456,7 +462,7 @@ pub fn train_model_autograd_dp(
         let mut batch_loss = 0.0f64;
         for &i in &sample {
             let (xs, ys) = batch_tensors(data, &[i], &device)?;
-            let loss = candle_nn::loss::cross_entropy(&model.forward(&xs)?, &ys)?;
+            let loss = model.loss(&model.forward(&xs)?, &ys)?;
             batch_loss += f64::from(loss.to_scalar::<f32>()?);
             let grads = loss.backward()?;
             let mut per_example = Vec::with_capacity(vars.len());
@@ -517,14 +523,8 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f32, f32)> {
     for chunk in idx.chunks(1000) {
         let (xs, ys) = batch_tensors(data, chunk, &device)?;
         let logits = model.forward(&xs)?;
-        loss += f64::from(candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()?)
-            * chunk.len() as f64;
-        let pred = logits.argmax(D::Minus1)?;
-        correct += pred
-            .eq(&ys)?
-            .to_dtype(DType::U32)?
-            .sum_all()?
-            .to_scalar::<u32>()? as usize;
+        loss += f64::from(model.loss(&logits, &ys)?.to_scalar::<f32>()?) * chunk.len() as f64;
+        correct += model.correct(&logits, &ys)?;
     }
     Ok((
         correct as f32 / data.len() as f32,
@@ -533,7 +533,7 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f32, f32)> {
 }
 
 /// Evaluates flat parameters of `kind` on `data`.
-pub fn evaluate_params(kind: ModelKind, params: &[f32], data: &Dataset) -> Result<(f32, f32)> {
+pub fn evaluate_params(kind: &ModelSpec, params: &[f32], data: &Dataset) -> Result<(f32, f32)> {
     let model = Model::new(kind, params, &Device::Cpu)?;
     evaluate(&model, data)
 }
@@ -614,7 +614,7 @@ mod tests {
     #[test]
     fn sgd_and_adam_learn_digits() {
         let split = crate::data::digits().unwrap();
-        let kind = ModelKind::DigitsMlp;
+        let kind = &ModelSpec::digits_mlp();
         let init = kind.init(1);
         for opt in [
             Optimizer::Sgd {
@@ -650,7 +650,7 @@ mod tests {
     #[test]
     fn fedprox_keeps_the_delta_smaller() {
         let split = crate::data::digits().unwrap();
-        let kind = ModelKind::DigitsMlp;
+        let kind = &ModelSpec::digits_mlp();
         let init = kind.init(1);
         let sgd = Optimizer::Sgd {
             lr: 0.1,
@@ -676,7 +676,7 @@ mod tests {
     #[test]
     fn step_budget_is_exact() {
         let split = crate::data::digits().unwrap();
-        let kind = ModelKind::DigitsMlp;
+        let kind = &ModelSpec::digits_mlp();
         let c = TrainConfig {
             work: Work::Steps(7),
             batch: 10,

@@ -10,8 +10,9 @@ use model::codec::Compression;
 use model::data::DatasetKind;
 use model::dp::DpConfig;
 use model::dpsgd::DpSgdConfig;
-use model::net::ModelKind;
+use model::net::ModelSpec;
 use model::partition::Partition;
+use model::schema::DataSchema;
 use model::train::{Optimizer, TrainConfig, Work};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -32,6 +33,10 @@ pub struct GenesisFile {
     pub checkpoint_every: u64,
     /// Model and data.
     pub model: ModelSection,
+    /// The schema every node's own data must fit (`[data]`, see `model::schema`); without it,
+    /// the schema of `model.dataset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataSchema>,
     /// Local training and aggregation.
     pub training: TrainingSection,
     /// Consensus and round timers.
@@ -198,9 +203,15 @@ impl MembershipSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// mlp, cnn or digits-mlp.
+    /// mlp, cnn, logistic or digits-mlp (see `model::spec`).
     pub kind: String,
+    /// Hidden layers, e.g. `["dense:128", "dense:64"]` or `["conv5x5:32", "maxpool2",
+    /// "dense:128"]`; empty: the kind's preset layers. Input and output sizes come from the data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
     /// digits, mnist or fashion-mnist: what `--shard` splits when a node has no data of its own.
+    /// May be empty when `[data]` is given (every node then brings its own data).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub dataset: String,
     /// How `--shard I --shards N` splits the dataset: iid, dirichlet:ALPHA, shards:K.
     pub partition: String,
@@ -281,12 +292,10 @@ pub struct Genesis {
     pub hash: [u8; 32],
     /// First validator set.
     pub validators: ValidatorSet,
-    /// Model.
-    pub model: ModelKind,
-    /// Dataset for shards.
-    pub dataset: DatasetKind,
-    /// Partition for shards.
-    pub partition: Partition,
+    /// Model, declared by `[model]` on the data's input and classes.
+    pub model: ModelSpec,
+    /// The data every node trains on.
+    pub data: DataPlan,
     /// Local training.
     pub train: TrainConfig,
     /// Rule.
@@ -303,6 +312,17 @@ pub struct Genesis {
     pub max_samples: u64,
     /// Record-level DP.
     pub privacy: Privacy,
+}
+
+/// The checked data settings.
+#[derive(Debug, Clone)]
+pub struct DataPlan {
+    /// What every node's data must look like: `[data]`, or the schema of `model.dataset`.
+    pub schema: DataSchema,
+    /// The public data set that `--shard` splits (none when `model.dataset` is empty).
+    pub dataset: Option<DatasetKind>,
+    /// How `--shard I --shards N` splits it.
+    pub partition: Partition,
 }
 
 /// Accepted ranges of the training and timeout settings. A setting outside them does not
@@ -391,13 +411,7 @@ impl GenesisFile {
                 ValidatorSet::new(ids),
             )
         };
-        let model: Option<ModelKind> =
-            p.parsed("model.kind", &self.model.kind, self.model.kind.parse());
-        let dataset: Option<DatasetKind> = p.parsed(
-            "model.dataset",
-            &self.model.dataset,
-            self.model.dataset.parse(),
-        );
+        let (model, dataset, schema) = self.check_model(&mut p);
         let partition: Option<Partition> = p.parsed(
             "model.partition",
             &self.model.partition,
@@ -437,6 +451,7 @@ impl GenesisFile {
             Some(validators),
             Some(model),
             Some(dataset),
+            Some(schema),
             Some(partition),
             Some(train),
             Some(server),
@@ -448,6 +463,7 @@ impl GenesisFile {
             validators,
             model,
             dataset,
+            schema,
             partition,
             train,
             server,
@@ -467,8 +483,11 @@ impl GenesisFile {
             chain_id,
             validators,
             model,
-            dataset,
-            partition,
+            data: DataPlan {
+                schema,
+                dataset,
+                partition,
+            },
             train: TrainConfig {
                 dp_sgd: privacy.dp_sgd,
                 ..train
@@ -483,6 +502,84 @@ impl GenesisFile {
             privacy,
             file: self,
         })
+    }
+}
+
+impl GenesisFile {
+    /// Checks `[data]` and `[model]`: the schema (`[data]`, or the data set's), the data set
+    /// `--shard` splits (which must fit `[data]` when both are given), and the declared model on
+    /// the schema's input and classes. Every problem is added to `p`.
+    fn check_model(
+        &self,
+        p: &mut Problems,
+    ) -> (
+        Option<ModelSpec>,
+        Option<Option<DatasetKind>>,
+        Option<DataSchema>,
+    ) {
+        let dataset: Option<Option<DatasetKind>> = if self.model.dataset.is_empty() {
+            p.require(
+                self.data.is_some(),
+                "model.dataset",
+                &self.model.dataset,
+                "needs a [data] section when empty (then every node brings its own data)",
+            );
+            Some(None)
+        } else {
+            p.parsed(
+                "model.dataset",
+                &self.model.dataset,
+                self.model.dataset.parse::<DatasetKind>(),
+            )
+            .map(Some)
+        };
+        let schema = match (&self.data, dataset) {
+            (Some(s), _) => p
+                .parsed("data", "[data]", s.validate().map(|()| s.clone()))
+                .filter(|s| {
+                    let max = model::compact::MAX_TRAIN_CLASSES;
+                    p.require(
+                        s.num_classes() <= max,
+                        "data.classes",
+                        s.num_classes(),
+                        &format!("training takes at most {max} classes"),
+                    );
+                    s.num_classes() <= max
+                }),
+            (None, Some(Some(d))) => Some(d.schema()),
+            (None, _) => None,
+        };
+        if let (Some(s), Some(Some(d))) = (&schema, dataset) {
+            let ds = d.schema();
+            p.require(
+                ds.input_shape() == s.input_shape() && ds.num_classes() == s.num_classes(),
+                "model.dataset",
+                &self.model.dataset,
+                &format!(
+                    "its {} with {} classes do not fit [data] ({} with {} classes)",
+                    ds.input_shape(),
+                    ds.num_classes(),
+                    s.input_shape(),
+                    s.num_classes()
+                ),
+            );
+        }
+        let model = schema.as_ref().and_then(|s| {
+            ModelSpec::declare(
+                &self.model.kind,
+                &self.model.layers,
+                s.input_shape(),
+                s.num_classes(),
+            )
+            .map_err(|e| {
+                p.0.push(format!(
+                    "model.kind = {:?}, model.layers = {:?}: {e}",
+                    self.model.kind, self.model.layers
+                ))
+            })
+            .ok()
+        });
+        (model, dataset, schema)
     }
 }
 
@@ -733,6 +830,7 @@ pub fn demo(chain_id: &str, validators: &[ValidatorId]) -> GenesisFile {
         checkpoint_every: 5,
         model: ModelSection {
             kind: "digits-mlp".into(),
+            layers: Vec::new(),
             dataset: "digits".into(),
             partition: "dirichlet:0.5".into(),
         },
@@ -762,6 +860,7 @@ pub fn demo(chain_id: &str, validators: &[ValidatorId]) -> GenesisFile {
         },
         membership: MembershipSection::default(),
         privacy: PrivacySection::default(),
+        data: None,
     }
 }
 
@@ -779,7 +878,7 @@ mod tests {
         assert_eq!(checked.validators.len(), 2);
         // The default rule is a robust one (f < n/3 malicious nodes must not poison the model).
         assert_eq!(checked.rule.to_string(), "nnm+centered-clip:0.1,3");
-        assert_eq!(checked.model, ModelKind::DigitsMlp);
+        assert_eq!(checked.model, ModelSpec::digits_mlp());
         let mut bad = g.clone();
         bad.training.rule = "nonsense".into();
         assert!(bad.check().is_err());
@@ -934,6 +1033,66 @@ mod tests {
         g.privacy.dp_sgd = "clip:1,noise:1,rate:0.00001".into();
         let err = refusal(g);
         assert!(err.contains("200000 DP-SGD steps a round"), "{err}");
+    }
+
+    #[test]
+    fn data_and_model_sections_are_checked_together() {
+        let table: DataSchema = toml::from_str(
+            "task = \"classification\"\nclasses = [\"a\", \"b\", \"c\"]\n\
+             input = { kind = \"tabular\", label = \"y\", features = [\
+             { name = \"x\", kind = \"numeric\" }, { name = \"z\", kind = \"numeric\" }] }",
+        )
+        .unwrap();
+        let mut g = demo_file();
+        g.data = Some(table);
+        g.model.kind = "mlp".into();
+        g.model.layers = vec!["dense:8".into()];
+        g.model.dataset = String::new();
+        let checked = g.clone().check().unwrap();
+        assert_eq!(
+            checked.model.to_string(),
+            "mlp[dense:8](2 features -> 3 classes)"
+        );
+        assert!(checked.data.dataset.is_none());
+        // The sections round-trip through the file, and an old file's hash is untouched by them.
+        let text = toml::to_string_pretty(&g).unwrap();
+        assert!(
+            text.contains("[data]") && text.contains("layers = ["),
+            "{text}"
+        );
+        let back: GenesisFile = toml::from_str(&text).unwrap();
+        assert_eq!(back.check().unwrap().hash, checked.hash);
+        let plain = toml::to_string_pretty(&demo_file()).unwrap();
+        assert!(
+            !plain.contains("layers") && !plain.contains("[data]"),
+            "{plain}"
+        );
+        type Edit = fn(&mut GenesisFile);
+        let cases: [(Edit, &str); 4] = [
+            (
+                |g| g.data = None,
+                "model.dataset = \"\": needs a [data] section when empty",
+            ),
+            (
+                |g| g.model.dataset = "mnist".into(),
+                "model.dataset = \"mnist\": its 1x28x28 images with 10 classes do not fit \
+                 [data] (2 features with 3 classes)",
+            ),
+            (
+                |g| g.model.layers = vec!["dense:0".into()],
+                "model.kind = \"mlp\", model.layers = [\"dense:0\"]: model: layer 'dense:0'",
+            ),
+            (
+                |g| g.model.kind = "cnn".into(),
+                "a cnn needs image input, and the data is 2 features",
+            ),
+        ];
+        for (edit, says) in cases {
+            let mut bad = g.clone();
+            edit(&mut bad);
+            let err = refusal(bad);
+            assert!(err.contains(says), "{says}: {err}");
+        }
     }
 
     #[test]

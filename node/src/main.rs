@@ -118,3 +118,15 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of the whole command line (unique flag names and aliases, e.g. a
+    /// `--dataset` alias beside another `--dataset`), which otherwise fire only when a user runs
+    /// the subcommand.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

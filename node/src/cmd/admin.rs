@@ -130,19 +130,25 @@ pub struct ExportArgs {
     /// Output safetensors file.
     #[arg(long)]
     pub out: PathBuf,
+    /// The network's genesis, for its declared model's tensor names and shapes (without it,
+    /// the preset whose size matches: mlp, cnn or digits-mlp).
+    #[arg(long)]
+    pub genesis: Option<PathBuf>,
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
     let state = crate::store::read_state(&a.data_dir)?;
-    let kind = [
-        model::net::ModelKind::Mlp,
-        model::net::ModelKind::Cnn,
-        model::net::ModelKind::DigitsMlp,
-    ]
-    .into_iter()
-    .find(|k| k.num_params() == state.params.len())
-    .context("the stored model matches no known architecture")?;
-    model::params::save_safetensors(kind, &state.params, &a.out)?;
+    let kind = match &a.genesis {
+        Some(path) => crate::genesis::Genesis::load(path)?.model,
+        None => model::net::ModelSpec::presets()
+            .into_iter()
+            .map(|(_, p)| p)
+            .find(|k| k.num_params() == state.params.len())
+            .context(
+                "the stored model matches no preset's size: give --genesis for a declared model",
+            )?,
+    };
+    model::params::save_safetensors(&kind, &state.params, &a.out)?;
     println!(
         "wrote {} ({kind}, round {}, model hash {})",
         a.out.display(),

@@ -35,15 +35,18 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (split, kind) = a.data.load()?;
+    let loaded = a.data.load(a.seed)?;
+    let kind = &loaded.model;
+    let train = loaded.union()?;
+    let test = &loaded.test;
     let model = Model::new(kind, &kind.init(a.seed), &Device::Cpu)?;
     let mut rng = Rng::derive(a.seed, 0xCE47);
     println!(
         "centralized: model {kind} ({} params), dataset {} ({} train / {} test), {} epochs, batch {}, {}",
         kind.num_params(),
-        a.data.dataset,
-        split.train.len(),
-        split.test.len(),
+        a.data.describe(),
+        train.len(),
+        test.len(),
         a.epochs,
         a.batch,
         a.optimizer
@@ -55,10 +58,7 @@ pub fn run(a: Args) -> Result<()> {
         prox_mu: 0.0,
         dp_sgd: None,
     };
-    let per_epoch = split
-        .train
-        .len()
-        .div_ceil(a.batch.clamp(1, split.train.len().max(1)));
+    let per_epoch = train.len().div_ceil(a.batch.clamp(1, train.len().max(1)));
     let mut csv = String::from("epoch,accuracy,loss,samples_per_s\n");
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::new((per_epoch * a.epochs) as u64);
@@ -80,9 +80,9 @@ pub fn run(a: Args) -> Result<()> {
         }
         let secs = epoch_start.elapsed().as_secs_f64();
         let epoch = step / per_epoch;
-        match evaluate(&model, &split.test) {
+        match evaluate(&model, test) {
             Ok((acc, loss)) => {
-                let sps = split.train.len() as f64 / secs;
+                let sps = train.len() as f64 / secs;
                 let line = format!(
                     "epoch {epoch:>3}  accuracy {:>6.2}%  test loss {loss:.4}  {sps:>8.0} samples/s",
                     acc * 100.0
@@ -97,7 +97,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         epoch_start = Instant::now();
     };
-    let (train_loss, _) = train_model(&model, &split.train, &cfg, &mut rng, Some(&mut on_step))?;
+    let (train_loss, _) = train_model(&model, &train, &cfg, &mut rng, Some(&mut on_step))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

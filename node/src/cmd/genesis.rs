@@ -115,12 +115,21 @@ pub struct PrivacyArgs {
 /// The model and the dataset a network trains.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// mlp, cnn or digits-mlp.
+    /// mlp, cnn, logistic or digits-mlp.
     #[arg(long, default_value = "digits-mlp")]
     pub model: String,
-    /// digits, mnist or fashion-mnist.
-    #[arg(long, default_value = "digits")]
-    pub dataset: String,
+    /// The model's hidden layers, comma-separated: dense:N, convKxK:N, maxpoolS (default: the
+    /// kind's preset layers).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<String>,
+    /// A TOML file whose `[data]` section (the schema every node's own data must fit) becomes
+    /// the genesis `[data]`.
+    #[arg(long)]
+    pub schema: Option<PathBuf>,
+    /// digits, mnist or fashion-mnist: what `--shard` splits (default digits, or none with
+    /// --schema, where every node brings its own data).
+    #[arg(long)]
+    pub dataset: Option<String>,
     /// How `--shard` splits the dataset: iid, dirichlet:ALPHA, shards:K.
     #[arg(long, default_value = "dirichlet:0.5")]
     pub partition: String,
@@ -128,13 +137,24 @@ pub struct ModelArgs {
 
 impl TrainingArgs {
     /// The demo genesis for `ids` with these settings.
-    pub fn genesis(&self, chain_id: &str, ids: &[ValidatorId]) -> GenesisFile {
+    pub fn genesis(&self, chain_id: &str, ids: &[ValidatorId]) -> Result<GenesisFile> {
         let a = self.clone();
         let mut g = demo(chain_id, ids);
         g.seed = a.seed;
         g.checkpoint_every = a.checkpoint_every;
         g.model.kind = a.data.model;
-        g.model.dataset = a.data.dataset;
+        g.model.layers = a.data.layers;
+        if let Some(path) = &a.data.schema {
+            let (schema, _, _) = super::data::read_schema_file(path)?;
+            g.data = Some(schema);
+        }
+        g.model.dataset = a.data.dataset.unwrap_or_else(|| {
+            if g.data.is_some() {
+                String::new()
+            } else {
+                "digits".into()
+            }
+        });
         g.model.partition = a.data.partition;
         let t = &mut g.training;
         t.local_epochs = a.local_epochs;
@@ -154,7 +174,7 @@ impl TrainingArgs {
         g.privacy.dp_sgd = a.privacy.dp_sgd;
         g.privacy.epsilon_budget = a.privacy.epsilon_budget;
         g.privacy.delta = a.privacy.dp_delta;
-        g
+        Ok(g)
     }
 }
 
@@ -164,7 +184,7 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|v| load_public(v))
         .collect::<Result<Vec<_>>>()?;
-    let mut g = a.training.genesis(&a.chain_id, &ids);
+    let mut g = a.training.genesis(&a.chain_id, &ids)?;
     g.membership.policy = a.membership;
     g.membership.downtime_window = a.downtime_window;
     g.membership.promote_after = a.promote_after;

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod centralized;
 pub mod common;
+pub mod data;
 pub mod genesis;
 pub mod keygen;
 pub mod ledger;

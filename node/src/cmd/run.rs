@@ -1,11 +1,12 @@
 //! `cohort run`: a node. Settings come from `--config FILE` (TOML) with flags overriding it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use model::source::DataSource;
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -36,9 +37,15 @@ pub struct Args {
     /// How many shards the genesis dataset is split into.
     #[arg(long)]
     pub shards: Option<usize>,
-    /// Train on this node's own IDX files in DIR instead of a shard.
+    /// Train on this node's own data instead of a shard: csv:PATH, images:DIR or idx:DIR, read
+    /// against the genesis [data] schema (a bare DIR is an IDX directory whose t10k files are
+    /// the evaluation data, as before).
+    #[arg(long, visible_alias = "dataset")]
+    pub own_data: Option<String>,
+    /// Evaluation data for --own-data (csv:PATH, images:DIR, idx:DIR); default: 10% of the
+    /// node's own data held out (seeded by the genesis seed).
     #[arg(long)]
-    pub own_data: Option<PathBuf>,
+    pub eval: Option<DataSource>,
     /// IDX directory for the mnist/fashion-mnist genesis dataset (for --shard).
     #[arg(long)]
     pub dataset_dir: Option<PathBuf>,
@@ -94,7 +101,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     shard: Option<usize>,
     shards: Option<usize>,
-    own_data: Option<PathBuf>,
+    own_data: Option<String>,
+    eval: Option<DataSource>,
     dataset_dir: Option<PathBuf>,
     #[serde(default)]
     listen: Vec<String>,
@@ -123,6 +131,7 @@ fn merge(mut a: Args) -> Result<Args> {
     a.shard = a.shard.or(f.shard);
     a.shards = a.shards.or(f.shards);
     a.own_data = a.own_data.or(f.own_data);
+    a.eval = a.eval.or(f.eval);
     a.dataset_dir = a.dataset_dir.or(f.dataset_dir);
     if a.net.listen.is_empty() {
         a.net.listen = f.listen;
@@ -155,12 +164,36 @@ pub fn run(a: Args) -> Result<()> {
         .transpose()?;
     // Data: this node's own files, or its shard of the genesis dataset.
     let (mut train, test) = match (&a.own_data, a.shard) {
-        (Some(dir), _) => {
-            let s = model::data::load_idx_dir(dir)?;
-            (s.train, s.test)
-        }
+        (Some(own), _) => match own.parse::<DataSource>() {
+            Ok(src) => super::data::load_own(
+                &src,
+                a.eval.as_ref(),
+                &genesis.data.schema,
+                &genesis.model,
+                genesis.file.seed,
+            )?,
+            // A bare directory: IDX files, as before this flag took sources.
+            Err(_) if !own.contains(':') => {
+                let s = model::data::load_idx_dir(Path::new(own))?;
+                let test = match &a.eval {
+                    Some(e) => {
+                        super::data::dense(super::data::load_source(e, &genesis.data.schema)?)?
+                    }
+                    None => s.test,
+                };
+                (s.train, test)
+            }
+            Err(e) => bail!("--own-data {own}: {e}"),
+        },
         (None, shard) => {
-            let split = model::data::load(genesis.dataset, a.dataset_dir.as_deref())?;
+            let dataset = genesis.data.dataset.context(
+                "the genesis names no model.dataset to take a --shard of: give this node its \
+                 own data with --own-data csv:PATH, images:DIR or idx:DIR",
+            )?;
+            if a.eval.is_some() {
+                bail!("--eval is for --own-data; a shard is evaluated on {dataset}'s test set");
+            }
+            let split = model::data::load(dataset, a.dataset_dir.as_deref())?;
             let shards = a.shards.unwrap_or(genesis.validators.len()).max(1);
             let shard = shard.unwrap_or(0);
             if shard >= shards {
@@ -169,22 +202,34 @@ pub fn run(a: Args) -> Result<()> {
             let parts = model::partition::partition(
                 &split.train,
                 shards,
-                genesis.partition,
+                genesis.data.partition,
                 genesis.file.seed,
             );
             (split.train.subset(&parts[shard]), split.test)
         }
     };
-    if train.features != genesis.model.input_features() {
-        bail!(
-            "model {} takes {} features, the data has {}",
-            genesis.model,
-            genesis.model.input_features(),
-            train.features
-        );
+    for (what, d) in [("training", &train), ("evaluation", &test)] {
+        if d.features != genesis.model.input_features() {
+            bail!(
+                "model {} takes {} features, the {what} data has {}",
+                genesis.model,
+                genesis.model.input_features(),
+                d.features
+            );
+        }
+        if let Some(&l) =
+            d.y.iter()
+                .find(|&&l| usize::from(l) >= genesis.model.classes())
+        {
+            bail!(
+                "the {what} data has label {l}, but model {} has {} classes",
+                genesis.model,
+                genesis.model.classes()
+            );
+        }
     }
     if matches!(byzantine, Some(Byzantine::Attack(m)) if m.is_data_level()) {
-        model::attack::flip_labels(&mut train.y);
+        model::attack::flip_labels(&mut train.y, genesis.model.classes());
     }
     let listen: Vec<gossip::Multiaddr> = if a.net.listen.is_empty() {
         vec!["/ip4/0.0.0.0/tcp/9000".parse()?]

@@ -139,9 +139,19 @@ pub fn run(a: Args) -> Result<()> {
             a.nodes
         );
     }
-    let (split, kind) = a.data.load()?;
+    let loaded = a.data.load(a.seed)?;
+    let kind = loaded.model.clone();
+    let own_parts = loaded.parts.len() > 1;
+    if own_parts && loaded.parts.len() != a.nodes {
+        bail!(
+            "{} --dataset sources for --nodes {}: give one per node (node I trains on the I-th), \
+             or one to split over the nodes",
+            loaded.parts.len(),
+            a.nodes
+        );
+    }
     let cfg = SimConfig {
-        model: kind,
+        model: kind.clone(),
         nodes: a.nodes,
         partition: a.partition,
         train: TrainConfig {
@@ -172,10 +182,14 @@ pub fn run(a: Args) -> Result<()> {
          compress {}{}, local {} batch {} {}, server lr {} momentum {}{}{}",
         a.nodes,
         kind.num_params(),
-        a.data.dataset,
-        split.train.len(),
-        split.test.len(),
-        a.partition,
+        a.data.describe(),
+        loaded.parts.iter().map(|p| p.len()).sum::<usize>(),
+        loaded.test.len(),
+        if own_parts {
+            "each node its own data".to_string()
+        } else {
+            a.partition.to_string()
+        },
         a.rule,
         a.compress,
         if a.no_error_feedback {
@@ -200,14 +214,34 @@ pub fn run(a: Args) -> Result<()> {
             .map(|b| format!(", byzantine {} x {}", b.count, b.attack))
             .unwrap_or_default(),
     );
-    let mut sim = Simulation::new(cfg, &split)?;
     if a.show_partition {
-        let parts: Vec<Vec<usize>> = {
-            // Re-derive the index sets for printing (same seed, same result).
-            model::partition::partition(&split.train, a.nodes, a.partition, a.seed)
-        };
-        print!("{}", describe(&split.train, &parts));
+        if own_parts {
+            for (i, p) in loaded.parts.iter().enumerate() {
+                println!(
+                    "node {i:>3}  {} samples  labels {:?}",
+                    p.len(),
+                    p.label_counts()
+                );
+            }
+        } else if let Some(all) = loaded.parts.first() {
+            // The index sets the simulation derives (same seed, same result).
+            let idx = model::partition::partition(all, a.nodes, a.partition, a.seed);
+            print!("{}", describe(all, &idx));
+        }
     }
+    let mut sim = if own_parts {
+        Simulation::with_shards(cfg, loaded.parts, loaded.test)?
+    } else {
+        let split = model::data::Split {
+            train: loaded
+                .parts
+                .into_iter()
+                .next()
+                .context("no training data")?,
+            test: loaded.test,
+        };
+        Simulation::new(cfg, &split)?
+    };
     let mut csv =
         String::from("round,accuracy,loss,train_loss,bytes_per_node,dense_bytes,epsilon,seconds\n");
     let start = Instant::now();

@@ -32,6 +32,14 @@ pub struct Args {
     /// Directory with the dataset's IDX files, given to every node (for --dataset mnist).
     #[arg(long)]
     pub dataset_dir: Option<PathBuf>,
+    /// Node I's own data, given once per node in order (csv:PATH, images:DIR or idx:DIR; with
+    /// --schema): node I runs `cohort run --own-data` with the I-th instead of a shard.
+    #[arg(long)]
+    pub own_data: Vec<String>,
+    /// Evaluation data given to every node with --own-data (default: each node holds out 10% of
+    /// its own).
+    #[arg(long)]
+    pub eval: Option<String>,
     /// Evaluate the model every N rounds on every node (always at the last round).
     #[arg(long, default_value_t = 1)]
     pub eval_every: u64,
@@ -94,6 +102,16 @@ pub fn run(a: Args) -> Result<()> {
     if a.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    if !a.own_data.is_empty() && a.own_data.len() != a.nodes {
+        bail!(
+            "{} --own-data sources for --nodes {}: give one per node, in node order",
+            a.own_data.len(),
+            a.nodes
+        );
+    }
+    if a.eval.is_some() && a.own_data.is_empty() {
+        bail!("--eval goes with --own-data (shards are evaluated on the data set's test set)");
+    }
     let tmp = a.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("cohort-testnet-{}", std::process::id()))
     });
@@ -112,14 +130,17 @@ pub fn run(a: Args) -> Result<()> {
         let i: usize = i.parse().context("--byzantine I:KIND")?;
         *byz.get_mut(i).context("--byzantine index out of range")? = Some(kind.to_string());
     }
+    let data = if a.own_data.is_empty() {
+        format!("{} ({} partition)", g.model.dataset, g.model.partition)
+    } else {
+        "each node's own data".to_string()
+    };
     println!(
-        "testnet: {} validators in {}, {} rounds, model {} on {} ({} partition)",
+        "testnet: {} validators in {}, {} rounds, model {} on {data}",
         a.nodes,
         tmp.display(),
         a.rounds,
         g.model.kind,
-        g.model.dataset,
-        g.model.partition
     );
     let exe = std::env::current_exe().context("locating the cohort binary")?;
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
@@ -137,7 +158,6 @@ pub fn run(a: Args) -> Result<()> {
             .arg(&genesis)
             .arg("--data-dir")
             .arg(dir.join("data"))
-            .args(["--shard", &i.to_string(), "--shards", &a.nodes.to_string()])
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
             .args(["--rounds", &a.rounds.to_string(), "--json"])
             .args(["--eval-every", &a.eval_every.to_string()])
@@ -148,6 +168,17 @@ pub fn run(a: Args) -> Result<()> {
             )
             .stdout(Stdio::piped())
             .stderr(node_log(&dir)?);
+        match a.own_data.get(i) {
+            Some(own) => {
+                cmd.args(["--own-data", own]);
+                if let Some(e) = &a.eval {
+                    cmd.args(["--eval", e]);
+                }
+            }
+            None => {
+                cmd.args(["--shard", &i.to_string(), "--shards", &a.nodes.to_string()]);
+            }
+        }
         if let Some(b) = &bootstrap {
             cmd.args(["--bootstrap", b]);
         }

@@ -89,7 +89,7 @@ pub fn write_keys_and_genesis(
         }
         keys.push((name, key));
     }
-    let g = training.genesis(chain_id, &ids);
+    let g = training.genesis(chain_id, &ids)?;
     write(&g, &dir.join("genesis.toml"))?;
     Ok((g, keys))
 }

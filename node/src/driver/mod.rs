@@ -66,7 +66,8 @@ struct Shell {
     trained: Option<(u64, f32)>,
     json: Option<mpsc::UnboundedSender<serde_json::Value>>,
     done_tx: mpsc::Sender<Done>,
-    train: Dataset,
+    /// Shared with each round's training thread (a clone per round would double its memory).
+    train: Arc<Dataset>,
     test: Dataset,
     eval_every: u64,
     max_rounds: Option<u64>,
@@ -112,7 +113,7 @@ pub async fn run(
         history,
         trained: None,
         done_tx,
-        train: cfg.train,
+        train: Arc::new(cfg.train),
         test: cfg.test,
         eval_every: cfg.eval_every,
         max_rounds: cfg.max_rounds,
@@ -263,7 +264,7 @@ impl Shell {
             }
             Action::WriteCheckpoint { round, params } => {
                 self.store
-                    .write_checkpoint(core.genesis().model, round, &params)?;
+                    .write_checkpoint(&core.genesis().model, round, &params)?;
             }
             Action::Committed(report) => self.committed(core, report, handled)?,
             Action::Fatal(why) => anyhow::bail!(why),
@@ -312,7 +313,7 @@ impl Shell {
     /// round; the privacy noise seed comes from the OS CSPRNG.
     fn train(&self, core: &Core, round: u64, params: Arc<Vec<f32>>) {
         let g = core.genesis();
-        let (kind, train_cfg, seed) = (g.model, g.train, g.file.seed);
+        let (kind, train_cfg, seed) = (g.model.clone(), g.train, g.file.seed);
         let me = core.id().0;
         let data = self.train.clone();
         let tx = self.done_tx.clone();
@@ -332,7 +333,7 @@ impl Shell {
                 None => None,
             };
             let out = model::train::train_local_with_noise(
-                kind,
+                &kind,
                 &params,
                 &data,
                 &train_cfg,

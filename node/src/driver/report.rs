@@ -17,7 +17,7 @@ impl Shell {
         let last = self.max_rounds == Some(r.round);
         let every = self.eval_every;
         let (acc, loss) = if last || (every > 0 && r.round.is_multiple_of(every)) {
-            let (acc, loss) = model::train::evaluate_params(g.model, &r.params, &self.test)?;
+            let (acc, loss) = model::train::evaluate_params(&g.model, &r.params, &self.test)?;
             let m = &self.metrics;
             m.accuracy_ppm
                 .store((acc as f64 * 1e6) as u64, Ordering::Relaxed);

@@ -256,7 +256,7 @@ impl Sim {
         }
         if let Some(c) = self.nodes[0].core.as_ref() {
             out.accuracy =
-                model::train::evaluate_params(self.genesis.model, c.params(), &self.test)
+                model::train::evaluate_params(&self.genesis.model, c.params(), &self.test)
                     .map_or(0.0, |(acc, _)| acc);
             out.inclusions = self.nodes[..self.cfg.nodes]
                 .iter()
@@ -594,7 +594,7 @@ impl Sim {
             model::dpsgd::NoiseSource::reproducible(self.cfg.seed, (i as u64) << 32 | round)
         });
         let out = model::train::train_local_with_noise(
-            g.model,
+            &g.model,
             params,
             &node.data,
             &g.train,

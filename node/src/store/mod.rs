@@ -192,7 +192,7 @@ impl Store {
     /// Writes `checkpoints/round-NNNNNN.safetensors`.
     pub fn write_checkpoint(
         &self,
-        kind: model::net::ModelKind,
+        kind: &model::net::ModelSpec,
         round: u64,
         params: &[f32],
     ) -> Result<()> {
