@@ -479,11 +479,8 @@ mod tests {
         assert!(from_lm_bytes(&bytes[..20]).is_err());
         assert!(from_lm_bytes(b"").is_err());
         // A plain checkpoint without the metadata is refused with a reason.
-        let plain = crate::params::to_safetensors_bytes(
-            crate::net::ModelKind::DigitsMlp,
-            &crate::net::ModelKind::DigitsMlp.init(1),
-        )
-        .unwrap();
+        let digits = crate::spec::ModelSpec::digits_mlp();
+        let plain = crate::params::to_safetensors_bytes(&digits, &digits.init(1)).unwrap();
         let e = from_lm_bytes(&plain).unwrap_err().to_string();
         assert!(e.contains("not a cohort language model"), "{e}");
         assert!(to_lm_bytes(&cfg, &vocab, &p[1..]).is_err());
