@@ -29,11 +29,6 @@ pub fn hash_params(params: &[f32]) -> Hash {
     h.finalize().into()
 }
 
-/// Lower-case hex of a hash (for logs and files).
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The flat vector of `kind` from named tensors, checking that every name is present with the
 /// right shape and that no unknown name is there.
 pub fn flatten_named(kind: ModelKind, tensors: &HashMap<String, Tensor>) -> Result<Vec<f32>> {
@@ -180,7 +175,7 @@ mod tests {
         let want: Hash = h.finalize().into();
         assert_eq!(hash_params(&[1.0, 2.0]), want);
         assert_eq!(
-            hex(&hash_params(&[])),
+            hex::encode(hash_params(&[])),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         // Chunking does not change the result.
