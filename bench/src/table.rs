@@ -278,7 +278,11 @@ mod tests {
                 "a,b\n1,\"2,3\"\n4,5,6\n",
                 "line 3: 3 fields, but the header has 2",
             ),
-            ("latin1.csv", "a\nok\n\u{e9}\n", "line 3: field 1 is not UTF-8"),
+            (
+                "latin1.csv",
+                "a\nok\n\u{e9}\n",
+                "line 3: field 1 is not UTF-8",
+            ),
             ("empty.csv", "", "no header line"),
             ("blank.csv", "\n\r\n", "no header line"),
         ];
@@ -292,7 +296,10 @@ mod tests {
             assert!(err.contains(want), "{err}");
         }
         // A stray quote inside an unquoted field is text (as in Python's csv and Excel).
-        assert_eq!(parse_csv(b"a\nx\"y\n").unwrap().rows, vec![strings(&["x\"y"])]);
+        assert_eq!(
+            parse_csv(b"a\nx\"y\n").unwrap().rows,
+            vec![strings(&["x\"y"])]
+        );
         let missing = dir.path().join("missing.csv");
         let err = format!("{:#}", Table::read_csv(&missing).unwrap_err());
         assert!(err.contains("missing.csv"), "{err}");

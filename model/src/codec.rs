@@ -249,9 +249,8 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u32> {
         let rest = &self.buf[self.pos..];
         // Decoded as a u64: `decode::u32` drops the bits of a 5th byte above 32 without an error.
-        let (v, after) = unsigned_varint::decode::u64(rest).map_err(|e| {
-            Error::Codec(format!("index varint at offset {}: {e}", self.pos))
-        })?;
+        let (v, after) = unsigned_varint::decode::u64(rest)
+            .map_err(|e| Error::Codec(format!("index varint at offset {}: {e}", self.pos)))?;
         let len = rest.len() - after.len();
         if len > 5 {
             return Err(Error::Codec("index varint longer than 5 bytes".into()));

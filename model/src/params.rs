@@ -259,16 +259,29 @@ mod tests {
         let renamed = file(&|n, v| (n.replace("fc2.bias", "fc3.bias"), v));
         assert!(err(&renamed).contains(r#"unexpected tensors for model digits-mlp: ["fc3.bias"]"#));
         let as_i32 = file(&|n, v| {
-            let dtype = if n == "fc1.bias" { Dtype::I32 } else { Dtype::F32 };
+            let dtype = if n == "fc1.bias" {
+                Dtype::I32
+            } else {
+                Dtype::F32
+            };
             let view = TensorView::new(dtype, v.shape().to_vec(), v.data()).unwrap();
             (n.to_string(), view)
         });
         assert!(err(&as_i32).contains("tensor fc1.bias is I32, expected F32"));
         let reshaped = file(&|n, v| {
-            let shape = if n == "fc1.weight" { vec![32, 128] } else { v.shape().to_vec() };
-            (n.to_string(), TensorView::new(Dtype::F32, shape, v.data()).unwrap())
+            let shape = if n == "fc1.weight" {
+                vec![32, 128]
+            } else {
+                v.shape().to_vec()
+            };
+            (
+                n.to_string(),
+                TensorView::new(Dtype::F32, shape, v.data()).unwrap(),
+            )
         });
-        assert!(err(&reshaped).contains("tensor fc1.weight has shape [32, 128], expected [64, 64]"));
+        assert!(
+            err(&reshaped).contains("tensor fc1.weight has shape [32, 128], expected [64, 64]")
+        );
         // A header that points past the data.
         let mut lying = same.clone();
         lying.truncate(lying.len() - 4);

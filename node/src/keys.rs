@@ -198,11 +198,18 @@ mod tests {
         let text = hex(&bytes);
         assert_eq!(&text[..8], "00254a6f");
         assert_eq!(parse_hex32(&text).unwrap(), bytes);
-        assert_eq!(parse_hex32(&format!(" {}\n", text.to_uppercase())).unwrap(), bytes);
+        assert_eq!(
+            parse_hex32(&format!(" {}\n", text.to_uppercase())).unwrap(),
+            bytes
+        );
         let err = |s: &str| format!("{:#}", parse_hex32(s).unwrap_err());
         assert!(err(&text[..62]).contains("expected 64 hex characters, got 62"));
         let bad = format!("{}g{}", &text[..10], &text[11..]);
-        assert!(err(&bad).contains("bad hex: Invalid character 'g' at position 10"), "{}", err(&bad));
+        assert!(
+            err(&bad).contains("bad hex: Invalid character 'g' at position 10"),
+            "{}",
+            err(&bad)
+        );
         // `u8::from_str_radix` took "+f" as 15; the hex crate does not.
         let plus = format!("+f{}", &text[2..]);
         assert!(err(&plus).contains("bad hex"));

@@ -99,7 +99,11 @@ impl Metrics {
         for (reason, v) in REJECT_REASONS.iter().zip(&self.deltas_rejected) {
             rejected.get_or_create(&ReasonLabel { reason }).inc_by(g(v));
         }
-        reg.register("deltas_rejected", "Peer deltas rejected, by reason", rejected);
+        reg.register(
+            "deltas_rejected",
+            "Peer deltas rejected, by reason",
+            rejected,
+        );
         reg.register(
             "deltas_ignored",
             "Peer deltas ignored (old, future, duplicate)",
@@ -119,8 +123,10 @@ impl Metrics {
         let sum = Family::<PhaseLabel, Counter<f64, AtomicU64>>::default();
         for (i, phase) in PHASES.iter().enumerate() {
             let l = PhaseLabel { phase };
-            last.get_or_create(&l).set(g(&self.phase_us[i]) as f64 / 1e6);
-            sum.get_or_create(&l).inc_by(g(&self.phase_us_sum[i]) as f64 / 1e6);
+            last.get_or_create(&l)
+                .set(g(&self.phase_us[i]) as f64 / 1e6);
+            sum.get_or_create(&l)
+                .inc_by(g(&self.phase_us_sum[i]) as f64 / 1e6);
         }
         // `last_round_phase`, not `round_phase`: in OpenMetrics the counter's family is
         // `cohort_round_phase_seconds` (samples `_total`), and family names must be unique.
@@ -204,11 +210,7 @@ fn register_network(reg: &mut Registry, c: &gossip::NetworkCounters) {
                 .inc_by(v);
         }
     }
-    reg.register(
-        "topic_bytes",
-        "Gossip payload bytes per topic",
-        by_topic,
-    );
+    reg.register("topic_bytes", "Gossip payload bytes per topic", by_topic);
     let by_protocol = Family::<ProtocolLabel, Counter>::default();
     for (protocol, b) in [
         ("transport", &c.transport),
@@ -495,7 +497,11 @@ mod tests {
         let text = Metrics::default()
             .render(None, 0, &Status::default())
             .expect("encoding");
-        for absent in ["cohort_dp_epsilon", "cohort_topic_bytes", "cohort_gossip_verdicts"] {
+        for absent in [
+            "cohort_dp_epsilon",
+            "cohort_topic_bytes",
+            "cohort_gossip_verdicts",
+        ] {
             assert!(!text.contains(absent), "{absent}\n{text}");
         }
         assert!(text.lines().any(|l| l == "cohort_peers 0"), "{text}");

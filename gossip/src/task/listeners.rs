@@ -63,7 +63,10 @@ mod tests {
         let (a, b) = (ListenerId::next(), ListenerId::next());
         let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().expect("multiaddr");
         l.asked(a, addr.clone());
-        l.asked(b, "/ip4/0.0.0.0/udp/4001/quic-v1".parse().expect("multiaddr"));
+        l.asked(
+            b,
+            "/ip4/0.0.0.0/udp/4001/quic-v1".parse().expect("multiaddr"),
+        );
         assert_eq!(l.first_error(a).as_deref(), Some("/ip4/127.0.0.1/tcp/4001"));
         // Its later errors are not warned again; another listener's first one is.
         assert_eq!(l.first_error(a), None);
