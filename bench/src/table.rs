@@ -42,26 +42,33 @@ impl Table {
         self.header.iter().position(|h| h == name)
     }
 
-    /// Reads a CSV file whose first record is the header.
+    /// Reads a CSV file whose first record is the header, with the `csv` crate's RFC 4180
+    /// reader.
     ///
     /// Fields may be quoted with `"` (a quote inside is written `""`), and quoted fields may hold
-    /// commas and line breaks. Both `\n` and `\r\n` end a record; empty lines are skipped. Every
-    /// record must be as wide as the header. Errors name the file and the line.
+    /// commas and line breaks. Both `\n` and `\r\n` end a record; empty lines are skipped; a
+    /// leading byte-order mark is dropped. Every record must be as wide as the header and UTF-8.
+    /// Errors name the file and the line (the `csv` crate does not count skipped empty lines).
+    /// Like most CSV readers (and unlike a strict RFC 4180
+    /// parser) it takes a stray quote in an unquoted field as text.
     pub fn read_csv(path: &Path) -> anyhow::Result<Table> {
-        let text = fs::read_to_string(path)
-            .with_context(|| format!("reading CSV file {}", path.display()))?;
-        parse_csv(&text).with_context(|| format!("parsing CSV file {}", path.display()))
+        let bytes =
+            fs::read(path).with_context(|| format!("reading CSV file {}", path.display()))?;
+        parse_csv(&bytes).with_context(|| format!("parsing CSV file {}", path.display()))
     }
 
-    /// Writes the table as CSV (header first), creating parent directories. Fields holding a
-    /// comma, a quote or a line break are quoted.
+    /// Writes the table as CSV (header first, `\n` after each record) with the `csv` crate,
+    /// creating parent directories. Fields holding a comma, a quote or a line break are quoted.
     pub fn write_csv(&self, path: &Path) -> anyhow::Result<()> {
         let width = self.header.len();
-        let mut out = String::new();
-        write_record(&mut out, self.header.iter().map(String::as_str));
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(&self.header).context("encoding CSV")?;
         for row in &self.rows {
-            write_record(&mut out, fitted(row, width));
+            w.write_record(fitted(row, width)).context("encoding CSV")?;
         }
+        let out = w
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("encoding CSV: {}", e.error()))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir)
                 .with_context(|| format!("creating directory {}", dir.display()))?;
@@ -173,22 +180,6 @@ fn fitted(row: &[String], width: usize) -> impl Iterator<Item = &str> {
         .take(width)
 }
 
-fn write_record<'a>(out: &mut String, fields: impl Iterator<Item = &'a str>) {
-    for (i, field) in fields.enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        if field.contains([',', '"', '\n', '\r']) {
-            out.push('"');
-            out.push_str(&field.replace('"', "\"\""));
-            out.push('"');
-        } else {
-            out.push_str(field);
-        }
-    }
-    out.push('\n');
-}
-
 fn md_cell(s: &str) -> String {
     s.replace('|', "\\|")
         .replace("\r\n", "<br>")
@@ -200,83 +191,40 @@ fn is_number(s: &str) -> bool {
     !s.is_empty() && s.parse::<f64>().is_ok()
 }
 
-/// Parses CSV text; see [`Table::read_csv`] for the dialect.
-fn parse_csv(text: &str) -> anyhow::Result<Table> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut records: Vec<(usize, Vec<String>)> = Vec::new();
-    let mut chars = text.chars().peekable();
-    let mut line = 1;
-    while chars.peek().is_some() {
-        let start_line = line;
-        // An empty line: no record.
-        if chars.peek() == Some(&'\n') || chars.peek() == Some(&'\r') {
-            if chars.next() == Some('\r') && chars.peek() == Some(&'\n') {
-                chars.next();
-            }
-            line += 1;
-            continue;
-        }
-        let mut record = Vec::new();
-        let mut field = String::new();
-        loop {
-            if chars.peek() == Some(&'"') && field.is_empty() {
-                chars.next();
-                let quote_line = line;
-                loop {
-                    match chars.next() {
-                        Some('"') if chars.peek() == Some(&'"') => {
-                            chars.next();
-                            field.push('"');
-                        }
-                        Some('"') => break,
-                        Some(c) => {
-                            if c == '\n' {
-                                line += 1;
-                            }
-                            field.push(c);
-                        }
-                        None => bail!("line {quote_line}: quoted field is not closed"),
-                    }
-                }
-                match chars.peek() {
-                    None | Some(',') | Some('\n') | Some('\r') => {}
-                    Some(c) => bail!("line {line}: unexpected {c:?} after a closing quote"),
-                }
-            }
-            match chars.next() {
-                Some(',') => record.push(std::mem::take(&mut field)),
-                None | Some('\n') => break,
-                Some('\r') if matches!(chars.peek(), None | Some('\n')) => {
-                    chars.next();
-                    break;
-                }
-                Some('"') => bail!("line {line}: quote inside an unquoted field"),
-                Some(c) => field.push(c),
-            }
-        }
-        record.push(field);
-        line += 1;
-        records.push((start_line, record));
-    }
-    let mut records = records.into_iter();
-    let Some((_, header)) = records.next() else {
+/// Parses CSV bytes; see [`Table::read_csv`] for the dialect.
+fn parse_csv(bytes: &[u8]) -> anyhow::Result<Table> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes);
+    let header = reader.headers().map_err(located)?;
+    if header.is_empty() {
         bail!("no header line (the file is empty)");
-    };
+    }
     let mut table = Table {
-        header,
+        header: header.iter().map(String::from).collect(),
         rows: Vec::new(),
     };
-    for (line, row) in records {
-        if row.len() != table.header.len() {
-            bail!(
-                "line {line}: {} fields, but the header has {}",
-                row.len(),
-                table.header.len()
-            );
-        }
-        table.rows.push(row);
+    for record in reader.records() {
+        let record = record.map_err(located)?;
+        table.rows.push(record.iter().map(String::from).collect());
     }
     Ok(table)
+}
+
+/// A `csv` error as `line N: what`.
+fn located(e: csv::Error) -> anyhow::Error {
+    let line = e.position().map(csv::Position::line);
+    let what = match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("{len} fields, but the header has {expected_len}"),
+        csv::ErrorKind::Utf8 { err, .. } => format!("field {} is not UTF-8", err.field() + 1),
+        _ => e.to_string(),
+    };
+    match line {
+        Some(line) => anyhow::anyhow!("line {line}: {what}"),
+        None => anyhow::anyhow!("{what}"),
+    }
 }
 
 #[cfg(test)]
@@ -306,7 +254,7 @@ mod tests {
 
     #[test]
     fn csv_reads_crlf_blank_lines_and_a_missing_final_newline() {
-        let table = parse_csv("a,b\r\n\r\n1,\"x,y\"\r\n2,z").unwrap();
+        let table = parse_csv(b"\xef\xbb\xbfa,b\r\n\r\n1,\"x,y\"\r\n2,z").unwrap();
         assert_eq!(table.header, strings(&["a", "b"]));
         assert_eq!(
             table.rows,
@@ -326,29 +274,32 @@ mod tests {
                 "line 3: 1 fields, but the header has 2",
             ),
             (
-                "open.csv",
-                "a\n\"never closed\n",
-                "line 2: quoted field is not closed",
+                "wide.csv",
+                "a,b\n1,\"2,3\"\n4,5,6\n",
+                "line 3: 3 fields, but the header has 2",
             ),
             (
-                "stray.csv",
-                "a\nx\"y\n",
-                "line 2: quote inside an unquoted field",
-            ),
-            (
-                "after.csv",
-                "a\n\"x\"y\n",
-                "line 2: unexpected 'y' after a closing quote",
+                "latin1.csv",
+                "a\nok\n\u{e9}\n",
+                "line 3: field 1 is not UTF-8",
             ),
             ("empty.csv", "", "no header line"),
+            ("blank.csv", "\n\r\n", "no header line"),
         ];
         for (file, text, want) in cases {
+            // Latin-1, not UTF-8: the byte 0xe9 alone.
+            let text: Vec<u8> = text.chars().map(|c| c as u32 as u8).collect();
             let path = dir.path().join(file);
             fs::write(&path, text).unwrap();
             let err = format!("{:#}", Table::read_csv(&path).unwrap_err());
             assert!(err.contains(file), "{err}");
             assert!(err.contains(want), "{err}");
         }
+        // A stray quote inside an unquoted field is text (as in Python's csv and Excel).
+        assert_eq!(
+            parse_csv(b"a\nx\"y\n").unwrap().rows,
+            vec![strings(&["x\"y"])]
+        );
         let missing = dir.path().join("missing.csv");
         let err = format!("{:#}", Table::read_csv(&missing).unwrap_err());
         assert!(err.contains("missing.csv"), "{err}");

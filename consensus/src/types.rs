@@ -68,8 +68,9 @@ impl fmt::Display for ValueId {
     }
 }
 
+/// The first 4 bytes in hex: enough to tell ids apart in logs.
 fn hex8(bytes: &[u8; 32]) -> String {
-    bytes[..4].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&bytes[..4])
 }
 
 /// The opaque value agreed on; the node fills it (delta digests, aggregate hash, ...).
@@ -95,8 +96,7 @@ pub struct Signature(pub [u8; 64]);
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let head: String = self.0[..4].iter().map(|b| format!("{b:02x}")).collect();
-        write!(f, "Sig({head}..)")
+        write!(f, "Sig({}..)", hex::encode(&self.0[..4]))
     }
 }
 

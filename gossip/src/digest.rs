@@ -25,20 +25,14 @@ impl Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Eight hex digits are enough to tell digests apart in logs.
-        for b in &self.0[..4] {
-            write!(f, "{b:02x}")?;
-        }
-        f.write_str("..")
+        write!(f, "{}..", hex::encode(&self.0[..4]))
     }
 }
 

@@ -80,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "final accuracy {:.2}%, model hash {}",
         acc * 100.0,
-        model::params::hex(&model::params::hash_params(sim.params()))
+        hex::encode(model::params::hash_params(sim.params()))
     );
     Ok(())
 }

@@ -202,16 +202,10 @@ fn quantise_block(block: &[f32], out: &mut Vec<u8>) {
     out.extend(q.iter().map(|&q| q as u8));
 }
 
-fn write_varint(out: &mut Vec<u8>, mut v: u32) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
+/// Appends `v` as an unsigned LEB128 varint (the `unsigned-varint` crate's, as in multiformats).
+fn write_varint(out: &mut Vec<u8>, v: u32) {
+    let mut buf = unsigned_varint::encode::u32_buffer();
+    out.extend_from_slice(unsigned_varint::encode::u32(v, &mut buf));
 }
 
 /// A bounds-checked reader over untrusted bytes.
@@ -251,16 +245,18 @@ impl<'a> Reader<'a> {
         }
         Ok(v)
     }
+    /// An index gap: a minimally encoded LEB128 varint of at most 5 bytes holding a `u32`.
     fn varint(&mut self) -> Result<u32> {
-        let mut v: u64 = 0;
-        for shift in (0..35).step_by(7) {
-            let b = self.u8("index")?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return u32::try_from(v).map_err(|_| Error::Codec("index varint overflows".into()));
-            }
+        let rest = &self.buf[self.pos..];
+        // Decoded as a u64: `decode::u32` drops the bits of a 5th byte above 32 without an error.
+        let (v, after) = unsigned_varint::decode::u64(rest)
+            .map_err(|e| Error::Codec(format!("index varint at offset {}: {e}", self.pos)))?;
+        let len = rest.len() - after.len();
+        if len > 5 {
+            return Err(Error::Codec("index varint longer than 5 bytes".into()));
         }
-        Err(Error::Codec("index varint longer than 5 bytes".into()))
+        self.pos += len;
+        u32::try_from(v).map_err(|_| Error::Codec("index varint overflows".into()))
     }
     fn finish(&self) -> Result<()> {
         if self.pos != self.buf.len() {
@@ -511,6 +507,30 @@ mod tests {
             }
             let _ = decode(&b, 8);
         }
+    }
+
+    #[test]
+    fn index_varints_are_minimal_leb128_of_at_most_five_bytes() {
+        let cases: [(u32, &[u8]); 5] = [
+            (0, &[0]),
+            (127, &[0x7f]),
+            (128, &[0x80, 1]),
+            (300, &[0xac, 0x02]),
+            (u32::MAX, &[0xff, 0xff, 0xff, 0xff, 0x0f]),
+        ];
+        for (v, bytes) in cases {
+            let mut out = Vec::new();
+            write_varint(&mut out, v);
+            assert_eq!(out, bytes, "{v}");
+            let mut r = Reader { buf: bytes, pos: 0 };
+            assert_eq!(r.varint().unwrap(), v);
+            assert_eq!(r.pos, bytes.len());
+        }
+        let err = |b: &[u8]| Reader { buf: b, pos: 0 }.varint().unwrap_err().to_string();
+        assert!(err(&[0xff, 0xff, 0xff, 0xff, 0x1f]).contains("overflows"));
+        assert!(err(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01]).contains("longer than 5 bytes"));
+        assert!(err(&[0x80]).contains("not enough input bytes"));
+        assert!(err(&[0x80, 0x00]).contains("not minimal"));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -26,11 +27,6 @@ pub fn hash_params(params: &[f32]) -> Hash {
         h.update(&buf[..chunk.len() * 4]);
     }
     h.finalize().into()
-}
-
-/// Lower-case hex of a hash (for logs and files).
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The flat vector of `kind` from named tensors, checking that every name is present with the
@@ -71,7 +67,8 @@ pub fn flatten_named(kind: &ModelSpec, tensors: &HashMap<String, Tensor>) -> Res
     Ok(out)
 }
 
-/// Writes `flat` as a safetensors file (loadable by PyTorch's `safetensors.torch.load_file`).
+/// Writes `flat` as a safetensors file (loadable by PyTorch's `safetensors.torch.load_file` and
+/// numpy's `safetensors.numpy.load_file`).
 pub fn save_safetensors(kind: &ModelSpec, flat: &[f32], path: &Path) -> Result<()> {
     let bytes = to_safetensors_bytes(kind, flat)?;
     std::fs::write(path, bytes).map_err(|source| Error::Io {
@@ -80,9 +77,10 @@ pub fn save_safetensors(kind: &ModelSpec, flat: &[f32], path: &Path) -> Result<(
     })
 }
 
-/// Serialises `flat` to safetensors bytes. The bytes are canonical (tensors in sorted-name order,
-/// no metadata, fixed JSON layout), so two nodes holding the same parameters produce the same file
-/// and a checkpoint can be addressed by its digest.
+/// Serialises `flat` to safetensors bytes with the `safetensors` crate. The bytes are canonical
+/// (tensors in sorted-name order, no metadata, the crate's compact JSON header padded with spaces
+/// to 8 bytes), so two nodes holding the same parameters produce the same file and a checkpoint
+/// can be addressed by its digest.
 pub fn to_safetensors_bytes(kind: &ModelSpec, flat: &[f32]) -> Result<Vec<u8>> {
     let expected = kind.num_params();
     if flat.len() != expected {
@@ -91,33 +89,21 @@ pub fn to_safetensors_bytes(kind: &ModelSpec, flat: &[f32]) -> Result<Vec<u8>> {
             expected,
         });
     }
-    let mut header = String::from("{");
+    let data: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let layout = kind.layout();
+    let mut views = Vec::with_capacity(layout.len());
     let mut off = 0usize;
-    for (i, spec) in kind.layout().iter().enumerate() {
+    for spec in &layout {
         let end = off + spec.numel() * 4;
-        let shape: Vec<String> = spec.shape.iter().map(|d| d.to_string()).collect();
-        if i > 0 {
-            header.push(',');
-        }
-        header.push_str(&format!(
-            "\"{}\":{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{off},{end}]}}",
-            spec.name,
-            shape.join(",")
-        ));
+        let view = TensorView::new(Dtype::F32, spec.shape.clone(), &data[off..end])
+            .map_err(|e| Error::Checkpoint(format!("tensor {}: {e}", spec.name)))?;
+        views.push((spec.name.as_str(), view));
         off = end;
     }
-    header.push('}');
-    // The format asks for the data to start 8-byte aligned; pad the header with spaces.
-    while (header.len() + 8) % 8 != 0 {
-        header.push(' ');
-    }
-    let mut out = Vec::with_capacity(8 + header.len() + flat.len() * 4);
-    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in flat {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    Ok(out)
+    // `serialize` orders the tensors by dtype alignment (all F32 here), then by name: the
+    // canonical order.
+    safetensors::serialize(views, None)
+        .map_err(|e| Error::Checkpoint(format!("writing safetensors: {e}")))
 }
 
 /// Reads a safetensors file into the flat vector of `kind` (names and shapes checked).
@@ -130,10 +116,51 @@ pub fn load_safetensors(kind: &ModelSpec, path: &Path) -> Result<Vec<f32>> {
         .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))
 }
 
-/// Parses safetensors bytes (possibly from a peer) into the flat vector of `kind`.
+/// Parses safetensors bytes (possibly from a peer) into the flat vector of `kind`: every tensor
+/// of the model present as `F32` with its shape, no other tensor. The `safetensors` crate checks
+/// the header (size, JSON, offsets inside the buffer and matching each dtype and shape).
 pub fn from_safetensors_bytes(kind: &ModelSpec, bytes: &[u8]) -> Result<Vec<f32>> {
-    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
-    flatten_named(kind, &tensors)
+    let file = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::Checkpoint(format!("not a valid safetensors file: {e}")))?;
+    let layout = kind.layout();
+    let mut extra: Vec<&str> = file
+        .names()
+        .into_iter()
+        .filter(|n| !layout.iter().any(|s| s.name == *n))
+        .collect();
+    if !extra.is_empty() {
+        extra.sort_unstable();
+        return Err(Error::Checkpoint(format!(
+            "unexpected tensors for model {kind}: {extra:?}"
+        )));
+    }
+    let mut out = Vec::with_capacity(kind.num_params());
+    for spec in &layout {
+        let t = file
+            .tensor(&spec.name)
+            .map_err(|_| Error::Checkpoint(format!("missing tensor {}", spec.name)))?;
+        if t.shape() != spec.shape.as_slice() {
+            return Err(Error::Checkpoint(format!(
+                "tensor {} has shape {:?}, expected {:?}",
+                spec.name,
+                t.shape(),
+                spec.shape
+            )));
+        }
+        if t.dtype() != Dtype::F32 {
+            return Err(Error::Checkpoint(format!(
+                "tensor {} is {:?}, expected F32",
+                spec.name,
+                t.dtype()
+            )));
+        }
+        out.extend(
+            t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -148,7 +175,7 @@ mod tests {
         let want: Hash = h.finalize().into();
         assert_eq!(hash_params(&[1.0, 2.0]), want);
         assert_eq!(
-            hex(&hash_params(&[])),
+            hex::encode(hash_params(&[])),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         // Chunking does not change the result.
@@ -173,8 +200,8 @@ mod tests {
         let bytes = to_safetensors_bytes(kind, &p).unwrap();
         assert_eq!(from_safetensors_bytes(kind, &bytes).unwrap(), p);
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
-        // candle's own writer reads back the same tensors from our bytes.
-        let t = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
+        // candle's own reader reads back the same tensors from our bytes.
+        let t = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).unwrap();
         assert_eq!(t["fc2.bias"].dims(), &[10]);
         // Wrong model: names differ.
         assert!(load_safetensors(&ModelSpec::mlp(), &path).is_err());
@@ -182,5 +209,82 @@ mod tests {
         assert!(from_safetensors_bytes(kind, &bytes[..bytes.len() / 2]).is_err());
         assert!(from_safetensors_bytes(kind, b"garbage").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The bytes on disk are those the hand-written writer produced before the `safetensors`
+    /// crate: 8-byte little-endian header length, compact JSON in sorted-name order padded with
+    /// spaces to a multiple of 8, then the tensors' little-endian `f32`s in that order.
+    #[test]
+    fn safetensors_bytes_keep_their_exact_layout() {
+        let kind = &ModelSpec::digits_mlp();
+        let p = kind.init(3);
+        let json = concat!(
+            r#"{"fc1.bias":{"dtype":"F32","shape":[64],"data_offsets":[0,256]},"#,
+            r#""fc1.weight":{"dtype":"F32","shape":[64,64],"data_offsets":[256,16640]},"#,
+            r#""fc2.bias":{"dtype":"F32","shape":[10],"data_offsets":[16640,16680]},"#,
+            r#""fc2.weight":{"dtype":"F32","shape":[10,64],"data_offsets":[16680,19240]}}"#
+        );
+        assert_eq!(json.len(), 279);
+        let mut want = 280u64.to_le_bytes().to_vec();
+        want.extend_from_slice(json.as_bytes());
+        want.push(b' ');
+        for v in &p {
+            want.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(to_safetensors_bytes(kind, &p).unwrap(), want);
+    }
+
+    #[test]
+    fn safetensors_with_a_wrong_dtype_shape_or_extra_tensor_are_refused() {
+        let kind = &ModelSpec::digits_mlp();
+        let p = kind.init(3);
+        let layout = kind.layout();
+        let data: Vec<u8> = p.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Builds a file from the model's tensors, letting `edit` change each (name, view).
+        let file = |edit: &dyn for<'a> Fn(&str, TensorView<'a>) -> (String, TensorView<'a>)| {
+            let mut off = 0;
+            let mut views = Vec::new();
+            for spec in &layout {
+                let end = off + spec.numel() * 4;
+                let v = TensorView::new(Dtype::F32, spec.shape.clone(), &data[off..end]).unwrap();
+                views.push(edit(&spec.name, v));
+                off = end;
+            }
+            safetensors::serialize(views, None).unwrap()
+        };
+        let same = file(&|n, v| (n.to_string(), v));
+        assert_eq!(from_safetensors_bytes(kind, &same).unwrap(), p);
+        let err = |bytes: &[u8]| from_safetensors_bytes(kind, bytes).unwrap_err().to_string();
+
+        let renamed = file(&|n, v| (n.replace("fc2.bias", "fc3.bias"), v));
+        assert!(err(&renamed).contains(r#"unexpected tensors for model digits-mlp: ["fc3.bias"]"#));
+        let as_i32 = file(&|n, v| {
+            let dtype = if n == "fc1.bias" {
+                Dtype::I32
+            } else {
+                Dtype::F32
+            };
+            let view = TensorView::new(dtype, v.shape().to_vec(), v.data()).unwrap();
+            (n.to_string(), view)
+        });
+        assert!(err(&as_i32).contains("tensor fc1.bias is I32, expected F32"));
+        let reshaped = file(&|n, v| {
+            let shape = if n == "fc1.weight" {
+                vec![32, 128]
+            } else {
+                v.shape().to_vec()
+            };
+            (
+                n.to_string(),
+                TensorView::new(Dtype::F32, shape, v.data()).unwrap(),
+            )
+        });
+        assert!(
+            err(&reshaped).contains("tensor fc1.weight has shape [32, 128], expected [64, 64]")
+        );
+        // A header that points past the data.
+        let mut lying = same.clone();
+        lying.truncate(lying.len() - 4);
+        assert!(err(&lying).contains("not a valid safetensors file"));
     }
 }

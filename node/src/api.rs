@@ -3,7 +3,7 @@
 //! ```text
 //! GET /            the dashboard (one self-contained page that polls /status and /history)
 //! GET /status      the status snapshot (JSON)
-//! GET /metrics     Prometheus text
+//! GET /metrics     OpenMetrics text (what Prometheus scrapes)
 //! GET /history     the last up to 1,000 committed rounds (JSON)
 //! GET /round/N     round N's audit record from the ledger (JSON); one seek through the index
 //! ```
@@ -40,6 +40,9 @@ use crate::store::index::{LedgerIndex, read_entry_at};
 
 /// The dashboard page: plain HTML, CSS and JS, no external resources.
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The content type of `prometheus-client`'s text encoding.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the API reads. Every field is a read-only view of state another task owns.
 #[derive(Clone)]
@@ -207,11 +210,14 @@ async fn metrics(State(s): Shared) -> Response {
         .as_ref()
         .map(|c| c.peers_connected as usize)
         .unwrap_or(0);
-    reply(
-        StatusCode::OK,
-        "text/plain; version=0.0.4",
-        s.metrics.render(counters.as_ref(), peers, &snapshot),
-    )
+    match s.metrics.render(counters.as_ref(), peers, &snapshot) {
+        Ok(text) => reply(StatusCode::OK, OPENMETRICS, text),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("encoding metrics: {e}\n"),
+        ),
+    }
 }
 
 async fn history(State(s): Shared) -> Response {

@@ -13,20 +13,17 @@ use ed25519_dalek::SigningKey;
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
-    model::params::hex(bytes)
+    hex::encode(bytes)
 }
 
-/// Parses 32 bytes of hex.
+/// Parses 32 bytes of hex (either case; surrounding whitespace ignored).
 pub fn parse_hex32(s: &str) -> Result<[u8; 32]> {
     let s = s.trim();
     if s.len() != 64 {
         bail!("expected 64 hex characters, got {}", s.len());
     }
     let mut out = [0u8; 32];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        let txt = std::str::from_utf8(chunk).context("not hex")?;
-        out[i] = u8::from_str_radix(txt, 16).with_context(|| format!("bad hex {txt:?}"))?;
-    }
+    hex::decode_to_slice(s, &mut out).map_err(|e| anyhow::anyhow!("bad hex: {e}"))?;
     Ok(out)
 }
 
@@ -193,5 +190,28 @@ mod tests {
         std::fs::write(&path, "zz").unwrap();
         assert!(NodeKey::load_with(&path, false).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn hex_of_32_bytes_round_trips_and_bad_hex_is_named() {
+        let bytes: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
+        let text = hex(&bytes);
+        assert_eq!(&text[..8], "00254a6f");
+        assert_eq!(parse_hex32(&text).unwrap(), bytes);
+        assert_eq!(
+            parse_hex32(&format!(" {}\n", text.to_uppercase())).unwrap(),
+            bytes
+        );
+        let err = |s: &str| format!("{:#}", parse_hex32(s).unwrap_err());
+        assert!(err(&text[..62]).contains("expected 64 hex characters, got 62"));
+        let bad = format!("{}g{}", &text[..10], &text[11..]);
+        assert!(
+            err(&bad).contains("bad hex: Invalid character 'g' at position 10"),
+            "{}",
+            err(&bad)
+        );
+        // `u8::from_str_radix` took "+f" as 15; the hex crate does not.
+        let plus = format!("+f{}", &text[2..]);
+        assert!(err(&plus).contains("bad hex"));
     }
 }

@@ -38,6 +38,7 @@ use crate::{
 
 mod fetch;
 mod gossip;
+mod listeners;
 mod swarm;
 mod sync;
 
@@ -137,7 +138,8 @@ pub(crate) struct Task {
     app_scores: HashMap<PeerId, f64>,
     banned: VecDeque<PeerId>,
     connected: HashSet<PeerId>,
-    listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    /// Each listener's address (for its warnings), and who waits for the first one.
+    listeners: listeners::Listeners,
     /// Relayed listen addresses waiting for a connection to their relay.
     relay_listens: Vec<(PeerId, Multiaddr)>,
     bootstrapped: bool,
@@ -160,6 +162,7 @@ impl Task {
         // the relay client's own dial would be refused while a bootstrap dial to the same peer
         // is pending, and the listener would close.
         let mut relay_listens = Vec::new();
+        let mut listeners = listeners::Listeners::default();
         for addr in &config.listen_addrs {
             match relay_of(addr) {
                 Some(Ok(relay)) => relay_listens.push((relay, addr.clone())),
@@ -171,10 +174,11 @@ impl Task {
                     });
                 }
                 None => {
-                    swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
+                    let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
                         addr: addr.clone(),
                         reason: e.to_string(),
                     })?;
+                    listeners.asked(id, addr.clone());
                 }
             }
         }
@@ -203,7 +207,7 @@ impl Task {
             app_scores: HashMap::new(),
             banned: VecDeque::new(),
             connected: HashSet::new(),
-            listen_waiters: Vec::new(),
+            listeners,
             relay_listens: Vec::new(),
             bootstrapped: false,
             unreachable_warned: HashSet::new(),
@@ -334,7 +338,7 @@ impl Task {
             Command::ListenAddrs { reply } => {
                 let addrs = self.listen_addrs();
                 if addrs.is_empty() && !self.config.listen_addrs.is_empty() {
-                    self.listen_waiters.push(reply);
+                    self.listeners.waiters.push(reply);
                 } else {
                     let _ = reply.send(addrs);
                 }

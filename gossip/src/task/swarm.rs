@@ -9,7 +9,7 @@ impl Task {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
                 let addrs = self.listen_addrs();
-                for waiter in self.listen_waiters.drain(..) {
+                for waiter in self.listeners.waiters.drain(..) {
                     let _ = waiter.send(addrs.clone());
                 }
             }
@@ -54,18 +54,44 @@ impl Task {
                     warn!(failed = ?failed, "bootstrap peer unreachable");
                 }
             }
-            SwarmEvent::ListenerClosed { .. } | SwarmEvent::ListenerError { .. }
-                if self.swarm.listeners().next().is_none() =>
-            {
-                warn!("no listener left");
-                for waiter in self.listen_waiters.drain(..) {
-                    let _ = waiter.send(Vec::new());
+            SwarmEvent::ListenerError { listener_id, error } => {
+                match self.listeners.first_error(listener_id) {
+                    Some(addr) => {
+                        warn!(%addr, %error, "listener error (its further errors are logged at debug level)");
+                    }
+                    None => debug!(?listener_id, %error, "listener error"),
                 }
+                self.answer_waiters_if_not_listening();
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                let addr = self.listeners.closed(listener_id, &addresses);
+                let left = self.swarm.listeners().count();
+                match reason {
+                    Err(error) => {
+                        warn!(%addr, %error, addresses_left = left, "listener failed and closed");
+                    }
+                    Ok(()) if left == 0 => warn!(%addr, "listener closed; no listen address left"),
+                    Ok(()) => info!(%addr, "listener closed"),
+                }
+                self.answer_waiters_if_not_listening();
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 info!(%address, "external address confirmed");
             }
             _ => {}
+        }
+    }
+
+    /// Without any listen address left, those waiting for one get none.
+    fn answer_waiters_if_not_listening(&mut self) {
+        if self.swarm.listeners().next().is_none() {
+            for waiter in self.listeners.waiters.drain(..) {
+                let _ = waiter.send(Vec::new());
+            }
         }
     }
 
@@ -76,8 +102,9 @@ impl Task {
             .partition(|(r, _)| *r == relay);
         self.relay_listens = waiting;
         for (_, addr) in ready {
-            if let Err(e) = self.swarm.listen_on(addr.clone()) {
-                warn!(%addr, error = %e, "cannot listen via relay");
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => self.listeners.asked(id, addr),
+                Err(e) => warn!(%addr, error = %e, "cannot listen via relay"),
             }
         }
     }

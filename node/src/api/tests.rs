@@ -139,11 +139,17 @@ async fn endpoints_keep_their_paths_status_codes_and_content_types() {
     let (head, body) = split(&resp);
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert!(
-        head.contains("content-type: text/plain; version=0.0.4\r\n"),
+        head.contains(
+            "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
+        ),
         "{head}"
     );
     assert!(body.contains("\ncohort_round 7\n"), "{body}");
-    assert!(body.starts_with("# HELP cohort_rounds_committed_total"));
+    assert!(
+        body.contains("\ncohort_rounds_committed_total 0\n"),
+        "{body}"
+    );
+    assert!(body.ends_with("\n# EOF\n"), "{body}");
 
     for (path, code, text) in [
         (

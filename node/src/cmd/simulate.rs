@@ -289,7 +289,7 @@ pub fn run(a: Args) -> Result<()> {
     println!(
         "final: accuracy {:.2}%  test loss {loss:.4}  model hash {}  {} sent per node in total  {:.1}s",
         acc * 100.0,
-        model::params::hex(&model::params::hash_params(sim.params())),
+        hex::encode(model::params::hash_params(sim.params())),
         human_bytes(total_bytes as f64),
         start.elapsed().as_secs_f64()
     );
