@@ -44,31 +44,7 @@ impl Model {
             Some(_) => Vec::new(),
             None => spec.ops()?,
         };
-        let layout = spec.layout();
-        let expected: usize = layout.iter().map(ParamSpec::numel).sum();
-        if flat.len() != expected {
-            return Err(Error::WrongLength {
-                got: flat.len(),
-                expected,
-            });
-        }
-        let varmap = VarMap::new();
-        let mut vars = Vec::with_capacity(layout.len());
-        {
-            let mut data = varmap
-                .data()
-                .lock()
-                .map_err(|_| Error::Checkpoint("variable map lock poisoned".into()))?;
-            let mut off = 0;
-            for p in &layout {
-                let n = p.numel();
-                let t = Tensor::from_slice(&flat[off..off + n], p.shape.as_slice(), device)?;
-                let var = Var::from_tensor(&t)?;
-                data.insert(p.name.clone(), var.clone());
-                vars.push(var);
-                off += n;
-            }
-        }
+        let (varmap, vars) = crate::params::vars_from_flat(&spec.layout(), flat, device)?;
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         if let Some(c) = spec.custom_recipe() {
             let net = Net::Custom(c.build(vb, spec.input_features(), spec.classes())?);
@@ -150,30 +126,12 @@ impl Model {
 
     /// The parameters as one flat vector in canonical order.
     pub fn flat(&self) -> Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(self.spec.num_params());
-        for v in &self.vars {
-            out.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
-        }
-        Ok(out)
+        crate::params::flat_of_vars(&self.vars)
     }
 
     /// Overwrites every parameter from a flat vector in canonical order.
     pub fn set_flat(&self, flat: &[f32]) -> Result<()> {
-        let expected = self.spec.num_params();
-        if flat.len() != expected {
-            return Err(Error::WrongLength {
-                got: flat.len(),
-                expected,
-            });
-        }
-        let mut off = 0;
-        for v in &self.vars {
-            let n = v.elem_count();
-            let t = Tensor::from_slice(&flat[off..off + n], v.shape(), v.device())?;
-            v.set(&t)?;
-            off += n;
-        }
-        Ok(())
+        crate::params::set_vars_from_flat(&self.vars, flat)
     }
 
     /// Logits for a batch `xs` of shape `[batch, input_features]`.

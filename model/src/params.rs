@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::net::ModelSpec;
+use crate::net::{ModelSpec, ParamSpec};
 
 /// A 32-byte SHA-256 digest.
 pub type Hash = [u8; 32];
@@ -27,6 +28,72 @@ pub fn hash_params(params: &[f32]) -> Hash {
         h.update(&buf[..chunk.len() * 4]);
     }
     h.finalize().into()
+}
+
+/// Candle variables holding `flat` (canonical order) under the names of `layout`, registered in
+/// a fresh [`VarMap`]; the variables come back in layout order. Shared by every model type that
+/// is built from a flat parameter vector.
+pub fn vars_from_flat(
+    layout: &[ParamSpec],
+    flat: &[f32],
+    device: &Device,
+) -> Result<(VarMap, Vec<Var>)> {
+    let expected: usize = layout.iter().map(ParamSpec::numel).sum();
+    if flat.len() != expected {
+        return Err(Error::WrongLength {
+            got: flat.len(),
+            expected,
+        });
+    }
+    let varmap = VarMap::new();
+    let mut vars = Vec::with_capacity(layout.len());
+    {
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Checkpoint("variable map lock poisoned".into()))?;
+        let mut off = 0;
+        for p in layout {
+            let n = p.numel();
+            let t = Tensor::from_slice(&flat[off..off + n], p.shape.as_slice(), device)?;
+            let var = Var::from_tensor(&t)?;
+            data.insert(p.name.clone(), var.clone());
+            vars.push(var);
+            off += n;
+        }
+    }
+    Ok((varmap, vars))
+}
+
+/// The flat vector of `vars`, in their order.
+pub fn flat_of_vars(vars: &[Var]) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(vars.iter().map(|v| v.elem_count()).sum());
+    for v in vars {
+        out.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Overwrites `vars` (in their order) from `flat`, which must hold exactly their elements.
+pub fn set_vars_from_flat(vars: &[Var], flat: &[f32]) -> Result<()> {
+    let expected: usize = vars.iter().map(|v| v.elem_count()).sum();
+    if flat.len() != expected {
+        return Err(Error::WrongLength {
+            got: flat.len(),
+            expected,
+        });
+    }
+    let mut off = 0;
+    for v in vars {
+        let n = v.elem_count();
+        v.set(&Tensor::from_slice(
+            &flat[off..off + n],
+            v.shape(),
+            v.device(),
+        )?)?;
+        off += n;
+    }
+    Ok(())
 }
 
 /// The flat vector of `kind` from named tensors, checking that every name is present with the

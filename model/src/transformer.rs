@@ -279,31 +279,7 @@ impl Transformer {
         device: &Device,
     ) -> Result<Self> {
         cfg.validate()?;
-        let layout = cfg.layout(vocab);
-        let expected: usize = layout.iter().map(ParamSpec::numel).sum();
-        if flat.len() != expected {
-            return Err(Error::WrongLength {
-                got: flat.len(),
-                expected,
-            });
-        }
-        let varmap = VarMap::new();
-        let mut vars = Vec::with_capacity(layout.len());
-        {
-            let mut data = varmap
-                .data()
-                .lock()
-                .map_err(|_| Error::Checkpoint("variable map lock poisoned".into()))?;
-            let mut off = 0;
-            for spec in &layout {
-                let n = spec.numel();
-                let t = Tensor::from_slice(&flat[off..off + n], spec.shape.as_slice(), device)?;
-                let var = Var::from_tensor(&t)?;
-                data.insert(spec.name.clone(), var.clone());
-                vars.push(var);
-                off += n;
-            }
-        }
+        let (varmap, vars) = crate::params::vars_from_flat(&cfg.layout(vocab), flat, device)?;
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
         let c = cfg.dim;
         let blocks = (0..cfg.layers)
@@ -349,33 +325,12 @@ impl Transformer {
 
     /// The parameters as one flat vector in canonical order.
     pub fn flat(&self) -> Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(self.cfg.num_params(self.vocab));
-        for v in &self.vars {
-            out.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
-        }
-        Ok(out)
+        crate::params::flat_of_vars(&self.vars)
     }
 
     /// Overwrites every parameter from a flat vector in canonical order.
     pub fn set_flat(&self, flat: &[f32]) -> Result<()> {
-        let expected = self.cfg.num_params(self.vocab);
-        if flat.len() != expected {
-            return Err(Error::WrongLength {
-                got: flat.len(),
-                expected,
-            });
-        }
-        let mut off = 0;
-        for v in &self.vars {
-            let n = v.elem_count();
-            v.set(&Tensor::from_slice(
-                &flat[off..off + n],
-                v.shape(),
-                v.device(),
-            )?)?;
-            off += n;
-        }
-        Ok(())
+        crate::params::set_vars_from_flat(&self.vars, flat)
     }
 
     /// Logits `[batch, time, vocab]` for token ids `[batch, time]` (u32), time <= context. The
