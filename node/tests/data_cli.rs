@@ -4,31 +4,11 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use model::rng::Rng;
 
-fn cohort(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cohort"))
-        .args(args)
-        .output()
-        .expect("the cohort binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cohort-data-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
+mod common;
+use common::{cohort, stderr, stdout, tempdir};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -118,7 +98,7 @@ fn refused(args: &[&str], needles: &[&str]) {
 
 #[test]
 fn each_kind_of_bad_table_is_one_clear_error() {
-    let d = tempdir("bad-csv");
+    let d = tempdir("data", "bad-csv");
     let schema = d.join("schema.toml");
     std::fs::write(&schema, TABLE_SCHEMA).expect("write");
     let good = "id,age,income,region,risk\n1,30,40,north,low\n2,50,70,east,high\n";
@@ -180,7 +160,7 @@ fn write_png(path: &Path, w: u32, h: u32, pixels: Vec<u8>) {
 
 #[test]
 fn each_kind_of_bad_image_folder_is_one_clear_error() {
-    let d = tempdir("bad-images");
+    let d = tempdir("data", "bad-images");
     let schema = d.join("schema.toml");
     std::fs::write(
         &schema,
@@ -263,7 +243,7 @@ fn each_kind_of_bad_image_folder_is_one_clear_error() {
 /// and a model that does not fit the schema stop it with one error, before any network starts.
 #[test]
 fn a_node_refuses_bad_data_and_a_misfit_model_at_start() {
-    let d = tempdir("node");
+    let d = tempdir("data", "node");
     let schema = d.join("schema.toml");
     std::fs::write(&schema, TABLE_SCHEMA).expect("write");
     let key = d.join("node.key");
@@ -354,7 +334,7 @@ fn a_node_refuses_bad_data_and_a_misfit_model_at_start() {
 /// noise in the rule caps any model near 86%).
 #[test]
 fn four_parties_csv_federated_matches_centralized() {
-    let d = tempdir("table");
+    let d = tempdir("data", "table");
     let schema = d.join("schema.toml");
     std::fs::write(&schema, TABLE_SCHEMA).expect("write");
     let mut rng = Rng::seed(2024);
@@ -478,7 +458,7 @@ fn four_parties_png_folders_federated_matches_centralized() {
         mnist.display()
     );
     let split = model::compact::load_idx_dir_compact(&mnist).expect("MNIST");
-    let d = tempdir("png");
+    let d = tempdir("data", "png");
     let write_folder =
         |root: &Path, set: &model::compact::CompactDataset, range: std::ops::Range<usize>| {
             let model::compact::Features::Pixels(px) = set.features() else {

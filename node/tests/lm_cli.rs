@@ -1,25 +1,9 @@
 //! `cohort lm-train` and `cohort sample`, run as a user would.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn cohort(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cohort"))
-        .args(args)
-        .output()
-        .expect("the cohort binary runs")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cohort-lm-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
+mod common;
+use common::{cohort, tempdir, text};
 
 fn val_losses(out: &str) -> Vec<f64> {
     out.lines()
@@ -34,7 +18,7 @@ fn val_losses(out: &str) -> Vec<f64> {
 
 #[test]
 fn lm_train_on_a_text_file_then_sample_from_it() {
-    let d = tempdir("text");
+    let d = tempdir("lm", "text");
     let corpus = d.join("corpus.txt");
     std::fs::write(
         &corpus,
