@@ -4,10 +4,25 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::keys::hex;
 use crate::wire::{LedgerEntry, RoundValue};
+
+/// A participant's key, held as its 32 bytes (a fifth of its hex form on the heap, for every
+/// round kept) and written as hex in the JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key(pub [u8; 32]);
+
+impl Serialize for Key {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex(&self.0))
+    }
+}
+
+fn keys(v: &[[u8; 32]]) -> Vec<Key> {
+    v.iter().copied().map(Key).collect()
+}
 
 /// One committed round.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -25,8 +40,8 @@ pub struct RoundSummary {
     pub eval_loss: Option<f32>,
     /// The committed model's accuracy on this node's held-out data, if evaluated this round.
     pub accuracy: Option<f32>,
-    /// The authors (validator keys, hex) whose deltas the round included.
-    pub included: Vec<String>,
+    /// The authors (validator keys, hex in the JSON) whose deltas the round included.
+    pub included: Vec<Key>,
     /// Where this node's time went in the round, seconds, where this node timed it.
     pub phases: Option<Phases>,
     /// What the round's value changed or recorded beyond the model (empty lists are left out
@@ -62,22 +77,22 @@ impl From<[f64; 5]> for Phases {
     }
 }
 
-/// Membership changes and findings a committed value carries, keys in hex.
+/// Membership changes and findings a committed value carries (keys in hex in the JSON).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RoundEvents {
     /// Keys whose join requests the value admitted (as validators, or as contributors under
     /// `open`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub joins: Vec<String>,
+    pub joins: Vec<Key>,
     /// Contributors promoted to validators.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub promotions: Vec<String>,
+    pub promotions: Vec<Key>,
     /// Validators removed (downtime or equivocation).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub removals: Vec<String>,
+    pub removals: Vec<Key>,
     /// Included deltas that were outliers against the aggregate.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub rejected: Vec<String>,
+    pub rejected: Vec<Key>,
     /// Pieces of equivocation evidence (votes and deltas) the value committed.
     #[serde(skip_serializing_if = "is_zero")]
     pub evidence: usize,
@@ -90,9 +105,8 @@ fn is_zero(n: &usize) -> bool {
 impl RoundEvents {
     /// The events of a committed value.
     pub fn of(rv: &RoundValue) -> Self {
-        let keys = |v: &[[u8; 32]]| v.iter().map(|k| hex(k)).collect::<Vec<_>>();
         RoundEvents {
-            joins: rv.joins.iter().map(|j| hex(&j.validator)).collect(),
+            joins: rv.joins.iter().map(|j| Key(j.validator)).collect(),
             promotions: keys(&rv.promotions),
             removals: keys(&rv.removals),
             rejected: keys(&rv.rejected),
@@ -123,7 +137,7 @@ impl History {
             };
             h.push(RoundSummary {
                 round: e.height,
-                included: rv.included.iter().map(|i| hex(&i.author)).collect(),
+                included: rv.included.iter().map(|i| Key(i.author)).collect(),
                 events: RoundEvents::of(&rv),
                 ..RoundSummary::default()
             });
@@ -175,5 +189,25 @@ mod tests {
         assert_eq!(rounds[0]["round"], 1501);
         assert_eq!(rounds[999]["round"], 2500);
         assert_eq!(v["limit"], 1000);
+    }
+
+    #[test]
+    fn keys_are_held_as_bytes_and_written_as_hex() {
+        let mut h = History::default();
+        h.push(RoundSummary {
+            round: 7,
+            included: vec![Key([0xab; 32])],
+            events: RoundEvents {
+                removals: vec![Key([1; 32])],
+                ..RoundEvents::default()
+            },
+            ..RoundSummary::default()
+        });
+        let v: serde_json::Value =
+            serde_json::from_str(&h.to_json().expect("json")).expect("parse");
+        let r = &v["rounds"][0];
+        assert_eq!(r["included"], serde_json::json!(["ab".repeat(32)]));
+        assert_eq!(r["removals"], serde_json::json!(["01".repeat(32)]));
+        assert!(r.get("joins").is_none(), "empty lists are left out");
     }
 }

@@ -313,11 +313,11 @@ async fn history_is_valid_json_of_at_most_1000_rounds() {
                 train_loss: Some(0.25),
                 eval_loss: (r % 10 == 0).then_some(0.125),
                 accuracy: (r % 10 == 0).then_some(0.875),
-                included: (0..4).map(|i| crate::keys::hex(&[i; 32])).collect(),
+                included: (0..4).map(|i| crate::history::Key([i; 32])).collect(),
                 phases: Some([0.25, 0.125, 0.0625, 0.03125, 0.03125].into()),
                 events: crate::history::RoundEvents {
                     joins: (r == 1500)
-                        .then(|| crate::keys::hex(&[9; 32]))
+                        .then_some(crate::history::Key([9; 32]))
                         .into_iter()
                         .collect(),
                     ..Default::default()

@@ -261,11 +261,12 @@ pub fn run(a: Args) -> Result<()> {
         net_cfg.heartbeat_interval = Duration::from_millis(300);
         net_cfg.request_timeout = Duration::from_secs(20);
         net_cfg.blob_cache_bytes = blob_cache_bytes(&genesis);
-        // The core answers every message as it handles it: 10 s is ample, and the message cache
-        // (history = validation timeout / heartbeat) and the duplicate cache are what a node's
-        // memory grows with at many rounds a second.
+        // The core answers every message as it handles it: 10 s is ample. The message cache
+        // (history = validation timeout / heartbeat), the duplicate cache and gossipsub's
+        // peer-score delivery records (which expire with the duplicate cache: vendor/README.md)
+        // hold messages/s times these windows, so memory is flat once 20 s of rounds have passed.
         net_cfg.validation_timeout = Duration::from_secs(10);
-        net_cfg.duplicate_cache_time = Duration::from_secs(30);
+        net_cfg.duplicate_cache_time = net_cfg.validation_timeout * 2;
         let (net, events) = gossip::Network::spawn(net_cfg, key.libp2p()?)
             .map_err(|e| anyhow::anyhow!("starting the network: {e}"))?;
         // Tell launchers where we listen (after the swarm has bound its sockets).
@@ -364,11 +365,14 @@ pub fn run(a: Args) -> Result<()> {
 
 /// What the network keeps to serve peers: the deltas of the rounds the node still uses (three,
 /// two versions per validator at most, room for a few joiners) and two state snapshots; between
-/// 8 MiB and 512 MiB. Older deltas are evicted, so memory stays flat however many rounds pass.
+/// 2 MiB and 512 MiB. Older deltas are evicted, so memory stays flat however many rounds pass.
 fn blob_cache_bytes(genesis: &Genesis) -> usize {
     let params = genesis.model.num_params() * 4;
     let deltas = 3 * 2 * (genesis.validators.len() + 4) * (params + 4096);
-    (deltas + 4 * params).clamp(8 << 20, 512 << 20)
+    // At least two state chunks (a chunk must fit to be served). A floor far above what the
+    // formula needs (it was 8 MiB) only makes a small model's node grow for more rounds before
+    // its cache is full.
+    (deltas + 4 * params).clamp(2 << 20, 512 << 20)
 }
 
 /// Refuses a `--listen` address whose fixed TCP or UDP port another process already holds.

@@ -49,7 +49,7 @@ impl Shell {
                 .and_then(|(round, loss)| (round == r.round).then_some(loss)),
             eval_loss: loss,
             accuracy: acc,
-            included: r.authors.iter().map(|a| hex(a)).collect(),
+            included: r.authors.iter().copied().map(crate::history::Key).collect(),
             phases: Some(phases.into()),
             events: r.events,
         };

@@ -667,6 +667,77 @@ fn join_requests_are_admissible_only_if_open_fresh_and_not_replayed_after_a_remo
     assert!(matches!(verdict(&mut priced, &paid), Verdict::Accept));
 }
 
+/// Our own join requests published by `actions`.
+fn own_joins(actions: &[Action]) -> Vec<Vec<u8>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish {
+                topic: Topic::Membership,
+                bytes,
+            } if !bytes.starts_with(crate::wire::GenesisHello::MAGIC) => Some(bytes.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_joiner_pays_for_its_request_once_and_resends_the_same_one_at_the_retry_rate() {
+    let k = keys();
+    let joiner = SigningKey::from_bytes(&[42; 32]);
+    let mut genesis = genesis(&k);
+    genesis.file.membership.join_work_bits = 8;
+    let cfg = CoreConfig {
+        key: joiner.clone(),
+        genesis,
+        byzantine: None,
+        join: true,
+        instance: 9,
+    };
+    let mut c = Core::new(cfg, empty_store()).expect("core");
+    let mut sent = own_joins(&c.handle(0, Event::Start).expect("start"));
+    sent.extend(own_joins(&c.handle(1, Event::Tick).expect("tick")));
+    assert_eq!(sent.len(), 1, "one request on the first tick");
+    let first = crate::wire::SignedJoin::decode(&sent[0]).expect("a join request");
+    first
+        .verify(chain().as_str())
+        .expect("signed by the joiner");
+    assert_eq!(first.validator, joiner.verifying_key().to_bytes());
+    assert!(
+        first.work_bits() >= 8,
+        "it carries the genesis proof of work"
+    );
+    // Within the retry interval nothing more goes out.
+    let quiet = c.handle(local::JOIN_RETRY_MS, Event::Tick).expect("tick");
+    assert!(
+        own_joins(&quiet).is_empty(),
+        "re-sent before the retry interval"
+    );
+    // After it, the very same request (no second proof) goes out again while the chain moves
+    // on, as long as more than half of its lifetime is left: a request made now would name the
+    // new round, so equal bytes mean the cached one.
+    let mut t = 1;
+    for height in [1, round::JOIN_TTL / 2 - 1] {
+        c.committed.chain.height = height;
+        t += local::JOIN_RETRY_MS + 1;
+        let later = own_joins(&c.handle(t, Event::Tick).expect("tick"));
+        assert_eq!(
+            later,
+            vec![sent[0].clone()],
+            "at round {height}: the cached request"
+        );
+    }
+    // Then a new one, made at the current round, with its own proof.
+    let height = round::JOIN_TTL / 2;
+    c.committed.chain.height = height;
+    t += local::JOIN_RETRY_MS + 1;
+    let renewed = own_joins(&c.handle(t, Event::Tick).expect("tick"));
+    assert_eq!(renewed.len(), 1);
+    let renewed = crate::wire::SignedJoin::decode(&renewed[0]).expect("a join request");
+    assert_eq!(renewed.round, height);
+    assert!(renewed.work_bits() >= 8);
+}
+
 #[test]
 fn privacy_noise_differs_between_nodes_and_between_runs_of_one_node() {
     // The same training result, the same round, DP on: the noise is a function of the seed the
