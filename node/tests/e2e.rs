@@ -623,8 +623,10 @@ fn the_dashboard_shows_the_live_testnet_in_headless_chromium() {
                 "--disable-dev-shm-usage",
                 "--no-first-run",
                 "--window-size=1280,1900",
-                // Virtual time runs the page's 2 s poll loop three times over.
-                "--virtual-time-budget=7000",
+                // Virtual time runs the page's 2 s poll loop fifteen times over; the network
+                // commits rounds in real time meanwhile, so successive polls see new rounds
+                // (the wire-bytes panel needs two polls at different rounds).
+                "--virtual-time-budget=30000",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .args(extra)
@@ -674,6 +676,27 @@ fn the_dashboard_shows_the_live_testnet_in_headless_chromium() {
         "the page shows an error"
     );
     assert!(dom.contains(">validator<"), "role");
+    // Wire bytes per round, from two polls of /metrics at different rounds: a figure with a
+    // unit in the card, and a point or a line in the chart.
+    let bpr = dom
+        .split("id=\"bpr\">")
+        .nth(1)
+        .and_then(|t| t.split('<').next())
+        .unwrap_or_default();
+    let (value, unit) = bpr.split_once(' ').unwrap_or_default();
+    assert!(
+        value.parse::<f64>().is_ok_and(|v| v > 0.0) && ["B", "KiB", "MiB"].contains(&unit),
+        "wire bytes per round card shows {bpr:?}"
+    );
+    let bytes_chart = dom
+        .split("id=\"bytes\"")
+        .nth(1)
+        .and_then(|t| t.split("</svg>").next())
+        .unwrap_or_default();
+    assert!(
+        bytes_chart.contains("<polyline") || bytes_chart.contains("<circle"),
+        "wire bytes chart: {bytes_chart}"
+    );
     if let Ok(png) = std::env::var("COHORT_DASHBOARD_PNG") {
         let out = chrome(&[format!("--screenshot={png}")]);
         assert!(out.status.success(), "{}", text(&out.stderr));
