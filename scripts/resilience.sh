@@ -14,7 +14,8 @@
 # Usage: scripts/resilience.sh [quorum] [onedown] [rss] [wipe] [fair] [apiload]
 #        (default: the first five)
 # Env: COHORT (binary; default the dev build in ~/.cache/cohort/target), TRIALS=5, SECS=20,
-#      RSS_ROUNDS=5000, WIPE_AT=2000. Prints one `result:` line per measurement.
+#      RSS_ROUNDS=5000, WIPE_AT=2000, MIN_ROUND_MS (the genesis's, default 250).
+#      Prints one `result:` line per measurement.
 set -euo pipefail
 BIN="${COHORT:-$HOME/.cache/cohort/target/debug/cohort}"
 TRIALS="${TRIALS:-5}"
@@ -38,6 +39,10 @@ setup() {
   done
   "$BIN" genesis --validators "$(IFS=,; echo "${pubs[*]}")" --chain-id resilience \
     --propose-ms 3000 --checkpoint-every 0 --out "$W/genesis.toml" >/dev/null
+  if [ -n "${MIN_ROUND_MS:-}" ]; then
+    sed -i "s/^min_round_ms = .*/min_round_ms = $MIN_ROUND_MS/" "$W/genesis.toml"
+    grep -q "^min_round_ms = $MIN_ROUND_MS\$" "$W/genesis.toml" || { echo "min_round_ms not set" >&2; exit 1; }
+  fi
 }
 
 start() {

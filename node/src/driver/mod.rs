@@ -60,23 +60,15 @@ struct Shell {
     store: Store,
     metrics: Arc<Metrics>,
     status: watch::Sender<Status>,
-    /// The last committed rounds, for `GET /history`.
-    history: watch::Sender<History>,
-    /// This node's mean training loss of its last trained round: `(round, loss)`.
-    trained: Option<(u64, f32)>,
-    json: Option<mpsc::UnboundedSender<serde_json::Value>>,
+    /// Metrics of committed rounds: history, evaluation, `--json` lines.
+    report: report::Reporter,
     done_tx: mpsc::Sender<Done>,
     /// Shared with each round's training thread (a clone per round would double its memory).
     train: Arc<Dataset>,
-    test: Dataset,
-    eval_every: u64,
-    max_rounds: Option<u64>,
     /// Our last delta when publishing failed (no peers yet), retried on ticks.
     unpublished: Option<(Instant, Vec<u8>)>,
     origin: Instant,
     requests: usize,
-    /// The `done` line was printed.
-    announced: bool,
     allow: crate::allow::AllowList,
 }
 
@@ -102,25 +94,20 @@ pub async fn run(
     };
     let mut core = Core::new(core_cfg, recovered)?;
     let (done_tx, mut done_rx) = mpsc::channel(64);
+    let json = cfg
+        .json_events
+        .then(|| report::spawn_json_printer(net.clone()));
     let mut shell = Shell {
-        json: cfg
-            .json_events
-            .then(|| report::spawn_json_printer(net.clone())),
+        report: report::Reporter::new(history, json, cfg.test, cfg.eval_every, cfg.max_rounds),
         net,
         store,
         metrics,
         status,
-        history,
-        trained: None,
         done_tx,
         train: Arc::new(cfg.train),
-        test: cfg.test,
-        eval_every: cfg.eval_every,
-        max_rounds: cfg.max_rounds,
         unpublished: None,
         origin: Instant::now(),
         requests: 0,
-        announced: false,
         allow: crate::allow::AllowList::new(cfg.allow_list),
     };
     shell.publish_status(&core);
@@ -144,7 +131,7 @@ pub async fn run(
             Some(d) = done_rx.recv() => match d {
                 Done::Trained(e) => {
                     if let Event::Trained { round, out, .. } = &e {
-                        shell.trained = Some((*round, out.mean_loss));
+                        shell.report.trained = Some((*round, out.mean_loss));
                     }
                     e
                 }

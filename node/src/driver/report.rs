@@ -4,20 +4,58 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use gossip::{NetworkHandle, Topic};
-use tokio::sync::mpsc;
+use model::data::Dataset;
+use tokio::sync::{mpsc, watch};
 
 use super::Shell;
+use crate::history::History;
 use crate::keys::hex;
 use crate::protocol::{CommitReport, Core};
+
+/// What the shell keeps to report committed rounds: the history it serves, the evaluation set
+/// and schedule, the `--json` printer.
+pub(super) struct Reporter {
+    /// The last committed rounds, for `GET /history`.
+    history: watch::Sender<History>,
+    /// This node's mean training loss of its last trained round: `(round, loss)`.
+    pub trained: Option<(u64, f32)>,
+    json: Option<mpsc::UnboundedSender<serde_json::Value>>,
+    test: Dataset,
+    eval_every: u64,
+    max_rounds: Option<u64>,
+    /// The `done` line was printed.
+    announced: bool,
+}
+
+impl Reporter {
+    pub fn new(
+        history: watch::Sender<History>,
+        json: Option<mpsc::UnboundedSender<serde_json::Value>>,
+        test: Dataset,
+        eval_every: u64,
+        max_rounds: Option<u64>,
+    ) -> Self {
+        Reporter {
+            history,
+            trained: None,
+            json,
+            test,
+            eval_every,
+            max_rounds,
+            announced: false,
+        }
+    }
+}
 
 impl Shell {
     /// Metrics, evaluation, status and the `--json` line of a committed round.
     pub(super) fn committed(&mut self, core: &Core, r: CommitReport, handled: f64) -> Result<()> {
         let g = core.genesis();
-        let last = self.max_rounds == Some(r.round);
-        let every = self.eval_every;
+        let last = self.report.max_rounds == Some(r.round);
+        let every = self.report.eval_every;
         let (acc, loss) = if last || (every > 0 && r.round.is_multiple_of(every)) {
-            let (acc, loss) = model::train::evaluate_params(&g.model, &r.params, &self.test)?;
+            let (acc, loss) =
+                model::train::evaluate_params(&g.model, &r.params, &self.report.test)?;
             let m = &self.metrics;
             m.accuracy_ppm
                 .store((acc as f64 * 1e6) as u64, Ordering::Relaxed);
@@ -45,6 +83,7 @@ impl Shell {
                 .map(|d| d.as_millis() as u64),
             seconds: Some(r.seconds),
             train_loss: self
+                .report
                 .trained
                 .and_then(|(round, loss)| (round == r.round).then_some(loss)),
             eval_loss: loss,
@@ -53,10 +92,10 @@ impl Shell {
             phases: Some(phases.into()),
             events: r.events,
         };
-        self.history.send_modify(|h| h.push(summary));
+        self.report.history.send_modify(|h| h.push(summary));
         self.publish_status(core);
         tracing::info!(round = r.round, accuracy = ?acc, loss = ?loss, included = r.included, hash = %hex(&r.model_hash), "committed");
-        let Some(tx) = &self.json else {
+        let Some(tx) = &self.report.json else {
             return Ok(());
         };
         let _ = tx.send(serde_json::json!({
@@ -75,8 +114,8 @@ impl Shell {
             "aggregate_seconds": phases[3],
             "other_seconds": phases[4],
         }));
-        if self.max_rounds.is_some_and(|m| r.round >= m) && !self.announced {
-            self.announced = true;
+        if self.report.max_rounds.is_some_and(|m| r.round >= m) && !self.report.announced {
+            self.report.announced = true;
             let _ = tx.send(serde_json::json!({
                 "event": "done",
                 "round": r.round,
