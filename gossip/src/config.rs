@@ -84,7 +84,8 @@ pub struct NetworkConfig {
     /// Blobs fetched or fetching at once for announce-fetch topics; more announcements are ignored.
     pub max_concurrent_fetches: usize,
     /// How long gossipsub remembers a message id to drop duplicates (at least twice the
-    /// validation timeout). Memory grows with messages per second times this.
+    /// validation timeout), and how long its peer-score delivery records live (the vendored
+    /// patch, `vendor/README.md`). Memory grows with messages per second times this.
     pub duplicate_cache_time: Duration,
     /// Bytes of blobs this node keeps to serve peers (its own and fetched payloads, state chunks).
     pub blob_cache_bytes: usize,
