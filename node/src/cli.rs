@@ -61,6 +61,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    tune_malloc();
     // candle's CPU matmul looks up its thread count on every call: RAYON_NUM_THREADS, or else
     // a re-read of /proc/cpuinfo (~33 us a call), and splitting the 2NN's small matmuls over
     // threads costs more than it saves. One thread per process trains the 2NN ~2x faster
@@ -107,6 +108,20 @@ where
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc's malloc, set for a node's allocation pattern before any thread starts: blocks from
+/// 128 KiB up (deltas, models, evaluation batches, data) are mapped and unmapped on their own
+/// instead of raising the threshold as they are freed (glibc's default, after which such blocks
+/// stay in the heap and fragment it), and two arenas serve every thread. Together they lowered
+/// a 2NN node's peak RSS on MNIST by about a tenth (BENCHMARKS.md section 8).
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
