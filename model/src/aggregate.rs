@@ -239,14 +239,30 @@ impl Aggregator {
             return aggregate(&self.rule, inputs);
         }
         check(inputs)?;
-        let mut cur: Vec<Vec<f32>> = inputs.iter().map(|c| c.delta.to_vec()).collect();
+        // The pre-steps read the inputs in place: only their outputs are new vectors (NNM
+        // first, as in the default rule, copies nothing; ARC scales a copy).
+        let mut cur: Option<Vec<Vec<f32>>> = None;
         for p in &self.pre {
-            let f = p.f(cur.len());
-            cur = match p {
-                Pre::Nnm { .. } => nearest_neighbour_mixing(&cur, f),
-                Pre::Arc { .. } => adaptive_robust_clipping(cur, f),
+            let next = match (p, cur.take()) {
+                (Pre::Arc { .. }, Some(owned)) => {
+                    let f = p.f(owned.len());
+                    adaptive_robust_clipping(owned, f)
+                }
+                (Pre::Arc { .. }, None) => {
+                    let f = p.f(inputs.len());
+                    adaptive_robust_clipping(inputs.iter().map(|c| c.delta.to_vec()).collect(), f)
+                }
+                (Pre::Nnm { .. }, prev) => {
+                    let xs: Vec<&[f32]> = match &prev {
+                        Some(v) => v.iter().map(Vec::as_slice).collect(),
+                        None => inputs.iter().map(|c| c.delta).collect(),
+                    };
+                    nearest_neighbour_mixing(&xs, p.f(xs.len()))
+                }
             };
+            cur = Some(next);
         }
+        let cur = cur.unwrap_or_default();
         let mixed: Vec<Contribution<'_>> = cur
             .iter()
             .zip(inputs)
@@ -310,18 +326,17 @@ fn pairwise_sq_dists(xs: &[&[f32]]) -> Vec<f64> {
 }
 
 /// NNM: `y_i` = unweighted mean of the `n - f` inputs nearest to `x_i` (itself included; ties by index).
-fn nearest_neighbour_mixing(xs: &[Vec<f32>], f: usize) -> Vec<Vec<f32>> {
+fn nearest_neighbour_mixing(xs: &[&[f32]], f: usize) -> Vec<Vec<f32>> {
     let k = xs.len();
     let keep = k.saturating_sub(f).max(1);
-    let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
-    let d = pairwise_sq_dists(&refs);
+    let d = pairwise_sq_dists(xs);
     (0..k)
         .map(|i| {
             let mut order: Vec<usize> = (0..k).collect();
             order.sort_by(|&a, &b| d[i * k + a].total_cmp(&d[i * k + b]).then(a.cmp(&b)));
             let mut acc = vec![0.0f64; xs[i].len()];
             for &j in &order[..keep] {
-                for (a, x) in acc.iter_mut().zip(&xs[j]) {
+                for (a, x) in acc.iter_mut().zip(xs[j]) {
                     *a += f64::from(*x);
                 }
             }
@@ -836,7 +851,8 @@ mod tests {
         // n = 4, f = 1: each input is replaced by the mean of its 3 nearest (itself included).
         // 0 -> {0, 1, 3}; 1 -> {1, 0, 3}; 3 -> {3, 1, 0}; 100 -> {100, 3, 1}.
         let xs = vec![vec![0.0f32], vec![1.0], vec![3.0], vec![100.0]];
-        let mixed = nearest_neighbour_mixing(&xs, 1);
+        let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+        let mixed = nearest_neighbour_mixing(&refs, 1);
         let want: Vec<Vec<f32>> = vec![
             vec![(4.0f64 / 3.0) as f32],
             vec![(4.0f64 / 3.0) as f32],
@@ -849,7 +865,7 @@ mod tests {
         let out = agg.aggregate(&contribs(&xs, &[1; 4])).unwrap();
         assert_eq!(out, vec![(4.0f64 / 3.0) as f32]);
         // f = 0 mixes everything into the plain mean.
-        assert_eq!(nearest_neighbour_mixing(&xs, 0)[3], vec![26.0]);
+        assert_eq!(nearest_neighbour_mixing(&refs, 0)[3], vec![26.0]);
     }
 
     #[test]

@@ -150,12 +150,7 @@ impl Dataset {
     /// How many labels to count: one past the largest label, and at least [`NUM_CLASSES`] (the
     /// built-in data sets' ten, whether or not a subset holds each).
     pub fn num_labels(&self) -> usize {
-        self.y
-            .iter()
-            .map(|&l| usize::from(l) + 1)
-            .max()
-            .unwrap_or(0)
-            .max(NUM_CLASSES)
+        num_labels(&self.y)
     }
 
     /// Count of samples per label, `num_labels()` of them.
@@ -166,6 +161,16 @@ impl Dataset {
         }
         c
     }
+}
+
+/// One past the largest of `labels`, and at least [`NUM_CLASSES`] ([`Dataset::num_labels`]).
+pub(crate) fn num_labels(labels: &[u8]) -> usize {
+    labels
+        .iter()
+        .map(|&l| usize::from(l) + 1)
+        .max()
+        .unwrap_or(0)
+        .max(NUM_CLASSES)
 }
 
 /// Which dataset a command works on.
@@ -366,6 +371,26 @@ pub fn parse_idx_images_u8<'a>(
     bytes: &'a [u8],
     path: &Path,
 ) -> Result<(usize, (usize, usize), &'a [u8])> {
+    let (n, rows, cols) = parse_idx3_header(bytes, path)?;
+    let want = n
+        .checked_mul(rows * cols)
+        .ok_or_else(|| data_err(path, "size overflow"))?;
+    let body = &bytes[16..];
+    if body.len() != want {
+        return Err(data_err(
+            path,
+            format!(
+                "header says {n} images of {rows}x{cols} ({want} bytes) but {} bytes follow",
+                body.len()
+            ),
+        ));
+    }
+    Ok((n, (rows, cols), body))
+}
+
+/// Checks an IDX3 image file's 16-byte header (magic and a plausible image size); returns the
+/// count, rows and cols.
+pub(crate) fn parse_idx3_header(bytes: &[u8], path: &Path) -> Result<(usize, usize, usize)> {
     if bytes.len() < 16 {
         return Err(data_err(
             path,
@@ -388,20 +413,7 @@ pub fn parse_idx_images_u8<'a>(
             format!("implausible image size {rows}x{cols}"),
         ));
     }
-    let want = n
-        .checked_mul(rows * cols)
-        .ok_or_else(|| data_err(path, "size overflow"))?;
-    let body = &bytes[16..];
-    if body.len() != want {
-        return Err(data_err(
-            path,
-            format!(
-                "header says {n} images of {rows}x{cols} ({want} bytes) but {} bytes follow",
-                body.len()
-            ),
-        ));
-    }
-    Ok((n, (rows, cols), body))
+    Ok((n, rows, cols))
 }
 
 /// Parses an IDX1 label file: magic 0x00000801, count, then `count` labels in 0..10.
@@ -436,7 +448,7 @@ pub fn parse_idx_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
     Ok(body.to_vec())
 }
 
-fn load_idx_pair(dir: &Path, images: &str, labels: &str) -> Result<Dataset> {
+pub(crate) fn load_idx_pair(dir: &Path, images: &str, labels: &str) -> Result<Dataset> {
     let (ipath, ibytes) = read_maybe_gz(dir, images)?;
     let (lpath, lbytes) = read_maybe_gz(dir, labels)?;
     let (n, (rows, cols), _) = parse_idx_images_u8(&ibytes, &ipath)?;

@@ -12,6 +12,7 @@
 //! - [`source`]: a node's own data (`csv:PATH`, `images:DIR`, `idx:DIR`) loaded against the schema
 //!   by [`tabular`] (CSV), [`images`] (PNG/JPEG class folders) and [`compact`] (IDX), held as a
 //!   [`compact::CompactDataset`] (u8 pixels or f32 tabular values, u16 labels);
+//! - [`shard`]: a node's shard of a built-in data set, cut while the IDX file streams;
 //! - [`partition`]: IID, Dirichlet(alpha) and pathological-shard splits over nodes;
 //! - [`train`]: local SGD/Adam training with optional FedProx, and evaluation;
 //! - [`params`]: flat parameter vectors, their SHA-256 hash, safetensors files;
@@ -47,6 +48,7 @@ pub mod params;
 pub mod partition;
 pub mod rng;
 pub mod schema;
+pub mod shard;
 pub mod sim;
 pub mod source;
 pub mod spec;

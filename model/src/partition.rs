@@ -69,6 +69,13 @@ impl std::fmt::Display for Partition {
 /// result only depends on the labels, `nodes`, the partition and `seed`. Every node gets at least
 /// one sample when there are at least as many samples as nodes.
 pub fn partition(data: &Dataset, nodes: usize, how: Partition, seed: u64) -> Vec<Vec<usize>> {
+    partition_labels(&data.y, nodes, how, seed)
+}
+
+/// [`partition`] from the labels alone (a node that streams its data cuts its shard before it
+/// reads any image): the same indices for the same labels, `nodes`, partition and `seed`.
+pub fn partition_labels(labels: &[u8], nodes: usize, how: Partition, seed: u64) -> Vec<Vec<usize>> {
+    let data = Labels(labels);
     let mut rng = Rng::derive(seed, 0x9A27);
     let nodes = nodes.max(1);
     let mut out = vec![Vec::new(); nodes];
@@ -85,7 +92,7 @@ pub fn partition(data: &Dataset, nodes: usize, how: Partition, seed: u64) -> Vec
             // splits stay what they were).
             let classes = data.num_labels();
             for label in 0..=u8::try_from(classes - 1).unwrap_or(u8::MAX) {
-                let mut idx: Vec<usize> = (0..data.len()).filter(|&i| data.y[i] == label).collect();
+                let mut idx: Vec<usize> = (0..data.len()).filter(|&i| data.0[i] == label).collect();
                 rng.shuffle(&mut idx);
                 let p = rng.dirichlet(alpha, nodes);
                 // Cumulative cut points, exact integer arithmetic at the end.
@@ -106,7 +113,7 @@ pub fn partition(data: &Dataset, nodes: usize, how: Partition, seed: u64) -> Vec
         Partition::Shards(per_node) => {
             let mut idx: Vec<usize> = (0..data.len()).collect();
             // Stable sort by label keeps the order deterministic.
-            idx.sort_by_key(|&i| data.y[i]);
+            idx.sort_by_key(|&i| data.0[i]);
             let shards = nodes * per_node;
             let mut order: Vec<usize> = (0..shards).collect();
             rng.shuffle(&mut order);
@@ -134,6 +141,19 @@ pub fn partition(data: &Dataset, nodes: usize, how: Partition, seed: u64) -> Vec
         part.sort_unstable();
     }
     out
+}
+
+/// The labels [`partition_labels`] splits by.
+struct Labels<'a>(&'a [u8]);
+
+impl Labels<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn num_labels(&self) -> usize {
+        crate::data::num_labels(self.0)
+    }
 }
 
 /// One line per node with its sample count and per-label counts, for printing.

@@ -203,7 +203,8 @@ impl MembershipSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// mlp, cnn, logistic or digits-mlp (see `model::spec`).
+    /// mlp, cnn, logistic or digits-mlp (see `model::spec`), or `custom:NAME`: a model the
+    /// binary registered (see `crate::custom`).
     pub kind: String,
     /// Hidden layers, e.g. `["dense:128", "dense:64"]` or `["conv5x5:32", "maxpool2",
     /// "dense:128"]`; empty: the kind's preset layers. Input and output sizes come from the data.
@@ -565,7 +566,7 @@ impl GenesisFile {
             );
         }
         let model = schema.as_ref().and_then(|s| {
-            ModelSpec::declare(
+            crate::custom::declare(
                 &self.model.kind,
                 &self.model.layers,
                 s.input_shape(),

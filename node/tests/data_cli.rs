@@ -583,3 +583,162 @@ fn four_parties_png_folders_federated_matches_centralized() {
         "testnet {net_acc} vs centralized {central_acc}"
     );
 }
+
+/// A declared model (an MLP with two hidden layers on the table) trained for three rounds by a
+/// 4-node testnet, then written out by `cohort export`: the checkpoint holds exactly the declared
+/// tensors (names and shapes, checked by the loader), hashes to a model the network committed,
+/// and scores on the evaluation table the accuracy the network reported for that model. Without
+/// `--genesis` the declared model is no preset, and export says so.
+#[test]
+fn a_declared_model_exports_a_checkpoint_that_loads_back() {
+    let d = tempdir("data", "export");
+    let schema_path = d.join("schema.toml");
+    std::fs::write(&schema_path, TABLE_SCHEMA).expect("write");
+    let mut rng = Rng::seed(77);
+    let mut net: Vec<String> = [
+        "testnet",
+        "--schema",
+        s(&schema_path),
+        "--model",
+        "mlp",
+        "--layers",
+        "dense:16,dense:8",
+        "--rounds",
+        "3",
+        "--local-epochs",
+        "1",
+        "--batch",
+        "32",
+        "--optimizer",
+        "sgd:0.05,0.9",
+        "--eval-every",
+        "1",
+        "--timeout",
+        "120",
+        "--keep",
+    ]
+    .map(String::from)
+    .to_vec();
+    let dir = d.join("net");
+    let rows = d.join("rounds.csv");
+    let test = d.join("test.csv");
+    std::fs::write(&test, table(1000, None, &mut rng)).expect("write");
+    for party in 0..4 {
+        let p = d.join(format!("party{party}.csv"));
+        std::fs::write(&p, table(300, Some(party), &mut rng)).expect("write");
+        net.extend(["--own-data".into(), format!("csv:{}", s(&p))]);
+    }
+    net.extend(["--eval".into(), format!("csv:{}", s(&test))]);
+    net.extend([
+        "--dir".into(),
+        s(&dir).into(),
+        "--csv".into(),
+        s(&rows).into(),
+    ]);
+    let o = cohort(&net.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains("all hashes equal"), "{out}");
+
+    let node0 = dir.join("node0/data");
+    let ckpt = d.join("model.safetensors");
+    let export = |genesis: Option<&Path>| {
+        let mut args = vec!["export", "--data-dir", s(&node0), "--out", s(&ckpt)];
+        if let Some(g) = genesis {
+            args.extend(["--genesis", s(g)]);
+        }
+        cohort(&args)
+    };
+    refused(
+        &["export", "--data-dir", s(&node0), "--out", s(&ckpt)],
+        &["matches no preset's size", "--genesis"],
+    );
+    assert!(!ckpt.exists(), "nothing written when refused");
+    let o = export(Some(&dir.join("genesis.toml")));
+    let said = stdout(&o);
+    assert!(o.status.success(), "{said}\n{}", stderr(&o));
+    assert!(said.contains("mlp[dense:16,dense:8]"), "{said}");
+
+    // Load it back as the declared model, in this process.
+    #[derive(serde::Deserialize)]
+    struct SchemaFile {
+        data: model::schema::DataSchema,
+    }
+    let schema = toml::from_str::<SchemaFile>(TABLE_SCHEMA)
+        .expect("schema")
+        .data;
+    let layers = ["dense:16".to_string(), "dense:8".to_string()];
+    let spec =
+        model::net::ModelSpec::declare("mlp", &layers, schema.input_shape(), schema.num_classes())
+            .expect("declared");
+    let shapes: Vec<(String, Vec<usize>)> = spec
+        .layout()
+        .into_iter()
+        .map(|p| (p.name, p.shape))
+        .collect();
+    let want: Vec<(String, Vec<usize>)> = [
+        ("fc1.bias", vec![16]),
+        ("fc1.weight", vec![16, 6]),
+        ("fc2.bias", vec![8]),
+        ("fc2.weight", vec![8, 16]),
+        ("fc3.bias", vec![3]),
+        ("fc3.weight", vec![3, 8]),
+    ]
+    .map(|(n, s)| (n.to_string(), s))
+    .to_vec();
+    assert_eq!(shapes, want);
+    let params = model::params::load_safetensors(&spec, &ckpt).expect("loads back");
+    assert_eq!(params.len(), 6 * 16 + 16 + 16 * 8 + 8 + 8 * 3 + 3);
+    // Another declaration does not load it (names or shapes differ).
+    let other = model::net::ModelSpec::declare(
+        "mlp",
+        &["dense:16".to_string()],
+        schema.input_shape(),
+        schema.num_classes(),
+    )
+    .expect("declared");
+    assert!(model::params::load_safetensors(&other, &ckpt).is_err());
+
+    let hash = hex::encode(model::params::hash_params(&params));
+    assert!(
+        said.contains(&hash),
+        "export names the hash it wrote: {said}"
+    );
+    // The network's report of that model: its round rows carry the hash and the accuracy.
+    let csv = std::fs::read_to_string(&rows).expect("rounds csv");
+    let header: Vec<&str> = csv.lines().next().expect("header").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).expect("column");
+    let (acc_col, hash_col, round_col) = (col("accuracy"), col("model_hash"), col("round"));
+    let reported: Vec<(u64, f64)> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f[hash_col] == hash)
+        .map(|f| {
+            (
+                f[round_col].parse().expect("round"),
+                f[acc_col].parse().expect("accuracy"),
+            )
+        })
+        .collect();
+    assert!(
+        !reported.is_empty(),
+        "the exported model {hash} is one the network committed:\n{csv}"
+    );
+    assert!(reported.iter().all(|&(r, _)| r >= 3), "{reported:?}");
+    let eval = model::source::DataSource::Csv(test)
+        .load(&schema)
+        .expect("eval table")
+        .to_dataset()
+        .expect("dataset");
+    let (acc, _) = model::train::evaluate_params(&spec, &params, &eval).expect("evaluates");
+    eprintln!("exported model: round {reported:?}, accuracy {acc}");
+    assert!(acc > 0.5, "three rounds learn something: {acc}");
+    for (_, net_acc) in reported {
+        assert!(
+            (f64::from(acc) - net_acc).abs() < 1e-6,
+            "checkpoint {acc} vs network {net_acc}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -28,8 +28,8 @@ pub struct DataArgs {
     /// genesis file works. Needed for own files.
     #[arg(long)]
     pub schema: Option<PathBuf>,
-    /// Model: mlp, cnn, logistic or digits-mlp (default: --schema's [model], else digits-mlp on
-    /// digits and mlp otherwise).
+    /// Model: mlp, cnn, logistic, digits-mlp, or custom:NAME for a model the binary registered
+    /// (default: --schema's [model], else digits-mlp on digits and mlp otherwise).
     #[arg(long)]
     pub model: Option<String>,
     /// Hidden layers, comma-separated: dense:N, convKxK:N, maxpoolS (default: the kind's preset).

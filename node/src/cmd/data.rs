@@ -168,7 +168,7 @@ pub fn resolve_model(
             file_layers,
         ),
     };
-    let spec = ModelSpec::declare(&kind, &layers, schema.input_shape(), schema.num_classes())
+    let spec = crate::custom::declare(&kind, &layers, schema.input_shape(), schema.num_classes())
         .with_context(|| format!("declaring model {kind} {layers:?}"))?;
     if let Some(b) = builtin {
         let bs = b.schema();

@@ -115,7 +115,7 @@ pub struct PrivacyArgs {
 /// The model and the dataset a network trains.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// mlp, cnn, logistic or digits-mlp.
+    /// mlp, cnn, logistic or digits-mlp; custom:NAME for a model the binary registered.
     #[arg(long, default_value = "digits-mlp")]
     pub model: String,
     /// The model's hidden layers, comma-separated: dense:N, convKxK:N, maxpoolS (default: the

@@ -193,19 +193,21 @@ pub fn run(a: Args) -> Result<()> {
             if a.eval.is_some() {
                 bail!("--eval is for --own-data; a shard is evaluated on {dataset}'s test set");
             }
-            let split = model::data::load(dataset, a.dataset_dir.as_deref())?;
             let shards = a.shards.unwrap_or(genesis.validators.len()).max(1);
             let shard = shard.unwrap_or(0);
             if shard >= shards {
                 bail!("--shard {shard} must be below --shards {shards}");
             }
-            let parts = model::partition::partition(
-                &split.train,
+            // Only this node's shard is kept: the IDX file streams past (peak RSS).
+            let split = model::shard::load_shard(
+                dataset,
+                a.dataset_dir.as_deref(),
                 shards,
+                shard,
                 genesis.data.partition,
                 genesis.file.seed,
-            );
-            (split.train.subset(&parts[shard]), split.test)
+            )?;
+            (split.train, split.test)
         }
     };
     for (what, d) in [("training", &train), ("evaluation", &test)] {
