@@ -66,6 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         error_feedback: true,
         dp: None,
         byzantine: None,
+        secure_aggregation: None,
         seed: 1,
         eval_every: 5,
     };
