@@ -383,3 +383,29 @@ fn encoding_clamps_refuses_non_finite_and_never_wraps() {
         Err(SecAggError::TooManyMembers { members: 9, max: 8 })
     ));
 }
+
+#[test]
+fn the_in_process_round_gives_the_weighted_mean_of_the_included_members() {
+    let xs = plaintexts(5, 21);
+    let samples = [100u64, 300, 50, 200, 350];
+    let domain = Domain::new(CHAIN, 9);
+    for included in [vec![0, 1, 2, 3, 4], vec![1, 3, 4], vec![2]] {
+        let got = local::masked_mean(&domain, 3, &xs, &samples, &included, 1.0).unwrap();
+        assert_eq!(got.clamped, 0);
+        let w: f64 = included.iter().map(|&i| samples[i] as f64).sum();
+        for (k, g) in got.mean.iter().enumerate() {
+            let want: f64 = included
+                .iter()
+                .map(|&i| f64::from(xs[i][k]) * samples[i] as f64 / w)
+                .sum();
+            assert!(
+                (f64::from(*g) - want).abs() < 1e-6,
+                "{included:?} coord {k}"
+            );
+        }
+        // The masked vector, its commitments: 4 bytes a value and 32 per seed.
+        assert_eq!(got.bytes_per_member, 4 * LEN + 32 * 5);
+    }
+    // A member index outside the round is an error, not a silent skip.
+    assert!(local::masked_mean(&domain, 3, &xs, &samples, &[0, 7], 1.0).is_err());
+}
