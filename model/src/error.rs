@@ -65,6 +65,9 @@ pub enum Error {
     /// records for the member and non-member sets, an unreachable epsilon).
     #[error("membership inference: {0}")]
     Mia(String),
+    /// Secure aggregation refused a setting or a member's message.
+    #[error(transparent)]
+    SecAgg(#[from] crate::secagg::SecAggError),
     /// A checkpoint file is missing a tensor or has the wrong shape.
     #[error("checkpoint: {0}")]
     Checkpoint(String),

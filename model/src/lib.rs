@@ -19,6 +19,8 @@
 //! - [`codec`]: dense, int8, top-k and top-k+int8 delta encodings with error feedback;
 //! - [`dp`]: L2 clipping, Gaussian noise and the RDP accountant;
 //! - [`dpsgd`]: record-level DP-SGD's settings, secret noise source and Poisson sampling;
+//! - [`secagg`]: secure aggregation (fixed point, pairwise X25519 + ChaCha20 masks, self masks,
+//!   dropouts) for honest-but-curious members;
 //! - [`aggregate`]: mean, median, trimmed mean, Multi-Krum, CenteredClip and the server step;
 //! - [`attack`]: Byzantine behaviours for experiments;
 //! - [`mia`]: membership inference (the loss-threshold attack, ROC AUC, TPR at low FPR) and the
@@ -48,6 +50,7 @@ pub mod params;
 pub mod partition;
 pub mod rng;
 pub mod schema;
+pub mod secagg;
 pub mod shard;
 pub mod sim;
 pub mod source;

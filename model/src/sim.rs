@@ -1,6 +1,17 @@
 //! `N` simulated nodes in one process running the exact per-round math of the networked node:
 //! train locally, privatise, compress (with error feedback), decode what peers would decode,
 //! aggregate with the configured rule in a fixed order, take the server step. No network, no clock.
+//!
+//! With secure aggregation ([`SimConfig::secure_aggregation`]) the deltas are masked and only
+//! their weighted mean is unmasked ([`crate::secagg::local`]), and DP-SGD becomes *distributed*
+//! DP: each node adds noise `sigma / sqrt(t)` per step so that the sum of `t` honest nodes'
+//! shares carries `sigma`. With one local step per round, every node's step is a query on the
+//! committed (public) model, so the unmasked sum is exactly one step of centralized DP-SGD on the
+//! union of the nodes' records (Poisson sampling at rate `q` on every node is Poisson sampling
+//! of the union; the weighted mean divides the summed clipped gradients and noise by the union's
+//! expected batch `q N`). With more local steps a node's later steps depend on its own
+//! intermediate parameters, which carry only its own noise `sigma / sqrt(t)`: the released sum is
+//! then not `sigma`-noisy per step, so that combination is refused.
 
 use candle_core::Device;
 
@@ -14,6 +25,8 @@ use crate::error::Result;
 use crate::net::{Model, ModelSpec};
 use crate::partition::{Partition, partition};
 use crate::rng::Rng;
+use crate::secagg::local::{SecAggConfig, masked_mean};
+use crate::secagg::{Domain, SecAggError};
 use crate::train::{TrainConfig, evaluate, train_local_with_noise};
 
 /// Everything that defines a simulated run.
@@ -39,6 +52,8 @@ pub struct SimConfig {
     pub dp: Option<DpConfig>,
     /// Number of Byzantine nodes (the first ids) and what they do.
     pub byzantine: Option<(usize, Attack)>,
+    /// Secure aggregation (masked deltas, only the mean unmasked) with distributed DP-SGD noise.
+    pub secure_aggregation: Option<SecAggConfig>,
     /// Seed for the initial model, the partition and every node's RNG.
     pub seed: u64,
     /// Evaluate on the test set every this many rounds (and at the last round).
@@ -64,8 +79,15 @@ pub struct RoundReport {
     pub epsilon: Option<f64>,
     /// Record-level epsilon at delta = 1e-5 so far, when DP-SGD noise is on: the sampled Gaussian
     /// at the DP-SGD rate composed over every local step of every round (each record sits on one
-    /// node, so the nodes' steps do not compose with each other).
+    /// node, so the nodes' steps do not compose with each other). With secure aggregation: for
+    /// noise `sigma` on the sum (privacy against whoever sees only the aggregate, assuming `t`
+    /// honest nodes add their share), composed over the rounds (one step each).
     pub record_epsilon: Option<f64>,
+    /// With secure aggregation and DP-SGD: the epsilon of one node's own share of the noise,
+    /// `sigma / sqrt(t)`, against whoever would see that node's delta unmasked.
+    pub node_epsilon: Option<f64>,
+    /// With secure aggregation: coordinates clamped to the fixed-point bound this round.
+    pub clamped: usize,
 }
 
 /// The state of a simulated network.
@@ -104,6 +126,7 @@ impl Simulation {
                 flip_labels(&mut d.y, cfg.model.classes());
             }
         }
+        check_secure_aggregation(&cfg)?;
         let params = cfg.model.init(cfg.seed);
         let eval_model = Model::new(&cfg.model, &params, &Device::Cpu)?;
         Ok(Simulation {
@@ -143,6 +166,12 @@ impl Simulation {
         let mut honest_loss = 0.0f64;
         let mut honest = 0usize;
         let mut raw_byz: Vec<(usize, Vec<f32>)> = Vec::new();
+        // With secure aggregation each node adds its share sigma / sqrt(t) of the DP-SGD noise.
+        let mut train = cfg.train;
+        if let (Some(sa), Some(dp)) = (cfg.secure_aggregation, train.dp_sgd.as_mut()) {
+            dp.noise /= (sa.honest as f64).sqrt();
+        }
+        let mut plain: Vec<Vec<f32>> = Vec::new();
         for (i, shard) in self.shards.iter().enumerate() {
             let stream = (r << 20) | i as u64;
             let mut rng = Rng::derive(cfg.seed, stream);
@@ -156,7 +185,7 @@ impl Simulation {
                 &cfg.model,
                 &self.params,
                 shard,
-                &cfg.train,
+                &train,
                 &mut rng,
                 noise.as_mut(),
                 &Device::Cpu,
@@ -166,6 +195,17 @@ impl Simulation {
             } else {
                 out.samples
             });
+            if cfg.secure_aggregation.is_some() {
+                // Masked below; the same guard against a diverged delta as `prepare_update`.
+                let mut delta = out.delta;
+                if delta.iter().any(|v| !v.is_finite()) {
+                    delta.iter_mut().for_each(|v| *v = 0.0);
+                }
+                plain.push(delta);
+                honest_loss += f64::from(out.mean_loss);
+                honest += 1;
+                continue;
+            }
             if i < byz && !attack.is_data_level() {
                 // Model-level attackers corrupt after seeing the honest deltas (below).
                 raw_byz.push((i, out.delta));
@@ -209,7 +249,16 @@ impl Simulation {
                 })
             })
             .collect();
-        if !inputs.is_empty() {
+        let mut clamped = 0;
+        if let Some(sa) = cfg.secure_aggregation {
+            let all: Vec<usize> = (0..cfg.nodes).collect();
+            let domain = Domain::new("cohort simulate", r);
+            let m = masked_mean(&domain, cfg.seed, &plain, &samples, &all, sa.bound)?;
+            cfg.server
+                .step(&mut self.params, &mut self.velocity, &m.mean)?;
+            clamped = m.clamped;
+            honest_bytes = m.bytes_per_member * honest;
+        } else if !inputs.is_empty() {
             apply_round(
                 &mut self.params,
                 &mut self.velocity,
@@ -242,6 +291,18 @@ impl Simulation {
             .epsilon(r * d.steps(cfg.train.work) as u64, 1e-5)
             .0
         });
+        let node_epsilon = cfg
+            .secure_aggregation
+            .and(train.dp_sgd)
+            .filter(|d| d.noise > 0.0)
+            .map(|d| {
+                Accountant {
+                    noise: d.noise,
+                    sampling_rate: d.rate,
+                }
+                .epsilon(r * d.steps(cfg.train.work) as u64, 1e-5)
+                .0
+            });
         Ok(RoundReport {
             round: self.round,
             accuracy,
@@ -251,6 +312,8 @@ impl Simulation {
             dense_bytes: 5 + 4 * n_params,
             epsilon,
             record_epsilon,
+            node_epsilon,
+            clamped,
         })
     }
 
@@ -259,6 +322,33 @@ impl Simulation {
         self.eval_model.set_flat(&self.params)?;
         evaluate(&self.eval_model, &self.test)
     }
+}
+
+/// Refuses what secure aggregation cannot run with: only the plain weighted mean can be
+/// unmasked (no robust rule, no pre-step), no compression, no Byzantine nodes (the threat model is
+/// honest-but-curious), node-level DP's per-node noise is not the distributed kind, and DP-SGD
+/// needs one local step per round (see the module doc).
+fn check_secure_aggregation(cfg: &SimConfig) -> Result<()> {
+    let Some(sa) = cfg.secure_aggregation else {
+        return Ok(());
+    };
+    let what = if cfg.rule != Aggregator::from(crate::aggregate::Rule::Mean) {
+        "allows only the mean rule: robust rules need to see individual deltas"
+    } else if cfg.compression != Compression::Dense {
+        "sums dense fixed-point vectors: no compression"
+    } else if cfg.byzantine.is_some() {
+        "assumes honest-but-curious members: no Byzantine nodes"
+    } else if cfg.dp.is_some() {
+        "adds distributed noise with --dp-sgd; node-level --dp is not supported with it"
+    } else if cfg.train.dp_sgd.is_some() && cfg.train.work != crate::train::Work::Steps(1) {
+        "with DP-SGD needs exactly 1 local step per round: later local steps depend on a \
+         node's own noise share only, so the sum would not carry sigma per step"
+    } else if sa.honest == 0 || sa.honest > cfg.nodes {
+        "needs 1 <= honest nodes t <= nodes"
+    } else {
+        return Ok(());
+    };
+    Err(SecAggError::Unsupported { what: what.into() }.into())
 }
 
 /// What a node does to its fresh delta before signing it: DP clip and noise (if configured), then
@@ -340,6 +430,7 @@ mod tests {
             error_feedback: true,
             dp: None,
             byzantine: None,
+            secure_aggregation: None,
             seed,
             eval_every: 1,
         }
@@ -457,5 +548,163 @@ mod tests {
         again.step().unwrap();
         again.step().unwrap();
         assert_eq!(again.params(), sim.params());
+    }
+
+    fn secagg(honest: usize) -> Option<SecAggConfig> {
+        Some(SecAggConfig { honest, bound: 1.0 })
+    }
+
+    #[test]
+    fn secure_aggregation_equals_the_plain_mean_within_quantisation() {
+        // Equal IID shards: the plain rule's sample weights equal the masked mean's.
+        let cfg = SimConfig {
+            partition: Partition::Iid,
+            ..base(6)
+        };
+        let split = crate::data::digits().unwrap();
+        let mut plain = Simulation::new(cfg.clone(), &split).unwrap();
+        let mut masked = Simulation::new(
+            SimConfig {
+                secure_aggregation: secagg(4),
+                ..cfg
+            },
+            &split,
+        )
+        .unwrap();
+        for _ in 0..2 {
+            let (p, m) = (plain.step().unwrap(), masked.step().unwrap());
+            assert_eq!(m.clamped, 0);
+            assert!((p.accuracy.unwrap() - m.accuracy.unwrap()).abs() < 0.01);
+        }
+        let q = crate::secagg::Quantizer::new(1.0, 4).unwrap();
+        let worst = plain
+            .params()
+            .iter()
+            .zip(masked.params())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        // Quantisation (4 members: 3.7e-9) plus f32 rounding of the weighted deltas and sums.
+        assert!(f64::from(worst) < 100.0 * q.sum_error(4) + 1e-6, "{worst}");
+        assert_ne!(plain.params(), &cfg_init(6)[..]);
+    }
+
+    fn cfg_init(seed: u64) -> Vec<f32> {
+        ModelSpec::digits_mlp().init(seed)
+    }
+
+    /// One round of DP-SGD with (almost) no records sampled: the masked mean is the noise alone,
+    /// `-lr sum_i Z_i / (q N)` with `Z_i ~ N(0, (sigma C)^2 / t)` on each of the `n` nodes.
+    fn noise_only_std(nodes_honest: usize) -> (f64, f64) {
+        let split = crate::data::digits().unwrap();
+        let (sigma, clip, rate, lr) = (4.0, 1.0, 1e-3, 1e-4);
+        let mut cfg = base(8);
+        cfg.train.work = Work::Steps(1);
+        cfg.train.optimizer = Optimizer::Sgd { lr, momentum: 0.0 };
+        cfg.train.dp_sgd = Some(crate::dpsgd::DpSgdConfig {
+            clip,
+            noise: sigma,
+            rate,
+        });
+        cfg.secure_aggregation = secagg(nodes_honest);
+        let mut sim = Simulation::new(cfg, &split).unwrap();
+        let n_total: usize = sim.shards().iter().map(|s| s.len()).sum();
+        let before = sim.params().to_vec();
+        let rep = sim.step().unwrap();
+        assert_eq!(rep.clamped, 0);
+        let d: Vec<f64> = sim
+            .params()
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| f64::from(a - b))
+            .collect();
+        let mean = d.iter().sum::<f64>() / d.len() as f64;
+        let std = (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / d.len() as f64).sqrt();
+        let centralized = lr * sigma * clip / (rate * n_total as f64);
+        (std, centralized)
+    }
+
+    #[test]
+    fn distributed_noise_shares_add_up_to_sigma_on_the_sum() {
+        // t = n = 4: each node adds sigma / 2, the mean carries exactly centralized DP-SGD's
+        // noise sigma C / (q N). (Each node adding sigma would give twice that.)
+        let (std, want) = noise_only_std(4);
+        assert!((std / want - 1.0).abs() < 0.05, "{std} vs {want}");
+        // t = 1: every node adds the full sigma, so 4 nodes give sqrt(4) = 2 times sigma.
+        let (std, want) = noise_only_std(1);
+        assert!((std / want - 2.0).abs() < 0.1, "{std} vs {want}");
+    }
+
+    #[test]
+    fn distributed_dp_sgd_reports_the_sums_epsilon_and_refuses_local_steps() {
+        let split = crate::data::digits().unwrap();
+        let dp = crate::dpsgd::DpSgdConfig {
+            clip: 1.0,
+            noise: 2.0,
+            rate: 0.05,
+        };
+        let mut cfg = base(9);
+        cfg.train.dp_sgd = Some(dp);
+        cfg.secure_aggregation = secagg(4);
+        // One epoch at q = 0.05 is 20 local steps: refused.
+        let err = Simulation::new(cfg.clone(), &split).err().unwrap();
+        assert!(err.to_string().contains("1 local step"), "{err}");
+        cfg.train.work = Work::Steps(1);
+        let mut sim = Simulation::new(cfg, &split).unwrap();
+        sim.step().unwrap();
+        let r2 = sim.step().unwrap();
+        let sum = Accountant {
+            noise: 2.0,
+            sampling_rate: 0.05,
+        };
+        let share = Accountant {
+            noise: 1.0,
+            sampling_rate: 0.05,
+        };
+        assert_eq!(r2.record_epsilon, Some(sum.epsilon(2, 1e-5).0));
+        assert_eq!(r2.node_epsilon, Some(share.epsilon(2, 1e-5).0));
+        assert!(r2.node_epsilon > r2.record_epsilon);
+    }
+
+    #[test]
+    fn secure_aggregation_refuses_what_it_cannot_sum() {
+        let split = crate::data::digits().unwrap();
+        let ok = SimConfig {
+            secure_aggregation: secagg(4),
+            ..base(10)
+        };
+        assert!(Simulation::new(ok.clone(), &split).is_ok());
+        let bad = [
+            SimConfig {
+                rule: Rule::Median.into(),
+                ..ok.clone()
+            },
+            SimConfig {
+                compression: Compression::Int8,
+                ..ok.clone()
+            },
+            SimConfig {
+                byzantine: Some((1, Attack::Zeros)),
+                ..ok.clone()
+            },
+            SimConfig {
+                dp: Some(DpConfig {
+                    clip: 1.0,
+                    noise: 1.0,
+                }),
+                ..ok.clone()
+            },
+            SimConfig {
+                secure_aggregation: secagg(0),
+                ..ok.clone()
+            },
+            SimConfig {
+                secure_aggregation: secagg(5),
+                ..ok.clone()
+            },
+        ];
+        for cfg in bad {
+            let err = Simulation::new(cfg, &split).err().unwrap();
+            assert!(matches!(err, crate::Error::SecAgg(_)), "{err}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use model::codec::Compression;
 use model::dp::DpConfig;
 use model::dpsgd::DpSgdConfig;
 use model::partition::{Partition, describe};
+use model::secagg::local::SecAggConfig;
 use model::sim::{SimConfig, Simulation};
 use model::train::{Optimizer, TrainConfig, Work};
 
@@ -65,6 +66,20 @@ pub struct Args {
     /// are seeded from --seed (reproducible, so not secret: `cohort run` draws them from the OS).
     #[arg(long)]
     pub dp_sgd: Option<DpSgdConfig>,
+    /// Secure aggregation: the nodes' deltas are masked (pairwise X25519 + ChaCha20 masks and
+    /// self masks, Bonawitz et al. 2017) and only their sample-weighted mean is unmasked; with
+    /// --dp-sgd the noise is distributed (each node adds SIGMA / sqrt(--honest-nodes)) and needs
+    /// --local-steps 1. The masks' secrets are seeded from --seed (reproducible, so not secret).
+    #[arg(long)]
+    pub secure_aggregation: bool,
+    /// With --secure-aggregation: t, the honest nodes assumed to add their noise share
+    /// (default: all --nodes). Each adds SIGMA / sqrt(t), so t honest nodes give the sum SIGMA.
+    #[arg(long, requires = "secure_aggregation")]
+    pub honest_nodes: Option<usize>,
+    /// With --secure-aggregation: the fixed-point bound of each node's weighted delta per
+    /// coordinate (larger values are clamped and counted).
+    #[arg(long, default_value_t = 1.0, requires = "secure_aggregation")]
+    pub secagg_bound: f32,
     /// Byzantine nodes: COUNT:ATTACK with ATTACK one of sign-flip[:SCALE], gaussian[:SIGMA],
     /// alie[:Z], label-flip, zeros.
     #[arg(long)]
@@ -174,6 +189,10 @@ pub fn run(a: Args) -> Result<()> {
         error_feedback: !a.no_error_feedback,
         dp: a.dp,
         byzantine: a.byzantine.map(|b| (b.count, b.attack)),
+        secure_aggregation: a.secure_aggregation.then(|| SecAggConfig {
+            honest: a.honest_nodes.unwrap_or(a.nodes),
+            bound: a.secagg_bound,
+        }),
         seed: a.seed,
         eval_every: a.eval_every,
     };
@@ -212,7 +231,18 @@ pub fn run(a: Args) -> Result<()> {
                 .unwrap_or_default(),
         a.byzantine
             .map(|b| format!(", byzantine {} x {}", b.count, b.attack))
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            + &if a.secure_aggregation {
+                format!(
+                    ", secure aggregation (reproducible masks from --seed; {} honest nodes assumed, \
+                     each adding noise SIGMA/sqrt({}); fixed-point bound {})",
+                    a.honest_nodes.unwrap_or(a.nodes),
+                    a.honest_nodes.unwrap_or(a.nodes),
+                    a.secagg_bound
+                )
+            } else {
+                String::new()
+            },
     );
     if a.show_partition {
         if own_parts {
@@ -265,8 +295,25 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or_default()
             + &rep
                 .record_epsilon
-                .map(|e| format!("  record eps {e:.2} (delta 1e-5, add/remove one record)"))
-                .unwrap_or_default();
+                .map(|e| {
+                    if a.secure_aggregation {
+                        format!(
+                            "  record eps {e:.2} (delta 1e-5, add/remove one record, against the aggregate)"
+                        )
+                    } else {
+                        format!("  record eps {e:.2} (delta 1e-5, add/remove one record)")
+                    }
+                })
+                .unwrap_or_default()
+            + &rep
+                .node_epsilon
+                .map(|e| format!("  one node's share alone eps {e:.2}"))
+                .unwrap_or_default()
+            + &if rep.clamped > 0 {
+                format!("  clamped {}", rep.clamped)
+            } else {
+                String::new()
+            };
         println!(
             "round {:>4}  accuracy {acc}  test loss {loss}  train loss {:.4}  sent {}/node ({:.1}x less than dense){eps}  {secs:.2}s",
             rep.round,
