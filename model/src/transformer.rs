@@ -17,6 +17,7 @@ use crate::rng::Rng;
 
 /// The shape of a transformer. The vocabulary size comes from the data's [`crate::text::Vocab`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TransformerConfig {
     /// Number of blocks.
     pub layers: usize,
