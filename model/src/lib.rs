@@ -41,6 +41,7 @@ pub mod dp;
 pub mod dpsgd;
 pub mod error;
 pub mod fast;
+pub mod gelu;
 pub mod images;
 pub mod lm;
 pub mod mia;

@@ -250,7 +250,7 @@ impl Block {
         let att = candle_nn::ops::softmax(&att.broadcast_add(mask)?, D::Minus1)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
         let x = (x + self.proj.forward(&y)?)?;
-        let h = self.fc.forward(&self.ln2.forward(&x)?)?.gelu()?;
+        let h = crate::gelu::gelu(&self.fc.forward(&self.ln2.forward(&x)?)?)?;
         Ok((&x + self.fc_proj.forward(&h)?)?)
     }
 }
