@@ -46,6 +46,32 @@ impl Dataset {
         }
     }
 
+    /// A text as a next-character stream: one row per character, in order, its label the
+    /// character's id, no features (what [`crate::spec::ModelSpec::transformer`] trains on).
+    /// Ids must fit a `u8` label ([`crate::compact::MAX_TRAIN_CLASSES`] characters at most).
+    pub fn tokens(ids: &[u32]) -> Result<Dataset> {
+        let y = ids
+            .iter()
+            .map(|&t| u8::try_from(t))
+            .collect::<std::result::Result<Vec<u8>, _>>()
+            .map_err(|_| {
+                Error::Dataset(format!(
+                    "a token id above 255: a token stream holds at most {} characters",
+                    crate::compact::MAX_TRAIN_CLASSES
+                ))
+            })?;
+        Ok(Dataset {
+            x: Features::Pixels(Vec::new()),
+            y,
+            features: 0,
+        })
+    }
+
+    /// The ids of a token stream ([`Dataset::tokens`]): its labels, in order.
+    pub fn token_ids(&self) -> Vec<u32> {
+        self.y.iter().map(|&t| u32::from(t)).collect()
+    }
+
     /// Appends row `i` as floats to `out`.
     pub fn extend_row(&self, i: usize, out: &mut Vec<f32>) {
         let f = self.features;

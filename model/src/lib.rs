@@ -28,7 +28,9 @@
 //! - [`sim`]: N nodes in one process on the same per-round math as the networked node;
 //! - [`text`], [`text_partition`], [`transformer`], [`lm`]: next-character language modelling:
 //!   text files and the Shakespeare plays by speaking role, a fixed character vocabulary, role and
-//!   IID splits, a decoder-only transformer, its training, evaluation, sampling and model files.
+//!   IID splits, a decoder-only transformer, its training, evaluation, sampling and model files;
+//!   [`spec::ModelSpec::transformer`] makes it one more model kind of the network's round (flat
+//!   parameters, deltas, aggregation) on a token stream ([`data::Dataset::tokens`]).
 #![deny(clippy::unwrap_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
@@ -42,6 +44,7 @@ pub mod dp;
 pub mod dpsgd;
 pub mod error;
 pub mod fast;
+pub mod gelu;
 pub mod images;
 pub mod lm;
 pub mod mia;

@@ -10,9 +10,12 @@ use std::path::Path;
 use candle_core::{D, Device, Tensor};
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
 
+use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use crate::spec::ModelSpec;
 use crate::text::Vocab;
+use crate::train::{Optimizer, TrainConfig, TrainOutput, Work};
 use crate::transformer::{Transformer, TransformerConfig};
 
 /// How a language model trains.
@@ -94,6 +97,19 @@ pub fn train_lm(
     data: &[u32],
     cfg: &LmTrainConfig,
     rng: &mut Rng,
+    progress: Option<&mut dyn FnMut(usize, usize, f32)>,
+) -> Result<f32> {
+    train_steps(model, data, cfg, &|step| cfg.lr_at(step), rng, progress)
+}
+
+/// [`train_lm`] with the learning rate of each step from `lr_at` (`cfg.lr` and `cfg.warmup`
+/// only set the start).
+fn train_steps(
+    model: &Transformer,
+    data: &[u32],
+    cfg: &LmTrainConfig,
+    lr_at: &dyn Fn(usize) -> f64,
+    rng: &mut Rng,
     mut progress: Option<&mut dyn FnMut(usize, usize, f32)>,
 ) -> Result<f32> {
     if cfg.batch == 0 || !(cfg.lr.is_finite() && cfg.lr > 0.0) {
@@ -124,7 +140,7 @@ pub fn train_lm(
         let (xs, ys) = random_batch(data, cfg.batch, context, rng, &device)?;
         let (loss, _) = model.loss(&xs, &ys)?;
         let grads = loss.backward()?;
-        let lr = cfg.lr_at(step);
+        let lr = lr_at(step);
         opt_decay.set_learning_rate(lr);
         opt_plain.set_learning_rate(lr);
         opt_decay.step(&grads)?;
@@ -136,6 +152,86 @@ pub fn train_lm(
         }
     }
     Ok((sum / cfg.steps.max(1) as f64) as f32)
+}
+
+/// One round of a node's local training of the transformer `kind` (the network's per-round
+/// step, as [`crate::train::train_local`] is for the classifiers): from `global`, `cfg.work`
+/// steps (or epochs of `data.len() / (batch * context)` steps) of `cfg.batch` random windows of
+/// the token stream `data` ([`crate::data::Dataset::tokens`]), AdamW at the constant rate of
+/// `cfg.optimizer` (which must be `adam:LR`; betas 0.9/0.99 and weight decay 0.1 on matrices as
+/// in [`LmTrainConfig::default`]; its state starts fresh every round, as the classifiers'
+/// optimisers do). The FedAvg weight (`samples`) is the number of tokens trained on, so nodes
+/// doing the same work weigh the same whatever the size of their text. FedProx and DP-SGD are
+/// not implemented for the transformer: asking for them is an error, not a silent no-op.
+pub fn train_local_lm(
+    kind: &ModelSpec,
+    global: &[f32],
+    data: &Dataset,
+    cfg: &TrainConfig,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<TrainOutput> {
+    let lm = kind
+        .lm_config()
+        .ok_or_else(|| Error::Model(format!("{kind} is not a transformer")))?;
+    let lr = match cfg.optimizer {
+        Optimizer::Adam { lr } => lr,
+        other => {
+            return Err(Error::Model(format!(
+                "the transformer trains with adam:LR, not {other}"
+            )));
+        }
+    };
+    if cfg.prox_mu != 0.0 || cfg.dp_sgd.is_some() {
+        return Err(Error::Model(
+            "FedProx and DP-SGD are not implemented for the transformer".into(),
+        ));
+    }
+    if !crate::train::check_data(kind, data)? {
+        return Err(Error::Dataset("no text to train on".into()));
+    }
+    let per_epoch = data.len().div_ceil(cfg.batch.max(1) * lm.context).max(1);
+    let steps = match cfg.work {
+        Work::Steps(s) => s,
+        Work::Epochs(e) => e * per_epoch,
+    };
+    let model = Transformer::new(lm, kind.classes(), global, device)?;
+    let tc = LmTrainConfig {
+        steps,
+        batch: cfg.batch,
+        lr,
+        warmup: 0,
+        ..LmTrainConfig::default()
+    };
+    let mean_loss = train_steps(&model, &data.token_ids(), &tc, &|_| lr, rng, None)?;
+    let mut delta = model.flat()?;
+    for (d, g) in delta.iter_mut().zip(global) {
+        *d -= g;
+    }
+    Ok(TrainOutput {
+        delta,
+        samples: (steps * cfg.batch * lm.context) as u64,
+        mean_loss,
+        steps,
+    })
+}
+
+/// Validation windows the network's evaluation of a transformer scores (evenly spaced over
+/// the validation text), as `cohort lm-train --eval-windows` does by default.
+pub const EVAL_WINDOWS: usize = 400;
+
+/// [`evaluate_lm`] of the transformer `kind` holding `params` on the token stream `data`
+/// ([`EVAL_WINDOWS`] windows), as `(accuracy, loss)` like [`crate::train::evaluate_params`].
+pub fn evaluate_lm_params(kind: &ModelSpec, params: &[f32], data: &Dataset) -> Result<(f32, f32)> {
+    let lm = kind
+        .lm_config()
+        .ok_or_else(|| Error::Model(format!("{kind} is not a transformer")))?;
+    if data.is_empty() {
+        return Ok((0.0, 0.0));
+    }
+    let model = Transformer::new(lm, kind.classes(), params, &Device::Cpu)?;
+    let ev = evaluate_lm(&model, &data.token_ids(), EVAL_WINDOWS, 32)?;
+    Ok((ev.accuracy as f32, ev.loss as f32))
 }
 
 /// Validation figures.
@@ -484,5 +580,67 @@ mod tests {
         let e = from_lm_bytes(&plain).unwrap_err().to_string();
         assert!(e.contains("not a cohort language model"), "{e}");
         assert!(to_lm_bytes(&cfg, &vocab, &p[1..]).is_err());
+    }
+
+    #[test]
+    fn the_transformer_is_a_network_workload() {
+        let spec = ModelSpec::transformer(tiny(), 9).unwrap();
+        assert_eq!(spec.layout(), tiny().layout(9));
+        assert_eq!(spec.init(4), tiny().init(9, 4));
+        assert!(!spec.is_dense_stack());
+        assert!(ModelSpec::transformer(tiny(), 1).is_err());
+        assert!(ModelSpec::transformer(tiny(), 257).is_err());
+        assert!(crate::net::Model::new(&spec, &spec.init(1), &Device::Cpu).is_err());
+        assert!(Dataset::tokens(&[1, 256]).is_err());
+        let data = Dataset::tokens(&[0, 1, 2, 3, 4, 5, 6, 7, 8].repeat(20)).unwrap();
+        assert_eq!(data.token_ids()[..3], [0, 1, 2]);
+        let cfg = TrainConfig {
+            work: Work::Steps(20),
+            batch: 4,
+            optimizer: Optimizer::Adam { lr: 0.01 },
+            prox_mu: 0.0,
+            dp_sgd: None,
+        };
+        let global = spec.init(2);
+        let before = evaluate_lm_params(&spec, &global, &data).unwrap().1;
+        let out =
+            crate::train::train_local(&spec, &global, &data, &cfg, &mut Rng::seed(3), &Device::Cpu)
+                .unwrap();
+        // The FedAvg weight is the tokens trained on, and the delta lowers the loss.
+        assert_eq!(out.samples, 20 * 4 * 8);
+        let after: Vec<f32> = global.iter().zip(&out.delta).map(|(g, d)| g + d).collect();
+        let after = crate::train::evaluate_params(&spec, &after, &data)
+            .unwrap()
+            .1;
+        assert!(after < before - 0.5, "{before} -> {after}");
+        // What is not implemented for the transformer is refused, not ignored.
+        for bad in [
+            TrainConfig {
+                optimizer: Optimizer::Sgd {
+                    lr: 0.1,
+                    momentum: 0.0,
+                },
+                ..cfg
+            },
+            TrainConfig {
+                prox_mu: 0.1,
+                ..cfg
+            },
+        ] {
+            let e = crate::train::train_local(
+                &spec,
+                &global,
+                &data,
+                &bad,
+                &mut Rng::seed(3),
+                &Device::Cpu,
+            );
+            assert!(e.is_err());
+        }
+        // A token outside the vocabulary is refused.
+        let wide = Dataset::tokens(&[0, 9, 1, 2]).unwrap();
+        let e =
+            crate::train::train_local(&spec, &global, &wide, &cfg, &mut Rng::seed(1), &Device::Cpu);
+        assert!(e.is_err());
     }
 }

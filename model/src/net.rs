@@ -40,6 +40,11 @@ enum Step {
 impl Model {
     /// Builds `spec` holding the flat parameters `flat` (canonical order).
     pub fn new(spec: &ModelSpec, flat: &[f32], device: &Device) -> Result<Self> {
+        if let Some(cfg) = spec.lm_config() {
+            return Err(crate::Error::Model(format!(
+                "{cfg} is built by transformer::Transformer, not net::Model"
+            )));
+        }
         let ops = match spec.custom_recipe() {
             Some(_) => Vec::new(),
             None => spec.ops()?,

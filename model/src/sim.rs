@@ -27,7 +27,7 @@ use crate::partition::{Partition, partition};
 use crate::rng::Rng;
 use crate::secagg::local::{SecAggConfig, masked_mean};
 use crate::secagg::{Domain, SecAggError};
-use crate::train::{TrainConfig, evaluate, train_local_with_noise};
+use crate::train::{TrainConfig, evaluate, evaluate_params, train_local_with_noise};
 
 /// Everything that defines a simulated run.
 #[derive(Debug, Clone)]
@@ -99,7 +99,9 @@ pub struct Simulation {
     velocity: Vec<f32>,
     residuals: Vec<Vec<f32>>,
     round: usize,
-    eval_model: Model,
+    /// The classifier evaluated after a round (`None` for a transformer, which
+    /// [`evaluate_params`] builds per evaluation).
+    eval_model: Option<Model>,
 }
 
 impl Simulation {
@@ -128,7 +130,10 @@ impl Simulation {
         }
         check_secure_aggregation(&cfg)?;
         let params = cfg.model.init(cfg.seed);
-        let eval_model = Model::new(&cfg.model, &params, &Device::Cpu)?;
+        let eval_model = match cfg.model.lm_config() {
+            Some(_) => None,
+            None => Some(Model::new(&cfg.model, &params, &Device::Cpu)?),
+        };
         Ok(Simulation {
             residuals: vec![Vec::new(); cfg.nodes],
             shards,
@@ -268,14 +273,14 @@ impl Simulation {
             )?;
         }
         let evaluate_now = self.round.is_multiple_of(cfg.eval_every.max(1));
+        let (dp, dp_sgd, work) = (cfg.dp, cfg.train.dp_sgd, cfg.train.work);
         let (accuracy, loss) = if evaluate_now {
-            self.eval_model.set_flat(&self.params)?;
-            let (a, l) = evaluate(&self.eval_model, &self.test)?;
+            let (a, l) = self.evaluate()?;
             (Some(a), Some(l))
         } else {
             (None, None)
         };
-        let epsilon = cfg.dp.filter(|d| d.noise > 0.0).map(|d| {
+        let epsilon = dp.filter(|d| d.noise > 0.0).map(|d| {
             Accountant {
                 noise: d.noise,
                 sampling_rate: 1.0,
@@ -283,12 +288,12 @@ impl Simulation {
             .epsilon(r, 1e-5)
             .0
         });
-        let record_epsilon = cfg.train.dp_sgd.filter(|d| d.noise > 0.0).map(|d| {
+        let record_epsilon = dp_sgd.filter(|d| d.noise > 0.0).map(|d| {
             Accountant {
                 noise: d.noise,
                 sampling_rate: d.rate,
             }
-            .epsilon(r * d.steps(cfg.train.work) as u64, 1e-5)
+            .epsilon(r * d.steps(work) as u64, 1e-5)
             .0
         });
         let node_epsilon = cfg
@@ -318,9 +323,14 @@ impl Simulation {
     }
 
     /// Evaluates the current model on the test set.
-    pub fn evaluate(&mut self) -> Result<(f32, f32)> {
-        self.eval_model.set_flat(&self.params)?;
-        evaluate(&self.eval_model, &self.test)
+    pub fn evaluate(&self) -> Result<(f32, f32)> {
+        match &self.eval_model {
+            Some(m) => {
+                m.set_flat(&self.params)?;
+                evaluate(m, &self.test)
+            }
+            None => evaluate_params(&self.cfg.model, &self.params, &self.test),
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use std::fmt;
 use crate::custom::{Custom, CustomModel};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use crate::transformer::TransformerConfig;
 
 /// Most hidden layers a declaration may have.
 pub const MAX_LAYERS: usize = 32;
@@ -179,6 +180,9 @@ pub enum Family {
     Logistic,
     /// A [`CustomModel`](crate::custom::CustomModel) of one's own.
     Custom,
+    /// A decoder-only character transformer ([`crate::transformer`]) on a token stream; its
+    /// "classes" are the vocabulary.
+    Transformer,
 }
 
 impl Family {
@@ -188,6 +192,7 @@ impl Family {
             Self::Cnn => "cnn",
             Self::Logistic => "logistic",
             Self::Custom => "custom",
+            Self::Transformer => "transformer",
         }
     }
 }
@@ -202,6 +207,8 @@ pub struct ModelSpec {
     classes: usize,
     /// The recipe of a custom model (family `Custom` only).
     custom: Option<Custom>,
+    /// The transformer's shape (family `Transformer` only; `classes` is the vocabulary size).
+    lm: Option<TransformerConfig>,
 }
 
 /// One named parameter tensor in the canonical layout.
@@ -274,6 +281,7 @@ impl ModelSpec {
             input: InputShape::MNIST,
             classes: 10,
             custom: None,
+            lm: None,
         }
     }
 
@@ -286,6 +294,7 @@ impl ModelSpec {
             input: InputShape::MNIST,
             classes: 10,
             custom: None,
+            lm: None,
         }
     }
 
@@ -297,6 +306,7 @@ impl ModelSpec {
             input: InputShape::DIGITS,
             classes: 10,
             custom: None,
+            lm: None,
         }
     }
 
@@ -324,6 +334,12 @@ impl ModelSpec {
             "digits-mlp" | "digits" => (Family::Mlp, true),
             "cnn" => (Family::Cnn, false),
             "logistic" | "softmax" => (Family::Logistic, false),
+            "transformer" => {
+                return Err(model_err(
+                    "a transformer is declared by its shape and vocabulary \
+                     (ModelSpec::transformer; the genesis [model.transformer] and vocab), not by layers",
+                ));
+            }
             _ => {
                 return Err(model_err(format!(
                     "unknown model kind '{kind}': expected mlp, cnn, logistic or digits-mlp"
@@ -349,6 +365,7 @@ impl ModelSpec {
             input,
             classes,
             custom: None,
+            lm: None,
         };
         spec.validate()?;
         Ok(spec)
@@ -367,9 +384,44 @@ impl ModelSpec {
             input,
             classes,
             custom: Some(Custom::new::<M>(name, input.size(), classes)?),
+            lm: None,
         };
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// A character transformer of shape `cfg` over a vocabulary of `vocab` characters, trained on
+    /// a token stream ([`crate::data::Dataset::tokens`]). Its input has no features (a row is
+    /// one character), its classes are the characters. At most
+    /// [`crate::compact::MAX_TRAIN_CLASSES`] characters (token streams hold `u8` ids).
+    pub fn transformer(cfg: TransformerConfig, vocab: usize) -> Result<Self> {
+        cfg.validate()?;
+        let max = crate::compact::MAX_TRAIN_CLASSES;
+        if !(2..=max).contains(&vocab) {
+            return Err(model_err(format!(
+                "a vocabulary of {vocab} characters: the transformer takes 2 to {max}"
+            )));
+        }
+        let spec = ModelSpec {
+            family: Family::Transformer,
+            layers: Vec::new(),
+            input: InputShape::Flat(0),
+            classes: vocab,
+            custom: None,
+            lm: Some(cfg),
+        };
+        let n = spec.num_params();
+        if n > MAX_PARAMS {
+            return Err(model_err(format!(
+                "{cfg} has {n} parameters; at most {MAX_PARAMS}"
+            )));
+        }
+        Ok(spec)
+    }
+
+    /// The transformer's shape, if this is one (its vocabulary size is [`ModelSpec::classes`]).
+    pub fn lm_config(&self) -> Option<TransformerConfig> {
+        self.lm
     }
 
     /// The custom model's recipe, if this is one.
@@ -379,6 +431,9 @@ impl ModelSpec {
 
     /// Checks every layer against the family, the limits and the shapes.
     pub fn validate(&self) -> Result<()> {
+        if let Some(cfg) = self.lm {
+            return Self::transformer(cfg, self.classes).map(|_| ());
+        }
         if self.classes < 2 {
             return Err(model_err(format!(
                 "{} classes: a classifier needs at least 2",
@@ -434,7 +489,7 @@ impl ModelSpec {
                     ));
                 }
             }
-            Family::Logistic | Family::Custom => {}
+            Family::Logistic | Family::Custom | Family::Transformer => {}
         }
         for l in &self.layers {
             match *l {
@@ -604,7 +659,9 @@ impl ModelSpec {
     /// Whether every layer is dense (an MLP or softmax regression): the layout is `fc1`, `fc2`,
     /// ... only, which [`crate::fast`] trains.
     pub fn is_dense_stack(&self) -> bool {
-        self.custom.is_none() && self.layers.iter().all(|l| matches!(l, Layer::Dense { .. }))
+        self.custom.is_none()
+            && self.lm.is_none()
+            && self.layers.iter().all(|l| matches!(l, Layer::Dense { .. }))
     }
 
     /// The canonical layout: every parameter, sorted by name. Empty for a declaration that does
@@ -612,6 +669,9 @@ impl ModelSpec {
     pub fn layout(&self) -> Vec<ParamSpec> {
         if let Some(c) = &self.custom {
             return c.layout().to_vec();
+        }
+        if let Some(cfg) = self.lm {
+            return cfg.layout(self.classes);
         }
         let mut v = Vec::new();
         for op in self.ops_unchecked().unwrap_or_default() {
@@ -661,7 +721,13 @@ impl ModelSpec {
     /// The initial parameters for `seed`: every tensor uniform in +-1/sqrt(fan_in) (PyTorch's
     /// default for `Linear` and `Conv2d`), drawn from this crate's own PRNG in canonical order so
     /// that every node derives the same bits from the genesis seed.
+    ///
+    /// A transformer takes its own initialisation ([`TransformerConfig::init`]: GPT-2's normal
+    /// weights, unit norm gains, zero biases).
     pub fn init(&self, seed: u64) -> Vec<f32> {
+        if let Some(cfg) = self.lm {
+            return cfg.init(self.classes, seed);
+        }
         let mut rng = Rng::derive(seed, 0x1417);
         let layout = self.layout();
         let mut out = Vec::with_capacity(layout.iter().map(ParamSpec::numel).sum());
@@ -692,7 +758,7 @@ fn preset_layers(family: Family, digits: bool) -> Vec<Layer> {
             Layer::MaxPool { size: 2 },
             Layer::Dense { units: 512 },
         ],
-        (Family::Logistic | Family::Custom, _) => Vec::new(),
+        (Family::Logistic | Family::Custom | Family::Transformer, _) => Vec::new(),
     }
 }
 
@@ -702,6 +768,9 @@ impl fmt::Display for ModelSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some((name, _)) = Self::presets().iter().find(|(_, p)| p == self) {
             return f.write_str(name);
+        }
+        if let Some(cfg) = self.lm {
+            return write!(f, "{cfg}(vocabulary {})", self.classes);
         }
         if let Some(c) = &self.custom {
             return write!(

@@ -179,6 +179,9 @@ pub fn train_local_with_noise(
     noise: Option<&mut NoiseSource>,
     device: &Device,
 ) -> Result<TrainOutput> {
+    if kind.lm_config().is_some() {
+        return crate::lm::train_local_lm(kind, global, data, cfg, rng, device);
+    }
     let (mean_loss, steps, trained) = if device.is_cpu() && crate::fast::supports(kind) {
         let mut params = global.to_vec();
         let (loss, steps) = crate::fast::train(kind, &mut params, data, cfg, rng, noise, None)?;
@@ -539,6 +542,9 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f32, f32)> {
 
 /// Evaluates flat parameters of `kind` on `data`.
 pub fn evaluate_params(kind: &ModelSpec, params: &[f32], data: &Dataset) -> Result<(f32, f32)> {
+    if kind.lm_config().is_some() {
+        return crate::lm::evaluate_lm_params(kind, params, data);
+    }
     let model = Model::new(kind, params, &Device::Cpu)?;
     evaluate(&model, data)
 }

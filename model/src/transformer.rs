@@ -17,6 +17,7 @@ use crate::rng::Rng;
 
 /// The shape of a transformer. The vocabulary size comes from the data's [`crate::text::Vocab`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TransformerConfig {
     /// Number of blocks.
     pub layers: usize,
@@ -249,7 +250,7 @@ impl Block {
         let att = candle_nn::ops::softmax(&att.broadcast_add(mask)?, D::Minus1)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
         let x = (x + self.proj.forward(&y)?)?;
-        let h = self.fc.forward(&self.ln2.forward(&x)?)?.gelu()?;
+        let h = crate::gelu::gelu(&self.fc.forward(&self.ln2.forward(&x)?)?)?;
         Ok((&x + self.fc_proj.forward(&h)?)?)
     }
 }

@@ -13,7 +13,10 @@ use model::dpsgd::DpSgdConfig;
 use model::net::ModelSpec;
 use model::partition::Partition;
 use model::schema::DataSchema;
+use model::text::Vocab;
+use model::text_partition::TextPartition;
 use model::train::{Optimizer, TrainConfig, Work};
+use model::transformer::TransformerConfig;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -214,8 +217,17 @@ pub struct ModelSection {
     /// May be empty when `[data]` is given (every node then brings its own data).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub dataset: String,
-    /// How `--shard I --shards N` splits the dataset: iid, dirichlet:ALPHA, shards:K.
+    /// How `--shard I --shards N` splits the dataset: iid, dirichlet:ALPHA, shards:K (by-role
+    /// or iid for the transformer's text).
     pub partition: String,
+    /// `kind = "transformer"` only: the characters every node's text is encoded with, in id
+    /// order (fixed here so every node agrees; text outside it is refused by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<Vocab>,
+    /// `kind = "transformer"` only: `[model.transformer]` layers, heads, dim and context
+    /// (default: 4 layers, 4 heads, 128 wide, context 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transformer: Option<TransformerConfig>,
 }
 
 /// `[training]`.
@@ -315,9 +327,28 @@ pub struct Genesis {
     pub privacy: Privacy,
 }
 
-/// The checked data settings.
+/// The checked data settings: labelled samples for the classifiers, text for the transformer.
 #[derive(Debug, Clone)]
-pub struct DataPlan {
+pub enum DataPlan {
+    /// Samples fitting a schema.
+    Samples(SamplePlan),
+    /// Text, split by role or IID.
+    Text(TextPlan),
+}
+
+/// The transformer's text: `model.dataset = "shakespeare"` read from each node's
+/// `--dataset-dir`, split over `--shards` by `model.partition`.
+#[derive(Debug, Clone)]
+pub struct TextPlan {
+    /// The genesis vocabulary.
+    pub vocab: Vocab,
+    /// by-role or iid.
+    pub partition: TextPartition,
+}
+
+/// The checked settings of labelled samples.
+#[derive(Debug, Clone)]
+pub struct SamplePlan {
     /// What every node's data must look like: `[data]`, or the schema of `model.dataset`.
     pub schema: DataSchema,
     /// The public data set that `--shard` splits (none when `model.dataset` is empty).
@@ -412,12 +443,38 @@ impl GenesisFile {
                 ValidatorSet::new(ids),
             )
         };
-        let (model, dataset, schema) = self.check_model(&mut p);
-        let partition: Option<Partition> = p.parsed(
-            "model.partition",
-            &self.model.partition,
-            self.model.partition.parse(),
-        );
+        let (model, data) = if self.model.kind == "transformer" {
+            self.check_text(&mut p)
+        } else {
+            let (model, dataset, schema) = self.check_model(&mut p);
+            let partition: Option<Partition> = p.parsed(
+                "model.partition",
+                &self.model.partition,
+                self.model.partition.parse(),
+            );
+            for (set, key) in [
+                (self.model.vocab.is_some(), "model.vocab"),
+                (self.model.transformer.is_some(), "model.transformer"),
+            ] {
+                p.require(
+                    !set,
+                    key,
+                    &self.model.kind,
+                    "is for kind = \"transformer\" only",
+                );
+            }
+            let data = match (dataset, schema, partition) {
+                (Some(dataset), Some(schema), Some(partition)) => {
+                    Some(DataPlan::Samples(SamplePlan {
+                        schema,
+                        dataset,
+                        partition,
+                    }))
+                }
+                _ => None,
+            };
+            (model, data)
+        };
         let (train, server, rule, compression, dp) = self.training.check(&mut p);
         let privacy = self.privacy.check(&mut p);
         if let (
@@ -451,9 +508,7 @@ impl GenesisFile {
         let (
             Some(validators),
             Some(model),
-            Some(dataset),
-            Some(schema),
-            Some(partition),
+            Some(data),
             Some(train),
             Some(server),
             Some(rule),
@@ -463,9 +518,7 @@ impl GenesisFile {
         ) = (
             validators,
             model,
-            dataset,
-            schema,
-            partition,
+            data,
             train,
             server,
             rule,
@@ -484,11 +537,7 @@ impl GenesisFile {
             chain_id,
             validators,
             model,
-            data: DataPlan {
-                schema,
-                dataset,
-                partition,
-            },
+            data,
             train: TrainConfig {
                 dp_sgd: privacy.dp_sgd,
                 ..train
@@ -507,6 +556,56 @@ impl GenesisFile {
 }
 
 impl GenesisFile {
+    /// Checks a transformer's `[model]`: its shape, the vocabulary (required), the text data
+    /// set (`shakespeare`; a node's own text is not supported yet) and its split (by-role or
+    /// iid). Every problem is added to `p`.
+    fn check_text(&self, p: &mut Problems) -> (Option<ModelSpec>, Option<DataPlan>) {
+        let m = &self.model;
+        p.require(
+            self.data.is_none(),
+            "data",
+            "[data]",
+            "the transformer trains on text: no [data] schema",
+        );
+        p.require(
+            m.layers.is_empty(),
+            "model.layers",
+            &m.layers,
+            "a transformer's shape is [model.transformer], not layers",
+        );
+        p.require(
+            m.dataset == "shakespeare",
+            "model.dataset",
+            &m.dataset,
+            "the transformer trains on \"shakespeare\" (each node's --dataset-dir)",
+        );
+        let partition: Option<TextPartition> =
+            p.parsed("model.partition", &m.partition, m.partition.parse());
+        if m.vocab.is_none() {
+            p.0.push(
+                "model.vocab: missing; a transformer needs the vocabulary every node encodes \
+                 its text with (cohort genesis --dataset-dir DIR writes the corpus's)"
+                    .into(),
+            );
+        }
+        let cfg = m.transformer.unwrap_or_default();
+        let model = m.vocab.as_ref().and_then(|v| {
+            p.parsed(
+                "model.transformer",
+                &cfg.to_string(),
+                ModelSpec::transformer(cfg, v.len()),
+            )
+        });
+        let data = match (&m.vocab, partition) {
+            (Some(vocab), Some(partition)) => Some(DataPlan::Text(TextPlan {
+                vocab: vocab.clone(),
+                partition,
+            })),
+            _ => None,
+        };
+        (model, data)
+    }
+
     /// Checks `[data]` and `[model]`: the schema (`[data]`, or the data set's), the data set
     /// `--shard` splits (which must fit `[data]` when both are given), and the declared model on
     /// the schema's input and classes. Every problem is added to `p`.
@@ -834,6 +933,8 @@ pub fn demo(chain_id: &str, validators: &[ValidatorId]) -> GenesisFile {
             layers: Vec::new(),
             dataset: "digits".into(),
             partition: "dirichlet:0.5".into(),
+            vocab: None,
+            transformer: None,
         },
         training: TrainingSection {
             local_epochs: 2,
@@ -1054,7 +1155,10 @@ mod tests {
             checked.model.to_string(),
             "mlp[dense:8](2 features -> 3 classes)"
         );
-        assert!(checked.data.dataset.is_none());
+        assert!(matches!(
+            checked.data,
+            DataPlan::Samples(SamplePlan { dataset: None, .. })
+        ));
         // The sections round-trip through the file, and an old file's hash is untouched by them.
         let text = toml::to_string_pretty(&g).unwrap();
         assert!(
@@ -1154,5 +1258,41 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_transformer_genesis_needs_its_vocabulary_and_text() {
+        let mut g = demo_file();
+        g.model.kind = "transformer".into();
+        g.model.dataset = "shakespeare".into();
+        g.model.partition = "by-role".into();
+        g.model.transformer = Some(TransformerConfig {
+            layers: 1,
+            heads: 2,
+            dim: 16,
+            context: 8,
+        });
+        let e = g.clone().check().unwrap_err().to_string();
+        assert!(e.contains("model.vocab: missing"), "{e}");
+        g.model.vocab = Some(Vocab::from_texts(["abc\n"]).unwrap());
+        let checked = g.clone().check().unwrap();
+        assert_eq!(checked.model.classes(), 4);
+        assert!(matches!(checked.data, DataPlan::Text(_)));
+        // Round trip through TOML keeps the hash.
+        let text = toml::to_string_pretty(&g).unwrap();
+        let back: GenesisFile = toml::from_str(&text).unwrap();
+        assert_eq!(back.check().unwrap().hash, checked.hash);
+        let mut bad = g.clone();
+        bad.model.partition = "dirichlet:0.5".into();
+        bad.model.dataset = "mnist".into();
+        bad.model.layers = vec!["dense:4".into()];
+        let e = bad.check().unwrap_err().to_string();
+        for says in ["model.partition", "model.dataset", "model.layers"] {
+            assert!(e.contains(says), "{says}: {e}");
+        }
+        let mut mlp = demo_file();
+        mlp.model.vocab = g.model.vocab.clone();
+        let e = mlp.check().unwrap_err().to_string();
+        assert!(e.contains("model.vocab"), "{e}");
     }
 }

@@ -131,15 +131,36 @@ pub struct ExportArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// The network's genesis, for its declared model's tensor names and shapes (without it,
-    /// the preset whose size matches: mlp, cnn or digits-mlp).
+    /// the preset whose size matches: mlp, cnn or digits-mlp). With a transformer genesis the
+    /// file is a language model carrying its shape and vocabulary, for `cohort sample`.
     #[arg(long)]
     pub genesis: Option<PathBuf>,
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
     let state = crate::store::read_state(&a.data_dir)?;
-    let kind = match &a.genesis {
-        Some(path) => crate::genesis::Genesis::load(path)?.model,
+    let genesis = a
+        .genesis
+        .as_deref()
+        .map(crate::genesis::Genesis::load)
+        .transpose()?;
+    if let Some(g) = &genesis
+        && let (Some(cfg), crate::genesis::DataPlan::Text(text)) = (g.model.lm_config(), &g.data)
+    {
+        // A language model carries its shape and vocabulary, so `cohort sample` needs the file
+        // alone.
+        model::lm::save_lm(&a.out, &cfg, &text.vocab, &state.params)?;
+        println!(
+            "wrote {} ({}, round {}, model hash {})",
+            a.out.display(),
+            g.model,
+            state.round,
+            hex(&model::params::hash_params(&state.params))
+        );
+        return Ok(());
+    }
+    let kind = match genesis {
+        Some(g) => g.model,
         None => model::net::ModelSpec::presets()
             .into_iter()
             .map(|(_, p)| p)

@@ -17,8 +17,9 @@ pub struct DataArgs {
     /// files: `simulate` gives node I the I-th, `centralized` trains on their union.
     #[arg(long, visible_alias = "own-data", default_value = "digits")]
     pub dataset: Vec<DataArg>,
-    /// Directory with the IDX files (train-images-idx3-ubyte[.gz], ...).
-    #[arg(long)]
+    /// Directory with the IDX files (train-images-idx3-ubyte[.gz], ...), or with the
+    /// Shakespeare tarball for --dataset shakespeare.
+    #[arg(long, visible_alias = "dataset-dir")]
     pub data_dir: Option<PathBuf>,
     /// Evaluation data for own files (csv:PATH, images:DIR, idx:DIR); default: 10% of each
     /// --dataset held out (seeded by --seed).
@@ -28,7 +29,8 @@ pub struct DataArgs {
     /// genesis file works. Needed for own files.
     #[arg(long)]
     pub schema: Option<PathBuf>,
-    /// Model: mlp, cnn, logistic, digits-mlp, or custom:NAME for a model the binary registered
+    /// Model: mlp, cnn, logistic, digits-mlp, custom:NAME for a model the binary registered, or
+    /// (simulate) transformer[:layers=L,heads=H,dim=C,context=T] with --dataset shakespeare
     /// (default: --schema's [model], else digits-mlp on digits and mlp otherwise).
     #[arg(long)]
     pub model: Option<String>,
@@ -70,6 +72,10 @@ impl DataArgs {
             match d {
                 DataArg::Builtin(k) => builtin = Some(*k),
                 DataArg::Own(s) => own.push(s),
+                DataArg::Shakespeare => bail!(
+                    "shakespeare is text: train it with --model transformer (simulate, \
+                     lm-train) or a transformer genesis"
+                ),
             }
         }
         if builtin.is_some() && (self.dataset.len() > 1) {

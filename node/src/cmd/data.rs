@@ -24,20 +24,24 @@ pub enum DataArg {
     Builtin(DatasetKind),
     /// `csv:PATH`, `images:DIR` or `idx:DIR`.
     Own(DataSource),
+    /// `shakespeare`: the plays by speaking role in `--dataset-dir`, text for the transformer.
+    Shakespeare,
 }
 
 impl std::str::FromStr for DataArg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s.contains(':') {
+        if s == "shakespeare" {
+            Ok(Self::Shakespeare)
+        } else if s.contains(':') {
             s.parse::<DataSource>()
                 .map(Self::Own)
                 .map_err(|e| e.to_string())
         } else {
             s.parse::<DatasetKind>().map(Self::Builtin).map_err(|_| {
                 format!(
-                    "unknown data set '{s}': expected digits, mnist, fashion-mnist, csv:PATH, \
-                     images:DIR or idx:DIR"
+                    "unknown data set '{s}': expected digits, mnist, fashion-mnist, shakespeare, \
+                     csv:PATH, images:DIR or idx:DIR"
                 )
             })
         }
@@ -49,6 +53,7 @@ impl std::fmt::Display for DataArg {
         match self {
             Self::Builtin(k) => write!(f, "{k}"),
             Self::Own(s) => write!(f, "{s}"),
+            Self::Shakespeare => f.write_str("shakespeare"),
         }
     }
 }

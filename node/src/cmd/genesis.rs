@@ -1,8 +1,9 @@
 //! `cohort genesis`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
+use model::transformer::TransformerConfig;
 
 use consensus::ValidatorId;
 
@@ -21,6 +22,9 @@ pub struct Args {
     /// Model, data and training settings.
     #[command(flatten)]
     pub training: TrainingArgs,
+    /// The Shakespeare plays (for --model transformer: the genesis fixes their vocabulary).
+    #[arg(long)]
+    pub dataset_dir: Option<PathBuf>,
     /// Who may join: closed (the genesis set only), approve (once the operators of a quorum of
     /// the validators ran `cohort approve KEY`) or open (a signed request makes a contributor,
     /// promoted to validator after --promote-after included deltas), each within the admission
@@ -115,7 +119,9 @@ pub struct PrivacyArgs {
 /// The model and the dataset a network trains.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// mlp, cnn, logistic or digits-mlp; custom:NAME for a model the binary registered.
+    /// mlp, cnn, logistic, digits-mlp; custom:NAME for a model the binary registered; or
+    /// transformer[:layers=L,heads=H,dim=C,context=T] (with --dataset shakespeare --partition
+    /// by-role|iid and --dataset-dir).
     #[arg(long, default_value = "digits-mlp")]
     pub model: String,
     /// The model's hidden layers, comma-separated: dense:N, convKxK:N, maxpoolS (default: the
@@ -137,24 +143,48 @@ pub struct ModelArgs {
 
 impl TrainingArgs {
     /// The demo genesis for `ids` with these settings.
-    pub fn genesis(&self, chain_id: &str, ids: &[ValidatorId]) -> Result<GenesisFile> {
+    ///
+    /// `--model transformer[:...]` declares the character transformer on `--dataset
+    /// shakespeare`; the plays in `dataset_dir` fix the genesis vocabulary.
+    pub fn genesis(
+        &self,
+        chain_id: &str,
+        ids: &[ValidatorId],
+        dataset_dir: Option<&Path>,
+    ) -> Result<GenesisFile> {
         let a = self.clone();
         let mut g = demo(chain_id, ids);
         g.seed = a.seed;
         g.checkpoint_every = a.checkpoint_every;
-        g.model.kind = a.data.model;
-        g.model.layers = a.data.layers;
-        if let Some(path) = &a.data.schema {
-            let (schema, _, _) = super::data::read_schema_file(path)?;
-            g.data = Some(schema);
-        }
-        g.model.dataset = a.data.dataset.unwrap_or_else(|| {
-            if g.data.is_some() {
-                String::new()
-            } else {
-                "digits".into()
+        if a.data.model.starts_with("transformer") {
+            let cfg: TransformerConfig = a.data.model.parse()?;
+            if !a.data.layers.is_empty() || a.data.schema.is_some() {
+                bail!("--layers and --schema are not for the transformer (its shape is --model)");
             }
-        });
+            let dataset = a.data.dataset.unwrap_or_else(|| "shakespeare".into());
+            if dataset != "shakespeare" {
+                bail!("--model transformer trains on --dataset shakespeare, not {dataset}");
+            }
+            let docs = super::text_data::load_shakespeare(dataset_dir)?;
+            g.model.kind = "transformer".into();
+            g.model.transformer = Some(cfg);
+            g.model.vocab = Some(super::text_data::corpus_vocab(&docs)?);
+            g.model.dataset = dataset;
+        } else {
+            g.model.kind = a.data.model;
+            g.model.layers = a.data.layers;
+            if let Some(path) = &a.data.schema {
+                let (schema, _, _) = super::data::read_schema_file(path)?;
+                g.data = Some(schema);
+            }
+            g.model.dataset = a.data.dataset.unwrap_or_else(|| {
+                if g.data.is_some() {
+                    String::new()
+                } else {
+                    "digits".into()
+                }
+            });
+        }
         g.model.partition = a.data.partition;
         let t = &mut g.training;
         t.local_epochs = a.local_epochs;
@@ -184,7 +214,9 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|v| load_public(v))
         .collect::<Result<Vec<_>>>()?;
-    let mut g = a.training.genesis(&a.chain_id, &ids)?;
+    let mut g = a
+        .training
+        .genesis(&a.chain_id, &ids, a.dataset_dir.as_deref())?;
     g.membership.policy = a.membership;
     g.membership.downtime_window = a.downtime_window;
     g.membership.promote_after = a.promote_after;

@@ -14,3 +14,4 @@ pub mod sample;
 pub mod simulate;
 pub mod testnet;
 pub mod testnet_init;
+pub mod text_data;

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use model::data::Dataset;
 use model::source::DataSource;
 use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::driver::{Byzantine, DriverConfig};
-use crate::genesis::Genesis;
+use crate::genesis::{DataPlan, Genesis};
 use crate::keys::NodeKey;
 use crate::metrics::{Metrics, Status};
 use crate::store::Store;
@@ -151,7 +152,7 @@ pub fn run(a: Args) -> Result<()> {
     let a = merge(a)?;
     let key_path = a.key.clone().context("--key is required")?;
     let genesis_path = a.genesis.clone().context("--genesis is required")?;
-    let data_dir = a.data_dir.clone().context("--data-dir is required")?;
+    a.data_dir.as_ref().context("--data-dir is required")?;
     let key = NodeKey::load_with(&key_path, a.allow_open_key)?;
     let genesis = Genesis::load(&genesis_path)?;
     let byzantine = a
@@ -163,12 +164,40 @@ pub fn run(a: Args) -> Result<()> {
         })
         .transpose()?;
     // Data: this node's own files, or its shard of the genesis dataset.
-    let (mut train, test) = match (&a.own_data, a.shard) {
+    let plan = match &genesis.data {
+        DataPlan::Samples(plan) => plan,
+        DataPlan::Text(text) => {
+            if a.own_data.is_some() || a.eval.is_some() {
+                bail!(
+                    "--own-data and --eval are not supported for the transformer yet: it trains \
+                     on its --shard of the genesis text (--dataset-dir)"
+                );
+            }
+            let docs = super::text_data::load_shakespeare(a.dataset_dir.as_deref())?;
+            let shards = a.shards.unwrap_or(genesis.validators.len()).max(1);
+            let shard = a.shard.unwrap_or(0);
+            if shard >= shards {
+                bail!("--shard {shard} must be below --shards {shards}");
+            }
+            let parts = super::text_data::shards(
+                &docs,
+                shards,
+                text.partition,
+                genesis.file.seed,
+                &text.vocab,
+            )
+            .context("the text does not fit the genesis vocabulary")?;
+            let test = super::text_data::validation(&docs, &text.vocab)?;
+            let train = parts.into_iter().nth(shard).context("no shard")?;
+            return run_with_data(a, key, genesis, byzantine, train, test);
+        }
+    };
+    let (train, test) = match (&a.own_data, a.shard) {
         (Some(own), _) => match own.parse::<DataSource>() {
             Ok(src) => super::data::load_own(
                 &src,
                 a.eval.as_ref(),
-                &genesis.data.schema,
+                &plan.schema,
                 &genesis.model,
                 genesis.file.seed,
             )?,
@@ -176,9 +205,7 @@ pub fn run(a: Args) -> Result<()> {
             Err(_) if !own.contains(':') => {
                 let s = model::data::load_idx_dir(Path::new(own))?;
                 let test = match &a.eval {
-                    Some(e) => {
-                        super::data::dense(super::data::load_source(e, &genesis.data.schema)?)?
-                    }
+                    Some(e) => super::data::dense(super::data::load_source(e, &plan.schema)?)?,
                     None => s.test,
                 };
                 (s.train, test)
@@ -186,7 +213,7 @@ pub fn run(a: Args) -> Result<()> {
             Err(e) => bail!("--own-data {own}: {e}"),
         },
         (None, shard) => {
-            let dataset = genesis.data.dataset.context(
+            let dataset = plan.dataset.context(
                 "the genesis names no model.dataset to take a --shard of: give this node its \
                  own data with --own-data csv:PATH, images:DIR or idx:DIR",
             )?;
@@ -204,12 +231,25 @@ pub fn run(a: Args) -> Result<()> {
                 a.dataset_dir.as_deref(),
                 shards,
                 shard,
-                genesis.data.partition,
+                plan.partition,
                 genesis.file.seed,
             )?;
             (split.train, split.test)
         }
     };
+    run_with_data(a, key, genesis, byzantine, train, test)
+}
+
+/// The node, once its training and evaluation data are loaded.
+fn run_with_data(
+    a: Args,
+    key: NodeKey,
+    genesis: Genesis,
+    byzantine: Option<Byzantine>,
+    mut train: Dataset,
+    test: Dataset,
+) -> Result<()> {
+    let data_dir = a.data_dir.clone().context("--data-dir is required")?;
     for (what, d) in [("training", &train), ("evaluation", &test)] {
         if d.features != genesis.model.input_features() {
             bail!(

@@ -13,7 +13,13 @@ use model::secagg::local::SecAggConfig;
 use model::sim::{SimConfig, Simulation};
 use model::train::{Optimizer, TrainConfig, Work};
 
+use model::net::ModelSpec;
+use model::text_partition::TextPartition;
+use model::transformer::TransformerConfig;
+
 use super::common::{DataArgs, human_bytes};
+use super::data::DataArg;
+use super::text_data;
 
 /// `COUNT:ATTACK`, e.g. `2:sign-flip` or `2:alie`.
 #[derive(Debug, Clone, Copy)]
@@ -43,9 +49,10 @@ pub struct Args {
     /// Number of simulated nodes.
     #[arg(long, default_value_t = 8)]
     pub nodes: usize,
-    /// Data split over nodes: iid, dirichlet:ALPHA or shards[:K].
+    /// Data split over nodes: iid, dirichlet:ALPHA or shards[:K]; by-role or iid for the
+    /// transformer's text.
     #[arg(long, default_value = "dirichlet:0.5")]
-    pub partition: Partition,
+    pub partition: String,
     /// Training rounds.
     #[arg(long, default_value_t = 40)]
     pub rounds: usize,
@@ -154,6 +161,17 @@ pub fn run(a: Args) -> Result<()> {
             a.nodes
         );
     }
+    if a.data
+        .model
+        .as_deref()
+        .is_some_and(|m| m.starts_with("transformer"))
+    {
+        return run_lm(a);
+    }
+    let partition: Partition = a
+        .partition
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--partition: {e}"))?;
     let loaded = a.data.load(a.seed)?;
     let kind = loaded.model.clone();
     let own_parts = loaded.parts.len() > 1;
@@ -165,10 +183,129 @@ pub fn run(a: Args) -> Result<()> {
             a.nodes
         );
     }
-    let cfg = SimConfig {
-        model: kind.clone(),
+    let cfg = sim_config(&a, kind.clone(), partition);
+    println!(
+        "simulate: {} nodes, model {kind} ({} params), dataset {} ({} train / {} test), partition {}, {}",
+        a.nodes,
+        kind.num_params(),
+        a.data.describe(),
+        loaded.parts.iter().map(|p| p.len()).sum::<usize>(),
+        loaded.test.len(),
+        if own_parts {
+            "each node its own data".to_string()
+        } else {
+            partition.to_string()
+        },
+        settings(&a),
+    );
+    if a.show_partition {
+        if own_parts {
+            for (i, p) in loaded.parts.iter().enumerate() {
+                println!(
+                    "node {i:>3}  {} samples  labels {:?}",
+                    p.len(),
+                    p.label_counts()
+                );
+            }
+        } else if let Some(all) = loaded.parts.first() {
+            // The index sets the simulation derives (same seed, same result).
+            let idx = model::partition::partition(all, a.nodes, partition, a.seed);
+            print!("{}", describe(all, &idx));
+        }
+    }
+    let sim = if own_parts {
+        Simulation::with_shards(cfg, loaded.parts, loaded.test)?
+    } else {
+        let split = model::data::Split {
+            train: loaded
+                .parts
+                .into_iter()
+                .next()
+                .context("no training data")?,
+            test: loaded.test,
+        };
+        Simulation::new(cfg, &split)?
+    };
+    drive(
+        sim,
+        a.rounds,
+        a.csv.as_deref(),
+        "accuracy",
+        "test loss",
+        a.secure_aggregation,
+    )
+}
+
+/// `cohort simulate --model transformer...`: the character transformer on the Shakespeare
+/// plays, each node its share of the roles (or IID chunks), validated on every role's tail.
+fn run_lm(a: Args) -> Result<()> {
+    let lm: TransformerConfig = a.data.model.as_deref().unwrap_or("transformer").parse()?;
+    if !a.data.layers.is_empty() {
+        bail!(
+            "--layers is for mlp and cnn: give the transformer's shape as \
+             --model transformer:layers=L,heads=H,dim=C,context=T"
+        );
+    }
+    if a.data.dataset != [DataArg::Shakespeare] {
+        bail!(
+            "--model transformer trains on --dataset shakespeare (with --dataset-dir DIR), not {}",
+            a.data.describe()
+        );
+    }
+    if a.data.eval.is_some() || a.data.schema.is_some() {
+        bail!(
+            "--eval and --schema are for own data sets; the transformer validates on every role's tail"
+        );
+    }
+    let how: TextPartition = a
+        .partition
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--partition: {e}"))?;
+    let docs = text_data::load_shakespeare(a.data.data_dir.as_deref())?;
+    let vocab = text_data::corpus_vocab(&docs)?;
+    let kind = ModelSpec::transformer(lm, vocab.len())?;
+    let shards = text_data::shards(&docs, a.nodes, how, a.seed, &vocab)?;
+    let val = text_data::validation(&docs, &vocab)?;
+    let steps = a.local.local_steps.unwrap_or(0);
+    println!(
+        "simulate: {} nodes, model {kind} ({} params), shakespeare ({} roles, {} train / {} \
+         validation chars), partition {how}, {} tokens per node per round, {}",
+        a.nodes,
+        kind.num_params(),
+        docs.len(),
+        shards.iter().map(|s| s.len()).sum::<usize>(),
+        val.len(),
+        steps * a.local.batch * lm.context,
+        settings(&a),
+    );
+    if a.show_partition {
+        let parts = model::text_partition::partition_text(
+            &docs,
+            a.nodes,
+            how,
+            text_data::VAL_FRACTION,
+            a.seed,
+        );
+        print!("{}", model::text_partition::describe(&parts));
+    }
+    let cfg = sim_config(&a, kind, Partition::Iid);
+    let sim = Simulation::with_shards(cfg, shards, val)?;
+    drive(
+        sim,
+        a.rounds,
+        a.csv.as_deref(),
+        "next-char accuracy",
+        "val loss (nats/char)",
+        a.secure_aggregation,
+    )
+}
+
+/// The simulation the flags describe (`partition` is unused when every node has its shard).
+fn sim_config(a: &Args, model: ModelSpec, partition: Partition) -> SimConfig {
+    SimConfig {
+        model,
         nodes: a.nodes,
-        partition: a.partition,
+        partition,
         train: TrainConfig {
             work: match a.local.local_steps {
                 Some(s) => Work::Steps(s),
@@ -195,20 +332,13 @@ pub fn run(a: Args) -> Result<()> {
         }),
         seed: a.seed,
         eval_every: a.eval_every,
-    };
-    println!(
-        "simulate: {} nodes, model {kind} ({} params), dataset {} ({} train / {} test), partition {}, rule {}, \
-         compress {}{}, local {} batch {} {}, server lr {} momentum {}{}{}",
-        a.nodes,
-        kind.num_params(),
-        a.data.describe(),
-        loaded.parts.iter().map(|p| p.len()).sum::<usize>(),
-        loaded.test.len(),
-        if own_parts {
-            "each node its own data".to_string()
-        } else {
-            a.partition.to_string()
-        },
+    }
+}
+
+/// The training, aggregation and attack settings, for the first line of output.
+fn settings(a: &Args) -> String {
+    format!(
+        "rule {}, compress {}{}, local {} batch {} {}, server lr {} momentum {}{}{}",
         a.rule,
         a.compress,
         if a.no_error_feedback {
@@ -243,40 +373,24 @@ pub fn run(a: Args) -> Result<()> {
             } else {
                 String::new()
             },
-    );
-    if a.show_partition {
-        if own_parts {
-            for (i, p) in loaded.parts.iter().enumerate() {
-                println!(
-                    "node {i:>3}  {} samples  labels {:?}",
-                    p.len(),
-                    p.label_counts()
-                );
-            }
-        } else if let Some(all) = loaded.parts.first() {
-            // The index sets the simulation derives (same seed, same result).
-            let idx = model::partition::partition(all, a.nodes, a.partition, a.seed);
-            print!("{}", describe(all, &idx));
-        }
-    }
-    let mut sim = if own_parts {
-        Simulation::with_shards(cfg, loaded.parts, loaded.test)?
-    } else {
-        let split = model::data::Split {
-            train: loaded
-                .parts
-                .into_iter()
-                .next()
-                .context("no training data")?,
-            test: loaded.test,
-        };
-        Simulation::new(cfg, &split)?
-    };
+    )
+}
+
+/// Runs `rounds` rounds, one line each, then the final evaluation and model hash; `metric` and
+/// `loss` name the evaluation's two figures.
+fn drive(
+    mut sim: Simulation,
+    rounds: usize,
+    csv_path: Option<&std::path::Path>,
+    metric: &str,
+    loss_name: &str,
+    secure_aggregation: bool,
+) -> Result<()> {
     let mut csv =
         String::from("round,accuracy,loss,train_loss,bytes_per_node,dense_bytes,epsilon,seconds\n");
     let start = Instant::now();
     let mut total_bytes = 0usize;
-    for _ in 0..a.rounds {
+    for _ in 0..rounds {
         let t = Instant::now();
         let rep = sim.step()?;
         let secs = t.elapsed().as_secs_f64();
@@ -296,7 +410,7 @@ pub fn run(a: Args) -> Result<()> {
             + &rep
                 .record_epsilon
                 .map(|e| {
-                    if a.secure_aggregation {
+                    if secure_aggregation {
                         format!(
                             "  record eps {e:.2} (delta 1e-5, add/remove one record, against the aggregate)"
                         )
@@ -315,7 +429,7 @@ pub fn run(a: Args) -> Result<()> {
                 String::new()
             };
         println!(
-            "round {:>4}  accuracy {acc}  test loss {loss}  train loss {:.4}  sent {}/node ({:.1}x less than dense){eps}  {secs:.2}s",
+            "round {:>4}  {metric} {acc}  {loss_name} {loss}  train loss {:.4}  sent {}/node ({:.1}x less than dense){eps}  {secs:.2}s",
             rep.round,
             rep.train_loss,
             human_bytes(rep.bytes_per_node as f64),
@@ -334,14 +448,14 @@ pub fn run(a: Args) -> Result<()> {
     }
     let (acc, loss) = sim.evaluate()?;
     println!(
-        "final: accuracy {:.2}%  test loss {loss:.4}  model hash {}  {} sent per node in total  {:.1}s",
+        "final: {metric} {:.2}%  {loss_name} {loss:.4}  model hash {}  {} sent per node in total  {:.1}s",
         acc * 100.0,
         hex::encode(model::params::hash_params(sim.params())),
         human_bytes(total_bytes as f64),
         start.elapsed().as_secs_f64()
     );
-    if let Some(path) = a.csv {
-        std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(path) = csv_path {
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

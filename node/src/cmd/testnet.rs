@@ -29,7 +29,8 @@ pub struct Args {
     /// Make node I Byzantine: I:KIND, e.g. 3:sign-flip (repeatable).
     #[arg(long)]
     pub byzantine: Vec<String>,
-    /// Directory with the dataset's IDX files, given to every node (for --dataset mnist).
+    /// Directory with the dataset's IDX files (--dataset mnist) or the Shakespeare plays
+    /// (--model transformer), given to every node.
     #[arg(long)]
     pub dataset_dir: Option<PathBuf>,
     /// Node I's own data, given once per node in order (csv:PATH, images:DIR or idx:DIR; with
@@ -122,6 +123,7 @@ pub fn run(a: Args) -> Result<()> {
         0,
         "cohort-testnet",
         &a.training,
+        a.dataset_dir.as_deref(),
     )?;
     let genesis = tmp.join("genesis.toml");
     let mut byz = vec![None; a.nodes];

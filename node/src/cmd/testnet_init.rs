@@ -29,6 +29,9 @@ pub struct Args {
     pub chain_id: String,
     #[command(flatten)]
     pub training: TrainingArgs,
+    /// The Shakespeare plays (for --model transformer: the genesis fixes their vocabulary).
+    #[arg(long)]
+    pub dataset_dir: Option<PathBuf>,
 }
 
 /// What `run` did.
@@ -49,8 +52,14 @@ pub fn run(a: Args) -> Result<Outcome> {
         );
         return Ok(Outcome::Kept);
     }
-    let (g, keys) =
-        write_keys_and_genesis(&a.out, a.validators, a.joiners, &a.chain_id, &a.training)?;
+    let (g, keys) = write_keys_and_genesis(
+        &a.out,
+        a.validators,
+        a.joiners,
+        &a.chain_id,
+        &a.training,
+        a.dataset_dir.as_deref(),
+    )?;
     for (name, key) in &keys {
         println!("{name}: {}", key.peer_id()?);
     }
@@ -73,6 +82,7 @@ pub fn write_keys_and_genesis(
     joiners: usize,
     chain_id: &str,
     training: &TrainingArgs,
+    dataset_dir: Option<&Path>,
 ) -> Result<(GenesisFile, Vec<(String, NodeKey)>)> {
     anyhow::ensure!(validators >= 1, "at least one validator is needed");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -89,7 +99,7 @@ pub fn write_keys_and_genesis(
         }
         keys.push((name, key));
     }
-    let g = training.genesis(chain_id, &ids)?;
+    let g = training.genesis(chain_id, &ids, dataset_dir)?;
     write(&g, &dir.join("genesis.toml"))?;
     Ok((g, keys))
 }
