@@ -82,9 +82,6 @@ pub struct TrainingArgs {
     /// Turn off error feedback (the residual of lossy compression kept for the next round).
     #[arg(long)]
     pub no_error_feedback: bool,
-    /// Differential privacy, clip:C,noise:SIGMA.
-    #[arg(long, default_value = "")]
-    pub dp: String,
     /// Seed of the initial model.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -102,9 +99,12 @@ pub struct TrainingArgs {
     pub privacy: PrivacyArgs,
 }
 
-/// The genesis `[privacy]` section.
+/// Privacy: the genesis `[privacy]` section, and node-level DP (`training.dp`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct PrivacyArgs {
+    /// Node-level differential privacy of each delta, clip:C,noise:SIGMA (empty: none).
+    #[arg(long, default_value = "")]
+    pub dp: String,
     /// Record-level DP-SGD in local training, clip:C,noise:SIGMA,rate:Q (empty: none).
     #[arg(long, default_value = "")]
     pub dp_sgd: String,
@@ -197,7 +197,7 @@ impl TrainingArgs {
         t.server_momentum = a.server_momentum;
         t.compression = a.compress;
         t.error_feedback = !a.no_error_feedback;
-        t.dp = a.dp;
+        t.dp = a.privacy.dp;
         g.timeouts.propose_ms = a.propose_ms;
         // The cap on every timeout must not cut the propose timeout asked for.
         g.timeouts.max_ms = g.timeouts.max_ms.max(a.propose_ms);

@@ -29,21 +29,8 @@ pub struct Args {
     /// Model: transformer[:layers=L,heads=H,dim=C,context=T].
     #[arg(long, default_value = "transformer")]
     pub model: TransformerConfig,
-    /// Optimiser steps.
-    #[arg(long, default_value_t = 2000)]
-    pub steps: usize,
-    /// Windows of `context` characters per step.
-    #[arg(long, default_value_t = 12)]
-    pub batch: usize,
-    /// Peak learning rate (AdamW; linear warm-up, cosine decay to a tenth).
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
-    /// Warm-up steps.
-    #[arg(long, default_value_t = 100)]
-    pub warmup: usize,
-    /// AdamW weight decay on matrices and embeddings.
-    #[arg(long, default_value_t = 0.1)]
-    pub weight_decay: f64,
+    #[command(flatten)]
+    pub opt: LmOptArgs,
     /// Fraction of each document's tail held out for validation.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
@@ -74,6 +61,26 @@ pub struct Args {
     /// Also write `step,train_loss,val_loss,val_accuracy,tokens_per_s` rows to this CSV file.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+}
+
+/// `lm-train`'s optimiser schedule.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LmOptArgs {
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 2000)]
+    pub steps: usize,
+    /// Windows of `context` characters per step.
+    #[arg(long, default_value_t = 12)]
+    pub batch: usize,
+    /// Peak learning rate (AdamW; linear warm-up, cosine decay to a tenth).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Warm-up steps.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    /// AdamW weight decay on matrices and embeddings.
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
 }
 
 /// The documents the flags name.
@@ -134,11 +141,11 @@ pub fn run(a: Args) -> Result<()> {
         &Device::Cpu,
     )?;
     let tc = LmTrainConfig {
-        steps: a.steps,
-        batch: a.batch,
-        lr: a.lr,
-        warmup: a.warmup,
-        weight_decay: a.weight_decay,
+        steps: a.opt.steps,
+        batch: a.opt.batch,
+        lr: a.opt.lr,
+        warmup: a.opt.warmup,
+        weight_decay: a.opt.weight_decay,
     };
     println!(
         "lm-train: {cfg} ({} params), vocabulary {} characters, {} documents, {} train / {} \
@@ -151,10 +158,10 @@ pub fn run(a: Args) -> Result<()> {
         a.node
             .map(|i| format!(" (node {i} of {}, {})", a.nodes, a.partition))
             .unwrap_or_default(),
-        a.steps,
-        a.batch,
-        a.steps * a.batch * cfg.context,
-        a.lr
+        a.opt.steps,
+        a.opt.batch,
+        a.opt.steps * a.opt.batch * cfg.context,
+        a.opt.lr
     );
     let mut csv = String::from("step,train_loss,val_loss,val_accuracy,tokens_per_s\n");
     let mut failure: Option<anyhow::Error> = None;
@@ -167,7 +174,7 @@ pub fn run(a: Args) -> Result<()> {
             return;
         }
         let secs = since.0.elapsed().as_secs_f64();
-        let tps = (since.1 * a.batch * cfg.context) as f64 / secs;
+        let tps = (since.1 * a.opt.batch * cfg.context) as f64 / secs;
         let train_loss = since.2 / since.1 as f64;
         match evaluate_lm(&lm, &val, a.eval_windows, 32) {
             Ok(ev) => {

@@ -54,15 +54,8 @@ pub struct Args {
     /// equivocate, silent.
     #[arg(long)]
     pub byzantine: Option<String>,
-    /// Exit-free stop marker: report "done" after this round (testnets).
-    #[arg(long)]
-    pub rounds: Option<u64>,
-    /// Print one JSON line per committed round on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Evaluate the model on the test set every N committed rounds (and at --rounds); 0 never.
-    #[arg(long, default_value_t = 1)]
-    pub eval_every: u64,
+    #[command(flatten)]
+    pub report: ReportArgs,
     /// Ask the validators to admit this node (a signed join request). Under the `open` policy it
     /// becomes a contributor (its deltas may be included) and is promoted to validator after
     /// `promote_after` included rounds; under `approve`, once a quorum of operators approved it.
@@ -74,6 +67,20 @@ pub struct Args {
     /// Network: listen addresses, bootstrap peers, the HTTP API, mDNS.
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+/// What the node reports of the rounds it commits, and when it stops.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ReportArgs {
+    /// Exit-free stop marker: report "done" after this round (testnets).
+    #[arg(long)]
+    pub rounds: Option<u64>,
+    /// Print one JSON line per committed round on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Evaluate the model on the test set every N committed rounds (and at --rounds); 0 never.
+    #[arg(long, default_value_t = 1)]
+    pub eval_every: u64,
 }
 
 /// `cohort run`'s network flags.
@@ -143,7 +150,7 @@ fn merge(mut a: Args) -> Result<Args> {
     a.net.api = a.net.api.or(f.api);
     a.byzantine = a.byzantine.or(f.byzantine);
     a.net.mdns |= f.mdns;
-    a.rounds = a.rounds.or(f.rounds);
+    a.report.rounds = a.report.rounds.or(f.rounds);
     a.join |= f.join;
     Ok(a)
 }
@@ -382,9 +389,9 @@ fn run_with_data(
             train,
             test,
             byzantine,
-            max_rounds: a.rounds,
-            json_events: a.json,
-            eval_every: a.eval_every,
+            max_rounds: a.report.rounds,
+            json_events: a.report.json,
+            eval_every: a.report.eval_every,
             join: a.join,
             allow_list: data_dir.join(crate::allow::FILE),
         };

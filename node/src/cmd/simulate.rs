@@ -66,27 +66,8 @@ pub struct Args {
     /// Turn off error feedback for lossy compression.
     #[arg(long)]
     pub no_error_feedback: bool,
-    /// Node-level differential privacy of each delta: clip:C[,noise:SIGMA].
-    #[arg(long)]
-    pub dp: Option<DpConfig>,
-    /// Record-level DP-SGD in local training: clip:C,noise:SIGMA,rate:Q. Its sampling and noise
-    /// are seeded from --seed (reproducible, so not secret: `cohort run` draws them from the OS).
-    #[arg(long)]
-    pub dp_sgd: Option<DpSgdConfig>,
-    /// Secure aggregation: the nodes' deltas are masked (pairwise X25519 + ChaCha20 masks and
-    /// self masks, Bonawitz et al. 2017) and only their sample-weighted mean is unmasked; with
-    /// --dp-sgd the noise is distributed (each node adds SIGMA / sqrt(--honest-nodes)) and needs
-    /// --local-steps 1. The masks' secrets are seeded from --seed (reproducible, so not secret).
-    #[arg(long)]
-    pub secure_aggregation: bool,
-    /// With --secure-aggregation: t, the honest nodes assumed to add their noise share
-    /// (default: all --nodes). Each adds SIGMA / sqrt(t), so t honest nodes give the sum SIGMA.
-    #[arg(long, requires = "secure_aggregation")]
-    pub honest_nodes: Option<usize>,
-    /// With --secure-aggregation: the fixed-point bound of each node's weighted delta per
-    /// coordinate (larger values are clamped and counted).
-    #[arg(long, default_value_t = 1.0, requires = "secure_aggregation")]
-    pub secagg_bound: f32,
+    #[command(flatten)]
+    pub privacy: SimPrivacyArgs,
     /// Byzantine nodes: COUNT:ATTACK with ATTACK one of sign-flip[:SCALE], gaussian[:SIGMA],
     /// alie[:Z], label-flip, zeros.
     #[arg(long)]
@@ -109,6 +90,32 @@ pub struct Args {
     /// The server step.
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+/// `simulate`'s privacy flags: node-level DP, record-level DP-SGD, secure aggregation.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimPrivacyArgs {
+    /// Node-level differential privacy of each delta: clip:C[,noise:SIGMA].
+    #[arg(long)]
+    pub dp: Option<DpConfig>,
+    /// Record-level DP-SGD in local training: clip:C,noise:SIGMA,rate:Q. Its sampling and noise
+    /// are seeded from --seed (reproducible, so not secret: `cohort run` draws them from the OS).
+    #[arg(long)]
+    pub dp_sgd: Option<DpSgdConfig>,
+    /// Secure aggregation: the nodes' deltas are masked (pairwise X25519 + ChaCha20 masks and
+    /// self masks, Bonawitz et al. 2017) and only their sample-weighted mean is unmasked; with
+    /// --dp-sgd the noise is distributed (each node adds SIGMA / sqrt(--honest-nodes)) and needs
+    /// --local-steps 1. The masks' secrets are seeded from --seed (reproducible, so not secret).
+    #[arg(long)]
+    pub secure_aggregation: bool,
+    /// With --secure-aggregation: t, the honest nodes assumed to add their noise share
+    /// (default: all --nodes). Each adds SIGMA / sqrt(t), so t honest nodes give the sum SIGMA.
+    #[arg(long, requires = "secure_aggregation")]
+    pub honest_nodes: Option<usize>,
+    /// With --secure-aggregation: the fixed-point bound of each node's weighted delta per
+    /// coordinate (larger values are clamped and counted).
+    #[arg(long, default_value_t = 1.0, requires = "secure_aggregation")]
+    pub secagg_bound: f32,
 }
 
 /// Local training flags of `cohort simulate`.
@@ -232,7 +239,7 @@ pub fn run(a: Args) -> Result<()> {
         a.csv.as_deref(),
         "accuracy",
         "test loss",
-        a.secure_aggregation,
+        a.privacy.secure_aggregation,
     )
 }
 
@@ -296,7 +303,7 @@ fn run_lm(a: Args) -> Result<()> {
         a.csv.as_deref(),
         "next-char accuracy",
         "val loss (nats/char)",
-        a.secure_aggregation,
+        a.privacy.secure_aggregation,
     )
 }
 
@@ -314,7 +321,7 @@ fn sim_config(a: &Args, model: ModelSpec, partition: Partition) -> SimConfig {
             batch: a.local.batch,
             optimizer: a.local.optimizer,
             prox_mu: a.local.prox_mu,
-            dp_sgd: a.dp_sgd,
+            dp_sgd: a.privacy.dp_sgd,
         },
         rule: a.rule.clone(),
         server: ServerOpt {
@@ -324,11 +331,11 @@ fn sim_config(a: &Args, model: ModelSpec, partition: Partition) -> SimConfig {
         },
         compression: a.compress,
         error_feedback: !a.no_error_feedback,
-        dp: a.dp,
+        dp: a.privacy.dp,
         byzantine: a.byzantine.map(|b| (b.count, b.attack)),
-        secure_aggregation: a.secure_aggregation.then(|| SecAggConfig {
-            honest: a.honest_nodes.unwrap_or(a.nodes),
-            bound: a.secagg_bound,
+        secure_aggregation: a.privacy.secure_aggregation.then(|| SecAggConfig {
+            honest: a.privacy.honest_nodes.unwrap_or(a.nodes),
+            bound: a.privacy.secagg_bound,
         }),
         seed: a.seed,
         eval_every: a.eval_every,
@@ -354,21 +361,24 @@ fn settings(a: &Args) -> String {
         a.local.optimizer,
         a.server.server_lr,
         a.server.server_momentum,
-        a.dp.map(|d| format!(", dp clip {} noise {}", d.clip, d.noise))
+        a.privacy
+            .dp
+            .map(|d| format!(", dp clip {} noise {}", d.clip, d.noise))
             .unwrap_or_default()
-            + &a.dp_sgd
+            + &a.privacy
+                .dp_sgd
                 .map(|d| format!(", dp-sgd {d}"))
                 .unwrap_or_default(),
         a.byzantine
             .map(|b| format!(", byzantine {} x {}", b.count, b.attack))
             .unwrap_or_default()
-            + &if a.secure_aggregation {
+            + &if a.privacy.secure_aggregation {
                 format!(
                     ", secure aggregation (reproducible masks from --seed; {} honest nodes assumed, \
                      each adding noise SIGMA/sqrt({}); fixed-point bound {})",
-                    a.honest_nodes.unwrap_or(a.nodes),
-                    a.honest_nodes.unwrap_or(a.nodes),
-                    a.secagg_bound
+                    a.privacy.honest_nodes.unwrap_or(a.nodes),
+                    a.privacy.honest_nodes.unwrap_or(a.nodes),
+                    a.privacy.secagg_bound
                 )
             } else {
                 String::new()
