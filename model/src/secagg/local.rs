@@ -35,9 +35,9 @@ pub fn member_id(i: usize) -> MemberId {
     id
 }
 
-/// One round among `vectors.len()` members: member `i` scales its vector by its weight
-/// `samples[i] / sum(samples)` (the sample claims, uncapped: in this threat model they are
-/// honest), encodes and masks it; the members in `included` (indices) are summed, reveal and
+/// One round among `vectors.len()` members: member `i` scales its vector by its FedAvg weight
+/// (the claims bounded as the plain mean bounds them, [`crate::aggregate::bounded_weights`]),
+/// encodes and masks it; the members in `included` (indices) are summed, reveal and
 /// are unmasked; the sum is divided by the included weight. With everyone included this is the
 /// FedAvg mean, up to the quantisation error.
 pub fn masked_mean(
@@ -68,11 +68,10 @@ pub fn masked_mean(
             public_key: s.public_key(),
         })
         .collect();
-    let total: f64 = samples.iter().map(|s| *s as f64).sum::<f64>().max(1.0);
+    let weights = crate::aggregate::bounded_weights(samples);
     let mut clamped = 0;
     let mut masked = Vec::with_capacity(n);
-    for (i, (v, s)) in vectors.iter().zip(samples).enumerate() {
-        let w = *s as f64 / total;
+    for (i, (v, &w)) in vectors.iter().zip(&weights).enumerate() {
         let scaled: Vec<f32> = v.iter().map(|x| (f64::from(*x) * w) as f32).collect();
         let enc = q.encode(&scaled)?;
         clamped += enc.clamped;
@@ -97,7 +96,7 @@ pub fn masked_mean(
         })?;
         inputs.push(m.clone());
         reveals.push(reveal(domain, &roster, &member_id(i), &secrets[i], &ids)?);
-        weight += samples[i] as f64 / total;
+        weight += weights[i];
     }
     let sum = q.decode_sum(&unmask(domain, &roster, &inputs, &reveals)?, included.len())?;
     let weight = if weight > 0.0 { weight } else { 1.0 };

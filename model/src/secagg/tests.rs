@@ -409,3 +409,17 @@ fn the_in_process_round_gives_the_weighted_mean_of_the_included_members() {
     // A member index outside the round is an error, not a silent skip.
     assert!(local::masked_mean(&domain, 3, &xs, &samples, &[0, 7], 1.0).is_err());
 }
+
+#[test]
+fn an_inflated_sample_claim_weighs_in_the_secure_mean_as_in_the_plain_one() {
+    let xs = plaintexts(4, 23);
+    let samples = [100u64, 120, 80, u64::MAX];
+    let domain = Domain::new(CHAIN, 4);
+    let got = local::masked_mean(&domain, 5, &xs, &samples, &[0, 1, 2, 3], 1.0).unwrap();
+    let w = crate::aggregate::bounded_weights(&samples);
+    assert!(w[3] < 0.6, "the claim is capped: weight {}", w[3]);
+    for (k, g) in got.mean.iter().enumerate() {
+        let want: f64 = (0..4).map(|i| f64::from(xs[i][k]) * w[i]).sum();
+        assert!((f64::from(*g) - want).abs() < 1e-6, "coord {k}");
+    }
+}
