@@ -596,6 +596,25 @@ impl GenesisFile {
                 ModelSpec::transformer(cfg, v.len()),
             )
         });
+        // A delta's sample claim is the tokens it trained on, local_steps x batch x context:
+        // peers refuse a claim above max_samples, so the genesis must not ask for one. Epochs
+        // over a node's own text have no size the genesis knows.
+        let t = &self.training;
+        let tokens = t.local_steps.map(|s| {
+            (s as u64)
+                .saturating_mul(t.batch as u64)
+                .saturating_mul(cfg.context as u64)
+        });
+        p.require(
+            tokens.is_some_and(|n| n <= t.max_samples),
+            "training.local_steps",
+            t.local_steps,
+            &format!(
+                "a transformer counts local steps, and local_steps x batch ({}) x context ({}) \
+                 tokens must be at most training.max_samples ({})",
+                t.batch, cfg.context, t.max_samples
+            ),
+        );
         let data = match (&m.vocab, partition) {
             (Some(vocab), Some(partition)) => Some(DataPlan::Text(TextPlan {
                 vocab: vocab.clone(),
@@ -1272,6 +1291,7 @@ mod tests {
             dim: 16,
             context: 8,
         });
+        g.training.local_steps = Some(2);
         let e = g.clone().check().unwrap_err().to_string();
         assert!(e.contains("model.vocab: missing"), "{e}");
         g.model.vocab = Some(Vocab::from_texts(["abc\n"]).unwrap());
@@ -1289,6 +1309,13 @@ mod tests {
         let e = bad.check().unwrap_err().to_string();
         for says in ["model.partition", "model.dataset", "model.layers"] {
             assert!(e.contains(says), "{says}: {e}");
+        }
+        // A token claim peers would refuse (or one the genesis cannot size) is refused here.
+        for steps in [None, Some(usize::MAX)] {
+            let mut big = g.clone();
+            big.training.local_steps = steps;
+            let e = big.check().unwrap_err().to_string();
+            assert!(e.contains("training.local_steps"), "{e}");
         }
         let mut mlp = demo_file();
         mlp.model.vocab = g.model.vocab.clone();
