@@ -85,6 +85,7 @@ fn gossipsub_config(config: &NetworkConfig) -> Result<gossipsub::Config, Error> 
                 .duplicate_cache_time
                 .max(config.validation_timeout * 2),
         )
+        .window_capacity(config.window_messages)
         // Large inline messages need longer than the 5 s / 1 s defaults to leave the queue.
         .publish_queue_duration(Duration::from_secs(30))
         .forward_queue_duration(Duration::from_secs(10))

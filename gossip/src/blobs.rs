@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use bytes::Bytes;
+
 use crate::Digest;
 
 #[derive(Debug)]
@@ -13,7 +15,7 @@ pub(crate) struct BlobCache {
     capacity: usize,
     used: usize,
     tick: u64,
-    entries: HashMap<Digest, (Vec<u8>, u64)>,
+    entries: HashMap<Digest, (Bytes, u64)>,
     order: BTreeMap<u64, Digest>,
 }
 
@@ -30,7 +32,7 @@ impl BlobCache {
 
     /// Stores `bytes` (whose digest the caller has computed) as most recently used; evicts the
     /// least recently used until it fits. A blob larger than the capacity is not stored.
-    pub fn insert(&mut self, digest: Digest, bytes: Vec<u8>) {
+    pub fn insert(&mut self, digest: Digest, bytes: Bytes) {
         if bytes.len() > self.capacity {
             return;
         }
@@ -49,8 +51,8 @@ impl BlobCache {
         self.entries.insert(digest, (bytes, self.tick));
     }
 
-    /// A copy of the blob, marking it recently used.
-    pub fn get(&mut self, digest: &Digest) -> Option<Vec<u8>> {
+    /// The blob (shared, not copied), marking it recently used.
+    pub fn get(&mut self, digest: &Digest) -> Option<Bytes> {
         let (bytes, tick) = self.entries.get_mut(digest)?;
         self.order.remove(tick);
         self.tick += 1;
@@ -81,9 +83,9 @@ impl BlobCache {
 mod tests {
     use super::*;
 
-    fn blob(n: u8, len: usize) -> (Digest, Vec<u8>) {
+    fn blob(n: u8, len: usize) -> (Digest, Bytes) {
         let bytes = vec![n; len];
-        (Digest::of(&bytes), bytes)
+        (Digest::of(&bytes), bytes.into())
     }
 
     #[test]

@@ -87,6 +87,11 @@ pub struct NetworkConfig {
     /// validation timeout), and how long its peer-score delivery records live (the vendored
     /// patch, `vendor/README.md`). Memory grows with messages per second times this.
     pub duplicate_cache_time: Duration,
+    /// Gossip messages expected within `duplicate_cache_time` at the busiest. Gossipsub's
+    /// duplicate cache, message cache and peer-score delivery records are allocated for that many
+    /// at start (the vendored patch, `vendor/README.md`), so their memory does not rise each
+    /// time a window is busier than any before; 0 lets them grow as messages come.
+    pub window_messages: usize,
     /// Bytes of blobs this node keeps to serve peers (its own and fetched payloads, state chunks).
     pub blob_cache_bytes: usize,
     /// Size of one checkpoint chunk in state sync.
@@ -146,6 +151,7 @@ impl NetworkConfig {
             fetch_attempts: 6,
             max_concurrent_fetches: 64,
             duplicate_cache_time: Duration::from_secs(120),
+            window_messages: 0,
             blob_cache_bytes: 512 << 20,
             state_chunk_size: 1 << 20,
             max_state_bytes: 1 << 30,

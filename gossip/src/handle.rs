@@ -1,5 +1,6 @@
 //! The public face of the network task: [`Network::spawn`], [`NetworkHandle`], the event enum.
 
+use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId, identity::Keypair};
 use tokio::sync::{mpsc, oneshot};
 
@@ -81,8 +82,8 @@ pub enum NetworkEvent {
         /// Content id (sha256 of the gossiped bytes); pass it back with the verdict.
         message_id: MessageId,
         /// The payload (for announce-fetch topics: the fetched bytes, already checked against
-        /// the announced digest).
-        data: Vec<u8>,
+        /// the announced digest). Shared with the blob cache, not copied.
+        data: Bytes,
     },
     /// First connection to a peer.
     PeerConnected {
@@ -102,7 +103,7 @@ pub enum NetworkEvent {
         /// sha256 of the wanted bytes.
         digest: Digest,
         /// Where the answer goes.
-        respond: oneshot::Sender<Option<Vec<u8>>>,
+        respond: oneshot::Sender<Option<Bytes>>,
     },
     /// A peer asks for state sync: the latest checkpoint and the certificates after
     /// `from_height`. Answer with a snapshot, or `None` when there is nothing to offer.
@@ -120,7 +121,7 @@ pub enum NetworkEvent {
 pub(crate) enum Command {
     Publish {
         topic: Topic,
-        data: Vec<u8>,
+        data: Bytes,
         reply: oneshot::Sender<Result<MessageId, Error>>,
     },
     Validate {
@@ -132,7 +133,7 @@ pub(crate) enum Command {
     RequestBlob {
         peer: Option<PeerId>,
         digest: Digest,
-        reply: oneshot::Sender<Result<Vec<u8>, Error>>,
+        reply: oneshot::Sender<Result<Bytes, Error>>,
     },
     RequestState {
         peer: PeerId,
@@ -232,7 +233,8 @@ impl NetworkHandle {
 
     /// Publishes `data` on `topic`; returns its message id (sha256 of the gossiped bytes). On an
     /// announce-fetch topic the bytes are kept in the blob cache and an announcement is gossiped.
-    pub async fn publish(&self, topic: Topic, data: Vec<u8>) -> Result<MessageId, Error> {
+    pub async fn publish(&self, topic: Topic, data: impl Into<Bytes>) -> Result<MessageId, Error> {
+        let data = data.into();
         self.ask(|reply| Command::Publish { topic, data, reply })
             .await?
     }
@@ -257,11 +259,7 @@ impl NetworkHandle {
     /// Fetches the blob whose sha256 is `digest`: from `peer` first when given, then from other
     /// connected peers (up to `fetch_attempts` peers). Bytes that do not match the digest are
     /// refused and cost the sender score.
-    pub async fn request_blob(
-        &self,
-        peer: Option<PeerId>,
-        digest: Digest,
-    ) -> Result<Vec<u8>, Error> {
+    pub async fn request_blob(&self, peer: Option<PeerId>, digest: Digest) -> Result<Bytes, Error> {
         self.ask(|reply| Command::RequestBlob {
             peer,
             digest,

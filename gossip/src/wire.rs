@@ -8,6 +8,7 @@
 
 use std::{io, marker::PhantomData, sync::Arc};
 
+use bytes::Bytes;
 use libp2p::{
     StreamProtocol,
     futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -101,16 +102,18 @@ impl Frame for BlobRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum BlobResponse {
     NotFound,
-    Found(Vec<u8>),
+    Found(Bytes),
 }
 
 impl Frame for BlobResponse {
     fn encode(self) -> Vec<u8> {
         match self {
             BlobResponse::NotFound => vec![0],
-            BlobResponse::Found(mut bytes) => {
-                bytes.insert(0, 1);
-                bytes
+            BlobResponse::Found(bytes) => {
+                let mut out = Vec::with_capacity(bytes.len() + 1);
+                out.push(1);
+                out.extend_from_slice(&bytes);
+                out
             }
         }
     }
@@ -119,7 +122,7 @@ impl Frame for BlobResponse {
             Some(0) if bytes.len() == 1 => Ok(BlobResponse::NotFound),
             Some(1) => {
                 bytes.remove(0);
-                Ok(BlobResponse::Found(bytes))
+                Ok(BlobResponse::Found(bytes.into()))
             }
             _ => Err(invalid("bad blob response tag".into())),
         }
@@ -396,11 +399,15 @@ mod tests {
         let proto = blob_protocol("t");
         let mut c = codec();
         let mut buf = Vec::new();
-        block_on(c.write_response(&proto, &mut buf, BlobResponse::Found(b"hello".to_vec())))
-            .unwrap();
+        block_on(c.write_response(
+            &proto,
+            &mut buf,
+            BlobResponse::Found(Bytes::from_static(b"hello")),
+        ))
+        .unwrap();
         assert_eq!(&buf[..4], &6u32.to_be_bytes());
         let got = block_on(c.read_response(&proto, &mut Cursor::new(buf))).unwrap();
-        assert_eq!(got, BlobResponse::Found(b"hello".to_vec()));
+        assert_eq!(got, BlobResponse::Found(Bytes::from_static(b"hello")));
 
         let mut buf = Vec::new();
         let d = Digest::of(b"x");
@@ -433,8 +440,12 @@ mod tests {
         // Writing over the limit is refused too.
         let mut sink = Vec::new();
         assert!(
-            block_on(c.write_response(&proto, &mut sink, BlobResponse::Found(vec![0; 2048])))
-                .is_err()
+            block_on(c.write_response(
+                &proto,
+                &mut sink,
+                BlobResponse::Found(vec![0; 2048].into())
+            ))
+            .is_err()
         );
     }
 

@@ -15,7 +15,13 @@ use crate::data::{
     read_maybe_gz,
 };
 use crate::error::{Error, Result};
+use crate::net::{Model, ModelSpec};
 use crate::partition::{Partition, partition, partition_labels};
+use candle_core::Device;
+
+/// The built-in test set's file names in a data directory (raw or `.gz`).
+const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
+const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 
 /// Shard `shard` of `shards` of `kind`'s training set (split by `how` with `seed`) and the whole
 /// test set. The same as `load(kind, dir)` followed by `train.subset(&partition(..)[shard])`,
@@ -28,6 +34,24 @@ pub fn load_shard(
     how: Partition,
     seed: u64,
 ) -> Result<Split> {
+    let (train, test) = load_node_shard(kind, dir, shards, shard, how, seed)?;
+    let test = match test {
+        EvalSet::Memory(d) => d,
+        EvalSet::Idx(s) => load_idx_pair(&s.dir, TEST_IMAGES, TEST_LABELS)?,
+    };
+    Ok(Split { train, test })
+}
+
+/// [`load_shard`] for a node: the test set of an IDX directory is not loaded but read again in
+/// chunks at each evaluation ([`IdxEvalSet`]).
+pub fn load_node_shard(
+    kind: DatasetKind,
+    dir: Option<&Path>,
+    shards: usize,
+    shard: usize,
+    how: Partition,
+    seed: u64,
+) -> Result<(Dataset, EvalSet)> {
     let pick = |parts: Vec<Vec<usize>>| {
         parts
             .into_iter()
@@ -38,13 +62,13 @@ pub fn load_shard(
         (DatasetKind::Digits, _) => {
             let s = crate::data::digits()?;
             let idx = pick(partition(&s.train, shards, how, seed))?;
-            return Ok(Split {
-                train: s.train.subset(&idx),
-                test: s.test,
-            });
+            return Ok((s.train.subset(&idx), EvalSet::Memory(s.test)));
         }
         (_, Some(dir)) => dir,
-        (_, None) => return crate::data::load(kind, None),
+        (_, None) => {
+            let s = crate::data::load(kind, None)?;
+            return Ok((s.train, EvalSet::Memory(s.test)));
+        }
     };
     if !dir.is_dir() {
         return Err(data_err(dir, "data directory not found"));
@@ -72,8 +96,133 @@ pub fn load_shard(
         y: idx.iter().map(|&i| y[i]).collect(),
         features,
     };
-    let test = load_idx_pair(dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
-    Ok(Split { train, test })
+    Ok((train, EvalSet::Idx(IdxEvalSet::open(dir)?)))
+}
+
+/// An IDX test set read again, a chunk at a time, at every evaluation: the node holds its labels
+/// (10 kB for MNIST) but never its images (7.8 MB, before this the largest block of a 2NN node's
+/// heap: BENCHMARKS.md section 8). A pass over MNIST's test file costs a read of 7.8 MB from the
+/// page cache, far less than the forward passes it feeds.
+#[derive(Debug, Clone)]
+pub struct IdxEvalSet {
+    dir: PathBuf,
+    labels: Vec<u8>,
+    features: usize,
+}
+
+impl IdxEvalSet {
+    /// Opens the test files of `dir`: reads the labels and checks that the image file's header
+    /// agrees with them.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let images = IdxImages::open(dir, TEST_IMAGES)?;
+        let (lpath, lbytes) = read_maybe_gz(dir, TEST_LABELS)?;
+        let labels = parse_idx_labels(&lbytes, &lpath)?;
+        if labels.len() != images.count {
+            return Err(data_err(
+                &lpath,
+                format!(
+                    "{} labels but {} has {} images",
+                    labels.len(),
+                    images.path.display(),
+                    images.count
+                ),
+            ));
+        }
+        Ok(IdxEvalSet {
+            dir: dir.to_path_buf(),
+            labels,
+            features: images.rows * images.cols,
+        })
+    }
+
+    /// Calls `f` on consecutive chunks of at most `rows` samples, in file order, reading the
+    /// image file once. Fails, naming the file, if it no longer matches what [`Self::open`] saw.
+    pub fn for_each_chunk(
+        &self,
+        rows: usize,
+        mut f: impl FnMut(&Dataset) -> Result<()>,
+    ) -> Result<()> {
+        let mut images = IdxImages::open(&self.dir, TEST_IMAGES)?;
+        let k = images.rows * images.cols;
+        if images.count != self.labels.len() || k != self.features {
+            return Err(data_err(
+                &images.path,
+                "changed since it was opened (image count or size)",
+            ));
+        }
+        for labels in self.labels.chunks(rows.max(1)) {
+            let mut pixels = vec![0u8; labels.len() * k];
+            images
+                .body
+                .read_exact(&mut pixels)
+                .map_err(|e| read_err(&images.path, e))?;
+            f(&Dataset {
+                x: Features::Pixels(pixels),
+                y: labels.to_vec(),
+                features: k,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The data a node evaluates the committed model on.
+#[derive(Debug, Clone)]
+pub enum EvalSet {
+    /// Held in memory.
+    Memory(Dataset),
+    /// An IDX test file read at each evaluation.
+    Idx(IdxEvalSet),
+}
+
+impl EvalSet {
+    /// Samples.
+    pub fn len(&self) -> usize {
+        self.labels().len()
+    }
+
+    /// True when there is no sample.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Features per sample.
+    pub fn features(&self) -> usize {
+        match self {
+            EvalSet::Memory(d) => d.features,
+            EvalSet::Idx(s) => s.features,
+        }
+    }
+
+    /// Every sample's label.
+    pub fn labels(&self) -> &[u8] {
+        match self {
+            EvalSet::Memory(d) => &d.y,
+            EvalSet::Idx(s) => &s.labels,
+        }
+    }
+
+    /// Test accuracy and mean loss of flat parameters of `kind`, as
+    /// [`crate::train::evaluate_params`] computes them on the whole set at once.
+    pub fn evaluate_params(&self, kind: &ModelSpec, params: &[f32]) -> Result<(f32, f32)> {
+        let set = match self {
+            EvalSet::Memory(d) => return crate::train::evaluate_params(kind, params, d),
+            EvalSet::Idx(s) => s,
+        };
+        if set.labels.is_empty() {
+            return Ok((0.0, 0.0));
+        }
+        let model = Model::new(kind, params, &Device::Cpu)?;
+        let (mut correct, mut loss) = (0usize, 0.0f64);
+        set.for_each_chunk(crate::train::EVAL_CHUNK, |chunk| {
+            let (c, l) = crate::train::evaluate_sums(&model, chunk)?;
+            correct += c;
+            loss += l;
+            Ok(())
+        })?;
+        let n = set.labels.len();
+        Ok((correct as f32 / n as f32, (loss / n as f64) as f32))
+    }
 }
 
 /// An IDX3 image file (raw or `.gz`) opened for one pass, its header checked.
@@ -327,6 +476,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("shard 2 of 2"), "{e}");
+    }
+
+    /// The real MNIST test set read in chunks scores a model exactly as the loaded set does.
+    #[test]
+    fn real_mnist_eval_set_scores_as_the_loaded_test_set() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mnist");
+        assert!(dir.is_dir(), "{} is missing", dir.display());
+        let kind = ModelSpec::mlp();
+        let params = kind.init(5);
+        let (_, streamed) =
+            load_node_shard(DatasetKind::Mnist, Some(&dir), 4, 0, Partition::Iid, 1).unwrap();
+        assert!(
+            matches!(streamed, EvalSet::Idx(_)),
+            "the test set was loaded"
+        );
+        let loaded = crate::data::load_idx_dir(&dir).unwrap().test;
+        assert_eq!((streamed.len(), streamed.features()), (10_000, 784));
+        assert_eq!(streamed.labels(), &loaded.y[..]);
+        let (a, l) = streamed.evaluate_params(&kind, &params).unwrap();
+        let (b, m) = crate::train::evaluate_params(&kind, &params, &loaded).unwrap();
+        assert_eq!(a, b);
+        assert!((l - m).abs() < 1e-5, "{l} vs {m}");
+    }
+
+    /// Chunks come in file order with their labels; a file changed since opening is an error.
+    #[test]
+    fn eval_set_chunks_follow_the_file_and_notice_a_change() {
+        let dir = TestDir::new("shard-eval");
+        write_set(&dir, false);
+        let set = IdxEvalSet::open(dir.path()).unwrap();
+        let mut seen = Vec::new();
+        set.for_each_chunk(2, |d| {
+            seen.push((d.y.clone(), d.len(), d.features));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(vec![1, 2], 2, 6), (vec![3], 1, 6)]);
+        dir.write("t10k-images-idx3-ubyte", idx(0x803, &[4, 2, 3], &[9; 24]));
+        let err = set.for_each_chunk(2, |_| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("changed since it was opened"), "{err}");
     }
 
     /// The real MNIST: node `s` of 4 gets exactly the samples, in the order, that cutting the

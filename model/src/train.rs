@@ -513,13 +513,22 @@ pub fn train_model_autograd_dp(
 /// Samples evaluated per forward pass: small enough that a node's evaluation adds little to its
 /// peak memory (250 MNIST rows are 0.8 MB of floats, the 1,000 used before were 3.1 MB), large
 /// enough for efficient matrix products.
-const EVAL_CHUNK: usize = 250;
+pub(crate) const EVAL_CHUNK: usize = 250;
 
 /// Test accuracy (fraction in [0, 1]) and mean cross-entropy loss of `model` on `data`.
 pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f32, f32)> {
     if data.is_empty() {
         return Ok((0.0, 0.0));
     }
+    let (correct, loss) = evaluate_sums(model, data)?;
+    Ok((
+        correct as f32 / data.len() as f32,
+        (loss / data.len() as f64) as f32,
+    ))
+}
+
+/// Correct predictions and summed cross-entropy loss of `model` on `data`.
+pub(crate) fn evaluate_sums(model: &Model, data: &Dataset) -> Result<(usize, f64)> {
     let device = model
         .vars()
         .first()
@@ -534,10 +543,7 @@ pub fn evaluate(model: &Model, data: &Dataset) -> Result<(f32, f32)> {
         loss += f64::from(model.loss(&logits, &ys)?.to_scalar::<f32>()?) * chunk.len() as f64;
         correct += model.correct(&logits, &ys)?;
     }
-    Ok((
-        correct as f32 / data.len() as f32,
-        (loss / data.len() as f64) as f32,
-    ))
+    Ok((correct, loss))
 }
 
 /// Evaluates flat parameters of `kind` on `data`.

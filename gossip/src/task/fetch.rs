@@ -105,7 +105,7 @@ impl Task {
         self.next_attempt(id);
     }
 
-    pub(super) fn fetch_done(&mut self, fetch: Fetch, from: PeerId, bytes: Vec<u8>) {
+    pub(super) fn fetch_done(&mut self, fetch: Fetch, from: PeerId, bytes: Bytes) {
         match fetch.purpose {
             FetchPurpose::Caller(reply) => {
                 self.blobs.insert(fetch.digest, bytes.clone());
@@ -129,7 +129,7 @@ impl Task {
                     Some(fetch.digest),
                 );
             }
-            FetchPurpose::StateChunk { sync, index } => self.on_chunk(sync, index, bytes),
+            FetchPurpose::StateChunk { sync, index } => self.on_chunk(sync, index, bytes.into()),
         }
     }
 
@@ -173,14 +173,14 @@ impl Task {
         }
     }
 
-    pub(super) fn lookup_blob(&mut self, digest: &Digest) -> Option<Vec<u8>> {
+    pub(super) fn lookup_blob(&mut self, digest: &Digest) -> Option<Bytes> {
         if let Some(bytes) = self.blobs.get(digest) {
             return Some(bytes);
         }
         self.served.iter().find_map(|cp| {
             cp.chunks
                 .get(digest)
-                .map(|&(start, len)| cp.bytes[start..start + len].to_vec())
+                .map(|&(start, len)| Bytes::copy_from_slice(&cp.bytes[start..start + len]))
         })
     }
 

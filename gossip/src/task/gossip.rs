@@ -40,7 +40,7 @@ impl Task {
                 message.source,
                 propagation_source,
                 id,
-                message.data,
+                message.data.into(),
                 None,
             ),
             Transfer::AnnounceFetch => {
@@ -110,7 +110,7 @@ impl Task {
         source: Option<PeerId>,
         propagation_source: PeerId,
         message_id: MessageId,
-        data: Vec<u8>,
+        data: Bytes,
         blob: Option<Digest>,
     ) {
         if self.pending.len() >= 4 * self.config.event_buffer {

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use libp2p::{
     Multiaddr, PeerId, Swarm,
     futures::{StreamExt, stream::FuturesUnordered},
@@ -57,7 +58,7 @@ type AnswerFuture = Pin<Box<dyn Future<Output = (u64, Answer)> + Send>>;
 
 /// The node's answer to an inbound request (None: not found, refused, or timed out).
 enum Answer {
-    Blob(Option<Vec<u8>>),
+    Blob(Option<Bytes>),
     State(Option<StateSnapshot>),
 }
 
@@ -77,7 +78,7 @@ struct Pending {
 
 /// Who waits for a blob fetch.
 enum FetchPurpose {
-    Caller(oneshot::Sender<Result<Vec<u8>, Error>>),
+    Caller(oneshot::Sender<Result<Bytes, Error>>),
     Announced {
         topic: Topic,
         message_id: MessageId,
@@ -329,7 +330,7 @@ impl Task {
             }
             Command::ProvideBlob { data, reply } => {
                 let digest = Digest::of(&data);
-                self.blobs.insert(digest, data);
+                self.blobs.insert(digest, data.into());
                 let _ = reply.send(digest);
             }
             Command::Dial { addr, reply } => {
@@ -408,7 +409,7 @@ impl Task {
         })
     }
 
-    fn publish(&mut self, topic: Topic, data: Vec<u8>) -> Result<MessageId, Error> {
+    fn publish(&mut self, topic: Topic, data: Bytes) -> Result<MessageId, Error> {
         let tc = self.config.topic(topic);
         if data.len() > tc.max_message_size {
             return Err(Error::MessageTooLarge {
@@ -419,7 +420,7 @@ impl Task {
         }
         let size = data.len() as u64;
         let gossip = match tc.transfer {
-            Transfer::Inline => data,
+            Transfer::Inline => Vec::from(data),
             Transfer::AnnounceFetch => {
                 let digest = Digest::of(&data);
                 self.blobs.insert(digest, data);

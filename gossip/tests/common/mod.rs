@@ -84,7 +84,7 @@ pub async fn spawn(config: NetworkConfig, behaviour: Behaviour) -> Node {
                         let _ = tx.try_send(Received {
                             topic,
                             from: propagation_source,
-                            data,
+                            data: data.to_vec(),
                         });
                         continue;
                     }
@@ -96,14 +96,14 @@ pub async fn spawn(config: NetworkConfig, behaviour: Behaviour) -> Node {
                         let _ = tx.try_send(Received {
                             topic,
                             from: propagation_source,
-                            data,
+                            data: data.to_vec(),
                         });
                     }
                 }
                 NetworkEvent::InboundBlobRequest {
                     digest, respond, ..
                 } => {
-                    let _ = respond.send(behaviour.blobs.get(&digest).cloned());
+                    let _ = respond.send(behaviour.blobs.get(&digest).cloned().map(Into::into));
                 }
                 NetworkEvent::InboundStateRequest {
                     from_height,

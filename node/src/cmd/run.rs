@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use model::data::Dataset;
+use model::shard::EvalSet;
 use model::source::DataSource;
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -196,29 +197,32 @@ pub fn run(a: Args) -> Result<()> {
             .context("the text does not fit the genesis vocabulary")?;
             let test = super::text_data::validation(&docs, &text.vocab)?;
             let train = parts.into_iter().nth(shard).context("no shard")?;
-            return run_with_data(a, key, genesis, byzantine, train, test);
+            return run_with_data(a, key, genesis, byzantine, train, EvalSet::Memory(test));
         }
     };
     let (train, test) = match (&a.own_data, a.shard) {
-        (Some(own), _) => match own.parse::<DataSource>() {
-            Ok(src) => super::data::load_own(
-                &src,
-                a.eval.as_ref(),
-                &plan.schema,
-                &genesis.model,
-                genesis.file.seed,
-            )?,
-            // A bare directory: IDX files, as before this flag took sources.
-            Err(_) if !own.contains(':') => {
-                let s = model::data::load_idx_dir(Path::new(own))?;
-                let test = match &a.eval {
-                    Some(e) => super::data::dense(super::data::load_source(e, &plan.schema)?)?,
-                    None => s.test,
-                };
-                (s.train, test)
-            }
-            Err(e) => bail!("--own-data {own}: {e}"),
-        },
+        (Some(own), _) => {
+            let (train, test) = match own.parse::<DataSource>() {
+                Ok(src) => super::data::load_own(
+                    &src,
+                    a.eval.as_ref(),
+                    &plan.schema,
+                    &genesis.model,
+                    genesis.file.seed,
+                )?,
+                // A bare directory: IDX files, as before this flag took sources.
+                Err(_) if !own.contains(':') => {
+                    let s = model::data::load_idx_dir(Path::new(own))?;
+                    let test = match &a.eval {
+                        Some(e) => super::data::dense(super::data::load_source(e, &plan.schema)?)?,
+                        None => s.test,
+                    };
+                    (s.train, test)
+                }
+                Err(e) => bail!("--own-data {own}: {e}"),
+            };
+            (train, EvalSet::Memory(test))
+        }
         (None, shard) => {
             let dataset = plan.dataset.context(
                 "the genesis names no model.dataset to take a --shard of: give this node its \
@@ -232,16 +236,16 @@ pub fn run(a: Args) -> Result<()> {
             if shard >= shards {
                 bail!("--shard {shard} must be below --shards {shards}");
             }
-            // Only this node's shard is kept: the IDX file streams past (peak RSS).
-            let split = model::shard::load_shard(
+            // Only this node's shard is kept: the IDX file streams past, and the test file is
+            // read again at each evaluation (peak RSS).
+            model::shard::load_node_shard(
                 dataset,
                 a.dataset_dir.as_deref(),
                 shards,
                 shard,
                 plan.partition,
                 genesis.file.seed,
-            )?;
-            (split.train, split.test)
+            )?
         }
     };
     run_with_data(a, key, genesis, byzantine, train, test)
@@ -254,21 +258,24 @@ fn run_with_data(
     genesis: Genesis,
     byzantine: Option<Byzantine>,
     mut train: Dataset,
-    test: Dataset,
+    test: EvalSet,
 ) -> Result<()> {
     let data_dir = a.data_dir.clone().context("--data-dir is required")?;
-    for (what, d) in [("training", &train), ("evaluation", &test)] {
-        if d.features != genesis.model.input_features() {
+    let sets = [
+        ("training", train.features, &train.y[..]),
+        ("evaluation", test.features(), test.labels()),
+    ];
+    for (what, features, labels) in sets {
+        if features != genesis.model.input_features() {
             bail!(
-                "model {} takes {} features, the {what} data has {}",
+                "model {} takes {} features, the {what} data has {features}",
                 genesis.model,
                 genesis.model.input_features(),
-                d.features
             );
         }
-        if let Some(&l) =
-            d.y.iter()
-                .find(|&&l| usize::from(l) >= genesis.model.classes())
+        if let Some(&l) = labels
+            .iter()
+            .find(|&&l| usize::from(l) >= genesis.model.classes())
         {
             bail!(
                 "the {what} data has label {l}, but model {} has {} classes",
@@ -316,6 +323,8 @@ fn run_with_data(
         // hold messages/s times these windows, so memory is flat once 20 s of rounds have passed.
         net_cfg.validation_timeout = Duration::from_secs(10);
         net_cfg.duplicate_cache_time = net_cfg.validation_timeout * 2;
+        net_cfg.window_messages = window_messages(&genesis, net_cfg.duplicate_cache_time);
+        tokio::spawn(crate::cli::trim_malloc_every(Duration::from_secs(10)));
         let (net, events) = gossip::Network::spawn(net_cfg, key.libp2p()?)
             .map_err(|e| anyhow::anyhow!("starting the network: {e}"))?;
         // Tell launchers where we listen (after the swarm has bound its sockets).
@@ -415,6 +424,18 @@ fn run_with_data(
 /// What the network keeps to serve peers: the deltas of the rounds the node still uses (three,
 /// two versions per validator at most, room for a few joiners) and two state snapshots; between
 /// 2 MiB and 512 MiB. Older deltas are evicted, so memory stays flat however many rounds pass.
+/// Gossip messages a node sees in `window` at the genesis's fastest pace (one round per
+/// `min_round_ms`, at most 20 a second), with half again as margin, at most 8,192: a round carries
+/// about three messages per validator (delta announcement, prevote, precommit) and a few more
+/// (proposal, joins, approvals). Gossipsub's windowed caches are sized for this at start, so a
+/// digits validator's memory is flat from its first rounds (BENCHMARKS.md section 8).
+fn window_messages(genesis: &Genesis, window: Duration) -> usize {
+    let rounds_per_s = 1000.0 / genesis.file.timeouts.min_round_ms.max(50) as f64;
+    let per_round = (3 * genesis.validators.len() + 8) as f64;
+    let expected = rounds_per_s * per_round * window.as_secs_f64();
+    ((expected * 1.5) as usize).min(8192)
+}
+
 fn blob_cache_bytes(genesis: &Genesis) -> usize {
     let params = genesis.model.num_params() * 4;
     let deltas = 3 * 2 * (genesis.validators.len() + 4) * (params + 4096);

@@ -32,7 +32,7 @@ pub struct DriverConfig {
     /// This node's training data.
     pub train: Dataset,
     /// Held-out data for the accuracy metric.
-    pub test: Dataset,
+    pub test: model::shard::EvalSet,
     /// Demonstration misbehaviour.
     pub byzantine: Option<Byzantine>,
     /// Stop after committing this round (the process keeps serving until killed).
@@ -66,7 +66,7 @@ struct Shell {
     /// Shared with each round's training thread (a clone per round would double its memory).
     train: Arc<Dataset>,
     /// Our last delta when publishing failed (no peers yet), retried on ticks.
-    unpublished: Option<(Instant, Vec<u8>)>,
+    unpublished: Option<(Instant, bytes::Bytes)>,
     origin: Instant,
     requests: usize,
     allow: crate::allow::AllowList,
@@ -192,7 +192,7 @@ impl Shell {
             NetworkEvent::InboundBlobRequest {
                 digest, respond, ..
             } => {
-                let _ = respond.send(core.blob(&digest.0).map(|b| b.to_vec()));
+                let _ = respond.send(core.blob(&digest.0));
                 None
             }
             NetworkEvent::InboundStateRequest {

@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use gossip::{NetworkHandle, Topic};
-use model::data::Dataset;
 use tokio::sync::{mpsc, watch};
 
 use super::Shell;
@@ -20,7 +19,7 @@ pub(super) struct Reporter {
     /// This node's mean training loss of its last trained round: `(round, loss)`.
     pub trained: Option<(u64, f32)>,
     json: Option<mpsc::UnboundedSender<serde_json::Value>>,
-    test: Dataset,
+    test: model::shard::EvalSet,
     eval_every: u64,
     max_rounds: Option<u64>,
     /// The `done` line was printed.
@@ -31,7 +30,7 @@ impl Reporter {
     pub fn new(
         history: watch::Sender<History>,
         json: Option<mpsc::UnboundedSender<serde_json::Value>>,
-        test: Dataset,
+        test: model::shard::EvalSet,
         eval_every: u64,
         max_rounds: Option<u64>,
     ) -> Self {
@@ -54,8 +53,7 @@ impl Shell {
         let last = self.report.max_rounds == Some(r.round);
         let every = self.report.eval_every;
         let (acc, loss) = if last || (every > 0 && r.round.is_multiple_of(every)) {
-            let (acc, loss) =
-                model::train::evaluate_params(&g.model, &r.params, &self.report.test)?;
+            let (acc, loss) = self.report.test.evaluate_params(&g.model, &r.params)?;
             let m = &self.metrics;
             m.accuracy_ppm
                 .store((acc as f64 * 1e6) as u64, Ordering::Relaxed);

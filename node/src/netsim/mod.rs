@@ -489,7 +489,7 @@ impl Sim {
                     topic,
                     from: self.nodes[i].peer,
                     id,
-                    data: bytes.clone(),
+                    data: bytes.clone().into(),
                 };
                 self.at(t, j, Delivery::Event(ev));
             }
@@ -504,9 +504,9 @@ impl Sim {
                     return;
                 }
                 let bytes = if topic == Topic::Deltas && fault == Some(Fault::BadDeltas) {
-                    self.nodes[i].mangle_delta(bytes, &mut self.rng)
+                    self.nodes[i].mangle_delta(bytes.to_vec(), &mut self.rng)
                 } else {
-                    bytes
+                    bytes.to_vec()
                 };
                 self.broadcast(i, topic, bytes);
             }
@@ -547,10 +547,7 @@ impl Sim {
         let t = self.now + 2 * self.delay();
         let ev = match holders.get(self.rng.below(holders.len().max(1))) {
             Some(&j) => match self.nodes[j].core.as_ref().and_then(|c| c.blob(&digest)) {
-                Some(b) => Event::Fetched {
-                    round,
-                    bytes: b.to_vec(),
-                },
+                Some(b) => Event::Fetched { round, bytes: b },
                 None => Event::FetchFailed { digest },
             },
             None => Event::FetchFailed { digest },

@@ -109,7 +109,7 @@ impl SimStore {
             Action::AppendLedger(e) => self.ledger.push(e.clone()),
             Action::WriteState(s) => self.state = Some(s.clone()),
             Action::WriteResidual(r) => self.residual = r.clone(),
-            Action::WriteOwnDelta(b) => self.own_delta = Some(b.clone()),
+            Action::WriteOwnDelta(b) => self.own_delta = Some(b.to_vec()),
             Action::WriteReleases(n) => self.releases = *n,
             _ => {}
         }

@@ -116,7 +116,7 @@ impl Core {
             if let Ok(bytes) = a.encode(now) {
                 out.push(Action::Publish {
                     topic: Topic::Membership,
-                    bytes,
+                    bytes: bytes.into(),
                 });
             }
             if a.round < h {

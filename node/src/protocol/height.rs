@@ -237,7 +237,7 @@ impl Core {
                     if let Some(bytes) = self.height.envelope(self.cfg.instance, &msg) {
                         out.push(Action::Publish {
                             topic: Topic::Consensus,
-                            bytes,
+                            bytes: bytes.into(),
                         });
                     }
                 }
@@ -287,7 +287,7 @@ impl Core {
                     {
                         out.push(Action::Publish {
                             topic: Topic::Consensus,
-                            bytes,
+                            bytes: bytes.into(),
                         });
                     }
                 }
@@ -478,7 +478,7 @@ impl Core {
         if let Some(bytes) = self.height.envelope(self.cfg.instance, &msg) {
             out.push(Action::Publish {
                 topic: Topic::Consensus,
-                bytes,
+                bytes: bytes.into(),
             });
         }
     }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Result;
+use bytes::Bytes;
 use consensus::ValidatorId;
 use gossip::{Topic, Verdict};
 use model::rng::Rng;
@@ -63,14 +64,14 @@ pub struct LocalState {
 /// Any other delta under our key for that round was signed by another process.
 pub(super) struct OwnDelta {
     pub round: u64,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
     pub signed: Vec<[u8; 32]>,
     /// When it last went out.
     pub sent: Millis,
 }
 
 impl OwnDelta {
-    fn new(round: u64, bytes: Vec<u8>, sent: Millis) -> OwnDelta {
+    fn new(round: u64, bytes: Bytes, sent: Millis) -> OwnDelta {
         OwnDelta {
             round,
             signed: vec![crate::wire::sha256(&bytes)],
@@ -91,7 +92,7 @@ impl LocalState {
     pub fn restore_own(&mut self, bytes: Option<Vec<u8>>) {
         self.own = bytes.and_then(|b| {
             let round = crate::wire::SignedDelta::decode(&b).ok()?.msg.round;
-            Some(OwnDelta::new(round, b, 0))
+            Some(OwnDelta::new(round, b.into(), 0))
         });
     }
 }
@@ -199,7 +200,7 @@ impl Core {
             to_send.push(other);
         }
         for (i, m) in to_send.into_iter().enumerate() {
-            let bytes = m.sign(&self.cfg.key)?.encode()?;
+            let bytes = Bytes::from(m.sign(&self.cfg.key)?.encode()?);
             if i == 0 {
                 // Counted (durably) before it leaves: every peer receives it.
                 out.push(Action::WriteReleases(self.privacy.record_release()));
@@ -357,7 +358,7 @@ impl Core {
             if let Ok(bytes) = j.encode() {
                 out.push(Action::Publish {
                     topic: Topic::Membership,
-                    bytes,
+                    bytes: bytes.into(),
                 });
             }
         }
@@ -370,7 +371,7 @@ impl Core {
             if let Ok(bytes) = self.hello(now).encode() {
                 out.push(Action::Publish {
                     topic: Topic::Membership,
-                    bytes,
+                    bytes: bytes.into(),
                 });
             }
         }

@@ -33,6 +33,7 @@ mod tests;
 use std::sync::Arc;
 
 use anyhow::Result;
+use bytes::Bytes;
 use consensus::ValidatorId;
 use ed25519_dalek::SigningKey;
 use gossip::{MessageId, PeerAction, PeerId, StateSnapshot, Topic, Verdict};
@@ -105,15 +106,15 @@ pub enum Event {
         from: PeerId,
         /// Gossip id, passed back with the verdict.
         id: MessageId,
-        /// Payload.
-        data: Vec<u8>,
+        /// Payload (shared with the gossip layer's blob cache, not copied).
+        data: Bytes,
     },
     /// A delta fetched by digest (the bytes match the digest).
     Fetched {
         /// Round it was fetched for.
         round: u64,
         /// The signed delta's bytes.
-        bytes: Vec<u8>,
+        bytes: Bytes,
     },
     /// No peer served a digest.
     FetchFailed {
@@ -151,7 +152,7 @@ pub enum Action {
         /// Topic.
         topic: Topic,
         /// Bytes.
-        bytes: Vec<u8>,
+        bytes: Bytes,
     },
     /// The verdict on a gossip message.
     Report {
@@ -197,7 +198,7 @@ pub enum Action {
     /// Replace the stored committed state.
     WriteState(StateBody),
     /// Store this node's signed delta durably (before it is published).
-    WriteOwnDelta(Vec<u8>),
+    WriteOwnDelta(Bytes),
     /// Store how many deltas this node has released (before the next one leaves).
     WriteReleases(u64),
     /// Replace the stored error-feedback residual.
@@ -400,7 +401,7 @@ impl Core {
     }
 
     /// The signed delta with this digest, if held (served to peers that fetch it).
-    pub fn blob(&self, digest: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
+    pub fn blob(&self, digest: &[u8; 32]) -> Option<Bytes> {
         self.pool.blob(digest)
     }
 

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use anyhow::Result;
+use bytes::Bytes;
 use consensus::ValidatorId;
 use gossip::{PeerAction, PeerId, Verdict};
 
@@ -24,7 +25,7 @@ pub const LOOKAHEAD: u64 = 2;
 /// One held delta.
 pub struct Held {
     /// The signed delta as received (evidence should the author equivocate; served to peers).
-    pub raw: Arc<Vec<u8>>,
+    pub raw: Bytes,
     /// sha256 of `raw`.
     pub digest: [u8; 32],
     /// The author's sample claim (bounded by the genesis).
@@ -121,7 +122,7 @@ impl DeltaPool {
     }
 
     /// The signed delta with this digest.
-    pub fn blob(&self, digest: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
+    pub fn blob(&self, digest: &[u8; 32]) -> Option<Bytes> {
         self.rounds
             .values()
             .flat_map(|r| r.values())
@@ -156,7 +157,7 @@ impl Core {
     pub(super) fn on_delta_bytes(
         &mut self,
         now: Millis,
-        data: &[u8],
+        data: &Bytes,
         from: Option<PeerId>,
         out: &mut Vec<Action>,
     ) -> Result<Verdict> {
@@ -186,7 +187,7 @@ impl Core {
     fn check_and_admit(
         &mut self,
         now: Millis,
-        data: &[u8],
+        data: &Bytes,
         from: Option<PeerId>,
         out: &mut Vec<Action>,
     ) -> (Verdict, Option<u64>) {
@@ -200,7 +201,7 @@ impl Core {
     fn check_signed(
         &mut self,
         now: Millis,
-        data: &[u8],
+        data: &Bytes,
         sd: SignedDelta,
         from: Option<PeerId>,
         out: &mut Vec<Action>,
@@ -286,7 +287,8 @@ impl Core {
             return Verdict::Reject("bad_payload");
         };
         let held = Held {
-            raw: Arc::new(data.to_vec()),
+            // Shared with the gossip blob cache and the event that brought it, not copied.
+            raw: data.clone(),
             digest,
             samples: sd.msg.samples,
             base_hash: sd.msg.base_hash,
@@ -325,7 +327,7 @@ impl Core {
         &mut self,
         now: Millis,
         round: u64,
-        bytes: &[u8],
+        bytes: &Bytes,
         out: &mut Vec<Action>,
     ) -> Result<()> {
         self.pool.fetch_done(&sha256(bytes));

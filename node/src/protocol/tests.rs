@@ -66,7 +66,7 @@ fn deliver(c: &mut Core, topic: Topic, data: Vec<u8>) -> Vec<Action> {
             topic,
             from: peer(),
             id: MessageId::of(&data),
-            data,
+            data: data.into(),
         },
     )
     .expect("handle")
@@ -248,7 +248,7 @@ fn sample_claims_are_bounded_by_the_genesis() {
 
 fn held(digest: u8, round: u64) -> Held {
     Held {
-        raw: std::sync::Arc::new(vec![digest, round as u8]),
+        raw: vec![digest, round as u8].into(),
         digest: [digest; 32],
         samples: 1,
         base_hash: [0; 32],
@@ -675,7 +675,7 @@ fn own_joins(actions: &[Action]) -> Vec<Vec<u8>> {
             Action::Publish {
                 topic: Topic::Membership,
                 bytes,
-            } if !bytes.starts_with(crate::wire::GenesisHello::MAGIC) => Some(bytes.clone()),
+            } if !bytes.starts_with(crate::wire::GenesisHello::MAGIC) => Some(bytes.to_vec()),
             _ => None,
         })
         .collect()

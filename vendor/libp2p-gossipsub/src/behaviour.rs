@@ -465,7 +465,10 @@ where
             metrics: None,
             events: VecDeque::new(),
             publish_config: privacy.into(),
-            duplicate_cache: DuplicateCache::new(config.duplicate_cache_time()),
+            duplicate_cache: DuplicateCache::with_capacity(
+                config.duplicate_cache_time(),
+                config.window_capacity(),
+            ),
             explicit_peers: HashSet::new(),
             blacklisted_peers: HashSet::new(),
             mesh: HashMap::new(),
@@ -476,7 +479,16 @@ where
                 config.heartbeat_interval(),
                 config.backoff_slack(),
             ),
-            mcache: MessageCache::new(config.history_gossip(), config.history_length()),
+            // Cohort patch: the message cache holds `history_length` heartbeats of the
+            // duplicate cache's window.
+            mcache: MessageCache::with_capacity(
+                config.history_gossip(),
+                config.history_length(),
+                (config.window_capacity() as f64
+                    * (config.heartbeat_interval() * config.history_length() as u32).as_secs_f64()
+                    / config.duplicate_cache_time().as_secs_f64().max(1e-3))
+                .min(config.window_capacity() as f64) as usize,
+            ),
             heartbeat: Delay::new(config.heartbeat_interval() + config.heartbeat_initial_delay()),
             heartbeat_ticks: 0,
             px_peers: HashSet::new(),
@@ -1077,6 +1089,7 @@ where
             thresholds,
             callback,
             self.config.duplicate_cache_time(),
+            self.config.window_capacity(),
         );
         self.peer_score = PeerScoreState::Active(Box::new(peer_score));
         Ok(())

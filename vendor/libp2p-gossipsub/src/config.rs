@@ -110,6 +110,8 @@ pub struct Config {
     fanout_ttl: Duration,
     check_explicit_peers_ticks: u64,
     duplicate_cache_time: Duration,
+    // Cohort patch: see `ConfigBuilder::window_capacity`.
+    window_capacity: usize,
     validate_messages: bool,
     message_id_fn: Arc<dyn Fn(&Message) -> MessageId + Send + Sync + 'static>,
     allow_self_origin: bool,
@@ -275,6 +277,12 @@ impl Config {
     /// default is 1 minute.
     pub fn duplicate_cache_time(&self) -> Duration {
         self.duplicate_cache_time
+    }
+
+    /// Cohort patch: messages the windowed caches are sized for at start (see
+    /// `ConfigBuilder::window_capacity`).
+    pub fn window_capacity(&self) -> usize {
+        self.window_capacity
     }
 
     /// When set to `true`, prevents automatic forwarding of all received messages. This setting
@@ -522,6 +530,7 @@ impl Default for ConfigBuilder {
                 fanout_ttl: Duration::from_secs(60),
                 check_explicit_peers_ticks: 300,
                 duplicate_cache_time: Duration::from_secs(60),
+                window_capacity: 0,
                 validate_messages: false,
                 message_id_fn: Arc::new(|message| {
                     // default message id is: source + sequence number
@@ -812,6 +821,16 @@ impl ConfigBuilder {
     /// default is 1 minute.
     pub fn duplicate_cache_time(&mut self, cache_size: Duration) -> &mut Self {
         self.config.duplicate_cache_time = cache_size;
+        self
+    }
+
+    /// Cohort patch: the number of messages expected within the duplicate cache time at the
+    /// busiest. The duplicate cache, the peer-score delivery records and the message cache are
+    /// allocated for that many at start (default 0: they grow as messages come). A hash map
+    /// never gives capacity back, so without this a long-running node's memory rises each time
+    /// a window is busier than any before it, and levels off only once the busiest has passed.
+    pub fn window_capacity(&mut self, messages: usize) -> &mut Self {
+        self.config.window_capacity = messages;
         self
     }
 

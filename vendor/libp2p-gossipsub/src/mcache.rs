@@ -63,10 +63,11 @@ impl fmt::Debug for MessageCache {
 
 /// Implementation of the MessageCache.
 impl MessageCache {
-    pub(crate) fn new(gossip: usize, history_capacity: usize) -> Self {
+    // Cohort patch: sized for `messages` at start (`Config::window_capacity`).
+    pub(crate) fn with_capacity(gossip: usize, history_capacity: usize, messages: usize) -> Self {
         MessageCache {
             gossip,
-            msgs: HashMap::default(),
+            msgs: HashMap::with_capacity(messages),
             iwant_counts: HashMap::default(),
             history: vec![Vec::new(); history_capacity],
         }
@@ -260,7 +261,7 @@ mod tests {
     }
 
     fn new_cache(gossip_size: usize, history: usize) -> MessageCache {
-        MessageCache::new(gossip_size, history)
+        MessageCache::with_capacity(gossip_size, history, 0)
     }
 
     #[test]

@@ -251,6 +251,7 @@ impl PeerScore {
             thresholds,
             None,
             Duration::from_secs(TIME_CACHE_DURATION),
+            0,
         )
     }
 
@@ -262,6 +263,7 @@ impl PeerScore {
         thresholds: PeerScoreThresholds,
         callback: Option<fn(&PeerId, &TopicHash, f64)>,
         delivery_record_time: Duration,
+        delivery_record_capacity: usize,
     ) -> Self {
         PeerScore {
             decay_interval: Delay::new(params.decay_interval),
@@ -269,7 +271,7 @@ impl PeerScore {
             thresholds,
             peer_stats: HashMap::new(),
             peer_ips: HashMap::new(),
-            deliveries: TimeCache::new(delivery_record_time),
+            deliveries: TimeCache::with_capacity(delivery_record_time, delivery_record_capacity),
             message_delivery_time_callback: callback,
         }
     }

@@ -113,10 +113,12 @@ impl<Key, Value> TimeCache<Key, Value>
 where
     Key: Eq + std::hash::Hash + Clone,
 {
-    pub(crate) fn new(ttl: Duration) -> Self {
+
+    // Cohort patch: sized for `capacity` elements at start (`Config::window_capacity`).
+    pub(crate) fn with_capacity(ttl: Duration, capacity: usize) -> Self {
         TimeCache {
-            map: FnvHashMap::default(),
-            list: VecDeque::new(),
+            map: FnvHashMap::with_capacity_and_hasher(capacity, Default::default()),
+            list: VecDeque::with_capacity(capacity),
             ttl,
         }
     }
@@ -172,8 +174,14 @@ impl<Key> DuplicateCache<Key>
 where
     Key: Eq + std::hash::Hash + Clone,
 {
+    #[cfg(test)]
     pub(crate) fn new(ttl: Duration) -> Self {
-        Self(TimeCache::new(ttl))
+        Self(TimeCache::with_capacity(ttl, 0))
+    }
+
+    // Cohort patch: see `TimeCache::with_capacity`.
+    pub(crate) fn with_capacity(ttl: Duration, capacity: usize) -> Self {
+        Self(TimeCache::with_capacity(ttl, capacity))
     }
 
     // Inserts new elements and removes any expired elements.
