@@ -116,10 +116,19 @@ impl RoundEvents {
 }
 
 /// The last up to [`History::LIMIT`] committed rounds, oldest first.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct History {
-    /// The rounds.
+    /// The rounds, allocated for [`History::LIMIT`] at once: a deque that grew as rounds came
+    /// made the node's memory rise until round 1,000 (BENCHMARKS.md section 8).
     rounds: VecDeque<RoundSummary>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            rounds: VecDeque::with_capacity(Self::LIMIT),
+        }
+    }
 }
 
 impl History {
@@ -171,6 +180,22 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The window's storage is allocated once: pushing rounds past the limit never reallocates.
+    #[test]
+    fn the_window_is_allocated_once() {
+        let mut h = History::default();
+        let at_start = h.rounds.capacity();
+        assert!(at_start >= History::LIMIT);
+        for round in 0..2 * History::LIMIT as u64 {
+            h.push(RoundSummary {
+                round,
+                ..RoundSummary::default()
+            });
+            assert_eq!(h.rounds.capacity(), at_start, "round {round}");
+        }
+        assert_eq!(h.len(), History::LIMIT);
+    }
 
     #[test]
     fn keeps_the_last_limit_rounds_in_order() {
