@@ -3,8 +3,9 @@
 # network, the demo genesis, 3 s proposal timeout):
 #   quorum   kill 2 of 4 validators, restart 1: seconds until rounds resume (TRIALS trials)
 #   onedown  rounds/s with 4 up, then with 1 of 4 down (SECS seconds each)
-#   rss      RSS and peak RSS of a validator at rounds RSS_AT (default 100, 1000, 2500,
-#            RSS_ROUNDS, 2 x RSS_ROUNDS)
+#   rss      RSS and peak RSS of a validator with its anonymous and file-backed parts (RssAnon:
+#            what the node allocated; RssFile: pages of the binary), at rounds RSS_AT (default
+#            100, 1000, 2500, RSS_ROUNDS, 2 x RSS_ROUNDS)
 #   wipe     a validator whose data dir is wiped at round WIPE_AT catches up
 #   fair     how often each validator's delta is included in rounds 101..FAIR_ROUNDS (node 1
 #            trains on the most data: the Dirichlet split gives shards of different sizes)
@@ -110,7 +111,7 @@ onedown() {
   echo "result: onedown 1 of 4 down: $(rate "$SECS") rounds/s"
 }
 
-rss_of() { awk '/VmRSS|VmHWM/ {printf "%s %s KiB  ", $1, $2}' "/proc/$(cat "$W/n$1/pid")/status"; }
+rss_of() { awk '/VmRSS|VmHWM|RssAnon|RssFile/ {printf "%s %s KiB  ", $1, $2}' "/proc/$(cat "$W/n$1/pid")/status"; }
 
 rss() {
   start_all

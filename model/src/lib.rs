@@ -48,6 +48,7 @@ pub mod gelu;
 pub mod images;
 pub mod lm;
 pub mod mia;
+pub mod mia_fed;
 pub mod net;
 pub mod params;
 pub mod partition;

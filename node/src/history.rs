@@ -24,6 +24,12 @@ fn keys(v: &[[u8; 32]]) -> Vec<Key> {
     v.iter().copied().map(Key).collect()
 }
 
+/// Authors held inline in a round's summary.
+pub const INLINE_AUTHORS: usize = 8;
+
+/// A round's included authors.
+pub type Authors = smallvec::SmallVec<[Key; INLINE_AUTHORS]>;
+
 /// One committed round.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RoundSummary {
@@ -40,8 +46,11 @@ pub struct RoundSummary {
     pub eval_loss: Option<f32>,
     /// The committed model's accuracy on this node's held-out data, if evaluated this round.
     pub accuracy: Option<f32>,
-    /// The authors (validator keys, hex in the JSON) whose deltas the round included.
-    pub included: Vec<Key>,
+    /// The authors (validator keys, hex in the JSON) whose deltas the round included: inline
+    /// up to [`INLINE_AUTHORS`], so that a small network's window is one allocation (a small
+    /// list allocated every round and kept for 1,000 rounds pinned heap pages that the
+    /// allocator could otherwise return: BENCHMARKS.md section 8).
+    pub included: Authors,
     /// Where this node's time went in the round, seconds, where this node timed it.
     pub phases: Option<Phases>,
     /// What the round's value changed or recorded beyond the model (empty lists are left out
@@ -221,7 +230,7 @@ mod tests {
         let mut h = History::default();
         h.push(RoundSummary {
             round: 7,
-            included: vec![Key([0xab; 32])],
+            included: smallvec::smallvec![Key([0xab; 32])],
             events: RoundEvents {
                 removals: vec![Key([1; 32])],
                 ..RoundEvents::default()
