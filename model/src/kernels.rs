@@ -250,6 +250,9 @@ pub(crate) fn relu_pool(
     base: u32,
 ) {
     let ow = w / p;
+    if p == 2 {
+        return relu_pool2(conv, h, w, bias, out, arg, base);
+    }
     for py in 0..h / p {
         for px in 0..ow {
             let (mut best, mut at) = (f32::NEG_INFINITY, py * p * w + px * p);
@@ -264,6 +267,43 @@ pub(crate) fn relu_pool(
             }
             out[py * ow + px] = (best + bias).max(0.0);
             arg[py * ow + px] = base + at as u32;
+        }
+    }
+}
+
+/// [`relu_pool`] for 2x2 windows (the CNN preset's), without the general loop's bounds checks.
+fn relu_pool2(
+    conv: &[f32],
+    h: usize,
+    w: usize,
+    bias: f32,
+    out: &mut [f32],
+    arg: &mut [u32],
+    base: u32,
+) {
+    let ow = w / 2;
+    let rows = conv.chunks_exact(2 * w).take(h / 2);
+    for (py, ((pair, out), arg)) in rows
+        .zip(out.chunks_exact_mut(ow))
+        .zip(arg.chunks_exact_mut(ow))
+        .enumerate()
+    {
+        let (top, bottom) = pair.split_at(w);
+        let cells = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+        for (px, (((t, b), o), a)) in cells.zip(out.iter_mut()).zip(arg.iter_mut()).enumerate() {
+            let at = 2 * py * w + 2 * px;
+            let (mut best, mut i) = (t[0], at);
+            if t[1] > best {
+                (best, i) = (t[1], at + 1);
+            }
+            if b[0] > best {
+                (best, i) = (b[0], at + w);
+            }
+            if b[1] > best {
+                (best, i) = (b[1], at + w + 1);
+            }
+            *o = (best + bias).max(0.0);
+            *a = base + i as u32;
         }
     }
 }
@@ -365,6 +405,10 @@ mod tests {
         relu_pool(&conv, 3, 5, 2, 0.5, &mut out, &mut arg, 100);
         assert_eq!(out, [5.5, 0.0]);
         assert_eq!(arg, [101, 102]);
+        // Window 3 takes the general loop: one output, the first 7 of row 2 wins.
+        let (mut out, mut arg) = ([0.0; 1], [0; 1]);
+        relu_pool(&conv, 3, 5, 3, -1.0, &mut out, &mut arg, 0);
+        assert_eq!((out, arg), ([6.0], [10]));
     }
 
     #[test]
