@@ -143,7 +143,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let per_step = best / args.steps as f64;
         let rate = args.batch as f64 / per_step;
-        println!("{name:>16}: {:.1} ms a step, {rate:.0} samples/s", per_step * 1e3);
+        println!(
+            "{name:>16}: {:.1} ms a step, {rate:.0} samples/s",
+            per_step * 1e3
+        );
         println!(
             "RESULT {name} cnn {} samples/s {rate:.1} {:.2}",
             args.batch,

@@ -234,7 +234,11 @@ impl Net {
                 .iter()
                 .map(|s| vec![0; batch * s.out_len()])
                 .collect(),
-            hidden: plan.dense.iter().map(|d| vec![0.0; batch * d.out]).collect(),
+            hidden: plan
+                .dense
+                .iter()
+                .map(|d| vec![0.0; batch * d.out])
+                .collect(),
             plan,
             gemm: Gemm::new(),
             params,
@@ -253,7 +257,10 @@ impl Net {
     fn load(&mut self, data: &Dataset, idx: &[usize]) -> Result<()> {
         let f = data.features;
         if self.x.len() < idx.len() * f || self.labels.len() < idx.len() {
-            return Err(internal(format!("batch of {} beyond the buffers", idx.len())));
+            return Err(internal(format!(
+                "batch of {} beyond the buffers",
+                idx.len()
+            )));
         }
         for ((row, label), &i) in self.x.chunks_exact_mut(f).zip(&mut self.labels).zip(idx) {
             data.row_into(i, row);
@@ -458,14 +465,15 @@ impl Net {
             )?;
             for i in 0..gn {
                 let n = g0 + i;
-                g.col2im(&self.cols, ld, i * pix, &mut self.down[n * img..(n + 1) * img]);
+                g.col2im(
+                    &self.cols,
+                    ld,
+                    i * pix,
+                    &mut self.down[n * img..(n + 1) * img],
+                );
             }
         }
-        opt.apply(
-            &mut self.params,
-            st.weight,
-            &self.grad[..st.cout * patch],
-        );
+        opt.apply(&mut self.params, st.weight, &self.grad[..st.cout * patch]);
         opt.apply(&mut self.params, st.bias, &self.bias_grad);
         Ok(())
     }
@@ -498,6 +506,9 @@ impl Net {
     }
 }
 
+/// Called after every step with (step, total steps, the parameters).
+type OnStep<'a> = dyn FnMut(usize, usize, &[f32]) -> Result<()> + 'a;
+
 /// Trains the flat parameters `params` (canonical order) of a CNN `kind` in place, as
 /// [`crate::train::train_model_autograd`] does (same batch schedule from `rng`, optimiser, FedProx
 /// and loss); returns (mean minibatch loss, steps). `progress` gets (step, total steps) after
@@ -509,7 +520,7 @@ pub fn train(
     data: &Dataset,
     cfg: &TrainConfig,
     rng: &mut Rng,
-    mut progress: Option<&mut dyn FnMut(usize, usize, &[f32]) -> Result<()>>,
+    mut progress: Option<&mut OnStep<'_>>,
 ) -> Result<(f32, usize)> {
     if cfg.dp_sgd.is_some() {
         return Err(internal("DP-SGD trains the CNN on autograd"));
@@ -681,13 +692,17 @@ mod tests {
                 let r = off..off + spec.numel();
                 off = r.end;
                 let (f, s) = (&fast[r.clone()], &slow[r]);
-                let diff = f.iter().zip(s).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                let diff = f
+                    .iter()
+                    .zip(s)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
                 let norm = crate::dp::l2_norm(s);
                 assert!(diff < 1e-4, "{kind} {}: max diff {diff}", spec.name);
                 assert!(norm > 1e-4, "{kind} {}: gradient {norm}", spec.name);
-                let rel = crate::dp::l2_norm(
-                    &f.iter().zip(s).map(|(a, b)| a - b).collect::<Vec<_>>(),
-                ) / norm;
+                let rel =
+                    crate::dp::l2_norm(&f.iter().zip(s).map(|(a, b)| a - b).collect::<Vec<_>>())
+                        / norm;
                 assert!(rel < 1e-3, "{kind} {}: relative {rel}", spec.name);
             }
         }
@@ -786,8 +801,13 @@ mod tests {
             width: 8,
         };
         // Two pools in a row: not a stage.
-        let two = ModelSpec::declare("cnn", &layers(&["conv3x3:2", "maxpool2", "maxpool2"]), img, 3)
-            .unwrap();
+        let two = ModelSpec::declare(
+            "cnn",
+            &layers(&["conv3x3:2", "maxpool2", "maxpool2"]),
+            img,
+            3,
+        )
+        .unwrap();
         assert!(!supports(&two));
         let data = noise(4, 64, 3, 1);
         let c = cfg(Work::Steps(1), 2, Optimizer::Adam { lr: 1e-3 }, 0.0);

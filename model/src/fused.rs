@@ -289,11 +289,22 @@ mod tests {
             let (ours, theirs) = (op(true), op(false));
             assert!(max_diff(&ours, &theirs) < 1e-5, "{name}");
             let g1 = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (&theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&theirs * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             for t in inputs {
                 let (a, b) = (g1.get(t).unwrap(), g2.get(t).unwrap());
                 assert_eq!(a.dims(), t.dims(), "{name}");
-                let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let scale = b
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert!(scale > 1e-3, "{name}: gradient {scale}");
                 assert!(max_diff(a, b) < 1e-4 * scale.max(1.0), "{name}: gradient");
             }

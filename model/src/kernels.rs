@@ -354,9 +354,8 @@ mod tests {
             },
         ] {
             let mut rng = crate::rng::Rng::seed(4);
-            let mut r = |n: usize| -> Vec<f32> {
-                (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect()
-            };
+            let mut r =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect() };
             let (image, weight) = (r(g.image()), r(g.patch()));
             // Two images side by side: the second at column offset pix.
             let (pix, ld) = (g.pixels(), 2 * g.pixels());
@@ -376,7 +375,11 @@ mod tests {
                 )
                 .unwrap();
             let want = direct(&g, &image, &weight);
-            for (a, b) in out[pix..].iter().chain(&out[..pix]).zip(want.iter().cycle()) {
+            for (a, b) in out[pix..]
+                .iter()
+                .chain(&out[..pix])
+                .zip(want.iter().cycle())
+            {
                 assert!((a - b).abs() < 1e-5, "{a} vs {b}");
             }
             // <im2col(x), c> = <x, col2im(c)> for any c.

@@ -223,7 +223,12 @@ mod tests {
             g.to_vec1::<f32>().unwrap()
         };
         // d(sum of maxima)/dx: 1 at each window's maximum, 0 elsewhere (and in the remainder).
-        let x = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x = v
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let mut want = vec![0.0f32; 50];
         for ch in 0..2 {
             for py in 0..2 {
