@@ -55,6 +55,8 @@ else
   cnn_steps=30; lm_steps=10; repeat=3
 fi
 
+# What was measured, taken before the run.
+commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- model scripts Cargo.toml || echo ' (with uncommitted changes)')"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 export RAYON_NUM_THREADS=1
@@ -67,7 +69,7 @@ for round in $(seq "$rounds"); do
 done
 
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- model scripts || echo ' (with uncommitted changes)')"
+echo "commit: $commit"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//') ($(nproc) cores)"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "torch: $("$venv/bin/python" -c 'import torch; print(torch.__version__)'); cohort examples: $profile profile"
