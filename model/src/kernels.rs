@@ -207,6 +207,51 @@ impl ConvGeom {
         }
     }
 
+    /// The column of the column matrix for output pixel `p` (`patch` values, row order
+    /// `(ci, ky, kx)`) of `image`, into `out`.
+    pub fn gather(&self, image: &[f32], p: usize, out: &mut [f32]) {
+        let (h, w, k, pad) = (self.h, self.w, self.k, self.k / 2);
+        let (y, x) = (p / w, p % w);
+        let (x0, x1) = (x.saturating_sub(pad), (x + pad + 1).min(w));
+        let skip = x0 + pad - x;
+        for ci in 0..self.cin {
+            for ky in 0..k {
+                let row = &mut out[(ci * k + ky) * k..(ci * k + ky + 1) * k];
+                let sy = y + ky;
+                if sy < pad || sy - pad >= h {
+                    row.fill(0.0);
+                    continue;
+                }
+                let src = &image[(ci * h + sy - pad) * w..(ci * h + sy - pad + 1) * w];
+                row.fill(0.0);
+                for (d, v) in row[skip..].iter_mut().zip(&src[x0..x1]) {
+                    *d = *v;
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`ConvGeom::gather`]: adds `col` onto the pixels of `image` it came from.
+    pub fn scatter_add(&self, col: &[f32], p: usize, image: &mut [f32]) {
+        let (h, w, k, pad) = (self.h, self.w, self.k, self.k / 2);
+        let (y, x) = (p / w, p % w);
+        let (x0, x1) = (x.saturating_sub(pad), (x + pad + 1).min(w));
+        let skip = x0 + pad - x;
+        for ci in 0..self.cin {
+            for ky in 0..k {
+                let sy = y + ky;
+                if sy < pad || sy - pad >= h {
+                    continue;
+                }
+                let row = &col[(ci * k + ky) * k + skip..(ci * k + ky) * k + skip + x1 - x0];
+                let dst = &mut image[(ci * h + sy - pad) * w + x0..(ci * h + sy - pad) * w + x1];
+                for (d, v) in dst.iter_mut().zip(row) {
+                    *d += v;
+                }
+            }
+        }
+    }
+
     /// The adjoint of [`ConvGeom::im2col`]: adds every column-matrix entry back onto the input
     /// pixel it was copied from; `image` is overwritten.
     pub fn col2im(&self, cols: &[f32], ld: usize, off: usize, image: &mut [f32]) {
@@ -393,6 +438,23 @@ mod tests {
                 .sum();
             let rhs: f32 = image.iter().zip(&back).map(|(a, b)| a * b).sum();
             assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
+            // gather is one column of im2col; scatter_add the col2im of that column alone.
+            let mut col = vec![f32::NAN; g.patch()];
+            for p in 0..pix {
+                g.gather(&image, p, &mut col);
+                for (row, v) in col.iter().enumerate() {
+                    assert_eq!(*v, cols[row * ld + pix + p], "pixel {p} row {row}");
+                }
+                let mut one = vec![0.0; g.patch() * pix];
+                for (row, v) in c[..g.patch()].iter().enumerate() {
+                    one[row * pix + p] = *v;
+                }
+                let mut want = vec![0.0; g.image()];
+                g.col2im(&one, pix, 0, &mut want);
+                let mut got = vec![0.0; g.image()];
+                g.scatter_add(&c[..g.patch()], p, &mut got);
+                assert_eq!(got, want, "pixel {p}");
+            }
         }
     }
 
