@@ -8,8 +8,10 @@
 //! product per group of images ([`crate::kernels`], candle's own `gemm` kernel, writing into
 //! reused buffers); bias, ReLU and the max pool are one loop that records each output's argmax,
 //! so the backward pass scatters each pooled gradient to one pixel (zero where the ReLU was off)
-//! without keeping the convolution's output; the weight gradient is one more product with the
-//! recomputed column matrix and the input gradient a product and a col2im. Every tensor is
+//! without keeping the convolution's output. For a pooled stage only those pixels' gradients are
+//! nonzero, so its backward pass works on them alone ([`Net::pooled_stage_backward`]); for a stage
+//! without pooling the weight gradient is one more product with the recomputed column matrix and
+//! the input gradient a product and a col2im. Every tensor is
 //! updated in place by the optimiser of [`crate::fast`] as soon as its gradient exists and the
 //! backward pass no longer needs it. Parameter names, shapes and order are the model's
 //! ([`crate::net`]): only the way the gradient is computed changes, and the tests below hold it to
