@@ -12,7 +12,8 @@
 //! Times are this thread's CPU time (`/proc/thread-self/schedstat`, nanoseconds) when it can be
 //! read, else wall-clock time: on a shared machine the wall clock also counts the time other
 //! processes hold the core, and with one candle thread the CPU time is the step's own cost. Both
-//! are printed for the whole-step figure.
+//! are printed for the whole-step figure, and the CPU-time one again as `RESULT candle transformer
+//! <batch> tokens/s <rate> <ms per step>` for `scripts/speed-vs-torch.sh`.
 //!
 //! `--threads T` sets `RAYON_NUM_THREADS` before anything runs (candle's CPU matmul reads it on
 //! every product; see `train_speed.rs`); T = 1 is comparable with PyTorch under
@@ -120,6 +121,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             args.batch as f64 / per_step
         );
     }
+    let per_step = best_cpu / args.steps as f64;
+    println!(
+        "RESULT candle transformer {} tokens/s {:.1} {:.2}",
+        args.batch,
+        tokens_per_step as f64 / per_step,
+        per_step * 1e3
+    );
     // The same step, timed by phase.
     let mut opt = AdamW::new(
         m.vars().to_vec(),

@@ -185,7 +185,7 @@ const BETA2: f64 = 0.999;
 const EPS: f32 = 1e-8;
 
 /// The optimiser over the flat parameters (training layout), with FedProx's pull to the start.
-struct Optim {
+pub(crate) struct Optim {
     update: Update,
     /// FedProx: `mu` and the starting point.
     prox: Option<(f32, Vec<f32>)>,
@@ -194,7 +194,7 @@ struct Optim {
 }
 
 impl Optim {
-    fn new(cfg: &TrainConfig, start: &[f32]) -> Self {
+    pub(crate) fn new(cfg: &TrainConfig, start: &[f32]) -> Self {
         let n = start.len();
         let update = match cfg.optimizer {
             Optimizer::Sgd { lr, momentum } if momentum > 0.0 => Update::Momentum {
@@ -221,7 +221,7 @@ impl Optim {
     }
 
     /// Called once per step before the first [`Optim::apply`].
-    fn begin_step(&mut self) {
+    pub(crate) fn begin_step(&mut self) {
         if let Update::Adam {
             step,
             scale_m,
@@ -236,7 +236,7 @@ impl Optim {
     }
 
     /// Updates `params[off..off + grad.len()]` with the loss gradient `grad`, in place.
-    fn apply(&mut self, params: &mut [f32], off: usize, grad: &[f32]) {
+    pub(crate) fn apply(&mut self, params: &mut [f32], off: usize, grad: &[f32]) {
         let n = grad.len();
         let w = &mut params[off..off + n];
         match &self.prox {
@@ -307,7 +307,7 @@ fn update(u: &mut Update, w: &mut [f32], off: usize, g: &[f32]) {
 /// logits with the loss gradient scaled by `grad_scale`: `(softmax - onehot) * grad_scale`, which
 /// is the mean loss's gradient for `grad_scale = 1 / batch` and each example's own loss gradient
 /// (row by row) for `grad_scale = 1`.
-fn softmax_cross_entropy(
+pub(crate) fn softmax_cross_entropy(
     logits: &mut [f32],
     labels: &[u8],
     classes: usize,
@@ -714,7 +714,7 @@ impl candle_core::InplaceOp1 for Overwrite<'_> {
 }
 
 /// Writes canonical flat parameters into `model`'s variables in place, without reallocating.
-fn write_vars(model: &Model, flat: &[f32]) -> Result<()> {
+pub(crate) fn write_vars(model: &Model, flat: &[f32]) -> Result<()> {
     let mut off = 0;
     for v in model.vars() {
         let n = v.elem_count();

@@ -12,14 +12,39 @@ const K: f32 = 0.797_884_6;
 /// The cubic term's coefficient.
 const C: f32 = 0.044_715;
 
+/// `tanh(x)` as a rational function (Eigen's and PyTorch's vectorised `tanh` for `f32`: a degree
+/// 13/6 minimax fit on `[-7.9, 7.9]`, exactly +-1 in `f32` beyond), a few ulp from libm's `tanhf`
+/// and without its call and `expm1f`, which were 15% of the transformer's step.
+fn tanh(x: f32) -> f32 {
+    const CLAMP: f32 = 7.905_311;
+    const A: [f32; 7] = [
+        4.893_524_6e-3,
+        6.372_619_3e-4,
+        1.485_722_4e-5,
+        5.122_297e-8,
+        -8.604_672e-11,
+        2.000_188e-13,
+        -2.760_768_5e-16,
+    ];
+    const B: [f32; 4] = [4.893_525e-3, 2.268_434_6e-3, 1.185_347_1e-4, 1.198_258_4e-6];
+    if x.abs() < 4e-4 {
+        return x;
+    }
+    let x = x.clamp(-CLAMP, CLAMP);
+    let x2 = x * x;
+    let p = A.iter().rev().fold(0.0, |acc, a| acc * x2 + a) * x;
+    let q = B.iter().rev().fold(0.0, |acc, b| acc * x2 + b);
+    p / q
+}
+
 /// `0.5 x (1 + tanh(K (x + C x^3)))`.
 fn value(x: f32) -> f32 {
-    0.5 * x * (1.0 + (K * (x + C * x * x * x)).tanh())
+    0.5 * x * (1.0 + tanh(K * (x + C * x * x * x)))
 }
 
 /// d/dx of [`value`]: `0.5 (1 + t) + 0.5 x (1 - t^2) K (1 + 3 C x^2)`, `t = tanh(K (x + C x^3))`.
 fn slope(x: f32) -> f32 {
-    let t = (K * (x + C * x * x * x)).tanh();
+    let t = tanh(K * (x + C * x * x * x));
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * C * x * x)
 }
 
@@ -106,6 +131,21 @@ pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn the_rational_tanh_is_within_a_few_ulp_of_libms() {
+        let mut worst = 0.0f32;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 1e-4;
+            let (ours, libm) = (tanh(x), x.tanh());
+            worst = worst.max((ours - libm).abs() / libm.abs().max(f32::MIN_POSITIVE));
+            assert!(ours.abs() <= 1.0, "{x}");
+        }
+        assert!(worst < 4.0 * f32::EPSILON, "relative error {worst}");
+        assert_eq!(tanh(50.0), 1.0);
+        assert_eq!(tanh(-1e30), -1.0);
+        assert_eq!(tanh(0.0), 0.0);
+    }
 
     #[test]
     fn matches_candles_gelu_and_its_gradient() {

@@ -153,7 +153,7 @@ impl Model {
                     h.reshape((b, *c, *height, *width))?
                 }
                 Step::Conv(conv) => conv.forward(&h)?.relu()?,
-                Step::MaxPool(size) => h.max_pool2d(*size)?,
+                Step::MaxPool(size) => max_pool(&h, *size)?,
                 Step::Flatten => h.flatten_from(1)?,
                 Step::Dense(fc, true) => fc.forward(&h)?.relu()?,
                 Step::Dense(fc, false) => fc.forward(&h)?,
@@ -184,9 +184,77 @@ impl Model {
     }
 }
 
+/// Max pooling of `[batch, channels, height, width]` with window and stride `size` (the remainder
+/// rows and columns dropped), as candle's `max_pool2d`, but with the gradient of the maximum:
+/// each window's output gradient goes to its maximum (to each of tied maxima). candle 0.11's own
+/// `max_pool2d` backward multiplies it by the share of the window that holds the maximum (1/4 for
+/// the one maximum of a 2x2 window) and maps the remainder rows wrongly; here the pool is a
+/// reshape and two `max` reductions, whose backward is exact.
+fn max_pool(h: &Tensor, size: usize) -> Result<Tensor> {
+    let (b, c, height, width) = h.dims4()?;
+    let (oh, ow) = (height / size, width / size);
+    let h = h
+        .narrow(2, 0, oh * size)?
+        .narrow(3, 0, ow * size)?
+        .contiguous()?
+        .reshape((b, c, oh, size, ow, size))?;
+    Ok(h.max(5)?.max(3)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_pool_is_candles_forward_with_the_gradient_of_the_maximum() {
+        let dev = Device::Cpu;
+        // 1 x 2 x 5 x 5: windows of 2 leave a row and a column over; all values distinct.
+        let xs: Vec<f32> = (0..50).map(|i| ((i * 37) % 50) as f32 - 20.0).collect();
+        let v = Var::from_vec(xs, (1, 2, 5, 5), &dev).unwrap();
+        let ours = max_pool(v.as_tensor(), 2).unwrap();
+        let theirs = v.as_tensor().max_pool2d(2).unwrap();
+        assert_eq!(
+            ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        let grad = |y: &Tensor| {
+            let g = y.sum_all().unwrap().backward().unwrap();
+            let g = g.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+            g.to_vec1::<f32>().unwrap()
+        };
+        // d(sum of maxima)/dx: 1 at each window's maximum, 0 elsewhere (and in the remainder).
+        let x = v
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut want = vec![0.0f32; 50];
+        for ch in 0..2 {
+            for py in 0..2 {
+                for px in 0..2 {
+                    let at = (0..4)
+                        .map(|i| ch * 25 + (py * 2 + i / 2) * 5 + px * 2 + i % 2)
+                        .max_by(|&a, &b| x[a].total_cmp(&x[b]))
+                        .unwrap();
+                    want[at] = 1.0;
+                }
+            }
+        }
+        assert_eq!(grad(&ours), want);
+        // candle's own backward does not (this test notices when that changes); on a 2x2 input,
+        // where no remainder is dropped, it gives a quarter of it.
+        assert_ne!(grad(&theirs), want);
+        let w = Var::from_vec(vec![1.0f32, 4.0, 3.0, 2.0], (1, 1, 2, 2), &dev).unwrap();
+        for (y, g) in [
+            (max_pool(w.as_tensor(), 2).unwrap(), 1.0),
+            (w.as_tensor().max_pool2d(2).unwrap(), 0.25),
+        ] {
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            let got = grads.get(w.as_tensor()).unwrap().flatten_all().unwrap();
+            assert_eq!(got.to_vec1::<f32>().unwrap(), [0.0, g, 0.0, 0.0]);
+        }
+    }
 
     #[test]
     fn flat_round_trip_and_forward_shapes() {

@@ -1,5 +1,6 @@
-//! Local training and evaluation with candle. The MLPs train through the hand-written pass of
-//! [`crate::fast`] on the CPU, everything else through candle's autograd.
+//! Local training and evaluation with candle. On the CPU the MLPs train through the hand-written
+//! pass of [`crate::fast`] and the CNNs through [`crate::fast_cnn`] (but under DP-SGD); everything
+//! else through candle's autograd.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -153,9 +154,10 @@ pub fn batch_tensors(data: &Dataset, idx: &[usize], device: &Device) -> Result<(
 
 /// Trains a copy of `global` on `data` and returns the delta. The batch order comes from `rng`.
 ///
-/// The MLP kinds on the CPU take the hand-written forward and backward pass in [`crate::fast`];
-/// everything else takes candle's autograd ([`train_model_autograd`]). With `cfg.dp_sgd` set this
-/// fails with [`Error::DpSgdWithoutSecret`]: use [`train_local_with_noise`].
+/// The MLP kinds on the CPU take the hand-written forward and backward pass in [`crate::fast`],
+/// the CNNs (without DP-SGD) the one in [`crate::fast_cnn`]; everything else takes candle's
+/// autograd ([`train_model_autograd`]). With `cfg.dp_sgd` set this fails with
+/// [`Error::DpSgdWithoutSecret`]: use [`train_local_with_noise`].
 pub fn train_local(
     kind: &ModelSpec,
     global: &[f32],
@@ -185,6 +187,10 @@ pub fn train_local_with_noise(
     let (mean_loss, steps, trained) = if device.is_cpu() && crate::fast::supports(kind) {
         let mut params = global.to_vec();
         let (loss, steps) = crate::fast::train(kind, &mut params, data, cfg, rng, noise, None)?;
+        (loss, steps, params)
+    } else if device.is_cpu() && cfg.dp_sgd.is_none() && crate::fast_cnn::supports(kind) {
+        let mut params = global.to_vec();
+        let (loss, steps) = crate::fast_cnn::train(kind, &mut params, data, cfg, rng, None)?;
         (loss, steps, params)
     } else {
         let model = Model::new(kind, global, device)?;
@@ -337,9 +343,10 @@ impl OptState {
 }
 
 /// Trains `model` in place; returns (mean loss, steps). `progress` is called after every step with
-/// (step, total steps) for progress bars. The MLP kinds on the CPU take the fast path
-/// ([`crate::fast`]), the rest candle's autograd ([`train_model_autograd`]). With `cfg.dp_sgd`
-/// set this fails with [`Error::DpSgdWithoutSecret`]: use [`train_model_with_noise`].
+/// (step, total steps) for progress bars. The MLP and CNN kinds on the CPU take the fast paths
+/// ([`crate::fast`], [`crate::fast_cnn`]), the rest candle's autograd ([`train_model_autograd`]).
+/// With `cfg.dp_sgd` set this fails with [`Error::DpSgdWithoutSecret`]: use
+/// [`train_model_with_noise`].
 pub fn train_model(
     model: &Model,
     data: &Dataset,
@@ -360,10 +367,13 @@ pub fn train_model_with_noise(
     progress: Option<&mut dyn FnMut(usize, usize)>,
 ) -> Result<(f32, usize)> {
     let on_cpu = model.vars().first().is_none_or(|v| v.device().is_cpu());
-    if !(on_cpu && crate::fast::supports(model.spec())) {
-        return train_model_autograd(model, data, cfg, rng, noise, progress);
+    if on_cpu && crate::fast::supports(model.spec()) {
+        return crate::fast::train_model(model, data, cfg, rng, noise, progress);
     }
-    crate::fast::train_model(model, data, cfg, rng, noise, progress)
+    if on_cpu && cfg.dp_sgd.is_none() && crate::fast_cnn::supports(model.spec()) {
+        return crate::fast_cnn::train_model(model, data, cfg, rng, progress);
+    }
+    train_model_autograd(model, data, cfg, rng, noise, progress)
 }
 
 /// [`train_model`] on candle's autograd for every model kind: the reference the fast path is

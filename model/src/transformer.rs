@@ -4,11 +4,11 @@
 //! canonical parameter order is the names sorted, as for the models of [`crate::net`], so its
 //! parameters flatten to one `Vec<f32>` that the network can hash, encode and aggregate.
 //!
-//! Layer norms run through candle's composite (differentiable) ops: `candle_nn::LayerNorm`'s
-//! fused kernel and `softmax_last_dim` have no backward pass, so gradients would silently stop
-//! there.
+//! Layer norms and the attention softmax run through [`crate::fused`] (one pass each way, same
+//! values as candle's differentiable compositions): `candle_nn::LayerNorm`'s fused kernel and
+//! `softmax_last_dim` have no backward pass, so gradients would silently stop there.
 
-use candle_core::{D, DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{Embedding, Linear, VarBuilder, VarMap};
 
 use crate::error::{Error, Result, parse_err};
@@ -202,12 +202,7 @@ impl Norm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm_slow(
-            x,
-            &self.weight,
-            &self.bias,
-            1e-5,
-        )?)
+        Ok(crate::fused::layer_norm(x, &self.weight, &self.bias, 1e-5)?)
     }
 }
 
@@ -247,7 +242,7 @@ impl Block {
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let att = candle_nn::ops::softmax(&att.broadcast_add(mask)?, D::Minus1)?;
+        let att = crate::fused::softmax_last_dim(&att.broadcast_add(mask)?)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
         let x = (x + self.proj.forward(&y)?)?;
         let h = crate::gelu::gelu(&self.fc.forward(&self.ln2.forward(&x)?)?)?;

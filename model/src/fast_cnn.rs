@@ -1,0 +1,907 @@
+//! Local training of the CNNs (McMahan et al.'s preset and declared ones: convolution stages of
+//! conv-ReLU with an optional max pool, then dense layers) without autograd, as [`crate::fast`]
+//! does for the MLPs: a hand-written forward and backward pass over one flat parameter vector and
+//! buffers reused from step to step.
+//!
+//! Where candle's autograd step went (`perf record -g`, the CNN preset, batch 32, one thread):
+//! see BENCHMARKS.md ("What profiling changed"). Here a convolution is im2col + one matrix
+//! product per group of images ([`crate::kernels`], candle's own `gemm` kernel, writing into
+//! reused buffers); bias, ReLU and the max pool are one loop that records each output's argmax,
+//! so the backward pass scatters each pooled gradient to one pixel (zero where the ReLU was off)
+//! without keeping the convolution's output. For a pooled stage only those pixels' gradients are
+//! nonzero, so its backward pass works on them alone ([`Net::pooled_stage_backward`]); for a stage
+//! without pooling the weight gradient is one more product with the recomputed column matrix and
+//! the input gradient a product and a col2im. Every tensor is
+//! updated in place by the optimiser of [`crate::fast`] as soon as its gradient exists and the
+//! backward pass no longer needs it. Parameter names, shapes and order are the model's
+//! ([`crate::net`]): only the way the gradient is computed changes, and the tests below hold it to
+//! candle's autograd gradient of the same [`Model`] within 1e-4.
+//!
+//! DP-SGD is not implemented here: with `cfg.dp_sgd` set the CNN trains on autograd
+//! ([`crate::train::train_model_autograd_dp`]).
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::fast::{Optim, softmax_cross_entropy, write_vars};
+use crate::kernels::{ConvGeom, Gemm, Mat, internal, relu_pool};
+use crate::net::{Model, ModelSpec};
+use crate::rng::Rng;
+use crate::spec::Op;
+use crate::train::{Batches, TrainConfig, check_data};
+
+/// One convolution stage: a `k x k` convolution (stride 1, same padding) from `cin` to `cout`
+/// channels on `h x w` images, its bias, a ReLU, and max pooling with window and stride `pool`
+/// (1: none).
+#[derive(Debug, Clone, Copy)]
+struct Stage {
+    geom: ConvGeom,
+    cout: usize,
+    pool: usize,
+    /// Offsets of `weight` (`[cout, cin, k, k]`, i.e. `cout x patch` row-major) and `bias`.
+    weight: usize,
+    bias: usize,
+}
+
+impl Stage {
+    /// Pooled outputs per output channel.
+    fn pooled_pixels(&self) -> usize {
+        (self.geom.h / self.pool) * (self.geom.w / self.pool)
+    }
+
+    /// Values of one image's output.
+    fn out_len(&self) -> usize {
+        self.cout * self.pooled_pixels()
+    }
+
+    /// Images per matrix product: the column matrix of a group stays within about 1 MB (a few
+    /// images for the preset's first convolution, one for its second).
+    fn group(&self, b: usize) -> usize {
+        (GROUP_FLOATS / (self.geom.patch() * self.geom.pixels()).max(1)).clamp(1, b.max(1))
+    }
+}
+
+/// Floats of column matrix per group (1 MB).
+const GROUP_FLOATS: usize = 1 << 18;
+
+/// A dense layer `out x inp` with its bias; a ReLU follows all but the last.
+#[derive(Debug, Clone, Copy)]
+struct Dense {
+    inp: usize,
+    out: usize,
+    weight: usize,
+    bias: usize,
+}
+
+/// The layers of a supported CNN, read off its ops and canonical layout.
+#[derive(Debug, Clone)]
+struct Plan {
+    stages: Vec<Stage>,
+    dense: Vec<Dense>,
+}
+
+/// The stages and dense layers of `kind`, or `None` when its ops are not
+/// `ToImage, (Conv, [MaxPool])+, Flatten, Dense+`.
+fn plan(kind: &ModelSpec) -> Option<Plan> {
+    if kind.custom_recipe().is_some() || kind.lm_config().is_some() {
+        return None;
+    }
+    let mut offsets = std::collections::HashMap::new();
+    let mut off = 0;
+    for spec in kind.layout() {
+        let n = spec.numel();
+        offsets.insert(spec.name, (off, spec.shape));
+        off += n;
+    }
+    let at = |name: &str, shape: &[usize]| -> Option<usize> {
+        let (o, s) = offsets.get(name)?;
+        (s.as_slice() == shape).then_some(*o)
+    };
+    let ops = kind.ops().ok()?;
+    let mut it = ops.into_iter().peekable();
+    let Some(Op::ToImage {
+        channels,
+        height,
+        width,
+    }) = it.next()
+    else {
+        return None;
+    };
+    let (mut c, mut h, mut w) = (channels, height, width);
+    let mut stages = Vec::new();
+    while let Some(Op::Conv {
+        name,
+        cin,
+        cout,
+        kernel,
+    }) = it.next_if(|op| matches!(op, Op::Conv { .. }))
+    {
+        // Argmax indices are u32 within one image's convolution output.
+        if cin != c || kernel % 2 == 0 || u32::try_from(cout * h * w).is_err() {
+            return None;
+        }
+        let pool = match it.next_if(|op| matches!(op, Op::MaxPool { .. })) {
+            Some(Op::MaxPool { size }) if size >= 1 && size <= h && size <= w => size,
+            Some(_) => return None,
+            None => 1,
+        };
+        stages.push(Stage {
+            geom: ConvGeom {
+                cin,
+                h,
+                w,
+                k: kernel,
+            },
+            cout,
+            pool,
+            weight: at(&format!("{name}.weight"), &[cout, cin, kernel, kernel])?,
+            bias: at(&format!("{name}.bias"), &[cout])?,
+        });
+        (c, h, w) = (cout, h / pool, w / pool);
+    }
+    if stages.is_empty() || it.next() != Some(Op::Flatten) {
+        return None;
+    }
+    let mut inp = c * h * w;
+    let mut dense = Vec::new();
+    let rest: Vec<Op> = it.collect();
+    let count = rest.len();
+    for (i, op) in rest.into_iter().enumerate() {
+        let Op::Dense {
+            name,
+            inp: i_n,
+            out,
+            relu,
+        } = op
+        else {
+            return None;
+        };
+        if i_n != inp || relu != (i + 1 < count) {
+            return None;
+        }
+        dense.push(Dense {
+            inp,
+            out,
+            weight: at(&format!("{name}.weight"), &[out, inp])?,
+            bias: at(&format!("{name}.bias"), &[out])?,
+        });
+        inp = out;
+    }
+    (!dense.is_empty() && inp == kind.classes() && off == kind.num_params())
+        .then_some(Plan { stages, dense })
+}
+
+/// Whether [`train`] handles `kind` (DP-SGD aside).
+pub fn supports(kind: &ModelSpec) -> bool {
+    plan(kind).is_some()
+}
+
+/// Buffers, sized for the largest batch and reused by every step.
+struct Net {
+    plan: Plan,
+    gemm: Gemm,
+    /// The flat parameters, canonical order.
+    params: Vec<f32>,
+    /// The input batch `[b, features]` and its labels.
+    x: Vec<f32>,
+    labels: Vec<u8>,
+    /// Per stage: the pooled outputs `[b, cout, h/p, w/p]` and each one's argmax, an index into
+    /// its image's `[cout, h, w]` convolution output.
+    pooled: Vec<Vec<f32>>,
+    argmax: Vec<Vec<u32>>,
+    /// Post-ReLU outputs of the dense layers but the last, `[b, out]`.
+    hidden: Vec<Vec<f32>>,
+    /// A group's column matrix (forward), or its gradient (backward).
+    cols: Vec<f32>,
+    /// A group's convolution output, or its gradient.
+    conv: Vec<f32>,
+    /// The gradient being backpropagated (`up`) and the one below it (`down`), `[b, width]`.
+    up: Vec<f32>,
+    down: Vec<f32>,
+    /// A weight's and a bias's gradient.
+    grad: Vec<f32>,
+    bias_grad: Vec<f32>,
+    /// A pooled stage's nonzero output gradients of one image: (pixel, channel, value).
+    nonzero: Vec<(u32, u32, f32)>,
+}
+
+impl Net {
+    fn new(plan: Plan, params: Vec<f32>, batch: usize, features: usize) -> Self {
+        let mut cols = 0;
+        let mut conv = 0;
+        for s in &plan.stages {
+            let g = s.group(batch);
+            cols = cols.max(s.geom.patch() * s.geom.pixels() * g);
+            conv = conv.max(s.cout * s.geom.pixels() * g);
+        }
+        let widest = plan
+            .stages
+            .iter()
+            .map(|s| s.geom.image().max(s.out_len()))
+            .chain(plan.dense.iter().map(|d| d.inp.max(d.out)))
+            .max()
+            .unwrap_or(0);
+        let weights = plan
+            .stages
+            .iter()
+            .map(|s| s.cout * s.geom.patch())
+            .chain(plan.dense.iter().map(|d| d.out * d.inp))
+            .max()
+            .unwrap_or(0);
+        Net {
+            pooled: plan
+                .stages
+                .iter()
+                .map(|s| vec![0.0; batch * s.out_len()])
+                .collect(),
+            argmax: plan
+                .stages
+                .iter()
+                .map(|s| vec![0; batch * s.out_len()])
+                .collect(),
+            hidden: plan
+                .dense
+                .iter()
+                .map(|d| vec![0.0; batch * d.out])
+                .collect(),
+            plan,
+            gemm: Gemm::new(),
+            params,
+            x: vec![0.0; batch * features],
+            labels: vec![0; batch],
+            cols: vec![0.0; cols],
+            conv: vec![0.0; conv],
+            up: vec![0.0; batch * widest],
+            down: vec![0.0; batch * widest],
+            grad: vec![0.0; weights],
+            bias_grad: Vec::new(),
+            nonzero: Vec::new(),
+        }
+    }
+
+    /// Copies the records `idx` of `data` into the first rows of `x` and `labels`.
+    fn load(&mut self, data: &Dataset, idx: &[usize]) -> Result<()> {
+        let f = data.features;
+        if self.x.len() < idx.len() * f || self.labels.len() < idx.len() {
+            return Err(internal(format!(
+                "batch of {} beyond the buffers",
+                idx.len()
+            )));
+        }
+        for ((row, label), &i) in self.x.chunks_exact_mut(f).zip(&mut self.labels).zip(idx) {
+            data.row_into(i, row);
+            *label = data.y[i];
+        }
+        Ok(())
+    }
+
+    /// Forward pass of stage `s` over `b` images.
+    fn stage_forward(&mut self, s: usize, b: usize) -> Result<()> {
+        let st = self.plan.stages[s];
+        let g = st.geom;
+        let (pix, patch, img, out_len) = (g.pixels(), g.patch(), g.image(), st.out_len());
+        let opix = st.pooled_pixels();
+        let (below, rest) = self.pooled.split_at_mut(s);
+        let input: &[f32] = match below.last() {
+            Some(p) => p,
+            None => &self.x,
+        };
+        let pooled = &mut rest[0];
+        let argmax = &mut self.argmax[s];
+        let weight = &self.params[st.weight..st.weight + st.cout * patch];
+        let bias = &self.params[st.bias..st.bias + st.cout];
+        let group = st.group(b);
+        for g0 in (0..b).step_by(group) {
+            let gn = group.min(b - g0);
+            let ld = gn * pix;
+            for i in 0..gn {
+                let n = g0 + i;
+                g.im2col(&input[n * img..(n + 1) * img], &mut self.cols, ld, i * pix);
+            }
+            self.gemm.run(
+                &mut self.conv,
+                Mat::rows(st.cout, ld),
+                false,
+                weight,
+                Mat::rows(st.cout, patch),
+                &self.cols,
+                Mat::rows(patch, ld),
+            )?;
+            for i in 0..gn {
+                let n = g0 + i;
+                for (c, &bc) in bias.iter().enumerate() {
+                    let o = n * out_len + c * opix;
+                    relu_pool(
+                        &self.conv[c * ld + i * pix..c * ld + (i + 1) * pix],
+                        g.h,
+                        g.w,
+                        st.pool,
+                        bc,
+                        &mut pooled[o..o + opix],
+                        &mut argmax[o..o + opix],
+                        (c * pix) as u32,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward pass of dense layer `l` over `b` rows; the last layer's logits go to `up`.
+    fn dense_forward(&mut self, l: usize, b: usize) -> Result<()> {
+        let d = self.plan.dense[l];
+        let last = l + 1 == self.plan.dense.len();
+        let (below, rest) = self.hidden.split_at_mut(l);
+        let input: &[f32] = match below.last() {
+            Some(h) => h,
+            None => self.pooled.last().ok_or_else(|| internal("no stages"))?,
+        };
+        let out: &mut [f32] = if last { &mut self.up } else { &mut rest[0] };
+        self.gemm.run(
+            out,
+            Mat::rows(b, d.out),
+            false,
+            input,
+            Mat::rows(b, d.inp),
+            &self.params[d.weight..d.weight + d.out * d.inp],
+            Mat::rows(d.out, d.inp).t(),
+        )?;
+        let bias = &self.params[d.bias..d.bias + d.out];
+        for row in out[..b * d.out].chunks_exact_mut(d.out) {
+            for (v, bb) in row.iter_mut().zip(bias) {
+                *v = if last { *v + bb } else { (*v + bb).max(0.0) };
+            }
+        }
+        Ok(())
+    }
+
+    /// The bias gradient: column sums of `dz` (`b x width`).
+    fn sum_rows(&mut self, dz_is_up: bool, b: usize, width: usize) {
+        self.bias_grad.clear();
+        self.bias_grad.resize(width, 0.0);
+        let dz = if dz_is_up { &self.up } else { &self.down };
+        for row in dz[..b * width].chunks_exact(width) {
+            for (s, v) in self.bias_grad.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+    }
+
+    /// Backward pass of dense layer `l` from its output gradient in `up`: `down` gets the input
+    /// gradient (masked by the ReLU of the layer below, for `l > 0`); then the layer updates.
+    fn dense_backward(&mut self, l: usize, b: usize, opt: &mut Optim) -> Result<()> {
+        let d = self.plan.dense[l];
+        let w = d.weight..d.weight + d.out * d.inp;
+        let input: &[f32] = match l.checked_sub(1) {
+            Some(h) => &self.hidden[h],
+            None => self.pooled.last().ok_or_else(|| internal("no stages"))?,
+        };
+        // dA = dZ W, before W changes.
+        self.gemm.run(
+            &mut self.down,
+            Mat::rows(b, d.inp),
+            false,
+            &self.up,
+            Mat::rows(b, d.out),
+            &self.params[w.clone()],
+            Mat::rows(d.out, d.inp),
+        )?;
+        if l > 0 {
+            for (g, a) in self.down[..b * d.inp].iter_mut().zip(input) {
+                if *a <= 0.0 {
+                    *g = 0.0;
+                }
+            }
+        }
+        // dW = dZ^T A.
+        self.gemm.run(
+            &mut self.grad,
+            Mat::rows(d.out, d.inp),
+            false,
+            &self.up,
+            Mat::rows(b, d.out).t(),
+            input,
+            Mat::rows(b, d.inp),
+        )?;
+        opt.apply(&mut self.params, d.weight, &self.grad[..d.out * d.inp]);
+        self.sum_rows(true, b, d.out);
+        opt.apply(&mut self.params, d.bias, &self.bias_grad);
+        Ok(())
+    }
+
+    /// Backward pass of stage `s` from the gradient of its pooled output in `up`: `down` gets
+    /// its input's gradient (not for the first stage); then the stage updates.
+    fn stage_backward(&mut self, s: usize, b: usize, opt: &mut Optim) -> Result<()> {
+        let st = self.plan.stages[s];
+        if st.pool > 1 {
+            return self.pooled_stage_backward(s, b, opt);
+        }
+        let g = st.geom;
+        let (pix, patch, img, out_len) = (g.pixels(), g.patch(), g.image(), st.out_len());
+        let input: &[f32] = match s.checked_sub(1) {
+            Some(p) => &self.pooled[p],
+            None => &self.x,
+        };
+        let (pooled, argmax) = (&self.pooled[s], &self.argmax[s]);
+        let weight = &self.params[st.weight..st.weight + st.cout * patch];
+        self.bias_grad.clear();
+        self.bias_grad.resize(st.cout, 0.0);
+        let group = st.group(b);
+        for (k, g0) in (0..b).step_by(group).enumerate() {
+            let gn = group.min(b - g0);
+            let ld = gn * pix;
+            // The convolution's output gradient: each pooled gradient at its argmax where the
+            // ReLU passed it, zero elsewhere.
+            self.conv[..st.cout * ld].fill(0.0);
+            for i in 0..gn {
+                let n = g0 + i;
+                let rows = n * out_len..(n + 1) * out_len;
+                for ((&v, &at), &dv) in pooled[rows.clone()]
+                    .iter()
+                    .zip(&argmax[rows.clone()])
+                    .zip(&self.up[rows])
+                {
+                    if v > 0.0 {
+                        let (c, p) = (at as usize / pix, at as usize % pix);
+                        self.conv[c * ld + i * pix + p] = dv;
+                        self.bias_grad[c] += dv;
+                    }
+                }
+                g.im2col(&input[n * img..(n + 1) * img], &mut self.cols, ld, i * pix);
+            }
+            // dW += dY cols^T.
+            self.gemm.run(
+                &mut self.grad,
+                Mat::rows(st.cout, patch),
+                k > 0,
+                &self.conv,
+                Mat::rows(st.cout, ld),
+                &self.cols,
+                Mat::rows(patch, ld).t(),
+            )?;
+            if s == 0 {
+                continue;
+            }
+            // dcols = W^T dY, then back onto the input images.
+            self.gemm.run(
+                &mut self.cols,
+                Mat::rows(patch, ld),
+                false,
+                weight,
+                Mat::rows(st.cout, patch).t(),
+                &self.conv,
+                Mat::rows(st.cout, ld),
+            )?;
+            for i in 0..gn {
+                let n = g0 + i;
+                g.col2im(
+                    &self.cols,
+                    ld,
+                    i * pix,
+                    &mut self.down[n * img..(n + 1) * img],
+                );
+            }
+        }
+        opt.apply(&mut self.params, st.weight, &self.grad[..st.cout * patch]);
+        opt.apply(&mut self.params, st.bias, &self.bias_grad);
+        Ok(())
+    }
+
+    /// [`Net::stage_backward`] for a pooled stage, whose output gradient is zero but at one
+    /// pixel per window (and none where the ReLU was off): instead of dense products over the
+    /// whole output gradient (three quarters zeros under a 2x2 pool), each image's nonzero
+    /// entries are grouped by pixel; per pixel the input column is gathered once, each entry adds
+    /// `value * column` to its channel's weight gradient, and `sum value * W[channel]` goes back
+    /// onto the input pixels (for stages after the first).
+    fn pooled_stage_backward(&mut self, s: usize, b: usize, opt: &mut Optim) -> Result<()> {
+        let st = self.plan.stages[s];
+        let g = st.geom;
+        let (pix, patch, img, out_len) = (g.pixels(), g.patch(), g.image(), st.out_len());
+        let input: &[f32] = match s.checked_sub(1) {
+            Some(p) => &self.pooled[p],
+            None => &self.x,
+        };
+        let (pooled, argmax) = (&self.pooled[s], &self.argmax[s]);
+        let weight = &self.params[st.weight..st.weight + st.cout * patch];
+        let dw = &mut self.grad[..st.cout * patch];
+        dw.fill(0.0);
+        self.bias_grad.clear();
+        self.bias_grad.resize(st.cout, 0.0);
+        let (col, dcol) = self.cols.split_at_mut(patch);
+        let dcol = &mut dcol[..patch];
+        for n in 0..b {
+            let rows = n * out_len..(n + 1) * out_len;
+            self.nonzero.clear();
+            for ((&v, &at), &dv) in pooled[rows.clone()]
+                .iter()
+                .zip(&argmax[rows.clone()])
+                .zip(&self.up[rows])
+            {
+                if v > 0.0 && dv != 0.0 {
+                    let c = at as usize / pix;
+                    self.nonzero
+                        .push(((at as usize % pix) as u32, c as u32, dv));
+                    self.bias_grad[c] += dv;
+                }
+            }
+            self.nonzero
+                .sort_unstable_by_key(|e| u64::from(e.0) << 32 | u64::from(e.1));
+            let image = &input[n * img..(n + 1) * img];
+            if s > 0 {
+                self.down[n * img..(n + 1) * img].fill(0.0);
+            }
+            for same in self.nonzero.chunk_by(|a, b| a.0 == b.0) {
+                let p = same[0].0 as usize;
+                g.gather(image, p, col);
+                dcol.fill(0.0);
+                for &(_, c, dv) in same {
+                    let c = c as usize;
+                    for (d, v) in dw[c * patch..(c + 1) * patch].iter_mut().zip(col.iter()) {
+                        *d += dv * v;
+                    }
+                    if s > 0 {
+                        for (d, w) in dcol.iter_mut().zip(&weight[c * patch..(c + 1) * patch]) {
+                            *d += dv * w;
+                        }
+                    }
+                }
+                if s > 0 {
+                    g.scatter_add(dcol, p, &mut self.down[n * img..(n + 1) * img]);
+                }
+            }
+        }
+        opt.apply(&mut self.params, st.weight, &self.grad[..st.cout * patch]);
+        opt.apply(&mut self.params, st.bias, &self.bias_grad);
+        Ok(())
+    }
+
+    /// One minibatch step on the first `b` rows of `x`; returns the batch's mean loss.
+    fn step(&mut self, b: usize, opt: &mut Optim) -> Result<f32> {
+        for s in 0..self.plan.stages.len() {
+            self.stage_forward(s, b)?;
+        }
+        for l in 0..self.plan.dense.len() {
+            self.dense_forward(l, b)?;
+        }
+        let classes = self.plan.dense.last().map_or(0, |d| d.out);
+        let loss = softmax_cross_entropy(
+            &mut self.up[..b * classes],
+            &self.labels[..b],
+            classes,
+            1.0 / b as f32,
+        );
+        opt.begin_step();
+        for l in (0..self.plan.dense.len()).rev() {
+            self.dense_backward(l, b, opt)?;
+            std::mem::swap(&mut self.up, &mut self.down);
+        }
+        for s in (0..self.plan.stages.len()).rev() {
+            self.stage_backward(s, b, opt)?;
+            std::mem::swap(&mut self.up, &mut self.down);
+        }
+        Ok(loss)
+    }
+}
+
+/// Called after every step with (step, total steps, the parameters).
+type OnStep<'a> = dyn FnMut(usize, usize, &[f32]) -> Result<()> + 'a;
+
+/// Trains the flat parameters `params` (canonical order) of a CNN `kind` in place, as
+/// [`crate::train::train_model_autograd`] does (same batch schedule from `rng`, optimiser, FedProx
+/// and loss); returns (mean minibatch loss, steps). `progress` gets (step, total steps) after
+/// every step, with `params` current only once this returns. DP-SGD is refused (see the module
+/// documentation).
+pub fn train(
+    kind: &ModelSpec,
+    params: &mut Vec<f32>,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    rng: &mut Rng,
+    mut progress: Option<&mut OnStep<'_>>,
+) -> Result<(f32, usize)> {
+    if cfg.dp_sgd.is_some() {
+        return Err(internal("DP-SGD trains the CNN on autograd"));
+    }
+    let plan = plan(kind).ok_or_else(|| internal(format!("{kind} is not a supported CNN")))?;
+    if params.len() != kind.num_params() {
+        return Err(Error::WrongLength {
+            got: params.len(),
+            expected: kind.num_params(),
+        });
+    }
+    if !check_data(kind, data)? {
+        return Ok((0.0, 0));
+    }
+    let mut batches = Batches::new(data.len(), cfg);
+    let total = batches.total_steps;
+    let mut opt = Optim::new(cfg, params);
+    let mut net = Net::new(plan, std::mem::take(params), batches.batch(), data.features);
+    let mut run = || -> Result<f64> {
+        let mut loss_sum = 0.0f64;
+        for step in 0..total {
+            let idx = batches.next(rng);
+            let b = idx.len();
+            net.load(data, idx)?;
+            loss_sum += f64::from(net.step(b, &mut opt)?);
+            if let Some(p) = progress.as_mut() {
+                p(step + 1, total, &net.params)?;
+            }
+        }
+        Ok(loss_sum)
+    };
+    let result = run();
+    // Hand the parameters back whatever happened.
+    *params = std::mem::take(&mut net.params);
+    Ok(((result? / total.max(1) as f64) as f32, total))
+}
+
+/// [`crate::train::train_model`] for a CNN `model` on the CPU: trains its variables in place.
+/// With a `progress` callback the variables are brought up to date before every call (a caller
+/// may evaluate the model from it), a copy of the parameters per step.
+pub fn train_model(
+    model: &Model,
+    data: &Dataset,
+    cfg: &TrainConfig,
+    rng: &mut Rng,
+    progress: Option<&mut dyn FnMut(usize, usize)>,
+) -> Result<(f32, usize)> {
+    let mut params = model.flat()?;
+    let out = match progress {
+        None => train(model.spec(), &mut params, data, cfg, rng, None)?,
+        Some(p) => train(
+            model.spec(),
+            &mut params,
+            data,
+            cfg,
+            rng,
+            Some(&mut |step, total, now: &[f32]| {
+                write_vars(model, now)?;
+                p(step, total);
+                Ok(())
+            }),
+        )?,
+    };
+    write_vars(model, &params)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::net::InputShape;
+    use crate::train::{Optimizer, Work, batch_tensors, train_model_autograd};
+
+    /// `n` samples of `features` values in [-1, 1) with seeded labels below `classes` (centred,
+    /// so that the small models' ReLUs are neither all on nor all off).
+    fn noise(n: usize, features: usize, classes: usize, seed: u64) -> Dataset {
+        let mut rng = Rng::seed(seed);
+        let x = (0..n * features)
+            .map(|_| rng.next_f64() as f32 * 2.0 - 1.0)
+            .collect();
+        let y = (0..n).map(|_| rng.below(classes) as u8).collect();
+        Dataset::dense(x, y, features)
+    }
+
+    /// Small CNNs that cover what the preset does not: three input channels, sides that pooling
+    /// does not divide, a stage without pooling, a window of 3, a 5x5 kernel wider than padding.
+    fn declared() -> Vec<ModelSpec> {
+        let layers = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let rgb = InputShape::Image {
+            channels: 3,
+            height: 9,
+            width: 7,
+        };
+        let gray = InputShape::Image {
+            channels: 1,
+            height: 8,
+            width: 8,
+        };
+        vec![
+            ModelSpec::declare(
+                "cnn",
+                &layers(&["conv3x3:4", "maxpool2", "conv3x3:3", "dense:5"]),
+                rgb,
+                4,
+            )
+            .unwrap(),
+            ModelSpec::declare("cnn", &layers(&["conv5x5:2", "maxpool3"]), gray, 3).unwrap(),
+        ]
+    }
+
+    fn cfg(work: Work, batch: usize, optimizer: Optimizer, prox_mu: f64) -> TrainConfig {
+        TrainConfig {
+            work,
+            batch,
+            optimizer,
+            prox_mu,
+            dp_sgd: None,
+        }
+    }
+
+    /// The mean loss of all of `data` at `params` and its gradient (canonical order), from
+    /// candle's autograd through [`Model`]: the model's definition.
+    fn autograd_gradient(kind: &ModelSpec, params: &[f32], data: &Dataset) -> (f32, Vec<f32>) {
+        let model = Model::new(kind, params, &Device::Cpu).unwrap();
+        let idx: Vec<usize> = (0..data.len()).collect();
+        let (xs, ys) = batch_tensors(data, &idx, &Device::Cpu).unwrap();
+        let loss = model.loss(&model.forward(&xs).unwrap(), &ys).unwrap();
+        let grads = loss.backward().unwrap();
+        let g = model
+            .vars()
+            .iter()
+            .flat_map(|v| {
+                let g = grads.get(v.as_tensor()).unwrap();
+                g.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            })
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), g)
+    }
+
+    /// The same from this module's training step: one SGD step at learning rate 1 on the whole
+    /// of `data` as one batch moves the parameters by minus the gradient.
+    fn fast_gradient(kind: &ModelSpec, params: &[f32], data: &Dataset) -> (f32, Vec<f32>) {
+        let sgd = Optimizer::Sgd {
+            lr: 1.0,
+            momentum: 0.0,
+        };
+        let c = cfg(Work::Steps(1), data.len(), sgd, 0.0);
+        let mut p = params.to_vec();
+        let (loss, steps) = train(kind, &mut p, data, &c, &mut Rng::seed(1), None).unwrap();
+        assert_eq!(steps, 1);
+        (loss, params.iter().zip(&p).map(|(a, b)| a - b).collect())
+    }
+
+    #[test]
+    fn loss_and_gradients_equal_autograds_on_a_seeded_batch() {
+        let mut kinds = vec![ModelSpec::cnn()];
+        kinds.extend(declared());
+        for kind in &kinds {
+            assert!(supports(kind), "{kind}");
+            let data = noise(6, kind.input_features(), kind.classes(), 3);
+            let params = kind.init(5);
+            let (fast_loss, fast) = fast_gradient(kind, &params, &data);
+            let (slow_loss, slow) = autograd_gradient(kind, &params, &data);
+            assert!((fast_loss - slow_loss).abs() < 1e-5, "{kind}: loss");
+            let mut off = 0;
+            for spec in kind.layout() {
+                let r = off..off + spec.numel();
+                off = r.end;
+                let (f, s) = (&fast[r.clone()], &slow[r]);
+                let diff = f
+                    .iter()
+                    .zip(s)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                let norm = crate::dp::l2_norm(s);
+                assert!(diff < 1e-4, "{kind} {}: max diff {diff}", spec.name);
+                assert!(norm > 1e-4, "{kind} {}: gradient {norm}", spec.name);
+                let rel =
+                    crate::dp::l2_norm(&f.iter().zip(s).map(|(a, b)| a - b).collect::<Vec<_>>())
+                        / norm;
+                assert!(rel < 1e-3, "{kind} {}: relative {rel}", spec.name);
+            }
+        }
+    }
+
+    #[test]
+    fn training_matches_autograd_and_repeats_bit_for_bit() {
+        let momentum = Optimizer::Sgd {
+            lr: 0.05,
+            momentum: 0.9,
+        };
+        let sgd = Optimizer::Sgd {
+            lr: 0.1,
+            momentum: 0.0,
+        };
+        let mut cases = vec![(ModelSpec::cnn(), cfg(Work::Steps(3), 4, momentum, 0.0))];
+        for kind in declared() {
+            // 10 samples in batches of 4: the epochs end on a short batch of 2.
+            cases.push((kind.clone(), cfg(Work::Epochs(2), 4, momentum, 0.0)));
+            cases.push((kind, cfg(Work::Steps(5), 4, sgd, 0.5)));
+        }
+        for (kind, c) in &cases {
+            let data = noise(10, kind.input_features(), kind.classes(), 8);
+            let init = kind.init(2);
+            let run = || {
+                let mut p = init.clone();
+                let out = train(kind, &mut p, &data, c, &mut Rng::seed(9), None).unwrap();
+                (p, out)
+            };
+            let (fast, (fast_loss, steps)) = run();
+            let (again, (again_loss, _)) = run();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&again), "{kind}");
+            assert_eq!(fast_loss.to_bits(), again_loss.to_bits());
+            let model = Model::new(kind, &init, &Device::Cpu).unwrap();
+            let (slow_loss, slow_steps) =
+                train_model_autograd(&model, &data, c, &mut Rng::seed(9), None, None).unwrap();
+            assert_eq!(steps, slow_steps);
+            let slow = model.flat().unwrap();
+            assert_ne!(fast, init, "training moved nothing");
+            let diff = fast
+                .iter()
+                .zip(&slow)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(diff < 1e-4, "{kind} {c:?}: max |fast - autograd| = {diff}");
+            assert!((fast_loss - slow_loss).abs() < 1e-5, "{kind}: loss");
+        }
+    }
+
+    #[test]
+    fn train_paths_take_it_and_progress_sees_the_current_model() {
+        let kind = &declared()[0];
+        let data = noise(12, kind.input_features(), kind.classes(), 4);
+        let momentum = Optimizer::Sgd {
+            lr: 0.05,
+            momentum: 0.9,
+        };
+        let c = cfg(Work::Steps(3), 4, momentum, 0.0);
+        let init = kind.init(1);
+        let mut direct = init.clone();
+        train(kind, &mut direct, &data, &c, &mut Rng::seed(1), None).unwrap();
+        let local =
+            crate::train::train_local(kind, &init, &data, &c, &mut Rng::seed(1), &Device::Cpu)
+                .unwrap();
+        let via_local: Vec<f32> = init.iter().zip(&local.delta).map(|(a, d)| a + d).collect();
+        let diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        // train_local takes this path: the same parameters (the delta is taken in f32).
+        assert!(diff(&via_local, &direct) < 1e-6);
+        let model = Model::new(kind, &init, &Device::Cpu).unwrap();
+        let mut seen = Vec::new();
+        let mut on_step = |s: usize, t: usize| seen.push((s, t, model.flat().unwrap()));
+        crate::train::train_model(&model, &data, &c, &mut Rng::seed(1), Some(&mut on_step))
+            .unwrap();
+        assert_eq!(seen.len(), 3);
+        assert_eq!((seen[2].0, seen[2].1), (3, 3));
+        assert_ne!(seen[0].2, init);
+        assert_eq!(seen[2].2, direct, "the last callback saw the final model");
+        assert_eq!(model.flat().unwrap(), direct);
+    }
+
+    #[test]
+    fn only_conv_stages_then_dense_layers_are_taken() {
+        assert!(supports(&ModelSpec::cnn()));
+        assert!(!supports(&ModelSpec::mlp()));
+        assert!(!supports(&ModelSpec::digits_mlp()));
+        let layers = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let img = InputShape::Image {
+            channels: 1,
+            height: 8,
+            width: 8,
+        };
+        // Two pools in a row: not a stage.
+        let two = ModelSpec::declare(
+            "cnn",
+            &layers(&["conv3x3:2", "maxpool2", "maxpool2"]),
+            img,
+            3,
+        )
+        .unwrap();
+        assert!(!supports(&two));
+        let data = noise(4, 64, 3, 1);
+        let c = cfg(Work::Steps(1), 2, Optimizer::Adam { lr: 1e-3 }, 0.0);
+        let mut p = two.init(1);
+        assert!(train(&two, &mut p, &data, &c, &mut Rng::seed(1), None).is_err());
+        // DP-SGD stays on autograd.
+        let kind = &declared()[1];
+        let dp = TrainConfig {
+            dp_sgd: Some(crate::dpsgd::DpSgdConfig {
+                clip: 1.0,
+                noise: 1.0,
+                rate: 0.5,
+            }),
+            ..c
+        };
+        let mut p = kind.init(1);
+        let data = noise(4, kind.input_features(), kind.classes(), 1);
+        assert!(train(kind, &mut p, &data, &dp, &mut Rng::seed(1), None).is_err());
+        assert_eq!(p, kind.init(1));
+    }
+}

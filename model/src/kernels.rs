@@ -1,0 +1,523 @@
+//! Loops shared by the hand-written training passes ([`crate::fast_cnn`]): a bounds-checked
+//! matrix product over the `gemm` crate (the kernel candle's own CPU matmul calls) that writes
+//! into, or adds onto, a caller's buffer, so a training step allocates nothing; and a
+//! convolution's im2col / col2im and ReLU + max-pool loops.
+
+use gemm::Parallelism;
+
+use crate::error::{Error, Result};
+
+/// A broken invariant of the hand-written passes (unreachable for the models they accept).
+pub(crate) fn internal(what: impl Into<String>) -> Error {
+    Error::Candle(candle_core::Error::Msg(format!(
+        "fast path: {}",
+        what.into()
+    )))
+}
+
+/// A `rows x cols` matrix view: element `(r, c)` sits at `r * rs + c * cs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mat {
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Mat {
+    /// A row-major `rows x cols` matrix.
+    pub fn rows(rows: usize, cols: usize) -> Self {
+        Mat {
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose, as strides.
+    pub fn t(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// How many values from the start of the view's slice it reaches.
+    fn span(self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
+        }
+    }
+}
+
+/// The matrix product, single-threaded or on `RAYON_NUM_THREADS` threads as candle's is.
+#[derive(Clone, Copy)]
+pub(crate) struct Gemm {
+    par: Parallelism,
+}
+
+impl Gemm {
+    /// candle's choice of threads (`candle_core::utils::get_num_threads`), read once.
+    pub fn new() -> Self {
+        let n = candle_core::utils::get_num_threads();
+        Gemm {
+            par: if n > 1 {
+                Parallelism::Rayon(n)
+            } else {
+                Parallelism::None
+            },
+        }
+    }
+
+    /// `dst = lhs * rhs`, or `dst += lhs * rhs` when `accumulate`; every view is checked against
+    /// its slice first.
+    // Private to the crate, and each argument is a matrix or its view; a struct would only
+    // rename them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        dst: &mut [f32],
+        d: Mat,
+        accumulate: bool,
+        lhs: &[f32],
+        a: Mat,
+        rhs: &[f32],
+        b: Mat,
+    ) -> Result<()> {
+        if a.rows != d.rows || b.cols != d.cols || a.cols != b.rows {
+            return Err(internal(format!("matmul shapes {a:?} x {b:?} -> {d:?}")));
+        }
+        if d.span() > dst.len() || a.span() > lhs.len() || b.span() > rhs.len() {
+            return Err(internal(format!(
+                "matmul views {a:?} x {b:?} -> {d:?} beyond {} / {} / {} values",
+                lhs.len(),
+                rhs.len(),
+                dst.len()
+            )));
+        }
+        if d.rows == 0 || d.cols == 0 {
+            return Ok(());
+        }
+        if a.cols == 0 {
+            if !accumulate {
+                for r in 0..d.rows {
+                    for c in 0..d.cols {
+                        dst[r * d.rs + c * d.cs] = 0.0;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let s = |x: usize| x as isize;
+        // SAFETY: every index the product touches, `(rows - 1) * rs + (cols - 1) * cs` at most
+        // for each view, was checked to lie inside its slice above; `dst` is borrowed mutably,
+        // so it aliases neither input.
+        unsafe {
+            gemm::gemm(
+                d.rows,
+                d.cols,
+                a.cols,
+                dst.as_mut_ptr(),
+                s(d.cs),
+                s(d.rs),
+                accumulate,
+                lhs.as_ptr(),
+                s(a.cs),
+                s(a.rs),
+                rhs.as_ptr(),
+                s(b.cs),
+                s(b.rs),
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                self.par,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The geometry of a stride-1 convolution with "same" padding `k / 2` (odd `k`) on one image of
+/// `cin x h x w`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvGeom {
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+}
+
+impl ConvGeom {
+    /// Values of one image.
+    pub fn image(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+
+    /// Pixels of one image (= outputs per output channel).
+    pub fn pixels(&self) -> usize {
+        self.h * self.w
+    }
+
+    /// Rows of the column matrix: one per (input channel, kernel row, kernel column).
+    pub fn patch(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+
+    /// For kernel offset `kx` (or `ky`) along a side of `len`: the output positions
+    /// `lo..hi` whose input `pos + kx - pad` lies inside the image.
+    fn valid(&self, kx: usize, len: usize) -> (usize, usize) {
+        let pad = self.k / 2;
+        let lo = pad.saturating_sub(kx).min(len);
+        let hi = (len + pad).saturating_sub(kx).min(len).max(lo);
+        (lo, hi)
+    }
+
+    /// Writes the column matrix of `image` (`cin x h x w`) into `cols`: row `(ci, ky, kx)` holds,
+    /// for each output pixel `(y, x)`, the input `image[ci, y + ky - pad, x + kx - pad]` (0
+    /// outside), at `cols[row * ld + off + y * w + x]`.
+    pub fn im2col(&self, image: &[f32], cols: &mut [f32], ld: usize, off: usize) {
+        let (h, w, k, pad) = (self.h, self.w, self.k, self.k / 2);
+        let pix = self.pixels();
+        for ci in 0..self.cin {
+            let plane = &image[ci * pix..(ci + 1) * pix];
+            for ky in 0..k {
+                let (y0, y1) = self.valid(ky, h);
+                for kx in 0..k {
+                    let (x0, x1) = self.valid(kx, w);
+                    let row = (ci * k + ky) * k + kx;
+                    let dst = &mut cols[row * ld + off..row * ld + off + pix];
+                    dst[..y0 * w].fill(0.0);
+                    dst[y1 * w..].fill(0.0);
+                    for y in y0..y1 {
+                        let seg = &mut dst[y * w..(y + 1) * w];
+                        let src = &plane[(y + ky - pad) * w..(y + ky - pad + 1) * w];
+                        seg[..x0].fill(0.0);
+                        seg[x1..].fill(0.0);
+                        seg[x0..x1].copy_from_slice(&src[x0 + kx - pad..x1 + kx - pad]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The column of the column matrix for output pixel `p` (`patch` values, row order
+    /// `(ci, ky, kx)`) of `image`, into `out`.
+    pub fn gather(&self, image: &[f32], p: usize, out: &mut [f32]) {
+        let (h, w, k, pad) = (self.h, self.w, self.k, self.k / 2);
+        let (y, x) = (p / w, p % w);
+        let (x0, x1) = (x.saturating_sub(pad), (x + pad + 1).min(w));
+        let skip = x0 + pad - x;
+        for ci in 0..self.cin {
+            for ky in 0..k {
+                let row = &mut out[(ci * k + ky) * k..(ci * k + ky + 1) * k];
+                let sy = y + ky;
+                if sy < pad || sy - pad >= h {
+                    row.fill(0.0);
+                    continue;
+                }
+                let src = &image[(ci * h + sy - pad) * w..(ci * h + sy - pad + 1) * w];
+                row.fill(0.0);
+                for (d, v) in row[skip..].iter_mut().zip(&src[x0..x1]) {
+                    *d = *v;
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`ConvGeom::gather`]: adds `col` onto the pixels of `image` it came from.
+    pub fn scatter_add(&self, col: &[f32], p: usize, image: &mut [f32]) {
+        let (h, w, k, pad) = (self.h, self.w, self.k, self.k / 2);
+        let (y, x) = (p / w, p % w);
+        let (x0, x1) = (x.saturating_sub(pad), (x + pad + 1).min(w));
+        let skip = x0 + pad - x;
+        for ci in 0..self.cin {
+            for ky in 0..k {
+                let sy = y + ky;
+                if sy < pad || sy - pad >= h {
+                    continue;
+                }
+                let row = &col[(ci * k + ky) * k + skip..(ci * k + ky) * k + skip + x1 - x0];
+                let dst = &mut image[(ci * h + sy - pad) * w + x0..(ci * h + sy - pad) * w + x1];
+                for (d, v) in dst.iter_mut().zip(row) {
+                    *d += v;
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`ConvGeom::im2col`]: adds every column-matrix entry back onto the input
+    /// pixel it was copied from; `image` is overwritten.
+    pub fn col2im(&self, cols: &[f32], ld: usize, off: usize, image: &mut [f32]) {
+        let (h, w, k, pad) = (self.h, self.w, self.k, self.k / 2);
+        let pix = self.pixels();
+        image[..self.image()].fill(0.0);
+        for ci in 0..self.cin {
+            let plane = &mut image[ci * pix..(ci + 1) * pix];
+            for ky in 0..k {
+                let (y0, y1) = self.valid(ky, h);
+                for kx in 0..k {
+                    let (x0, x1) = self.valid(kx, w);
+                    let row = (ci * k + ky) * k + kx;
+                    let src = &cols[row * ld + off..row * ld + off + pix];
+                    for y in y0..y1 {
+                        let seg = &src[y * w + x0..y * w + x1];
+                        let start = (y + ky - pad) * w + x0 + kx - pad;
+                        for (d, s) in plane[start..start + seg.len()].iter_mut().zip(seg) {
+                            *d += s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bias, ReLU and max pooling (window and stride `p`, the remainder rows and columns dropped, as
+/// candle's `max_pool2d`) of one channel's `h x w` plane `conv`: writes the `h/p x w/p` outputs
+/// and, for each, `base` plus the index in `conv` of the first maximum. ReLU and the bias commute
+/// with the maximum, so both apply once per output.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn relu_pool(
+    conv: &[f32],
+    h: usize,
+    w: usize,
+    p: usize,
+    bias: f32,
+    out: &mut [f32],
+    arg: &mut [u32],
+    base: u32,
+) {
+    let ow = w / p;
+    if p == 2 {
+        return relu_pool2(conv, h, w, bias, out, arg, base);
+    }
+    for py in 0..h / p {
+        for px in 0..ow {
+            let (mut best, mut at) = (f32::NEG_INFINITY, py * p * w + px * p);
+            for dy in 0..p {
+                let row = (py * p + dy) * w + px * p;
+                for (dx, &v) in conv[row..row + p].iter().enumerate() {
+                    if v > best {
+                        best = v;
+                        at = row + dx;
+                    }
+                }
+            }
+            out[py * ow + px] = (best + bias).max(0.0);
+            arg[py * ow + px] = base + at as u32;
+        }
+    }
+}
+
+/// [`relu_pool`] for 2x2 windows (the CNN preset's), without the general loop's bounds checks.
+fn relu_pool2(
+    conv: &[f32],
+    h: usize,
+    w: usize,
+    bias: f32,
+    out: &mut [f32],
+    arg: &mut [u32],
+    base: u32,
+) {
+    let ow = w / 2;
+    let rows = conv.chunks_exact(2 * w).take(h / 2);
+    for (py, ((pair, out), arg)) in rows
+        .zip(out.chunks_exact_mut(ow))
+        .zip(arg.chunks_exact_mut(ow))
+        .enumerate()
+    {
+        let (top, bottom) = pair.split_at(w);
+        let cells = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+        for (px, (((t, b), o), a)) in cells.zip(out.iter_mut()).zip(arg.iter_mut()).enumerate() {
+            let at = 2 * py * w + 2 * px;
+            let (mut best, mut i) = (t[0], at);
+            if t[1] > best {
+                (best, i) = (t[1], at + 1);
+            }
+            if b[0] > best {
+                (best, i) = (b[0], at + w);
+            }
+            if b[1] > best {
+                (best, i) = (b[1], at + w + 1);
+            }
+            *o = (best + bias).max(0.0);
+            *a = base + i as u32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct definition of a same-padded convolution, for one output channel's weights.
+    fn direct(g: &ConvGeom, image: &[f32], weight: &[f32]) -> Vec<f32> {
+        let pad = g.k as isize / 2;
+        let mut out = vec![0.0; g.pixels()];
+        for y in 0..g.h {
+            for x in 0..g.w {
+                let mut s = 0.0;
+                for ci in 0..g.cin {
+                    for ky in 0..g.k {
+                        for kx in 0..g.k {
+                            let sy = y as isize + ky as isize - pad;
+                            let sx = x as isize + kx as isize - pad;
+                            if (0..g.h as isize).contains(&sy) && (0..g.w as isize).contains(&sx) {
+                                s += image[(ci * g.h + sy as usize) * g.w + sx as usize]
+                                    * weight[(ci * g.k + ky) * g.k + kx];
+                            }
+                        }
+                    }
+                }
+                out[y * g.w + x] = s;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn im2col_times_weights_is_the_convolution_and_col2im_its_adjoint() {
+        for g in [
+            ConvGeom {
+                cin: 2,
+                h: 5,
+                w: 4,
+                k: 3,
+            },
+            ConvGeom {
+                cin: 1,
+                h: 3,
+                w: 7,
+                k: 5,
+            },
+        ] {
+            let mut rng = crate::rng::Rng::seed(4);
+            let mut r =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect() };
+            let (image, weight) = (r(g.image()), r(g.patch()));
+            // Two images side by side: the second at column offset pix.
+            let (pix, ld) = (g.pixels(), 2 * g.pixels());
+            let mut cols = vec![f32::NAN; g.patch() * ld];
+            g.im2col(&image, &mut cols, ld, pix);
+            g.im2col(&image, &mut cols, ld, 0);
+            let mut out = vec![0.0; ld];
+            Gemm::new()
+                .run(
+                    &mut out,
+                    Mat::rows(1, ld),
+                    false,
+                    &weight,
+                    Mat::rows(1, g.patch()),
+                    &cols,
+                    Mat::rows(g.patch(), ld),
+                )
+                .unwrap();
+            let want = direct(&g, &image, &weight);
+            for (a, b) in out[pix..]
+                .iter()
+                .chain(&out[..pix])
+                .zip(want.iter().cycle())
+            {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
+            // <im2col(x), c> = <x, col2im(c)> for any c.
+            let c = r(g.patch() * ld);
+            let mut back = vec![f32::NAN; g.image()];
+            g.col2im(&c, ld, pix, &mut back);
+            g.im2col(&image, &mut cols, ld, pix);
+            let lhs: f32 = (0..g.patch())
+                .flat_map(|row| (pix..ld).map(move |j| row * ld + j))
+                .map(|i| cols[i] * c[i])
+                .sum();
+            let rhs: f32 = image.iter().zip(&back).map(|(a, b)| a * b).sum();
+            assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
+            // gather is one column of im2col; scatter_add the col2im of that column alone.
+            let mut col = vec![f32::NAN; g.patch()];
+            for p in 0..pix {
+                g.gather(&image, p, &mut col);
+                for (row, v) in col.iter().enumerate() {
+                    assert_eq!(*v, cols[row * ld + pix + p], "pixel {p} row {row}");
+                }
+                let mut one = vec![0.0; g.patch() * pix];
+                for (row, v) in c[..g.patch()].iter().enumerate() {
+                    one[row * pix + p] = *v;
+                }
+                let mut want = vec![0.0; g.image()];
+                g.col2im(&one, pix, 0, &mut want);
+                let mut got = vec![0.0; g.image()];
+                g.scatter_add(&c[..g.patch()], p, &mut got);
+                assert_eq!(got, want, "pixel {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn relu_pool_takes_the_first_maximum_and_drops_the_remainder() {
+        // 3 x 5 plane, window 2: one row and one column left over.
+        let conv = [
+            1.0, 5.0, -1.0, -2.0, 9.0, //
+            5.0, 2.0, -3.0, -1.0, 9.0, //
+            7.0, 7.0, 7.0, 7.0, 7.0,
+        ];
+        let (mut out, mut arg) = ([0.0; 2], [0; 2]);
+        relu_pool(&conv, 3, 5, 2, 0.5, &mut out, &mut arg, 100);
+        assert_eq!(out, [5.5, 0.0]);
+        assert_eq!(arg, [101, 102]);
+        // Window 3 takes the general loop: one output, the first 7 of row 2 wins.
+        let (mut out, mut arg) = ([0.0; 1], [0; 1]);
+        relu_pool(&conv, 3, 5, 3, -1.0, &mut out, &mut arg, 0);
+        assert_eq!((out, arg), ([6.0], [10]));
+    }
+
+    #[test]
+    fn gemm_checks_its_views_and_accumulates() {
+        let g = Gemm::new();
+        let a = [1.0, 2.0, 3.0, 4.0];
+        let mut d = [1.0; 4];
+        // d += a^T a
+        g.run(
+            &mut d,
+            Mat::rows(2, 2),
+            true,
+            &a,
+            Mat::rows(2, 2).t(),
+            &a,
+            Mat::rows(2, 2),
+        )
+        .unwrap();
+        assert_eq!(d, [11.0, 15.0, 15.0, 21.0]);
+        let short = [0.0; 3];
+        assert!(
+            g.run(
+                &mut d,
+                Mat::rows(2, 2),
+                false,
+                &short,
+                Mat::rows(2, 2),
+                &a,
+                Mat::rows(2, 2)
+            )
+            .is_err()
+        );
+        assert!(
+            g.run(
+                &mut d,
+                Mat::rows(2, 2),
+                false,
+                &a,
+                Mat::rows(2, 1),
+                &a,
+                Mat::rows(1, 2)
+            )
+            .is_ok()
+        );
+        assert_eq!(d, [1.0, 2.0, 2.0, 4.0]);
+    }
+}
