@@ -47,6 +47,7 @@ pub mod fast;
 pub mod gelu;
 pub mod images;
 pub mod lm;
+pub mod lm_local;
 pub mod mia;
 pub mod net;
 pub mod params;
