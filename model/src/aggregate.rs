@@ -865,7 +865,10 @@ mod tests {
         opt.step(&mut p, &mut v, &[0.5, 1.0]).unwrap();
         // v = 0.9 (1, -2) + (0.5, 1) = (1.4, -0.8); p += 0.7 (0.9 v + a) = 0.7 (1.76, 0.28).
         assert!(close(v[0], 1.4) && close(v[1], -0.8), "{v:?}");
-        assert!(close(p[0], 1.33 + 1.232) && close(p[1], -2.66 + 0.196), "{p:?}");
+        assert!(
+            close(p[0], 1.33 + 1.232) && close(p[1], -2.66 + 0.196),
+            "{p:?}"
+        );
         // Heavy-ball momentum takes p += 0.7 v instead: a different point after two rounds.
         let heavy = ServerOpt {
             nesterov: false,

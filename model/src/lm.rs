@@ -100,7 +100,15 @@ pub fn train_lm(
     progress: Option<&mut dyn FnMut(usize, usize, f32)>,
 ) -> Result<f32> {
     let mut opt = LmOptimizer::new(model, cfg.lr, cfg.weight_decay)?;
-    train_steps(model, data, cfg, &mut opt, &|step| cfg.lr_at(step), rng, progress)
+    train_steps(
+        model,
+        data,
+        cfg,
+        &mut opt,
+        &|step| cfg.lr_at(step),
+        rng,
+        progress,
+    )
 }
 
 /// AdamW as nanoGPT sets it up: weight decay on the matrices and embeddings (rank 2), none on
@@ -188,7 +196,14 @@ pub fn train_local_lm(
     device: &Device,
 ) -> Result<TrainOutput> {
     let mut local = crate::lm_local::LocalLm::new(kind, global, device)?;
-    local.train_round(global, data, cfg, &crate::lm_local::LmRounds::default(), 1, rng)
+    local.train_round(
+        global,
+        data,
+        cfg,
+        &crate::lm_local::LmRounds::default(),
+        1,
+        rng,
+    )
 }
 
 /// Validation windows the network's evaluation of a transformer scores (evenly spaced over

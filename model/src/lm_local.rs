@@ -69,7 +69,13 @@ impl std::str::FromStr for RoundSchedule {
     type Err = Error;
     /// `cosine:WARMUP,TOTAL_STEPS`, range-checked ([`RoundSchedule::validate`]).
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || parse_err("learning-rate schedule", s, "expected cosine:WARMUP,TOTAL_STEPS");
+        let bad = || {
+            parse_err(
+                "learning-rate schedule",
+                s,
+                "expected cosine:WARMUP,TOTAL_STEPS",
+            )
+        };
         let arg = s.strip_prefix("cosine:").ok_or_else(bad)?;
         let (w, t) = arg.split_once(',').ok_or_else(bad)?;
         let sched = RoundSchedule {
@@ -319,7 +325,11 @@ mod tests {
             total_steps: 8,
         });
         let peak = norm(None, 1);
-        assert!(norm(cosine, 1) < 0.5 * peak, "{} vs {peak}", norm(cosine, 1));
+        assert!(
+            norm(cosine, 1) < 0.5 * peak,
+            "{} vs {peak}",
+            norm(cosine, 1)
+        );
         // Round 3 takes steps 4 and 5: the peak, then 0.87 of it.
         let third = norm(cosine, 3);
         assert!(third > 0.8 * peak && third < peak, "{third} vs {peak}");

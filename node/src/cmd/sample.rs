@@ -18,7 +18,11 @@ use crate::keys::hex;
 pub struct Args {
     /// The model (safetensors from `cohort lm-train --out` or `cohort export`; its metadata
     /// holds shape and vocabulary).
-    #[arg(long, required_unless_present = "data_dir", conflicts_with = "data_dir")]
+    #[arg(
+        long,
+        required_unless_present = "data_dir",
+        conflicts_with = "data_dir"
+    )]
     pub model_file: Option<PathBuf>,
     /// A node's data directory: sample from the model it committed last (with --genesis, or
     /// the genesis.toml next to the node's directory as `cohort testnet` lays them out).
@@ -70,12 +74,7 @@ fn committed(dir: &Path, genesis: Option<&Path>) -> Result<(TransformerConfig, V
         None => [dir.join("../../genesis.toml"), dir.join("../genesis.toml")]
             .into_iter()
             .find(|p| p.is_file())
-            .with_context(|| {
-                format!(
-                    "no genesis.toml beside {}: give --genesis",
-                    dir.display()
-                )
-            })?,
+            .with_context(|| format!("no genesis.toml beside {}: give --genesis", dir.display()))?,
     };
     let g = Genesis::load(&path)?;
     let (Some(cfg), DataPlan::Text(text)) = (g.model.lm_config(), &g.data) else {

@@ -8,10 +8,10 @@ use model::attack::Attack;
 use model::codec::Compression;
 use model::dp::DpConfig;
 use model::dpsgd::DpSgdConfig;
+use model::lm_local::{LmRounds, RoundSchedule};
 use model::partition::{Partition, describe};
 use model::secagg::local::SecAggConfig;
 use model::sim::{SimConfig, Simulation};
-use model::lm_local::{LmRounds, RoundSchedule};
 use model::train::{Optimizer, TrainConfig, Work};
 
 use model::net::ModelSpec;

@@ -327,7 +327,9 @@ impl Shell {
                 None => None,
             };
             let out = if kind.lm_config().is_some() {
-                train_lm_round(&lm_local, &kind, &params, &data, &train_cfg, &lm_rounds, round, &mut rng)
+                train_lm_round(
+                    &lm_local, &kind, &params, &data, &train_cfg, &lm_rounds, round, &mut rng,
+                )
             } else {
                 model::train::train_local_with_noise(
                     &kind,
