@@ -846,6 +846,40 @@ mod tests {
         assert_eq!(p[0], 1.5);
     }
 
+    /// DiLoCo's outer step (lr 0.7, Nesterov momentum 0.9) on a toy vector over two rounds:
+    /// `v = 0.9 v + a; p += 0.7 (0.9 v + a)` with the aggregate `a` as the pseudo-gradient's
+    /// negative (the mean delta).
+    #[test]
+    fn nesterov_outer_step_matches_the_formula_over_two_rounds() {
+        let opt = ServerOpt {
+            lr: 0.7,
+            momentum: 0.9,
+            nesterov: true,
+        };
+        let (mut p, mut v) = (vec![0.0f32, 0.0], Vec::new());
+        opt.step(&mut p, &mut v, &[1.0, -2.0]).unwrap();
+        // v = (1, -2); p = 0.7 (0.9 v + a) = 0.7 (1.9, -3.8).
+        let close = |x: f32, y: f64| (f64::from(x) - y).abs() < 1e-6;
+        assert!(close(p[0], 1.33) && close(p[1], -2.66), "{p:?}");
+        assert!(close(v[0], 1.0) && close(v[1], -2.0), "{v:?}");
+        opt.step(&mut p, &mut v, &[0.5, 1.0]).unwrap();
+        // v = 0.9 (1, -2) + (0.5, 1) = (1.4, -0.8); p += 0.7 (0.9 v + a) = 0.7 (1.76, 0.28).
+        assert!(close(v[0], 1.4) && close(v[1], -0.8), "{v:?}");
+        assert!(
+            close(p[0], 1.33 + 1.232) && close(p[1], -2.66 + 0.196),
+            "{p:?}"
+        );
+        // Heavy-ball momentum takes p += 0.7 v instead: a different point after two rounds.
+        let heavy = ServerOpt {
+            nesterov: false,
+            ..opt
+        };
+        let (mut q, mut w) = (vec![0.0f32, 0.0], Vec::new());
+        heavy.step(&mut q, &mut w, &[1.0, -2.0]).unwrap();
+        heavy.step(&mut q, &mut w, &[0.5, 1.0]).unwrap();
+        assert!(close(q[0], 0.7 + 0.98) && close(q[1], -1.4 - 0.56), "{q:?}");
+    }
+
     #[test]
     fn nnm_exact() {
         // n = 4, f = 1: each input is replaced by the mean of its 3 nearest (itself included).

@@ -31,6 +31,8 @@
 //!   IID splits, a decoder-only transformer, its training, evaluation, sampling and model files;
 //!   [`spec::ModelSpec::transformer`] makes it one more model kind of the network's round (flat
 //!   parameters, deltas, aggregation) on a token stream ([`data::Dataset::tokens`]).
+//! - [`lm_local`]: a node's transformer training from round to round (AdamW moments kept, a
+//!   cosine schedule on the global step).
 #![deny(clippy::unwrap_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic))]
 
@@ -50,6 +52,7 @@ pub mod gelu;
 pub mod images;
 pub(crate) mod kernels;
 pub mod lm;
+pub mod lm_local;
 pub mod mia;
 pub mod mia_fed;
 pub mod net;

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::spec::ModelSpec;
 use crate::text::Vocab;
-use crate::train::{Optimizer, TrainConfig, TrainOutput, Work};
+use crate::train::{TrainConfig, TrainOutput};
 use crate::transformer::{Transformer, TransformerConfig};
 
 /// How a language model trains.
@@ -99,15 +99,60 @@ pub fn train_lm(
     rng: &mut Rng,
     progress: Option<&mut dyn FnMut(usize, usize, f32)>,
 ) -> Result<f32> {
-    train_steps(model, data, cfg, &|step| cfg.lr_at(step), rng, progress)
+    let mut opt = LmOptimizer::new(model, cfg.lr, cfg.weight_decay)?;
+    train_steps(
+        model,
+        data,
+        cfg,
+        &mut opt,
+        &|step| cfg.lr_at(step),
+        rng,
+        progress,
+    )
 }
 
-/// [`train_lm`] with the learning rate of each step from `lr_at` (`cfg.lr` and `cfg.warmup`
-/// only set the start).
-fn train_steps(
+/// AdamW as nanoGPT sets it up: weight decay on the matrices and embeddings (rank 2), none on
+/// biases and layer-norm gains; betas (0.9, 0.99). Its moments live as long as it does.
+pub struct LmOptimizer {
+    decayed: AdamW,
+    plain: AdamW,
+}
+
+impl LmOptimizer {
+    /// Fresh (zero) moments for every variable of `model`.
+    pub fn new(model: &Transformer, lr: f64, weight_decay: f64) -> Result<Self> {
+        let (decayed, plain): (Vec<_>, Vec<_>) =
+            model.vars().iter().cloned().partition(|v| v.rank() == 2);
+        let params = |weight_decay| ParamsAdamW {
+            lr,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay,
+        };
+        Ok(LmOptimizer {
+            decayed: AdamW::new(decayed, params(weight_decay))?,
+            plain: AdamW::new(plain, params(0.0))?,
+        })
+    }
+
+    /// One step at learning rate `lr`.
+    fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64) -> Result<()> {
+        self.decayed.set_learning_rate(lr);
+        self.plain.set_learning_rate(lr);
+        self.decayed.step(grads)?;
+        self.plain.step(grads)?;
+        Ok(())
+    }
+}
+
+/// [`train_lm`] with the learning rate of each step from `lr_at` (`cfg.warmup` is unused) and
+/// the optimiser `opt` (built on `model`'s variables), whose moments carry over to the caller.
+pub(crate) fn train_steps(
     model: &Transformer,
     data: &[u32],
     cfg: &LmTrainConfig,
+    opt: &mut LmOptimizer,
     lr_at: &dyn Fn(usize) -> f64,
     rng: &mut Rng,
     mut progress: Option<&mut dyn FnMut(usize, usize, f32)>,
@@ -123,28 +168,13 @@ fn train_steps(
         .first()
         .map(|v| v.device().clone())
         .unwrap_or(Device::Cpu);
-    let (decayed, plain): (Vec<_>, Vec<_>) =
-        model.vars().iter().cloned().partition(|v| v.rank() == 2);
-    let params = |weight_decay| ParamsAdamW {
-        lr: cfg.lr,
-        beta1: 0.9,
-        beta2: 0.99,
-        eps: 1e-8,
-        weight_decay,
-    };
-    let mut opt_decay = AdamW::new(decayed, params(cfg.weight_decay))?;
-    let mut opt_plain = AdamW::new(plain, params(0.0))?;
     let context = model.config().context;
     let mut sum = 0.0f64;
     for step in 0..cfg.steps {
         let (xs, ys) = random_batch(data, cfg.batch, context, rng, &device)?;
         let (loss, _) = model.loss(&xs, &ys)?;
         let grads = loss.backward()?;
-        let lr = lr_at(step);
-        opt_decay.set_learning_rate(lr);
-        opt_plain.set_learning_rate(lr);
-        opt_decay.step(&grads)?;
-        opt_plain.step(&grads)?;
+        opt.step(&grads, lr_at(step))?;
         let l = loss.to_scalar::<f32>()?;
         sum += f64::from(l);
         if let Some(p) = progress.as_mut() {
@@ -154,15 +184,9 @@ fn train_steps(
     Ok((sum / cfg.steps.max(1) as f64) as f32)
 }
 
-/// One round of a node's local training of the transformer `kind` (the network's per-round
-/// step, as [`crate::train::train_local`] is for the classifiers): from `global`, `cfg.work`
-/// steps (or epochs of `data.len() / (batch * context)` steps) of `cfg.batch` random windows of
-/// the token stream `data` ([`crate::data::Dataset::tokens`]), AdamW at the constant rate of
-/// `cfg.optimizer` (which must be `adam:LR`; betas 0.9/0.99 and weight decay 0.1 on matrices as
-/// in [`LmTrainConfig::default`]; its state starts fresh every round, as the classifiers'
-/// optimisers do). The FedAvg weight (`samples`) is the number of tokens trained on, so nodes
-/// doing the same work weigh the same whatever the size of their text. FedProx and DP-SGD are
-/// not implemented for the transformer: asking for them is an error, not a silent no-op.
+/// One round of a node's local training of the transformer `kind` with fresh AdamW moments and
+/// a constant learning rate: [`crate::lm_local::LocalLm::train_round`] with
+/// [`crate::lm_local::LmRounds::default`] (see there).
 pub fn train_local_lm(
     kind: &ModelSpec,
     global: &[f32],
@@ -171,49 +195,15 @@ pub fn train_local_lm(
     rng: &mut Rng,
     device: &Device,
 ) -> Result<TrainOutput> {
-    let lm = kind
-        .lm_config()
-        .ok_or_else(|| Error::Model(format!("{kind} is not a transformer")))?;
-    let lr = match cfg.optimizer {
-        Optimizer::Adam { lr } => lr,
-        other => {
-            return Err(Error::Model(format!(
-                "the transformer trains with adam:LR, not {other}"
-            )));
-        }
-    };
-    if cfg.prox_mu != 0.0 || cfg.dp_sgd.is_some() {
-        return Err(Error::Model(
-            "FedProx and DP-SGD are not implemented for the transformer".into(),
-        ));
-    }
-    if !crate::train::check_data(kind, data)? {
-        return Err(Error::Dataset("no text to train on".into()));
-    }
-    let per_epoch = data.len().div_ceil(cfg.batch.max(1) * lm.context).max(1);
-    let steps = match cfg.work {
-        Work::Steps(s) => s,
-        Work::Epochs(e) => e * per_epoch,
-    };
-    let model = Transformer::new(lm, kind.classes(), global, device)?;
-    let tc = LmTrainConfig {
-        steps,
-        batch: cfg.batch,
-        lr,
-        warmup: 0,
-        ..LmTrainConfig::default()
-    };
-    let mean_loss = train_steps(&model, &data.token_ids(), &tc, &|_| lr, rng, None)?;
-    let mut delta = model.flat()?;
-    for (d, g) in delta.iter_mut().zip(global) {
-        *d -= g;
-    }
-    Ok(TrainOutput {
-        delta,
-        samples: (steps * cfg.batch * lm.context) as u64,
-        mean_loss,
-        steps,
-    })
+    let mut local = crate::lm_local::LocalLm::new(kind, global, device)?;
+    local.train_round(
+        global,
+        data,
+        cfg,
+        &crate::lm_local::LmRounds::default(),
+        1,
+        rng,
+    )
 }
 
 /// Validation windows the network's evaluation of a transformer scores (evenly spaced over
@@ -490,6 +480,7 @@ pub fn load_lm(path: &Path) -> Result<(TransformerConfig, Vocab, Vec<f32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::{Optimizer, Work};
 
     fn tiny() -> TransformerConfig {
         TransformerConfig {

@@ -22,6 +22,7 @@ use crate::data::{Dataset, Split};
 use crate::dp::{Accountant, DpConfig, privatise};
 use crate::dpsgd::NoiseSource;
 use crate::error::Result;
+use crate::lm_local::{LmRounds, LocalLm};
 use crate::net::{Model, ModelSpec};
 use crate::partition::{Partition, partition};
 use crate::rng::Rng;
@@ -40,6 +41,9 @@ pub struct SimConfig {
     pub partition: Partition,
     /// Local training per round.
     pub train: TrainConfig,
+    /// For the transformer: the learning-rate schedule over rounds and whether each node keeps
+    /// its AdamW moments between rounds ([`crate::lm_local`]).
+    pub lm_rounds: LmRounds,
     /// Aggregation rule.
     pub rule: Aggregator,
     /// Server (outer) optimiser.
@@ -102,6 +106,8 @@ pub struct Simulation {
     /// The classifier evaluated after a round (`None` for a transformer, which
     /// [`evaluate_params`] builds per evaluation).
     eval_model: Option<Model>,
+    /// Each node's transformer trainer (its AdamW moments), kept between rounds.
+    lm_local: Vec<Option<LocalLm>>,
 }
 
 impl Simulation {
@@ -129,6 +135,12 @@ impl Simulation {
             }
         }
         check_secure_aggregation(&cfg)?;
+        if cfg.lm_rounds != LmRounds::default() && cfg.model.lm_config().is_none() {
+            return Err(crate::error::Error::Model(
+                "a learning-rate schedule over rounds and kept moments are for the transformer"
+                    .into(),
+            ));
+        }
         let params = cfg.model.init(cfg.seed);
         let eval_model = match cfg.model.lm_config() {
             Some(_) => None,
@@ -136,6 +148,7 @@ impl Simulation {
         };
         Ok(Simulation {
             residuals: vec![Vec::new(); cfg.nodes],
+            lm_local: (0..cfg.nodes).map(|_| None).collect(),
             shards,
             test,
             params,
@@ -186,15 +199,26 @@ impl Simulation {
                 .train
                 .dp_sgd
                 .map(|_| NoiseSource::reproducible(cfg.seed, stream));
-            let out = train_local_with_noise(
-                &cfg.model,
-                &self.params,
-                shard,
-                &train,
-                &mut rng,
-                noise.as_mut(),
-                &Device::Cpu,
-            )?;
+            let out = if cfg.model.lm_config().is_some() {
+                let slot = &mut self.lm_local[i];
+                if slot.is_none() {
+                    *slot = Some(LocalLm::new(&cfg.model, &self.params, &Device::Cpu)?);
+                }
+                let local = slot
+                    .as_mut()
+                    .ok_or_else(|| crate::error::Error::Model("no trainer".into()))?;
+                local.train_round(&self.params, shard, &train, &cfg.lm_rounds, r, &mut rng)?
+            } else {
+                train_local_with_noise(
+                    &cfg.model,
+                    &self.params,
+                    shard,
+                    &train,
+                    &mut rng,
+                    noise.as_mut(),
+                    &Device::Cpu,
+                )?
+            };
             samples.push(if i < byz {
                 attack.claimed_samples(out.samples)
             } else {
@@ -434,6 +458,7 @@ mod tests {
                 prox_mu: 0.0,
                 dp_sgd: None,
             },
+            lm_rounds: LmRounds::default(),
             rule: Rule::Mean.into(),
             server: ServerOpt::default(),
             compression: Compression::Dense,

@@ -10,6 +10,7 @@ use model::codec::Compression;
 use model::data::DatasetKind;
 use model::dp::DpConfig;
 use model::dpsgd::DpSgdConfig;
+use model::lm_local::{LmRounds, RoundSchedule};
 use model::net::ModelSpec;
 use model::partition::Partition;
 use model::schema::DataSchema;
@@ -263,6 +264,14 @@ pub struct TrainingSection {
     /// Largest sample claim a delta may carry (its FedAvg weight); a larger one is rejected.
     #[serde(default = "default_max_samples")]
     pub max_samples: u64,
+    /// Transformer only: the local learning rate over the rounds, `cosine:WARMUP,TOTAL_STEPS`
+    /// on the global step `(round - 1) x local_steps + k` (empty: the optimizer's constant rate).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lr_schedule: String,
+    /// Transformer only: every node keeps its AdamW moments from round to round (node-local
+    /// state; only the deltas it shapes are committed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_moments: bool,
 }
 
 fn default_max_samples() -> u64 {
@@ -323,6 +332,8 @@ pub struct Genesis {
     pub timeouts: Timeouts,
     /// Largest sample claim accepted.
     pub max_samples: u64,
+    /// The transformer's learning-rate schedule over rounds and kept moments.
+    pub lm_rounds: LmRounds,
     /// Record-level DP.
     pub privacy: Privacy,
 }
@@ -476,6 +487,9 @@ impl GenesisFile {
             (model, data)
         };
         let (train, server, rule, compression, dp) = self.training.check(&mut p);
+        let lm_rounds = self
+            .training
+            .check_lm_rounds(&mut p, self.model.kind == "transformer");
         let privacy = self.privacy.check(&mut p);
         if let (
             Some(train),
@@ -549,6 +563,7 @@ impl GenesisFile {
             timeouts,
             hash,
             max_samples: self.training.max_samples,
+            lm_rounds,
             privacy,
             file: self,
         })
@@ -713,6 +728,37 @@ type CheckedTraining = (
 );
 
 impl TrainingSection {
+    /// Parses `lr_schedule` and `keep_moments`, which only the transformer's training reads
+    /// (set for another model, each is a problem added to `p`).
+    fn check_lm_rounds(&self, p: &mut Problems, transformer: bool) -> LmRounds {
+        let schedule = if self.lr_schedule.trim().is_empty() {
+            None
+        } else {
+            p.parsed(
+                "training.lr_schedule",
+                &self.lr_schedule,
+                self.lr_schedule.parse::<RoundSchedule>(),
+            )
+        };
+        let only = "is for model.kind = \"transformer\" only";
+        p.require(
+            transformer || self.lr_schedule.trim().is_empty(),
+            "training.lr_schedule",
+            &self.lr_schedule,
+            only,
+        );
+        p.require(
+            transformer || !self.keep_moments,
+            "training.keep_moments",
+            self.keep_moments,
+            only,
+        );
+        LmRounds {
+            schedule,
+            keep_moments: self.keep_moments,
+        }
+    }
+
     /// Parses and range-checks `[training]`; every problem is added to `p`.
     fn check(&self, p: &mut Problems) -> CheckedTraining {
         p.between("training.batch", self.batch, limits::BATCH);
@@ -969,6 +1015,8 @@ pub fn demo(chain_id: &str, validators: &[ValidatorId]) -> GenesisFile {
             error_feedback: true,
             dp: String::new(),
             max_samples: default_max_samples(),
+            lr_schedule: String::new(),
+            keep_moments: false,
         },
         timeouts: TimeoutSection {
             propose_ms: 4000,
@@ -1321,5 +1369,61 @@ mod tests {
         mlp.model.vocab = g.model.vocab.clone();
         let e = mlp.check().unwrap_err().to_string();
         assert!(e.contains("model.vocab"), "{e}");
+    }
+
+    #[test]
+    fn the_transformers_round_schedule_and_kept_moments_are_checked_settings() {
+        let mut g = demo_file();
+        g.model.kind = "transformer".into();
+        g.model.dataset = "shakespeare".into();
+        g.model.partition = "by-role".into();
+        g.model.transformer = Some(TransformerConfig {
+            layers: 1,
+            heads: 2,
+            dim: 16,
+            context: 8,
+        });
+        g.model.vocab = Some(Vocab::from_texts(["abc\n"]).unwrap());
+        g.training.local_steps = Some(2);
+        // Unset: a constant rate and fresh moments, and the canonical TOML does not name them
+        // (an older genesis keeps its hash).
+        let plain = g.clone().check().unwrap();
+        assert_eq!(plain.lm_rounds, LmRounds::default());
+        let text = toml::to_string(&g).unwrap();
+        assert!(!text.contains("lr_schedule") && !text.contains("keep_moments"));
+        g.training.lr_schedule = "cosine:12,250".into();
+        g.training.keep_moments = true;
+        let set = g.clone().check().unwrap();
+        assert_eq!(
+            set.lm_rounds,
+            LmRounds {
+                schedule: Some(RoundSchedule {
+                    warmup: 12,
+                    total_steps: 250
+                }),
+                keep_moments: true
+            }
+        );
+        assert_ne!(set.hash, plain.hash);
+        let back: GenesisFile = toml::from_str(&toml::to_string_pretty(&g).unwrap()).unwrap();
+        assert_eq!(back.check().unwrap().hash, set.hash);
+        let mut bad = g.clone();
+        bad.training.lr_schedule = "cosine:300,250".into();
+        let e = refusal(bad);
+        assert!(
+            e.contains("training.lr_schedule = \"cosine:300,250\"") && e.contains("warm-up"),
+            "{e}"
+        );
+        // On a classifier both are refused by name, not ignored.
+        let mut mlp = demo_file();
+        mlp.training.lr_schedule = "cosine:1,10".into();
+        mlp.training.keep_moments = true;
+        let e = refusal(mlp);
+        for says in [
+            "training.lr_schedule = \"cosine:1,10\": is for model.kind = \"transformer\" only",
+            "training.keep_moments = true: is for model.kind = \"transformer\" only",
+        ] {
+            assert!(e.contains(says), "{says}: {e}");
+        }
     }
 }

@@ -221,6 +221,21 @@ fn simulate_and_genesis_refuse_a_transformer_on_the_wrong_data() {
             vec!["--model", "transformer:heads=3", "--dataset", "shakespeare"],
             "heads (3) must divide dim (128)",
         ),
+        (
+            vec!["--dataset", "digits", "--keep-moments"],
+            "kept moments are for the transformer",
+        ),
+        (
+            vec![
+                "--dataset",
+                "shakespeare",
+                "--model",
+                TINY,
+                "--lr-schedule",
+                "cosine:20,10",
+            ],
+            "warm-up must not exceed the total steps",
+        ),
     ] {
         let o = cohort(&[&["simulate", "--rounds", "1"], args.as_slice()].concat());
         assert!(!o.status.success(), "{args:?}");
@@ -247,6 +262,8 @@ fn simulate_and_genesis_refuse_a_transformer_on_the_wrong_data() {
 
 #[test]
 fn a_four_node_testnet_trains_the_transformer_and_sample_reads_its_model() {
+    // With the round levers on: a cosine schedule over the 30 local steps, kept AdamW moments
+    // and a Nesterov outer step. Every node must still commit the same model.
     let dir = plays();
     let d = tempdir("lm", "testnet");
     let net = d.join("net");
@@ -272,6 +289,14 @@ fn a_four_node_testnet_trains_the_transformer_and_sample_reads_its_model() {
         "8",
         "--rule",
         "mean",
+        "--lr-schedule",
+        "cosine:3,30",
+        "--keep-moments",
+        "--server-lr",
+        "0.7",
+        "--server-momentum",
+        "0.5",
+        "--nesterov",
         "--propose-ms",
         "20000",
         "--dir",
@@ -287,6 +312,35 @@ fn a_four_node_testnet_trains_the_transformer_and_sample_reads_its_model() {
     assert!(
         genesis.contains("kind = \"transformer\"") && genesis.contains("[model.transformer]"),
         "{genesis}"
+    );
+    for setting in [
+        "lr_schedule = \"cosine:3,30\"",
+        "keep_moments = true",
+        "nesterov = true",
+    ] {
+        assert!(genesis.contains(setting), "{setting}: {genesis}");
+    }
+    // `cohort sample` reads a node's committed model straight from its data directory (the
+    // genesis beside it gives shape and vocabulary).
+    let o = cohort(&[
+        "sample",
+        "--data-dir",
+        net.join("node0/data").to_str().unwrap(),
+        "--prompt",
+        "ROMEO:",
+        "--tokens",
+        "60",
+        "--temperature",
+        "0.8",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let s = text(&o.stdout);
+    assert!(s.starts_with("ROMEO:"), "{s}");
+    assert_eq!(s.trim_end_matches('\n').chars().count(), 66, "{s}");
+    let said = text(&o.stderr);
+    assert!(
+        said.contains("sampling the model of round 3 (model hash"),
+        "{said}"
     );
     let file = d.join("lm.safetensors");
     let o = cohort(&[

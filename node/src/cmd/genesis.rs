@@ -70,12 +70,9 @@ pub struct TrainingArgs {
     /// multi-krum:F[,M], centered-clip:TAU[,ITERS].
     #[arg(long, default_value = "nnm+centered-clip:0.1,3")]
     pub rule: String,
-    /// Server learning rate.
-    #[arg(long, default_value_t = 1.0)]
-    pub server_lr: f64,
-    /// Server momentum.
-    #[arg(long, default_value_t = 0.0)]
-    pub server_momentum: f64,
+    /// The server step and what local training carries from round to round.
+    #[command(flatten)]
+    pub rounds: RoundArgs,
     /// Delta compression: dense, int8, topk:FRAC, topk:FRAC+int8.
     #[arg(long, default_value = "dense")]
     pub compress: String,
@@ -97,6 +94,27 @@ pub struct TrainingArgs {
     /// Record-level privacy.
     #[command(flatten)]
     pub privacy: PrivacyArgs,
+}
+
+/// The server (outer) step, and the transformer's learning rate and moments over the rounds.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RoundArgs {
+    /// Server learning rate.
+    #[arg(long, default_value_t = 1.0)]
+    pub server_lr: f64,
+    /// Server momentum.
+    #[arg(long, default_value_t = 0.0)]
+    pub server_momentum: f64,
+    /// Nesterov server momentum (the DiLoCo outer step).
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Transformer only: the local learning rate over the rounds, cosine:WARMUP,TOTAL_STEPS on
+    /// the global step (round - 1) x local steps + k (default: constant).
+    #[arg(long, default_value = "")]
+    pub lr_schedule: String,
+    /// Transformer only: every node keeps its AdamW moments from round to round.
+    #[arg(long)]
+    pub keep_moments: bool,
 }
 
 /// Privacy: the genesis `[privacy]` section, and node-level DP (`training.dp`).
@@ -193,8 +211,11 @@ impl TrainingArgs {
         t.optimizer = a.optimizer;
         t.prox_mu = a.prox_mu;
         t.rule = a.rule;
-        t.server_lr = a.server_lr;
-        t.server_momentum = a.server_momentum;
+        t.server_lr = a.rounds.server_lr;
+        t.server_momentum = a.rounds.server_momentum;
+        t.nesterov = a.rounds.nesterov;
+        t.lr_schedule = a.rounds.lr_schedule;
+        t.keep_moments = a.rounds.keep_moments;
         t.compression = a.compress;
         t.error_feedback = !a.no_error_feedback;
         t.dp = a.privacy.dp;

@@ -8,6 +8,7 @@ use model::attack::Attack;
 use model::codec::Compression;
 use model::dp::DpConfig;
 use model::dpsgd::DpSgdConfig;
+use model::lm_local::{LmRounds, RoundSchedule};
 use model::partition::{Partition, describe};
 use model::secagg::local::SecAggConfig;
 use model::sim::{SimConfig, Simulation};
@@ -136,6 +137,15 @@ pub struct LocalArgs {
     /// FedProx proximal weight mu (0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub prox_mu: f64,
+    /// Transformer only: the local learning rate over the run, cosine:WARMUP,TOTAL_STEPS (warm-up
+    /// to the optimizer's rate, then cosine decay to a tenth of it at TOTAL_STEPS) on the global
+    /// step (round - 1) x local steps + k, as `lm-train` schedules its steps. Default: constant.
+    #[arg(long)]
+    pub lr_schedule: Option<RoundSchedule>,
+    /// Transformer only: each node keeps its AdamW moments from round to round (default: fresh
+    /// moments every round).
+    #[arg(long)]
+    pub keep_moments: bool,
 }
 
 /// Server step flags of `cohort simulate`.
@@ -323,6 +333,10 @@ fn sim_config(a: &Args, model: ModelSpec, partition: Partition) -> SimConfig {
             prox_mu: a.local.prox_mu,
             dp_sgd: a.privacy.dp_sgd,
         },
+        lm_rounds: LmRounds {
+            schedule: a.local.lr_schedule,
+            keep_moments: a.local.keep_moments,
+        },
         rule: a.rule.clone(),
         server: ServerOpt {
             lr: a.server.server_lr,
@@ -345,7 +359,7 @@ fn sim_config(a: &Args, model: ModelSpec, partition: Partition) -> SimConfig {
 /// The training, aggregation and attack settings, for the first line of output.
 fn settings(a: &Args) -> String {
     format!(
-        "rule {}, compress {}{}, local {} batch {} {}, server lr {} momentum {}{}{}",
+        "rule {}, compress {}{}, local {} batch {} {}{}{}, server lr {} momentum {}{}{}{}",
         a.rule,
         a.compress,
         if a.no_error_feedback {
@@ -359,8 +373,18 @@ fn settings(a: &Args) -> String {
             .unwrap_or_else(|| format!("{} epochs", a.local.local_epochs)),
         a.local.batch,
         a.local.optimizer,
+        a.local
+            .lr_schedule
+            .map(|s| format!(" schedule {s}"))
+            .unwrap_or_default(),
+        if a.local.keep_moments {
+            " (moments kept)"
+        } else {
+            ""
+        },
         a.server.server_lr,
         a.server.server_momentum,
+        if a.server.nesterov { " nesterov" } else { "" },
         a.privacy
             .dp
             .map(|d| format!(", dp clip {} noise {}", d.clip, d.noise))

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use gossip::{NetworkEvent, NetworkHandle, PeerId, Topic};
 use model::data::Dataset;
+use model::lm_local::{LmRounds, LocalLm};
 use model::rng::Rng;
 use tokio::sync::{mpsc, watch};
 
@@ -70,6 +71,9 @@ struct Shell {
     origin: Instant,
     requests: usize,
     allow: crate::allow::AllowList,
+    /// The transformer's local trainer, whose AdamW moments outlive a round when the genesis
+    /// says `training.keep_moments` (node-local state, never sent).
+    lm_local: Arc<std::sync::Mutex<Option<LocalLm>>>,
 }
 
 /// Runs the node until `shutdown` fires or a fatal error.
@@ -109,6 +113,7 @@ pub async fn run(
         origin: Instant::now(),
         requests: 0,
         allow: crate::allow::AllowList::new(cfg.allow_list),
+        lm_local: Arc::default(),
     };
     shell.publish_status(&core);
     shell.step(&mut core, Event::Start).await?;
@@ -301,6 +306,8 @@ impl Shell {
     fn train(&self, core: &Core, round: u64, params: Arc<Vec<f32>>) {
         let g = core.genesis();
         let (kind, train_cfg, seed) = (g.model.clone(), g.train, g.file.seed);
+        let lm_rounds = g.lm_rounds;
+        let lm_local = self.lm_local.clone();
         let me = core.id().0;
         let data = self.train.clone();
         let tx = self.done_tx.clone();
@@ -319,15 +326,21 @@ impl Shell {
                 Some(Ok(())) => Some(model::dpsgd::NoiseSource::from_secret(secret)),
                 None => None,
             };
-            let out = model::train::train_local_with_noise(
-                &kind,
-                &params,
-                &data,
-                &train_cfg,
-                &mut rng,
-                noise.as_mut(),
-                &candle_core::Device::Cpu,
-            );
+            let out = if kind.lm_config().is_some() {
+                train_lm_round(
+                    &lm_local, &kind, &params, &data, &train_cfg, &lm_rounds, round, &mut rng,
+                )
+            } else {
+                model::train::train_local_with_noise(
+                    &kind,
+                    &params,
+                    &data,
+                    &train_cfg,
+                    &mut rng,
+                    noise.as_mut(),
+                    &candle_core::Device::Cpu,
+                )
+            };
             let ev = match (out, getrandom::u64()) {
                 (Ok(out), Ok(noise_seed)) => Event::Trained {
                     round,
@@ -381,4 +394,32 @@ impl Shell {
             s.membership = core.membership_status();
         });
     }
+}
+
+/// One round of the transformer's local training on the node's kept trainer (built on first
+/// use), as `cohort simulate` trains each simulated node ([`model::sim`]).
+#[allow(clippy::too_many_arguments)] // the round's inputs, as train_local_with_noise takes them
+fn train_lm_round(
+    local: &std::sync::Mutex<Option<LocalLm>>,
+    kind: &model::net::ModelSpec,
+    params: &[f32],
+    data: &Dataset,
+    cfg: &model::train::TrainConfig,
+    rounds: &LmRounds,
+    round: u64,
+    rng: &mut Rng,
+) -> model::Result<model::train::TrainOutput> {
+    // A poisoned lock means an earlier round's thread panicked mid-step: start afresh.
+    let mut guard = local.lock().unwrap_or_else(|poisoned| {
+        let mut g = poisoned.into_inner();
+        *g = None;
+        g
+    });
+    if guard.is_none() {
+        *guard = Some(LocalLm::new(kind, params, &candle_core::Device::Cpu)?);
+    }
+    let trainer = guard
+        .as_mut()
+        .ok_or_else(|| model::Error::Model("no transformer trainer".into()))?;
+    trainer.train_round(params, data, cfg, rounds, round, rng)
 }
