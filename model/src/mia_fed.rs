@@ -195,6 +195,7 @@ pub fn run_federated(split: &Split, setup: &FedSetup, mech: Mechanism) -> Result
         server: crate::aggregate::ServerOpt::default(),
         compression: crate::codec::Compression::Dense,
         error_feedback: false,
+        lm_rounds: Default::default(),
         dp,
         byzantine: None,
         secure_aggregation: None,
