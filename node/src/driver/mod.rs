@@ -237,6 +237,19 @@ impl Shell {
             }
             Action::RequestState { from_height } => self.request_state(from_height).await,
             Action::Train { round, params } => self.train(core, round, params),
+            Action::DrawSecrets { round } => {
+                // Secure aggregation's per-round secrets: 64 fresh bytes from the OS CSPRNG.
+                let mut bytes = [0u8; 64];
+                getrandom::fill(&mut bytes)
+                    .map_err(|e| anyhow::anyhow!("OS random generator: {e}"))?;
+                let tx = self.done_tx.clone();
+                let entropy = crate::protocol::secure::Entropy(bytes);
+                tokio::spawn(async move {
+                    let _ = tx
+                        .send(Done::Fetched(Event::Secrets { round, entropy }))
+                        .await;
+                });
+            }
             Action::AppendWal(bytes) => self.store.append_wal(&bytes)?,
             Action::ResetWal => self.store.reset_wal()?,
             Action::AppendLedger(e) => self.store.append_commit(&e)?,
