@@ -75,7 +75,10 @@ pub struct PrivacySection {
     pub secure_aggregation: bool,
     /// With secure aggregation: the fixed-point bound of each coordinate of a node's weighted
     /// delta `(samples / training.max_samples) * delta` (larger values are clamped).
-    #[serde(default = "default_secagg_bound", skip_serializing_if = "is_default_bound")]
+    #[serde(
+        default = "default_secagg_bound",
+        skip_serializing_if = "is_default_bound"
+    )]
     pub secagg_bound: f64,
     /// With secure aggregation and DP-SGD: t, the honest nodes assumed to add their share
     /// sigma / sqrt(t) of the noise (0: all genesis validators).
@@ -546,7 +549,8 @@ impl GenesisFile {
                 ));
             }
         }
-        let privacy = privacy.map(|pr| self.check_secure(&mut p, pr, ids.len(), train, rule.as_ref()));
+        let privacy = privacy
+            .map(|pr| self.check_secure(&mut p, pr, self.validators.len(), train, rule.as_ref()));
         let timeouts = self.timeouts.check(&mut p);
         self.membership.check(&mut p);
         if !p.0.is_empty() {
@@ -640,10 +644,30 @@ impl GenesisFile {
             &t.rule,
             &format!("{why}: only the mean can be unmasked (robust rules need individual deltas)"),
         );
-        p.require(t.compression == "dense", "training.compression", &t.compression, why);
-        p.require(!t.error_feedback, "training.error_feedback", t.error_feedback, why);
-        p.require(t.dp.trim().is_empty(), "training.dp", &t.dp, &format!("{why}: use privacy.dp_sgd (each node adds its share of the noise)"));
-        p.require(!self.membership.contributors_first(), "membership.policy", &self.membership.policy, &format!("{why}: contributors are not on the round's roster"));
+        p.require(
+            t.compression == "dense",
+            "training.compression",
+            &t.compression,
+            why,
+        );
+        p.require(
+            !t.error_feedback,
+            "training.error_feedback",
+            t.error_feedback,
+            why,
+        );
+        p.require(
+            t.dp.trim().is_empty(),
+            "training.dp",
+            &t.dp,
+            &format!("{why}: use privacy.dp_sgd (each node adds its share of the noise)"),
+        );
+        p.require(
+            !self.membership.contributors_first(),
+            "membership.policy",
+            &self.membership.policy,
+            &format!("{why}: contributors are not on the round's roster"),
+        );
         p.require(
             validators <= model::secagg::MAX_MEMBERS,
             "validators",

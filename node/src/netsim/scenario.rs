@@ -133,6 +133,8 @@ pub struct Setup {
     pub secure_aggregation: bool,
     /// Node-level DP noise on every plain delta (tiny; makes a retrained delta differ).
     pub node_noise: bool,
+    /// The data partition (default: the demo's Dirichlet 0.5).
+    pub partition: Option<String>,
 }
 
 /// The join-flood scenario's fresh keys per round.
@@ -176,6 +178,7 @@ impl SimConfig {
                 policy: "open".into(),
                 secure_aggregation: false,
                 node_noise: true,
+                partition: None,
             },
             stop_at: None,
             approved_by: Vec::new(),
@@ -205,6 +208,7 @@ impl SimConfig {
                     policy: "closed".into(),
                     secure_aggregation: true,
                     node_noise: false,
+                    partition: None,
                 };
                 c.net.crashes = true;
                 c.net.delay_faulty = (1, 300);
@@ -316,6 +320,9 @@ pub fn genesis(ids: &[ValidatorId], c: &SimConfig) -> Result<Genesis> {
     g.timeouts.min_round_ms = 0;
     g.membership.downtime_window = 32;
     g.membership.policy = c.setup.policy.clone();
+    if let Some(p) = &c.setup.partition {
+        g.model.partition = p.clone();
+    }
     g.membership.promote_after = 2;
     // Joins carry real proof of work; 4 bits keeps a flood of 100 keys a round cheap to simulate.
     g.membership.join_work_bits = 4;

@@ -27,10 +27,10 @@ pub mod privacy;
 pub mod progress;
 pub mod round;
 pub mod secure;
-pub mod sync;
-pub mod telemetry;
 #[cfg(test)]
 mod secure_tests;
+pub mod sync;
+pub mod telemetry;
 #[cfg(test)]
 mod tests;
 

@@ -7,7 +7,8 @@
 //!    ([`Action::DrawSecrets`], [`super::Event::Secrets`]): a fresh X25519 key and self seed. The
 //!    node publishes its X25519 public key signed by its validator key (bound to its identity).
 //! 2. **Masked delta.** Once trained, the node waits for the roster (adverts from every
-//!    validator, or from a quorum once `collect_ms` passed since the height started), scales its
+//!    validator, or from a quorum once half of `round::max_wait` passed since the height
+//!    started), scales its
 //!    delta by `samples / max_samples`, encodes it in fixed point and masks it
 //!    ([`model::secagg::mask`]). The signed delta's payload is a [`MaskedPayload`]: the roster's
 //!    signed adverts, the masked vector and the seed commitments. Peers check its size (one
@@ -15,7 +16,9 @@
 //!    and that the author is on its own roster.
 //! 3. **Selection.** The proposer fixes the included set: the masked deltas of the largest
 //!    group sharing one roster, claims within `aggregate::bounded_weights`' cap (so the weights
-//!    are exactly the plain mean's), at least a quorum, once the collect window closed. It
+//!    are exactly the plain mean's; a claim above the cap is left out, where the plain mean
+//!    caps its weight: a member's weight is fixed when it masks, before the included set is),
+//!    at least a quorum, once the collect window closed. It
 //!    signs and publishes the selection; a later proposer adopts the first selection it holds.
 //! 4. **Reveal.** An included member reveals for the *first* selection of the round it sees and
 //!    never for another ([`model::secagg::reveal`]: its self seed and its pair seeds with the
@@ -28,7 +31,9 @@
 //! late vector hidden: its self seed is never revealed). A member that drops after being
 //! selected leaves its reveal missing: after the view-0 propose timeout and `max_wait` since the
 //! selection, the proposer proposes the round **void** (reveals empty, model and momentum
-//! unchanged); validators accept a void value. Shamir sharing of self seeds (which would let
+//! unchanged); validators accept a void value. A proposer that finds no quorum of masked deltas
+//! sharing one roster (adverts delayed past the wait) voids the round after twice the propose
+//! timeout, including nothing. Shamir sharing of self seeds (which would let
 //! the others finish the round instead) is not implemented.
 //!
 //! **Threat model.** Honest-but-curious members: they follow the protocol and read all they
@@ -108,11 +113,6 @@ impl SecureState {
             self.pending = None;
         }
     }
-
-    /// Whether this node revealed for `round` (tests).
-    pub fn revealed(&self, round: u64) -> bool {
-        self.revealed.contains(&round)
-    }
 }
 
 fn adverts_of(payload: &MaskedPayload) -> Vec<Advert> {
@@ -168,7 +168,13 @@ impl Core {
         out: &mut Vec<Action>,
     ) -> Result<()> {
         let h = self.committed.height() + 1;
-        if round != h || self.secure.secrets.as_ref().is_some_and(|(r, _)| *r == round) {
+        if round != h
+            || self
+                .secure
+                .secrets
+                .as_ref()
+                .is_some_and(|(r, _)| *r == round)
+        {
             return Ok(());
         }
         let (dh, seed) = entropy.0.split_at(32);
@@ -200,14 +206,13 @@ impl Core {
         &mut self,
         now: Millis,
         data: &[u8],
-        from: Option<PeerId>,
+        _from: Option<PeerId>,
         out: &mut Vec<Action>,
     ) -> Result<Verdict> {
         let Some(Ok(msg)) = SecAggMsg::decode(data) else {
             self.telemetry.counters.reject("malformed");
             return Ok(Verdict::Reject("malformed"));
         };
-        let _ = from;
         let h = self.committed.height() + 1;
         let (round, signer) = match &msg {
             SecAggMsg::Advert(a) => (a.body.round, a.body.member),
@@ -323,8 +328,10 @@ impl Core {
             .keys()
             .filter(|m| set.contains(&ValidatorId(**m)))
             .count();
-        let waited = now.saturating_sub(self.telemetry.started())
-            >= self.cfg.genesis.file.timeouts.collect_ms;
+        // Half the proposer's longest wait: members that mask against different rosters cannot
+        // be summed together, so give every live member's advert time to arrive.
+        let waited =
+            now.saturating_sub(self.telemetry.started()) >= max_wait(&self.cfg.genesis) / 2;
         if known < set.len() && !(known >= set.quorum() && waited) {
             return Ok(());
         }
@@ -649,8 +656,7 @@ impl Core {
             None => {
                 let chosen = self.choose_selection(h);
                 let authors: Vec<[u8; 32]> = chosen.iter().map(|i| i.author).collect();
-                if chosen.len() < self.validators().quorum() || !self.window_closed(now, &authors)
-                {
+                if chosen.len() < self.validators().quorum() || !self.window_closed(now, &authors) {
                     if elapsed >= 2 * propose_ms {
                         // No quorum shares a roster: give the round up.
                         let a = self.void_applied();
@@ -667,7 +673,11 @@ impl Core {
                     },
                     &self.cfg.key,
                 )?;
-                tracing::info!(round = h, included = chosen.len(), "secure aggregation: selection");
+                tracing::info!(
+                    round = h,
+                    included = chosen.len(),
+                    "secure aggregation: selection"
+                );
                 self.secure.selections.insert(h, (sel.clone(), now));
                 let mut out = Vec::new();
                 self.publish_secagg(now, h, SecAggMsg::Selection(sel), &mut out);
@@ -684,7 +694,10 @@ impl Core {
             return self.finish_proposal(height, view, included, applied, reveals);
         }
         if late && now.saturating_sub(since) >= wait {
-            tracing::warn!(round = h, "secure aggregation: reveals missing; the round is void");
+            tracing::warn!(
+                round = h,
+                "secure aggregation: reveals missing; the round is void"
+            );
             let a = self.void_applied();
             return self.finish_proposal(height, view, included, a, Vec::new());
         }

@@ -32,6 +32,7 @@ fn genesis(keys: &[SigningKey]) -> crate::genesis::Genesis {
     g.training.rule = "mean".into();
     g.training.error_feedback = false;
     g.training.max_samples = 2000;
+    g.membership.policy = "closed".into();
     g.privacy.secure_aggregation = true;
     g.check().expect("genesis")
 }
@@ -195,16 +196,25 @@ fn a_masked_delta_of_the_wrong_size_unsigned_or_from_a_non_roster_member_is_refu
     // A plain (unmasked) delta is no masked delta.
     let plain = model::codec::encode(model::codec::Compression::Dense, &vec![0.0; n]);
     let bytes = sign_delta(&c, &k[1], 100, plain);
-    assert_eq!(verdict_of(gossip(&mut c, bytes)), Verdict::Reject("bad_payload"));
+    assert_eq!(
+        verdict_of(gossip(&mut c, bytes)),
+        Verdict::Reject("bad_payload")
+    );
     // Unsigned (the signature of another message).
     let mut sd = SignedDelta::decode(&sign_delta(&c, &k[1], 100, good.encode().unwrap())).unwrap();
     sd.msg.samples = 99;
     let bytes = sd.encode().unwrap();
-    assert_eq!(verdict_of(gossip(&mut c, bytes)), Verdict::Reject("bad_signature"));
+    assert_eq!(
+        verdict_of(gossip(&mut c, bytes)),
+        Verdict::Reject("bad_signature")
+    );
     // From a key outside the validator set.
     let outsider = SigningKey::from_bytes(&[77; 32]);
     let bytes = sign_delta(&c, &outsider, 100, good.encode().unwrap());
-    assert_eq!(verdict_of(gossip(&mut c, bytes)), Verdict::Reject("not_validator"));
+    assert_eq!(
+        verdict_of(gossip(&mut c, bytes)),
+        Verdict::Reject("not_validator")
+    );
     // The good one is accepted.
     let bytes = sign_delta(&c, &k[1], 100, good.encode().unwrap());
     assert_eq!(verdict_of(gossip(&mut c, bytes)), Verdict::Accept);
@@ -297,7 +307,11 @@ fn a_member_reveals_once_for_its_first_selection_and_never_pair_seeds_with_inclu
     assert_eq!(r.len(), 1, "one reveal for the selection");
     let excluded = id(&k[3]);
     let named: Vec<[u8; 32]> = r[0].body.pair_seeds.iter().map(|(m, _)| *m).collect();
-    assert_eq!(named, vec![excluded], "pair seeds with the excluded member only");
+    assert_eq!(
+        named,
+        vec![excluded],
+        "pair seeds with the excluded member only"
+    );
     // A second, different selection (another proposer, everyone included): no second reveal,
     // which would reveal the pair seeds with member 3 for a set that includes it.
     let mut all = first.clone();
@@ -335,7 +349,11 @@ fn the_unmasked_mean_equals_the_plain_weighted_mean_with_a_dropout() {
     // Members 0, 1 and 2 are included; member 3 masked too but dropped out.
     let mut included = Vec::new();
     for i in 0..4 {
-        let d = if i < 3 { deltas[i].clone() } else { vec![0.3; n] };
+        let d = if i < 3 {
+            deltas[i].clone()
+        } else {
+            vec![0.3; n]
+        };
         let s = if i < 3 { samples[i] } else { 100 };
         let p = masked_delta(&c, &k[i], &members[i].0, &roster, &d, s);
         let bytes = sign_delta(&c, &k[i], s, p.encode().unwrap());
@@ -403,7 +421,11 @@ fn the_unmasked_mean_equals_the_plain_weighted_mean_with_a_dropout() {
     let mut wrong = reveals.clone();
     wrong[0] = reveal(order[0], [9; 32]);
     assert!(c.compute_secure(1, &included, &wrong).unwrap().is_none());
-    assert!(c.compute_secure(1, &included, &reveals[..2]).unwrap().is_none());
+    assert!(
+        c.compute_secure(1, &included, &reveals[..2])
+            .unwrap()
+            .is_none()
+    );
     // A void round leaves the model as it was.
     let void = c.compute_secure(1, &included, &[]).unwrap().expect("void");
     assert_eq!(void.params, base);
@@ -417,20 +439,36 @@ fn the_genesis_refuses_secure_aggregation_with_a_robust_rule_compression_or_node
         let mut g = crate::genesis::demo("secagg-test", &ids);
         g.training.rule = "mean".into();
         g.training.error_feedback = false;
+        g.membership.policy = "closed".into();
         g.privacy.secure_aggregation = true;
         g
     };
     base().check().expect("mean, dense, no dp: fine");
     let cases: Vec<(&str, Box<dyn Fn(&mut crate::genesis::GenesisFile)>)> = vec![
-        ("training.rule", Box::new(|g| g.training.rule = "median".into())),
+        (
+            "training.rule",
+            Box::new(|g| g.training.rule = "median".into()),
+        ),
         (
             "training.compression",
             Box::new(|g| g.training.compression = "int8".into()),
         ),
-        ("training.dp", Box::new(|g| g.training.dp = "clip:1,noise:1".into())),
-        ("membership.policy", Box::new(|g| g.membership.policy = "open".into())),
-        ("privacy.secagg_bound", Box::new(|g| g.privacy.secagg_bound = 0.0)),
-        ("privacy.secagg_honest", Box::new(|g| g.privacy.secagg_honest = 5)),
+        (
+            "training.dp",
+            Box::new(|g| g.training.dp = "clip:1,noise:1".into()),
+        ),
+        (
+            "membership.policy",
+            Box::new(|g| g.membership.policy = "open".into()),
+        ),
+        (
+            "privacy.secagg_bound",
+            Box::new(|g| g.privacy.secagg_bound = 0.0),
+        ),
+        (
+            "privacy.secagg_honest",
+            Box::new(|g| g.privacy.secagg_honest = 5),
+        ),
         (
             "training.local_steps",
             Box::new(|g| g.privacy.dp_sgd = "clip:1,noise:1,rate:0.1".into()),
@@ -451,7 +489,7 @@ fn the_genesis_refuses_secure_aggregation_with_a_robust_rule_compression_or_node
     assert_eq!(g.train.dp_sgd.unwrap().noise, 1.0);
     assert_eq!(g.privacy.dp_sgd.unwrap().noise, 2.0);
     // Off, the file (and its hash) is what it was before the setting existed.
-    let plain = crate::genesis::demo("secagg-test", &ids);
+    let plain = crate::genesis::demo("plain-test", &ids);
     let text = toml::to_string(&plain).unwrap();
     assert!(!text.contains("secure_aggregation") && !text.contains("secagg"));
 }
