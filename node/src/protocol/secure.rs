@@ -58,6 +58,9 @@ use crate::wire::secagg::{
 };
 use crate::wire::{DeltaMsg, Included};
 
+/// A roster entry: (member, X25519 public key).
+type RosterKey = ([u8; 32], [u8; 32]);
+
 /// 64 secret bytes from the OS CSPRNG (X25519 key, self seed). `Debug` prints nothing.
 pub struct Entropy(pub [u8; 64]);
 
@@ -522,7 +525,7 @@ impl Core {
             return Ok(None);
         };
         let mut inputs = Vec::with_capacity(included.len());
-        let mut roster: Option<Vec<([u8; 32], [u8; 32])>> = None;
+        let mut roster: Option<Vec<RosterKey>> = None;
         let mut ads = Vec::new();
         for inc in included {
             let Some(p) = self.pool.held(round, inc).and_then(|d| d.masked.clone()) else {
@@ -614,7 +617,7 @@ impl Core {
     fn choose_selection(&self, h: u64) -> Vec<Included> {
         let base = self.committed.chain.model_hash;
         let set = self.validators();
-        let mut groups: BTreeMap<Vec<([u8; 32], [u8; 32])>, Vec<Included>> = BTreeMap::new();
+        let mut groups: BTreeMap<Vec<RosterKey>, Vec<Included>> = BTreeMap::new();
         for (a, d) in self.pool.usable(h, &base) {
             let Some(p) = d.masked.as_ref() else { continue };
             if set.contains(&ValidatorId(a)) {

@@ -235,8 +235,8 @@ fn a_member_reveals_once_for_its_first_selection_and_never_pair_seeds_with_inclu
             },
         )
         .expect("secrets");
-    for i in 1..4 {
-        let (_, a) = member(&g, &k[i], i as u64);
+    for (i, key) in k.iter().enumerate().skip(1) {
+        let (_, a) = member(&g, key, i as u64);
         let bytes = SecAggMsg::Advert(a).encode(1).unwrap();
         assert_eq!(verdict_of(gossip(&mut c, bytes)), Verdict::Accept);
     }
@@ -444,7 +444,8 @@ fn the_genesis_refuses_secure_aggregation_with_a_robust_rule_compression_or_node
         g
     };
     base().check().expect("mean, dense, no dp: fine");
-    let cases: Vec<(&str, Box<dyn Fn(&mut crate::genesis::GenesisFile)>)> = vec![
+    type Change = Box<dyn Fn(&mut crate::genesis::GenesisFile)>;
+    let cases: Vec<(&str, Change)> = vec![
         (
             "training.rule",
             Box::new(|g| g.training.rule = "median".into()),
