@@ -289,7 +289,7 @@ fn round_record(ledger: &Path, offset: u64, r: u64) -> Result<serde_json::Value>
         "value_id": hex(&consensus::Value(e.value.clone()).id().0),
         "base_hash": hex(&rv.base_hash),
         "model_hash": hex(&rv.model_hash),
-        "rule": rv.rule,
+        "rule": rv.aggregation.rule,
         "included": rv.included.iter().map(|i| serde_json::json!({
             "author": hex(&i.author),
             "delta_digest": hex(&i.digest),

@@ -161,7 +161,7 @@ impl Chain {
         }
         let set = self.set_for(self.height + 2).clone();
         let rv = e.verify(&genesis.chain_id, &set)?;
-        if rv.included.len() < set.quorum() {
+        if rv.included.len() < set.quorum() && !void(genesis, &rv) {
             bail!(
                 "round {} includes {} deltas, fewer than a quorum",
                 e.height,
@@ -199,7 +199,7 @@ impl Chain {
         if rv.prev_value != self.last_value {
             bail!("round {h} does not link to the previous commit");
         }
-        if rv.included.len() < set.quorum() {
+        if rv.included.len() < set.quorum() && !void(genesis, &rv) {
             bail!(
                 "round {h} includes {} deltas, fewer than a quorum",
                 rv.included.len()
@@ -216,4 +216,10 @@ impl Chain {
         self.model_hash = rv.model_hash;
         Ok(rv)
     }
+}
+
+/// A void round of secure aggregation (no reveals: the model stays as it was), which may include
+/// fewer than a quorum of deltas (`protocol::secure`).
+fn void(genesis: &Genesis, rv: &RoundValue) -> bool {
+    genesis.privacy.secure.is_some() && rv.aggregation.reveals.is_empty()
 }

@@ -69,10 +69,47 @@ pub struct PrivacySection {
     /// The delta of (epsilon, delta)-DP.
     #[serde(default = "default_delta")]
     pub delta: f64,
+    /// Secure aggregation: each node publishes only its masked delta and the network unmasks
+    /// only the sample-weighted mean (`protocol::secure`). Only the mean rule, dense deltas, no
+    /// node-level `training.dp`, no `open` membership.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure_aggregation: bool,
+    /// With secure aggregation: the fixed-point bound of each coordinate of a node's weighted
+    /// delta `(samples / training.max_samples) * delta` (larger values are clamped).
+    #[serde(
+        default = "default_secagg_bound",
+        skip_serializing_if = "is_default_bound"
+    )]
+    pub secagg_bound: f64,
+    /// With secure aggregation and DP-SGD: t, the honest nodes assumed to add their share
+    /// sigma / sqrt(t) of the noise (0: all genesis validators).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub secagg_honest: usize,
 }
 
 fn default_delta() -> f64 {
     1e-5
+}
+
+fn default_secagg_bound() -> f64 {
+    1.0
+}
+
+fn is_default_bound(b: &f64) -> bool {
+    *b == default_secagg_bound()
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The checked secure-aggregation settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SecureAggregation {
+    /// Fixed-point bound of a weighted delta's coordinate.
+    pub bound: f32,
+    /// Honest nodes assumed to add their DP-SGD noise share.
+    pub honest: usize,
 }
 
 impl Default for PrivacySection {
@@ -81,6 +118,9 @@ impl Default for PrivacySection {
             dp_sgd: String::new(),
             epsilon_budget: 0.0,
             delta: default_delta(),
+            secure_aggregation: false,
+            secagg_bound: default_secagg_bound(),
+            secagg_honest: 0,
         }
     }
 }
@@ -94,6 +134,8 @@ pub struct Privacy {
     pub budget: Option<f64>,
     /// Delta.
     pub delta: f64,
+    /// Secure aggregation, when on.
+    pub secure: Option<SecureAggregation>,
 }
 
 impl PrivacySection {
@@ -132,10 +174,22 @@ impl PrivacySection {
                 "needs privacy.dp_sgd with noise > 0",
             );
         }
+        let bound = self.secagg_bound as f32;
+        p.require(
+            bound.is_finite() && bound > 0.0 && bound <= 1e6,
+            "privacy.secagg_bound",
+            self.secagg_bound,
+            "must be finite and in (0, 1e6]",
+        );
+        let secure = self.secure_aggregation.then_some(SecureAggregation {
+            bound,
+            honest: self.secagg_honest,
+        });
         Some(Privacy {
             dp_sgd: dp_sgd?,
             budget,
             delta: self.delta,
+            secure,
         })
     }
 }
@@ -509,6 +563,8 @@ impl GenesisFile {
                 ));
             }
         }
+        let privacy = privacy
+            .map(|pr| self.check_secure(&mut p, pr, self.validators.len(), train, rule.as_ref()));
         let timeouts = self.timeouts.check(&mut p);
         self.membership.check(&mut p);
         if !p.0.is_empty() {
@@ -547,15 +603,21 @@ impl GenesisFile {
         let hash: [u8; 32] = sha2::Sha256::digest(canonical.as_bytes()).into();
         let chain_id = ChainId::new(format!("{}@{}", self.chain_id, hex(&hash[..8])))
             .context("chain id with the genesis hash")?;
+        // With secure aggregation each node adds its share sigma / sqrt(t) of the DP-SGD noise;
+        // the sum of t honest shares carries sigma (the accountant's, `privacy.dp_sgd`).
+        let dp_sgd = match (privacy.dp_sgd, privacy.secure) {
+            (Some(mut c), Some(sa)) => {
+                c.noise /= (sa.honest as f64).sqrt();
+                Some(c)
+            }
+            (c, _) => c,
+        };
         Ok(Genesis {
             chain_id,
             validators,
             model,
             data,
-            train: TrainConfig {
-                dp_sgd: privacy.dp_sgd,
-                ..train
-            },
+            train: TrainConfig { dp_sgd, ..train },
             rule,
             server,
             compression,
@@ -571,6 +633,83 @@ impl GenesisFile {
 }
 
 impl GenesisFile {
+    /// Refuses what secure aggregation cannot run with (every problem is added to `p`) and
+    /// fills in the honest-node count. Only the plain weighted mean can be unmasked: no robust
+    /// rule (robust rules need individual deltas), no compression or error feedback (the masks
+    /// sum dense fixed-point vectors), no node-level `training.dp` (its noise is per node, not
+    /// the distributed kind), DP-SGD with exactly one local step (as `simulate` requires), and
+    /// no `open` membership (contributors are not on the round's roster).
+    fn check_secure(
+        &self,
+        p: &mut Problems,
+        mut privacy: Privacy,
+        validators: usize,
+        train: Option<TrainConfig>,
+        rule: Option<&Aggregator>,
+    ) -> Privacy {
+        let Some(sa) = privacy.secure.as_mut() else {
+            return privacy;
+        };
+        let mean = Aggregator::from(model::aggregate::Rule::Mean);
+        let t = &self.training;
+        let why = "is not possible with privacy.secure_aggregation";
+        p.require(
+            rule.is_none_or(|r| *r == mean),
+            "training.rule",
+            &t.rule,
+            &format!("{why}: only the mean can be unmasked (robust rules need individual deltas)"),
+        );
+        p.require(
+            t.compression == "dense",
+            "training.compression",
+            &t.compression,
+            why,
+        );
+        p.require(
+            !t.error_feedback,
+            "training.error_feedback",
+            t.error_feedback,
+            why,
+        );
+        p.require(
+            t.dp.trim().is_empty(),
+            "training.dp",
+            &t.dp,
+            &format!("{why}: use privacy.dp_sgd (each node adds its share of the noise)"),
+        );
+        p.require(
+            !self.membership.contributors_first(),
+            "membership.policy",
+            &self.membership.policy,
+            &format!("{why}: contributors are not on the round's roster"),
+        );
+        p.require(
+            validators <= model::secagg::MAX_MEMBERS,
+            "validators",
+            validators,
+            "secure aggregation admits at most 65536",
+        );
+        if privacy.dp_sgd.is_some() {
+            p.require(
+                train.is_none_or(|c| c.work == Work::Steps(1)),
+                "training.local_steps",
+                t.local_steps,
+                "must be 1 with privacy.secure_aggregation and privacy.dp_sgd: later local steps \
+                 would depend on a node's own noise share only",
+            );
+        }
+        if sa.honest == 0 {
+            sa.honest = validators.max(1);
+        }
+        p.require(
+            sa.honest <= validators.max(1),
+            "privacy.secagg_honest",
+            sa.honest,
+            "must be at most the number of genesis validators",
+        );
+        privacy
+    }
+
     /// Checks a transformer's `[model]`: its shape, the vocabulary (required), the text data
     /// set (`shakespeare`; a node's own text is not supported yet) and its split (by-role or
     /// iid). Every problem is added to `p`.

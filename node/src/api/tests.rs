@@ -91,7 +91,10 @@ fn committed_entry(round: u64) -> LedgerEntry {
             digest: [3; 32],
             samples: 600,
         }],
-        rule: "mean".into(),
+        aggregation: crate::wire::Aggregation {
+            rule: "mean".into(),
+            reveals: Vec::new(),
+        },
         model_hash: [4; 32],
         momentum_hash: [5; 32],
         prev_value: [6; 32],

@@ -132,6 +132,18 @@ pub struct PrivacyArgs {
     /// The delta of (epsilon, delta)-DP.
     #[arg(long, default_value_t = 1e-5)]
     pub dp_delta: f64,
+    /// Secure aggregation: nodes publish masked deltas, only the mean is unmasked (needs
+    /// --rule mean, --compress dense, --no-error-feedback, no --dp).
+    #[arg(long)]
+    pub secure_aggregation: bool,
+    /// With --secure-aggregation: the fixed-point bound of a coordinate of
+    /// (samples / max_samples) * delta.
+    #[arg(long, default_value_t = 1.0)]
+    pub secagg_bound: f64,
+    /// With --secure-aggregation and --dp-sgd: t, the honest nodes assumed to add their noise
+    /// share sigma / sqrt(t) (0: all validators).
+    #[arg(long, default_value_t = 0)]
+    pub secagg_honest: usize,
 }
 
 /// The model and the dataset a network trains.
@@ -225,6 +237,9 @@ impl TrainingArgs {
         g.privacy.dp_sgd = a.privacy.dp_sgd;
         g.privacy.epsilon_budget = a.privacy.epsilon_budget;
         g.privacy.delta = a.privacy.dp_delta;
+        g.privacy.secure_aggregation = a.privacy.secure_aggregation;
+        g.privacy.secagg_bound = a.privacy.secagg_bound;
+        g.privacy.secagg_honest = a.privacy.secagg_honest;
         Ok(g)
     }
 }

@@ -41,7 +41,7 @@ pub fn run(a: Args) -> Result<()> {
     for seed in a.seed..a.seed + a.runs {
         let mut cfg = SimConfig::new(a.scenario, seed, a.nodes);
         if let Some(r) = &a.rule {
-            cfg.rule = r.clone();
+            cfg.setup.rule = r.clone();
         }
         let out = Sim::new(cfg)?.run();
         max_rounds_held = max_rounds_held.max(out.max_rounds_held);

@@ -4,18 +4,16 @@
 //! only place that reads the clock (passed to the core as `now`) and the OS RNG (noise seeds).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use gossip::{NetworkEvent, NetworkHandle, PeerId, Topic};
 use model::data::Dataset;
-use model::lm_local::{LmRounds, LocalLm};
-use model::rng::Rng;
+use model::lm_local::LocalLm;
 use tokio::sync::{mpsc, watch};
 
 use crate::history::History;
-use crate::keys::{NodeKey, hex};
+use crate::keys::NodeKey;
 use crate::metrics::{Metrics, Status};
 use crate::protocol::{Action, Core, CoreConfig, Event, Millis};
 use crate::store::Store;
@@ -23,6 +21,7 @@ use crate::store::Store;
 pub use crate::protocol::Byzantine;
 
 mod report;
+mod train;
 
 /// Everything the driver needs.
 pub struct DriverConfig {
@@ -242,6 +241,19 @@ impl Shell {
             }
             Action::RequestState { from_height } => self.request_state(from_height).await,
             Action::Train { round, params } => self.train(core, round, params),
+            Action::DrawSecrets { round } => {
+                // Secure aggregation's per-round secrets: 64 fresh bytes from the OS CSPRNG.
+                let mut bytes = [0u8; 64];
+                getrandom::fill(&mut bytes)
+                    .map_err(|e| anyhow::anyhow!("OS random generator: {e}"))?;
+                let tx = self.done_tx.clone();
+                let entropy = crate::protocol::secure::Entropy(bytes);
+                tokio::spawn(async move {
+                    let _ = tx
+                        .send(Done::Fetched(Event::Secrets { round, entropy }))
+                        .await;
+                });
+            }
             Action::AppendWal(bytes) => self.store.append_wal(&bytes)?,
             Action::ResetWal => self.store.reset_wal()?,
             Action::AppendLedger(e) => self.store.append_commit(&e)?,
@@ -300,126 +312,4 @@ impl Shell {
             }
         });
     }
-
-    /// Local training on a blocking thread. The minibatch order is seeded from the key and the
-    /// round; the privacy noise seed comes from the OS CSPRNG.
-    fn train(&self, core: &Core, round: u64, params: Arc<Vec<f32>>) {
-        let g = core.genesis();
-        let (kind, train_cfg, seed) = (g.model.clone(), g.train, g.file.seed);
-        let lm_rounds = g.lm_rounds;
-        let lm_local = self.lm_local.clone();
-        let me = core.id().0;
-        let data = self.train.clone();
-        let tx = self.done_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let stream =
-                u64::from_le_bytes([me[0], me[1], me[2], me[3], me[4], me[5], me[6], me[7]]);
-            let mut rng = Rng::derive(seed ^ stream, round);
-            let t = Instant::now();
-            // DP-SGD's sampling and noise: 32 fresh bytes from the OS CSPRNG every round.
-            let mut secret = [0u8; 32];
-            let mut noise = match train_cfg.dp_sgd.map(|_| getrandom::fill(&mut secret)) {
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "OS random generator failed");
-                    return;
-                }
-                Some(Ok(())) => Some(model::dpsgd::NoiseSource::from_secret(secret)),
-                None => None,
-            };
-            let out = if kind.lm_config().is_some() {
-                train_lm_round(
-                    &lm_local, &kind, &params, &data, &train_cfg, &lm_rounds, round, &mut rng,
-                )
-            } else {
-                model::train::train_local_with_noise(
-                    &kind,
-                    &params,
-                    &data,
-                    &train_cfg,
-                    &mut rng,
-                    noise.as_mut(),
-                    &candle_core::Device::Cpu,
-                )
-            };
-            let ev = match (out, getrandom::u64()) {
-                (Ok(out), Ok(noise_seed)) => Event::Trained {
-                    round,
-                    out,
-                    secs: t.elapsed().as_secs_f64(),
-                    noise_seed,
-                },
-                (Err(e), _) => {
-                    tracing::error!(error = %e, "local training failed");
-                    return;
-                }
-                (_, Err(e)) => {
-                    tracing::error!(error = %e, "OS random generator failed");
-                    return;
-                }
-            };
-            let _ = tx.blocking_send(Done::Trained(ev));
-        });
-    }
-
-    fn publish_status(&self, core: &Core) {
-        let acc = self.metrics.accuracy_ppm.load(Ordering::Relaxed) as f32 / 1e6;
-        let loss = self.metrics.loss_micro.load(Ordering::Relaxed) as f32 / 1e6;
-        self.status.send_modify(|s| {
-            s.chain_id = core.genesis().chain_id.as_str().to_string();
-            s.peer_id = crate::keys::peer_id_of(&core.id())
-                .map(|p| p.to_string())
-                .unwrap_or_default();
-            s.validator = core.is_validator();
-            s.round = core.committed_round();
-            s.view = core.view();
-            s.validators = core.validators().len();
-            s.model_hash = hex(&core.model_hash());
-            s.last_value = hex(&core.last_value());
-            s.accuracy = acc;
-            s.loss = loss;
-            s.epsilon = core.epsilon();
-            s.reputation = core
-                .reputation()
-                .into_iter()
-                .map(|r| crate::metrics::Reputation {
-                    peer_id: crate::keys::peer_id_of(&consensus::ValidatorId(r.key))
-                        .map(|p| p.to_string())
-                        .unwrap_or_default(),
-                    validator: r.validator,
-                    included: r.included,
-                    rejected: r.rejected,
-                    rounds: r.rounds,
-                })
-                .collect();
-            s.membership = core.membership_status();
-        });
-    }
-}
-
-/// One round of the transformer's local training on the node's kept trainer (built on first
-/// use), as `cohort simulate` trains each simulated node ([`model::sim`]).
-#[allow(clippy::too_many_arguments)] // the round's inputs, as train_local_with_noise takes them
-fn train_lm_round(
-    local: &std::sync::Mutex<Option<LocalLm>>,
-    kind: &model::net::ModelSpec,
-    params: &[f32],
-    data: &Dataset,
-    cfg: &model::train::TrainConfig,
-    rounds: &LmRounds,
-    round: u64,
-    rng: &mut Rng,
-) -> model::Result<model::train::TrainOutput> {
-    // A poisoned lock means an earlier round's thread panicked mid-step: start afresh.
-    let mut guard = local.lock().unwrap_or_else(|poisoned| {
-        let mut g = poisoned.into_inner();
-        *g = None;
-        g
-    });
-    if guard.is_none() {
-        *guard = Some(LocalLm::new(kind, params, &candle_core::Device::Cpu)?);
-    }
-    let trainer = guard
-        .as_mut()
-        .ok_or_else(|| model::Error::Model("no transformer trainer".into()))?;
-    trainer.train_round(params, data, cfg, rounds, round, rng)
 }

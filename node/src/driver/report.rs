@@ -146,3 +146,40 @@ pub(super) fn spawn_json_printer(net: NetworkHandle) -> mpsc::UnboundedSender<se
     });
     tx
 }
+
+impl Shell {
+    /// What `/status` serves, from the core and the metrics.
+    pub(super) fn publish_status(&self, core: &Core) {
+        let acc = self.metrics.accuracy_ppm.load(Ordering::Relaxed) as f32 / 1e6;
+        let loss = self.metrics.loss_micro.load(Ordering::Relaxed) as f32 / 1e6;
+        self.status.send_modify(|s| {
+            s.chain_id = core.genesis().chain_id.as_str().to_string();
+            s.peer_id = crate::keys::peer_id_of(&core.id())
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            s.validator = core.is_validator();
+            s.round = core.committed_round();
+            s.view = core.view();
+            s.validators = core.validators().len();
+            s.model_hash = hex(&core.model_hash());
+            s.last_value = hex(&core.last_value());
+            s.accuracy = acc;
+            s.loss = loss;
+            s.epsilon = core.epsilon();
+            s.reputation = core
+                .reputation()
+                .into_iter()
+                .map(|r| crate::metrics::Reputation {
+                    peer_id: crate::keys::peer_id_of(&consensus::ValidatorId(r.key))
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    validator: r.validator,
+                    included: r.included,
+                    rejected: r.rejected,
+                    rounds: r.rounds,
+                })
+                .collect();
+            s.membership = core.membership_status();
+        });
+    }
+}

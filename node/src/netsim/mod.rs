@@ -211,6 +211,10 @@ impl Sim {
             {
                 break;
             }
+            let node0 = self.nodes[0].core.as_ref().map(|c| c.committed_round());
+            if self.cfg.stop_at.is_some() && node0 >= self.cfg.stop_at {
+                break;
+            }
             if t > deadline {
                 let goal = target.unwrap_or(0);
                 self.checker.liveness(format!(
@@ -243,7 +247,7 @@ impl Sim {
         for e in &self.nodes[0].store.ledger {
             if let Ok(rv) = crate::wire::RoundValue::decode(&e.value) {
                 let joins = rv.joins.iter().map(|j| j.validator);
-                if self.cfg.policy == "open" {
+                if self.cfg.setup.policy == "open" {
                     out.contributors.extend(joins);
                     out.admitted.extend(rv.promotions.iter().copied());
                 } else {
@@ -515,6 +519,16 @@ impl Sim {
             Action::Fetch { round, digest } => self.fetch(i, round, digest),
             Action::RequestState { from_height } => self.request_state(i, from_height),
             Action::Train { round, params } => self.train(i, round, &params),
+            Action::DrawSecrets { round } => {
+                // Reproducible (the simulator is seeded), so not secret: `cohort run` uses the OS.
+                let mut bytes = [0u8; 64];
+                bytes
+                    .chunks_mut(8)
+                    .for_each(|c| c.copy_from_slice(&self.rng.next_u64().to_le_bytes()));
+                let entropy = crate::protocol::secure::Entropy(bytes);
+                let ev = Event::Secrets { round, entropy };
+                self.at(self.now, i, Delivery::Event(ev));
+            }
             Action::Fatal(why) => {
                 // A Byzantine node may well trip over its own tricks; an honest one never stops.
                 if fault.is_none() {

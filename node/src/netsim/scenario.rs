@@ -30,6 +30,8 @@ pub enum Scenario {
     OneDown,
     /// Each run one of the above, by run index.
     All,
+    /// Secure aggregation (mean of masked deltas) with crashes, delays and reordering.
+    SecureAggregation,
     /// Membership: fresh keys flood join requests (they stay up).
     JoinFlood,
     /// Membership: fresh keys join, are admitted, then go silent for good.
@@ -110,14 +112,29 @@ pub struct SimConfig {
     pub joiners_silent_at: Option<Millis>,
     /// Crashes at fixed times: (node, crash at, back at; None = never).
     pub outages: Vec<(usize, Millis, Option<Millis>)>,
-    /// Aggregation rule.
-    pub rule: String,
-    /// Membership policy (genesis `[membership] policy`).
-    pub policy: String,
+    /// What the genesis sets: rule, membership policy, secure aggregation.
+    pub setup: Setup,
     /// Per joiner, how many validators (the first ones) approve its key.
     pub approved_by: Vec<usize>,
     /// Fresh-key join requests a flooding node sends per committed round.
     pub flood_per_round: usize,
+    /// End the run as soon as node 0 commits this height (comparisons at one height).
+    pub stop_at: Option<u64>,
+}
+
+/// The genesis settings a scenario chooses.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Aggregation rule.
+    pub rule: String,
+    /// Membership policy (genesis `[membership] policy`).
+    pub policy: String,
+    /// Genesis `[privacy] secure_aggregation`.
+    pub secure_aggregation: bool,
+    /// Node-level DP noise on every plain delta (tiny; makes a retrained delta differ).
+    pub node_noise: bool,
+    /// The data partition (default: the demo's Dirichlet 0.5).
+    pub partition: Option<String>,
 }
 
 /// The join-flood scenario's fresh keys per round.
@@ -150,14 +167,20 @@ impl SimConfig {
             late: None,
             joiners_silent_at: None,
             outages: Vec::new(),
-            // Sample-weighted and not: inflated claims must stay bounded under both.
-            rule: if seed.is_multiple_of(2) {
-                "nnm+median"
-            } else {
-                "mean"
-            }
-            .into(),
-            policy: "open".into(),
+            setup: Setup {
+                // Sample-weighted and not: inflated claims must stay bounded under both.
+                rule: if seed.is_multiple_of(2) {
+                    "nnm+median"
+                } else {
+                    "mean"
+                }
+                .into(),
+                policy: "open".into(),
+                secure_aggregation: false,
+                node_noise: true,
+                partition: None,
+            },
+            stop_at: None,
             approved_by: Vec::new(),
             flood_per_round: 0,
         };
@@ -178,6 +201,19 @@ impl SimConfig {
             Scenario::Crash => c.net.crashes = true,
             Scenario::Byzantine => byzantine(&mut c, &mut rng),
             Scenario::LateJoiner => c.late = Some((0, 3_000)),
+            Scenario::SecureAggregation => {
+                // Only the mean can be unmasked; contributors are not on a roster.
+                c.setup = Setup {
+                    rule: "mean".into(),
+                    policy: "closed".into(),
+                    secure_aggregation: true,
+                    node_noise: false,
+                    partition: None,
+                };
+                c.net.crashes = true;
+                c.net.delay_faulty = (1, 300);
+                c.faults_until = 8_000;
+            }
             Scenario::Mixed => {
                 c.net.loss = 0.1;
                 c.net.duplicate = 0.05;
@@ -217,7 +253,7 @@ impl SimConfig {
             }
             Scenario::ApprovedJoins => {
                 c.joiners = 3;
-                c.policy = "approve".into();
+                c.setup.policy = "approve".into();
                 let quorum = nodes - f;
                 c.approved_by = vec![nodes, quorum - 1, 0];
                 c.faults_until = 10_000;
@@ -240,9 +276,9 @@ impl SimConfig {
             }
         }
         c.faults.resize(nodes + c.joiners, None);
-        if c.joiners > 0 && c.policy == "open" {
+        if c.joiners > 0 && c.setup.policy == "open" {
             // Contributors are included (and promoted) only under a robust rule.
-            c.rule = "nnm+median".into();
+            c.setup.rule = "nnm+median".into();
         }
         c
     }
@@ -263,11 +299,18 @@ pub fn genesis(ids: &[ValidatorId], c: &SimConfig) -> Result<Genesis> {
     g.checkpoint_every = 0;
     g.training.local_steps = Some(2);
     g.training.batch = 16;
-    g.training.rule = c.rule.clone();
+    g.training.rule = c.setup.rule.clone();
     g.training.error_feedback = false;
     // Node-level noise: each delta differs with the secret noise seed, so a node that trained a
-    // round twice (a restart) would sign two different deltas.
-    g.training.dp = "clip:10,noise:0.0001".into();
+    // round twice (a restart) would sign two different deltas. Under secure aggregation the
+    // fresh masks do that (node-level DP is refused there).
+    if c.setup.secure_aggregation {
+        g.privacy.secure_aggregation = true;
+        // The fixed-point scale follows samples / max_samples: keep it near the real claims.
+        g.training.max_samples = 2_000;
+    } else if c.setup.node_noise {
+        g.training.dp = "clip:10,noise:0.0001".into();
+    }
     g.timeouts.propose_ms = 1_000;
     g.timeouts.propose_per_view_ms = 500;
     g.timeouts.vote_ms = 500;
@@ -276,7 +319,10 @@ pub fn genesis(ids: &[ValidatorId], c: &SimConfig) -> Result<Genesis> {
     g.timeouts.max_ms = 8_000;
     g.timeouts.min_round_ms = 0;
     g.membership.downtime_window = 32;
-    g.membership.policy = c.policy.clone();
+    g.membership.policy = c.setup.policy.clone();
+    if let Some(p) = &c.setup.partition {
+        g.model.partition = p.clone();
+    }
     g.membership.promote_after = 2;
     // Joins carry real proof of work; 4 bits keeps a flood of 100 keys a round cheap to simulate.
     g.membership.join_work_bits = 4;

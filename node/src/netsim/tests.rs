@@ -335,3 +335,17 @@ fn a_validator_back_from_an_outage_is_waited_for_again() {
         );
     }
 }
+
+/// Secure aggregation (masked deltas, the selection, reveals, void rounds) under crashes and
+/// restarts, delays and reordering: no invariant broken (equal committed values, no honest
+/// message refused) and rounds go on once the faults stop (many rounds during the faults are
+/// void: masked against different rosters, or a selected member crashed before revealing).
+#[test]
+fn secure_aggregation_runs_keep_safety_and_liveness() {
+    for (nodes, seeds) in [(4, 0..16u64), (7, 100..103)] {
+        for seed in seeds {
+            let out = run(Scenario::SecureAggregation, seed, nodes);
+            assert_clean("secure aggregation", seed, &out);
+        }
+    }
+}

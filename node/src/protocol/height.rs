@@ -146,6 +146,7 @@ impl Core {
         hs.timers.clear();
         hs.pending_commit = None;
         self.pool.prune(h);
+        self.secure.prune(h);
         self.telemetry.height_started(now);
         if self.cfg.byzantine == Some(Byzantine::Silent) {
             self.height.machine = None;

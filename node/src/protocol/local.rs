@@ -125,6 +125,9 @@ impl Core {
         if self.is_participant() && !self.privacy.may_release() {
             return;
         }
+        if self.secure().is_some() && self.is_participant() {
+            out.push(Action::DrawSecrets { round });
+        }
         out.push(Action::Train {
             round,
             params: self.committed.params.clone(),
@@ -152,6 +155,10 @@ impl Core {
         self.local.trained_at = Some(now);
         if !self.is_participant() || self.cfg.byzantine == Some(Byzantine::Silent) {
             return Ok(());
+        }
+        if self.secure().is_some() {
+            // Masked once the roster is known; attacks are outside its threat model.
+            return self.hold_for_masking(now, round, trained.delta, trained.samples, out);
         }
         let mut rng = Rng::derive(noise_seed, round);
         let mut delta = trained.delta;
@@ -199,6 +206,21 @@ impl Core {
             );
             to_send.push(other);
         }
+        self.release(now, to_send, out)?;
+        let follow: Vec<_> = self.try_propose(now)?.into_iter().collect();
+        self.feed(now, follow, out)
+    }
+
+    /// Signs and publishes our delta of the round (the first of `to_send`; an equivocating
+    /// demonstration node signs more): counted as a privacy release and stored before it
+    /// leaves, and held as any other delta.
+    pub(super) fn release(
+        &mut self,
+        now: Millis,
+        to_send: Vec<DeltaMsg>,
+        out: &mut Vec<Action>,
+    ) -> Result<()> {
+        let round = self.committed.height() + 1;
         for (i, m) in to_send.into_iter().enumerate() {
             let bytes = Bytes::from(m.sign(&self.cfg.key)?.encode()?);
             if i == 0 {
@@ -217,8 +239,7 @@ impl Core {
                 bytes,
             });
         }
-        let follow: Vec<_> = self.try_propose(now)?.into_iter().collect();
-        self.feed(now, follow, out)
+        Ok(())
     }
 
     /// A membership message: a genesis hello or a join request.
@@ -386,6 +407,7 @@ impl Core {
             });
         }
         self.approvals_tick(now, out);
+        self.secure_tick(now, out)?;
         if let Some(v) = self.try_propose(now)? {
             self.feed(now, vec![v], out)?;
         }

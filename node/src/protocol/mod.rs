@@ -15,7 +15,8 @@
 //! * [`sync`]: serving and adopting state snapshots, lag detection;
 //! * [`telemetry`]: counters, phase timings and per-author inclusion;
 //! * [`progress`]: whether the committed model still moves and is finite;
-//! * [`local`]: this node's own training, its delta, its join requests.
+//! * [`local`]: this node's own training, its delta, its join requests;
+//! * [`secure`]: secure aggregation's adverts, masking, selection and reveals.
 
 pub mod approval;
 pub mod committed;
@@ -25,6 +26,9 @@ pub mod pool;
 pub mod privacy;
 pub mod progress;
 pub mod round;
+pub mod secure;
+#[cfg(test)]
+mod secure_tests;
 pub mod sync;
 pub mod telemetry;
 #[cfg(test)]
@@ -142,6 +146,13 @@ pub enum Event {
         /// anything a peer knows; the simulator seeds it from its own seed).
         noise_seed: u64,
     },
+    /// The answer to [`Action::DrawSecrets`]: 64 bytes from the OS CSPRNG.
+    Secrets {
+        /// The round they are for.
+        round: u64,
+        /// The bytes (never logged).
+        entropy: secure::Entropy,
+    },
 }
 
 /// Something the host must do, in order.
@@ -181,6 +192,12 @@ pub enum Action {
     RequestState {
         /// The requester holds everything up to here.
         from_height: u64,
+    },
+    /// Draw 64 fresh bytes from the OS CSPRNG for secure aggregation's secrets of `round`;
+    /// answer with `Secrets`.
+    DrawSecrets {
+        /// The round.
+        round: u64,
     },
     /// Train `params` on the local data for `round`; answer with `Trained`.
     Train {
@@ -239,6 +256,8 @@ pub struct Core {
     privacy: privacy::PrivacyAccount,
     /// Approvals of joiners (the `approve` policy).
     approvals: approval::Approvals,
+    /// Secure aggregation's round state.
+    secure: secure::SecureState,
     /// Set when a height was committed or adopted: when the next height may start (the
     /// genesis `min_round_ms` after the last one started).
     next_start: Option<Millis>,
@@ -263,6 +282,7 @@ impl Core {
             telemetry: telemetry::Telemetry::default(),
             privacy: privacy::PrivacyAccount::new(&cfg.genesis, recovered.releases),
             approvals: approval::Approvals::default(),
+            secure: secure::SecureState::default(),
             next_start: None,
             cfg,
         })
@@ -309,6 +329,7 @@ impl Core {
                 secs,
                 noise_seed,
             } => self.on_trained(now, round, trained, secs, noise_seed, &mut out)?,
+            Event::Secrets { round, entropy } => self.on_secrets(now, round, entropy, &mut out)?,
         }
         // Timers that fell due while handling (a zero-delay follow-up), then the next height.
         self.fire_timers(now, &mut out)?;
@@ -316,6 +337,7 @@ impl Core {
             self.next_start = None;
             self.start_height(now, &mut out)?;
         }
+        out.append(&mut self.secure.outbox);
         Ok(out)
     }
 

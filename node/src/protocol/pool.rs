@@ -32,8 +32,10 @@ pub struct Held {
     pub samples: u64,
     /// The model it was trained from.
     pub base_hash: [u8; 32],
-    /// The decoded delta.
+    /// The decoded delta (empty for a masked one).
     pub decoded: Arc<Vec<f32>>,
+    /// Under secure aggregation: the checked masked payload.
+    pub masked: Option<Arc<crate::wire::secagg::MaskedPayload>>,
     /// Its signed header (equivocation evidence, should the author sign another).
     pub signed: SignedHeader,
 }
@@ -161,6 +163,13 @@ impl Core {
         from: Option<PeerId>,
         out: &mut Vec<Action>,
     ) -> Result<Verdict> {
+        if data.starts_with(crate::wire::secagg::SecAggMsg::MAGIC) {
+            if self.secure().is_none() {
+                self.telemetry.counters.reject("malformed");
+                return Ok(Verdict::Reject("malformed"));
+            }
+            return self.on_secagg_bytes(now, data, from, out);
+        }
         let h = self.committed.height() + 1;
         let (verdict, round) = self.check_and_admit(now, data, from, out);
         if let Verdict::Reject(reason) = verdict {
@@ -277,7 +286,17 @@ impl Core {
             return Verdict::Ignore("duplicate delta");
         }
         let n_params = self.committed.params.len();
-        let Ok(decoded) = model::codec::decode(&sd.msg.payload, n_params) else {
+        let decoded = if self.secure().is_some() {
+            // A masked delta: its size, roster and commitments (`secure::check_masked`).
+            self.check_masked(round, &author, &sd.msg.payload)
+                .map(|m| (Vec::new(), Some(m)))
+                .ok_or(())
+        } else {
+            model::codec::decode(&sd.msg.payload, n_params)
+                .map(|d| (d, None))
+                .map_err(|_| ())
+        };
+        let Ok((decoded, masked)) = decoded else {
             if let Some(p) = from {
                 out.push(Action::Penalize {
                     peer: p,
@@ -293,6 +312,7 @@ impl Core {
             samples: sd.msg.samples,
             base_hash: sd.msg.base_hash,
             decoded: Arc::new(decoded),
+            masked,
             signed: sd.signed_header(),
         };
         match self.pool.admit(round, author, held) {

@@ -19,14 +19,17 @@ use super::committed::MAX_CONTRIBUTORS;
 use super::height::PendingCommit;
 use super::{Action, Byzantine, Core, Millis};
 use crate::keys::hex;
-use crate::wire::{DeltaEvidence, Included, LedgerEntry, RoundValue, SignedJoin, momentum_hash};
+use crate::wire::{
+    Aggregation, DeltaEvidence, Included, LedgerEntry, RoundValue, SignedJoin, momentum_hash,
+};
 
 /// At most this many validators are admitted per round (and never more than the admission
 /// bound of `Committed::admissible_joins`).
 pub const MAX_JOINS_PER_ROUND: usize = 4;
 /// The round value format: 2 added removals, 3 delta equivocation evidence, 4 promotions and
-/// rejected authors, 5 proof of work in join requests.
-pub const VALUE_VERSION: u8 = 5;
+/// rejected authors, 5 proof of work in join requests, 6 the aggregation with secure
+/// aggregation's reveals.
+pub const VALUE_VERSION: u8 = 6;
 /// A join request may be admitted for at most this many rounds after it was made.
 pub const JOIN_TTL: u64 = 64;
 
@@ -103,8 +106,25 @@ impl Core {
         }))
     }
 
+    /// The result of a value's included deltas: the plain rule, or under secure aggregation
+    /// the unmasked mean (`reveals` empty: a void round).
+    pub(super) fn compute_value(
+        &self,
+        round: u64,
+        included: &[Included],
+        reveals: &[Vec<u8>],
+    ) -> Result<Option<Applied>> {
+        if self.secure().is_some() {
+            self.compute_secure(round, included, reveals)
+        } else if reveals.is_empty() {
+            self.compute(round, included)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Whether the collect window is closed for a proposer holding `held` (see the module doc).
-    fn window_closed(&self, now: Millis, held: &[[u8; 32]]) -> bool {
+    pub(super) fn window_closed(&self, now: Millis, held: &[[u8; 32]]) -> bool {
         let set = self.validators();
         if held.len() >= set.len() {
             return true;
@@ -152,6 +172,9 @@ impl Core {
             self.height.pending_propose = None;
             return Ok(None);
         }
+        if self.secure().is_some() {
+            return self.try_propose_secure(now);
+        }
         let base = self.committed.chain.model_hash;
         let set = self.validators();
         let usable: Vec<Included> = self
@@ -187,6 +210,21 @@ impl Core {
         let Some(applied) = self.compute(h, &included)? else {
             return Ok(None);
         };
+        self.finish_proposal(height, view, included, applied, Vec::new())
+    }
+
+    /// The value of a proposal with these included deltas and their result: membership changes
+    /// (evidence, removals, promotions, joins) added, as every validator will check them.
+    pub(super) fn finish_proposal(
+        &mut self,
+        height: consensus::Height,
+        view: consensus::View,
+        included: Vec<Included>,
+        applied: Applied,
+        reveals: Vec<Vec<u8>>,
+    ) -> Result<Option<Input>> {
+        let h = self.committed.height() + 1;
+        let base = self.committed.chain.model_hash;
         let next = self.committed.chain.set_for(h + 1);
         let evidence: Vec<(consensus::Evidence, [u8; 32])> = self
             .local
@@ -246,7 +284,10 @@ impl Core {
             round: h,
             base_hash: base,
             included,
-            rule: self.cfg.genesis.rule.to_string(),
+            aggregation: Aggregation {
+                rule: self.cfg.genesis.rule.to_string(),
+                reveals,
+            },
             model_hash: model::params::hash_params(&applied.params),
             momentum_hash: momentum_hash(&applied.velocity),
             prev_value: self.committed.chain.last_value,
@@ -424,15 +465,17 @@ impl Core {
             .included
             .iter()
             .all(|i| i.samples > 0 && i.samples <= g.max_samples);
+        // Under secure aggregation a round may be void (see `secure`): no reveals, no change.
+        let void = g.privacy.secure.is_some() && rv.aggregation.reveals.is_empty();
         if rv.version != VALUE_VERSION
             || rv.round != h
             || rv.base_hash != self.committed.chain.model_hash
             || rv.prev_value != self.committed.chain.last_value
-            || rv.rule != g.rule.to_string()
+            || rv.aggregation.rule != g.rule.to_string()
             || !sorted
             || !members
             || !samples_ok
-            || from_validators < set.quorum()
+            || (from_validators < set.quorum() && !void)
         {
             return Ok(Some(false));
         }
@@ -473,7 +516,7 @@ impl Core {
             self.fetch_missing(h, &rv.included, out);
             return Ok(None);
         }
-        let Some(applied) = self.compute(h, &rv.included)? else {
+        let Some(applied) = self.compute_value(h, &rv.included, &rv.aggregation.reveals)? else {
             return Ok(Some(false));
         };
         let ok = model::params::hash_params(&applied.params) == rv.model_hash
@@ -502,7 +545,7 @@ impl Core {
         let rv = RoundValue::decode(&pc.value.0)?;
         let applied = match self.height.applied.get(&id).cloned() {
             Some(a) => Some(a),
-            None => self.compute(h, &rv.included)?,
+            None => self.compute_value(h, &rv.included, &rv.aggregation.reveals)?,
         };
         let Some(a) = applied.filter(|a| model::params::hash_params(&a.params) == rv.model_hash)
         else {

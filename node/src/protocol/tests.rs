@@ -253,6 +253,7 @@ fn held(digest: u8, round: u64) -> Held {
         samples: 1,
         base_hash: [0; 32],
         decoded: std::sync::Arc::new(vec![0.0]),
+        masked: None,
         signed: crate::wire::SignedHeader {
             header: crate::wire::DeltaHeader {
                 chain_id: "c".into(),
@@ -326,7 +327,10 @@ fn entry(height: u64, joins: bool) -> (LedgerEntry, RoundValue) {
             digest: [2; 32],
             samples: 1,
         }],
-        rule: "mean".into(),
+        aggregation: crate::wire::Aggregation {
+            rule: "mean".into(),
+            reveals: Vec::new(),
+        },
         model_hash: [0; 32],
         momentum_hash: [0; 32],
         prev_value: [0; 32],

@@ -10,6 +10,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod secagg;
+
 /// Largest signed delta accepted (the CNN dense is 6.7 MB).
 pub const MAX_DELTA_BYTES: usize = 32 << 20;
 /// Largest checkpoint accepted.
@@ -30,11 +32,11 @@ fn cfg<const L: usize>() -> Cfg<L> {
         .with_limit::<L>()
 }
 
-fn encode<T: Serialize, const L: usize>(v: &T) -> Result<Vec<u8>> {
+pub(crate) fn encode<T: Serialize, const L: usize>(v: &T) -> Result<Vec<u8>> {
     bincode::serde::encode_to_vec(v, cfg::<L>()).context("encoding")
 }
 
-fn decode<T: for<'de> Deserialize<'de>, const L: usize>(bytes: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>, const L: usize>(bytes: &[u8]) -> Result<T> {
     if bytes.len() > L {
         bail!("{} bytes exceed the limit of {L}", bytes.len());
     }
@@ -46,7 +48,7 @@ fn decode<T: for<'de> Deserialize<'de>, const L: usize>(bytes: &[u8]) -> Result<
 }
 
 /// Strict ed25519 verification of `signature` by `key` over `msg` (the same rule on every node).
-fn verify_ed25519(key: &[u8; 32], msg: &[u8], signature: &[u8]) -> Result<()> {
+pub(crate) fn verify_ed25519(key: &[u8; 32], msg: &[u8], signature: &[u8]) -> Result<()> {
     let key = VerifyingKey::from_bytes(key).context("public key")?;
     let sig: [u8; 64] = signature.try_into().context("signature length")?;
     key.verify_strict(msg, &Signature::from_bytes(&sig))
@@ -206,8 +208,8 @@ pub struct RoundValue {
     pub base_hash: [u8; 32],
     /// Included deltas, sorted by author.
     pub included: Vec<Included>,
-    /// The aggregation rule (its canonical string).
-    pub rule: String,
+    /// How the round aggregated: the rule and, under secure aggregation, the reveals.
+    pub aggregation: Aggregation,
     /// Hash of the parameters after the round.
     pub model_hash: [u8; 32],
     /// Hash of the server momentum buffer after the round.
@@ -236,6 +238,17 @@ pub struct RoundValue {
     /// Under the `approve` policy: for each join, approvals from a quorum of the current
     /// validators (sorted by joiner, then validator); empty otherwise.
     pub approvals: Vec<SignedApproval>,
+}
+
+/// How a round value aggregates its included deltas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Aggregation {
+    /// The aggregation rule (its canonical string).
+    pub rule: String,
+    /// Under secure aggregation: one [`secagg::SignedReveal`] (encoded) per included delta, in
+    /// the order of `included`, which unmask their sum; empty for a void round (the model
+    /// stays as it was). Always empty without secure aggregation.
+    pub reveals: Vec<Vec<u8>>,
 }
 
 /// A request to become a validator, signed by the joining key. It names the round it was made
