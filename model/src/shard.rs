@@ -77,17 +77,7 @@ pub fn load_node_shard(
     let (lpath, lbytes) = read_maybe_gz(dir, "train-labels-idx1-ubyte")?;
     let y = parse_idx_labels(&lbytes, &lpath)?;
     drop(lbytes);
-    if y.len() != images.count {
-        return Err(data_err(
-            &lpath,
-            format!(
-                "{} labels but {} has {} images",
-                y.len(),
-                images.path.display(),
-                images.count
-            ),
-        ));
-    }
+    images.check_labels(y.len(), &lpath)?;
     let idx = pick(partition_labels(&y, shards, how, seed))?;
     let features = images.rows * images.cols;
     let pixels = images.take(&idx)?;
@@ -117,17 +107,7 @@ impl IdxEvalSet {
         let images = IdxImages::open(dir, TEST_IMAGES)?;
         let (lpath, lbytes) = read_maybe_gz(dir, TEST_LABELS)?;
         let labels = parse_idx_labels(&lbytes, &lpath)?;
-        if labels.len() != images.count {
-            return Err(data_err(
-                &lpath,
-                format!(
-                    "{} labels but {} has {} images",
-                    labels.len(),
-                    images.path.display(),
-                    images.count
-                ),
-            ));
-        }
+        images.check_labels(labels.len(), &lpath)?;
         Ok(IdxEvalSet {
             dir: dir.to_path_buf(),
             labels,
@@ -273,6 +253,21 @@ impl IdxImages {
             rows,
             cols,
         })
+    }
+
+    /// An error naming the label file `lpath` unless it holds one label per image.
+    fn check_labels(&self, labels: usize, lpath: &Path) -> Result<()> {
+        if labels == self.count {
+            return Ok(());
+        }
+        Err(data_err(
+            lpath,
+            format!(
+                "{labels} labels but {} has {} images",
+                self.path.display(),
+                self.count
+            ),
+        ))
     }
 
     /// Reads the whole file and returns the images at `indices`, in that order (an index may
