@@ -9,15 +9,6 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Shape, Tensor};
 
-/// The `f32` values a contiguous layout covers.
-fn values<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let v = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{op} needs a contiguous input"),
-    }
-}
-
 /// The size of the last dimension, checked to divide the values.
 fn last_dim(l: &Layout, len: usize, op: &str) -> candle_core::Result<usize> {
     match l.dims().last() {
@@ -53,8 +44,11 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = values(s1, l1, self.name())?;
-        let (w, b) = (values(s2, l2, self.name())?, values(s3, l3, self.name())?);
+        let x = crate::gelu::slice(s1, l1, self.name())?;
+        let (w, b) = (
+            crate::gelu::slice(s2, l2, self.name())?,
+            crate::gelu::slice(s3, l3, self.name())?,
+        );
         let c = last_dim(l1, x.len(), self.name())?;
         if w.len() != c || b.len() != c {
             candle_core::bail!("{}: gain/bias of {} for rows of {c}", self.name(), w.len());
@@ -110,8 +104,11 @@ impl CustomOp3 for LayerNormGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = values(s1, l1, self.name())?;
-        let (w, dy) = (values(s2, l2, self.name())?, values(s3, l3, self.name())?);
+        let x = crate::gelu::slice(s1, l1, self.name())?;
+        let (w, dy) = (
+            crate::gelu::slice(s2, l2, self.name())?,
+            crate::gelu::slice(s3, l3, self.name())?,
+        );
         let c = last_dim(l1, x.len(), self.name())?;
         if w.len() != c || dy.len() != x.len() {
             candle_core::bail!("{}: shapes disagree", self.name());
@@ -166,7 +163,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = values(s, l, self.name())?;
+        let x = crate::gelu::slice(s, l, self.name())?;
         let c = last_dim(l, x.len(), self.name())?;
         let mut out = x.to_vec();
         for row in out.chunks_exact_mut(c) {
@@ -205,7 +202,10 @@ impl CustomOp2 for SoftmaxGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (y, g) = (values(s1, l1, self.name())?, values(s2, l2, self.name())?);
+        let (y, g) = (
+            crate::gelu::slice(s1, l1, self.name())?,
+            crate::gelu::slice(s2, l2, self.name())?,
+        );
         let c = last_dim(l1, y.len(), self.name())?;
         if y.len() != g.len() {
             candle_core::bail!("{}: shapes disagree", self.name());
