@@ -129,9 +129,9 @@ fn tune_malloc() {
 /// runs. glibc returns memory only from the top of its heap on `free`, so a burst of small blocks
 /// (gossip messages, deltas of a small model) that are freed out of order leaves free pages
 /// resident: RSS stays at the burst's high-water mark while the live heap falls back.
-/// `malloc_trim(0)` releases every whole free page in every arena (`madvise(MADV_DONTNEED)`), so
-/// RSS follows the live heap (BENCHMARKS.md section 8, the digits validator from round 100 to
-/// 5,000). One call walks the arenas' free lists: well under a millisecond for a node's heap.
+/// `malloc_trim(0)` releases every whole free page in every arena (`madvise(MADV_DONTNEED)`);
+/// pages that still hold a live block stay (BENCHMARKS.md section 8, the digits validator from
+/// round 100 to 5,000). Its cost per call was not measured.
 pub(crate) async fn trim_malloc_every(every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -47,9 +47,9 @@ pub struct RoundSummary {
     /// The committed model's accuracy on this node's held-out data, if evaluated this round.
     pub accuracy: Option<f32>,
     /// The authors (validator keys, hex in the JSON) whose deltas the round included: inline
-    /// up to [`INLINE_AUTHORS`], so that a small network's window is one allocation (a small
-    /// list allocated every round and kept for 1,000 rounds pinned heap pages that the
-    /// allocator could otherwise return: BENCHMARKS.md section 8).
+    /// up to [`INLINE_AUTHORS`], so that a small network's window is one allocation made at
+    /// start instead of a small list per round that grew the heap until round 1,000 (heaptrack:
+    /// +113 kB between rounds ~100 and ~1,000 with 4 validators, BENCHMARKS.md section 8).
     pub included: Authors,
     /// Where this node's time went in the round, seconds, where this node timed it.
     pub phases: Option<Phases>,

@@ -320,7 +320,7 @@ fn run_with_data(
         // The core answers every message as it handles it: 10 s is ample. The message cache
         // (history = validation timeout / heartbeat), the duplicate cache and gossipsub's
         // peer-score delivery records (which expire with the duplicate cache: vendor/README.md)
-        // hold messages/s times these windows, so memory is flat once 20 s of rounds have passed.
+        // hold messages/s times these windows: bounded by the pace, not by the number of rounds.
         net_cfg.validation_timeout = Duration::from_secs(10);
         net_cfg.duplicate_cache_time = net_cfg.validation_timeout * 2;
         net_cfg.window_messages = window_messages(&genesis, net_cfg.duplicate_cache_time);
@@ -427,8 +427,9 @@ fn run_with_data(
 /// Gossip messages a node sees in `window` at the genesis's fastest pace (one round per
 /// `min_round_ms`, at most 20 a second), with half again as margin, at most 8,192: a round carries
 /// about three messages per validator (delta announcement, prevote, precommit) and a few more
-/// (proposal, joins, approvals). Gossipsub's windowed caches are sized for this at start, so a
-/// digits validator's memory is flat from its first rounds (BENCHMARKS.md section 8).
+/// (proposal, joins, approvals). Gossipsub's windowed caches are sized for this at start instead
+/// of doubling as busier windows come (BENCHMARKS.md section 8: the digits validator is flat
+/// from round 500, not yet from round 100).
 fn window_messages(genesis: &Genesis, window: Duration) -> usize {
     let rounds_per_s = 1000.0 / genesis.file.timeouts.min_round_ms.max(50) as f64;
     let per_round = (3 * genesis.validators.len() + 8) as f64;
