@@ -150,7 +150,11 @@ impl Sim {
                 store: Default::default(),
                 core: None,
                 // One node trains three times longer (it holds the most data, say).
-                train_ms: if i == 1 { 240 } else { 60 + 10 * i as u64 },
+                train_ms: match cfg.net.joiner_train_ms {
+                    Some(ms) if i >= cfg.nodes => ms,
+                    _ if i == 1 => 240,
+                    _ => 60 + 10 * i as u64,
+                },
             });
         }
         let honest: Vec<bool> = nodes.iter().map(|n| n.fault.is_none()).collect();

@@ -85,6 +85,9 @@ pub struct NetFaults {
     pub partitions: bool,
     /// Crashes while faulty.
     pub crashes: bool,
+    /// How long each joiner's local training takes, if not the default (slower than every
+    /// validator's, say).
+    pub joiner_train_ms: Option<Millis>,
 }
 
 /// One run's settings.
@@ -160,6 +163,7 @@ impl SimConfig {
                 delay_faulty: (2, 30),
                 partitions: false,
                 crashes: false,
+                joiner_train_ms: None,
             },
             faults_until: 4_000,
             liveness_ms: 40_000,

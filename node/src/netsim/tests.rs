@@ -213,6 +213,29 @@ fn a_delta_equivocator_is_removed_by_committed_evidence() {
     }
 }
 
+/// An honest contributor that trains slower than every validator (and hears of each commit a
+/// hop after them) is waited for, included and promoted. Before the proposer waited for
+/// contributors, its delta lost every race against the last validator's: never included,
+/// never promoted (the e2e join test timed out that way in one run of eight).
+#[test]
+fn a_contributor_slower_than_every_validator_is_included_and_promoted() {
+    for seed in 0..8 {
+        let mut c = SimConfig::new(Scenario::Calm, seed, 4);
+        c.joiners = 1;
+        c.faults.resize(5, None);
+        c.setup.rule = "nnm+median".into();
+        c.net.joiner_train_ms = Some(250);
+        let joiner = Sim::new(c.clone()).expect("sim").joiner_ids();
+        let out = Sim::new(c).expect("sim").run();
+        assert_clean("slow contributor", seed, &out);
+        assert_eq!(
+            out.contributors, joiner,
+            "seed {seed}: admitted as a contributor"
+        );
+        assert_eq!(out.admitted, joiner, "seed {seed}: promoted");
+    }
+}
+
 /// Under the `approve` policy only the joiner whose key the operators of a quorum of validators
 /// approved is admitted; one approved by a quorum less one, and one approved by nobody, never
 /// are, though both keep asking.

@@ -229,16 +229,20 @@ impl Core {
             // only late: the proposers wait for it again. Without this a validator whose deltas
             // come in after the proposal (as after a partition heals) was never waited for,
             // never included, and removed for downtime (found by the compose smoke test).
+            // The same for a contributor: its late deltas make the proposers wait for it.
             let window = super::committed::ACTIVITY_WINDOW as u64;
+            let chain = &self.committed.chain;
             if round + window >= h
-                && self
-                    .committed
-                    .chain
-                    .set_for(h)
-                    .contains(&ValidatorId(author))
+                && (chain.set_for(h).contains(&ValidatorId(author))
+                    || chain.is_contributor(&author, h))
                 && sd.verify().is_ok()
             {
                 self.telemetry.heard(author, round);
+                if round + 1 == h {
+                    // Its usual arrival counts the late ones too, or a node always late is
+                    // never waited for.
+                    self.telemetry.arrived_late(author, now);
+                }
             }
             return Verdict::Ignore("old round");
         }

@@ -162,6 +162,45 @@ impl Core {
         own && stragglers
     }
 
+    /// Whether the proposer should keep the window open for a contributor (under `open`):
+    /// there is room for one, none is held, and one that sent a delta within the last
+    /// [`ACTIVITY_WINDOW`](super::committed::ACTIVITY_WINDOW) rounds (on time or late) is due:
+    /// until its usual arrival with a quarter's margin, or, never seen on time, until
+    /// `collect_ms` after our own delta; never past [`max_wait`]. Without this a contributor
+    /// that learns of each commit a hop after the validators lost every race against the last
+    /// validator's delta, was never included, and was never promoted (found by the e2e join
+    /// test, which timed out in one run of eight).
+    pub(super) fn contributor_due(
+        &self,
+        now: Millis,
+        contributors: &[[u8; 32]],
+        validators_held: usize,
+        contributors_held: usize,
+    ) -> bool {
+        let h = self.committed.height() + 1;
+        let room = self.committed.contributor_room(h, validators_held);
+        if room == 0 || contributors_held >= room {
+            return false;
+        }
+        let elapsed = now.saturating_sub(self.telemetry.started());
+        if elapsed >= max_wait(&self.cfg.genesis) {
+            return false;
+        }
+        let collect = self.cfg.genesis.file.timeouts.collect_ms;
+        let own_waited = self
+            .local
+            .trained_at
+            .is_some_and(|t| now.saturating_sub(t) >= collect);
+        let window = super::committed::ACTIVITY_WINDOW as u64;
+        contributors.iter().any(|k| {
+            self.telemetry.heard_within(k, h, window)
+                && match self.telemetry.usual_arrival(k) {
+                    Some(u) => elapsed < u + u / 4,
+                    None => !own_waited,
+                }
+        })
+    }
+
     /// If this node must propose and the window is closed, builds the value.
     pub(super) fn try_propose(&mut self, now: Millis) -> Result<Option<Input>> {
         let Some((height, view)) = self.height.pending_propose else {
@@ -191,16 +230,18 @@ impl Core {
             .into_iter()
             .partition(|i| set.contains(&ValidatorId(i.author)));
         let authors: Vec<[u8; 32]> = included.iter().map(|i| i.author).collect();
-        if !self.window_closed(now, &authors) {
-            return Ok(None);
-        }
-        // Contributors take turns: a rotation by height over those that sent a delta.
-        let room = self.committed.contributor_room(h, included.len());
         let contributors = self.committed.contributors(h);
         let mut offered: Vec<Included> = offered
             .into_iter()
             .filter(|i| contributors.contains(&i.author))
             .collect();
+        if !self.window_closed(now, &authors)
+            || self.contributor_due(now, &contributors, authors.len(), offered.len())
+        {
+            return Ok(None);
+        }
+        // Contributors take turns: a rotation by height over those that sent a delta.
+        let room = self.committed.contributor_room(h, included.len());
         if !offered.is_empty() {
             let turn = (h % offered.len() as u64) as usize;
             offered.rotate_left(turn);

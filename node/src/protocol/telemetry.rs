@@ -66,6 +66,8 @@ pub struct Telemetry {
     pub counters: Counters,
     /// When the current height started.
     started: Millis,
+    /// When the previous height started.
+    previous_start: Millis,
     /// When the first proposal of this height was seen.
     proposal_seen: Option<Millis>,
     /// When the last commit finished.
@@ -83,6 +85,7 @@ pub struct Telemetry {
 impl Telemetry {
     /// A height started.
     pub fn height_started(&mut self, now: Millis) {
+        self.previous_start = self.started;
         self.started = now;
         self.proposal_seen = None;
     }
@@ -104,6 +107,14 @@ impl Telemetry {
         *avg = (*avg * 3 + after) / 4;
     }
 
+    /// A delta of the previous height arrived from `author` after that height was decided:
+    /// its arrival after that height's start goes into the same average.
+    pub fn arrived_late(&mut self, author: [u8; 32], now: Millis) {
+        let after = now.saturating_sub(self.previous_start);
+        let avg = self.arrival.entry(author).or_insert(after);
+        *avg = (*avg * 3 + after) / 4;
+    }
+
     /// A valid delta of `author` for `round` arrived (any round the pool keeps).
     pub fn heard(&mut self, author: [u8; 32], round: u64) {
         let r = self.heard.entry(author).or_default();
@@ -113,11 +124,14 @@ impl Telemetry {
     /// Whether `author` sent a delta for one of the `window` rounds up to `round` (a node the
     /// proposer should wait for); at the start of a chain every validator counts.
     pub fn recently_heard(&self, author: &[u8; 32], round: u64, window: u64) -> bool {
-        round <= window
-            || self
-                .heard
-                .get(author)
-                .is_some_and(|r| r.saturating_add(window) >= round)
+        round <= window || self.heard_within(author, round, window)
+    }
+
+    /// Whether `author` sent a valid delta for one of the `window` rounds up to `round`.
+    pub fn heard_within(&self, author: &[u8; 32], round: u64, window: u64) -> bool {
+        self.heard
+            .get(author)
+            .is_some_and(|r| r.saturating_add(window) >= round)
     }
 
     /// `author`'s usual arrival after a height's start, if ever seen.
@@ -219,5 +233,28 @@ mod tests {
         t.arrived([1; 32], 2_000);
         assert_eq!(t.usual_arrival(&[1; 32]), Some(300));
         assert_eq!(t.usual_arrival(&[2; 32]), None);
+    }
+
+    /// A delta that arrives after its height was decided counts from that height's start, so
+    /// a node that is always late still gets a usual arrival to be waited for.
+    #[test]
+    fn late_arrivals_count_from_their_own_heights_start() {
+        let mut t = Telemetry::default();
+        t.height_started(1_000);
+        t.height_started(1_300);
+        t.arrived_late([3; 32], 1_350);
+        assert_eq!(t.usual_arrival(&[3; 32]), Some(350));
+        assert!(
+            t.heard_within(&[3; 32], 2, 8) == false,
+            "arrival is not hearing"
+        );
+        t.heard([3; 32], 1);
+        assert!(t.heard_within(&[3; 32], 9, 8));
+        assert!(!t.heard_within(&[3; 32], 10, 8));
+        assert!(
+            t.recently_heard(&[4; 32], 8, 8),
+            "every key counts at a chain's start"
+        );
+        assert!(!t.heard_within(&[4; 32], 8, 8));
     }
 }
