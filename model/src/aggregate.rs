@@ -539,6 +539,11 @@ pub struct ServerOpt {
     pub momentum: f64,
     /// Nesterov look-ahead.
     pub nesterov: bool,
+    /// The learning rate over rounds (`None`: constant `lr`): linear warm-up then cosine decay to
+    /// a tenth of `lr` at the schedule's last round, counted in rounds. Every node knows the
+    /// round, so every node applies the same rate.
+    #[serde(default)]
+    pub schedule: Option<crate::lm_local::RoundSchedule>,
 }
 
 impl Default for ServerOpt {
@@ -547,6 +552,7 @@ impl Default for ServerOpt {
             lr: 1.0,
             momentum: 0.0,
             nesterov: false,
+            schedule: None,
         }
     }
 }
@@ -564,13 +570,33 @@ impl ServerOpt {
         } else if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
             format!("momentum {:?} must be in [0, 1)", self.momentum)
         } else {
-            return Ok(());
+            return match self.schedule {
+                Some(s) => s.validate(),
+                None => Ok(()),
+            };
         };
         Err(parse_err(
             "server optimiser",
             &format!("lr {:?}, momentum {:?}", self.lr, self.momentum),
             why,
         ))
+    }
+
+    /// The step of round `round` (1-based): this optimiser with the scheduled rate and no
+    /// schedule left, so [`ServerOpt::step`] applies it as a constant.
+    pub fn at_round(&self, round: u64) -> ServerOpt {
+        let lr = match self.schedule {
+            Some(s) => s.lr_at(
+                self.lr,
+                usize::try_from(round.saturating_sub(1)).unwrap_or(usize::MAX),
+            ),
+            None => self.lr,
+        };
+        ServerOpt {
+            lr,
+            schedule: None,
+            ..*self
+        }
     }
 
     /// Applies one step to `params` in place; `velocity` is the momentum buffer (resized on first use).
@@ -638,6 +664,7 @@ mod tests {
             lr,
             momentum,
             nesterov: false,
+            schedule: None,
         };
         assert!(ServerOpt::default().validate().is_ok());
         assert!(opt(10.0, 0.99).validate().is_ok());
@@ -814,6 +841,7 @@ mod tests {
             lr: 1.0,
             momentum: 0.5,
             nesterov: false,
+            schedule: None,
         };
         opt.step(&mut p, &mut v, &[1.0, f32::MAX]).unwrap();
         assert_eq!((p, v), (vec![1.0, f32::MAX], vec![]));
@@ -831,6 +859,7 @@ mod tests {
             lr: 1.0,
             momentum: 0.5,
             nesterov: false,
+            schedule: None,
         };
         let mut p = vec![0.0f32];
         opt.step(&mut p, &mut v, &[1.0]).unwrap();
@@ -855,6 +884,7 @@ mod tests {
             lr: 0.7,
             momentum: 0.9,
             nesterov: true,
+            schedule: None,
         };
         let (mut p, mut v) = (vec![0.0f32, 0.0], Vec::new());
         opt.step(&mut p, &mut v, &[1.0, -2.0]).unwrap();
@@ -878,6 +908,53 @@ mod tests {
         heavy.step(&mut q, &mut w, &[1.0, -2.0]).unwrap();
         heavy.step(&mut q, &mut w, &[0.5, 1.0]).unwrap();
         assert!(close(q[0], 0.7 + 0.98) && close(q[1], -1.4 - 0.56), "{q:?}");
+    }
+
+    /// The scheduled server rate: warm-up from round 1, the peak, then cosine to a tenth of it,
+    /// the same function as the transformer's schedule; and a step at a round moves the model
+    /// by that round's rate.
+    #[test]
+    fn the_server_rate_follows_its_schedule_over_rounds() {
+        let opt = ServerOpt {
+            lr: 2.0,
+            momentum: 0.0,
+            nesterov: false,
+            schedule: Some(crate::lm_local::RoundSchedule {
+                warmup: 2,
+                total_steps: 10,
+            }),
+        };
+        let lrs: Vec<f64> = [1, 2, 3, 4, 11, 1000]
+            .into_iter()
+            .map(|r| opt.at_round(r).lr)
+            .collect();
+        assert_eq!(lrs[0], 1.0, "round 1 is the first warm-up step: {lrs:?}");
+        assert_eq!(lrs[1..3], [2.0, 2.0], "{lrs:?}");
+        assert!(lrs[3] < 2.0 && lrs[3] > 1.9, "{lrs:?}");
+        for late in &lrs[4..] {
+            assert!((late - 0.2).abs() < 1e-12, "{lrs:?}");
+        }
+        assert_eq!(opt.at_round(5).schedule, None);
+        let mut p = vec![0.0f32];
+        opt.at_round(11)
+            .step(&mut p, &mut Vec::new(), &[1.0])
+            .unwrap();
+        assert!((p[0] - 0.2).abs() < 1e-6, "{p:?}");
+        // Without a schedule the rate is constant.
+        let flat = ServerOpt {
+            schedule: None,
+            ..opt
+        };
+        assert_eq!(flat.at_round(1000).lr, 2.0);
+        // A schedule whose warm-up exceeds its length is refused.
+        let bad = ServerOpt {
+            schedule: Some(crate::lm_local::RoundSchedule {
+                warmup: 11,
+                total_steps: 10,
+            }),
+            ..opt
+        };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

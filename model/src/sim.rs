@@ -284,6 +284,7 @@ impl Simulation {
             let domain = Domain::new("cohort simulate", r);
             let m = masked_mean(&domain, cfg.seed, &plain, &samples, &all, sa.bound)?;
             cfg.server
+                .at_round(r)
                 .step(&mut self.params, &mut self.velocity, &m.mean)?;
             clamped = m.clamped;
             honest_bytes = m.bytes_per_member * honest;
@@ -292,7 +293,7 @@ impl Simulation {
                 &mut self.params,
                 &mut self.velocity,
                 &cfg.rule,
-                &cfg.server,
+                &cfg.server.at_round(r),
                 &inputs,
             )?;
         }

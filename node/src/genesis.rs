@@ -943,6 +943,7 @@ impl TrainingSection {
             lr: self.server_lr,
             momentum: self.server_momentum,
             nesterov: self.nesterov,
+            schedule: None,
         };
         // The same ranges, checked where the server step lives (already reported above).
         let server = server.validate().is_ok().then_some(server);

@@ -160,6 +160,10 @@ pub struct ServerArgs {
     /// Use Nesterov momentum for the server step (the DiLoCo outer step).
     #[arg(long)]
     pub nesterov: bool,
+    /// The server learning rate over rounds, `cosine:WARMUP,ROUNDS`: linear warm-up, then
+    /// cosine decay to a tenth of `--server-lr` at round ROUNDS (constant without it).
+    #[arg(long)]
+    pub server_lr_schedule: Option<model::lm_local::RoundSchedule>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -342,6 +346,7 @@ fn sim_config(a: &Args, model: ModelSpec, partition: Partition) -> SimConfig {
             lr: a.server.server_lr,
             momentum: a.server.server_momentum,
             nesterov: a.server.nesterov,
+            schedule: a.server.server_lr_schedule,
         },
         compression: a.compress,
         error_feedback: !a.no_error_feedback,
@@ -359,7 +364,7 @@ fn sim_config(a: &Args, model: ModelSpec, partition: Partition) -> SimConfig {
 /// The training, aggregation and attack settings, for the first line of output.
 fn settings(a: &Args) -> String {
     format!(
-        "rule {}, compress {}{}, local {} batch {} {}{}{}, server lr {} momentum {}{}{}{}",
+        "rule {}, compress {}{}, local {} batch {} {}{}{}, server lr {}{} momentum {}{}{}{}",
         a.rule,
         a.compress,
         if a.no_error_feedback {
@@ -383,6 +388,10 @@ fn settings(a: &Args) -> String {
             ""
         },
         a.server.server_lr,
+        a.server
+            .server_lr_schedule
+            .map(|s| format!(" schedule {s}"))
+            .unwrap_or_default(),
         a.server.server_momentum,
         if a.server.nesterov { " nesterov" } else { "" },
         a.privacy
