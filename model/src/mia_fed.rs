@@ -201,6 +201,7 @@ pub fn run_federated(split: &Split, setup: &FedSetup, mech: Mechanism) -> Result
         secure_aggregation: None,
         seed: setup.seed,
         eval_every: setup.rounds,
+        ema: None,
     };
     let mut sim = Simulation::new(cfg, split)?;
     let shard = sim.shards()[0].clone();

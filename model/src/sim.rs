@@ -62,6 +62,10 @@ pub struct SimConfig {
     pub seed: u64,
     /// Evaluate on the test set every this many rounds (and at the last round).
     pub eval_every: usize,
+    /// Evaluate an exponential moving average of the committed parameters with this decay
+    /// (`avg = d avg + (1 - d) theta` after each round) instead of the parameters themselves:
+    /// a function of what was committed, so under DP it costs no privacy.
+    pub ema: Option<f64>,
 }
 
 /// One line of the simulation's output.
@@ -101,6 +105,8 @@ pub struct Simulation {
     test: Dataset,
     params: Vec<f32>,
     velocity: Vec<f32>,
+    /// The moving average of `params` (`SimConfig::ema`; empty when off).
+    average: Vec<f32>,
     residuals: Vec<Vec<f32>>,
     round: usize,
     /// The classifier evaluated after a round (`None` for a transformer, which
@@ -153,6 +159,7 @@ impl Simulation {
             test,
             params,
             velocity: Vec::new(),
+            average: Vec::new(),
             round: 0,
             eval_model,
             cfg,
@@ -297,6 +304,9 @@ impl Simulation {
                 &inputs,
             )?;
         }
+        if let Some(d) = cfg.ema {
+            update_average(&mut self.average, &self.params, d);
+        }
         let evaluate_now = self.round.is_multiple_of(cfg.eval_every.max(1));
         let (dp, dp_sgd, work) = (cfg.dp, cfg.train.dp_sgd, cfg.train.work);
         let (accuracy, loss) = if evaluate_now {
@@ -349,13 +359,29 @@ impl Simulation {
 
     /// Evaluates the current model on the test set.
     pub fn evaluate(&self) -> Result<(f32, f32)> {
+        let params = if self.average.is_empty() {
+            &self.params
+        } else {
+            &self.average
+        };
         match &self.eval_model {
             Some(m) => {
-                m.set_flat(&self.params)?;
+                m.set_flat(params)?;
                 evaluate(m, &self.test)
             }
-            None => evaluate_params(&self.cfg.model, &self.params, &self.test),
+            None => evaluate_params(&self.cfg.model, params, &self.test),
         }
+    }
+}
+
+/// `average = d average + (1 - d) params` in f64 rounded to f32; the first call copies `params`.
+fn update_average(average: &mut Vec<f32>, params: &[f32], d: f64) {
+    if average.len() != params.len() {
+        *average = params.to_vec();
+        return;
+    }
+    for (a, p) in average.iter_mut().zip(params) {
+        *a = (d * f64::from(*a) + (1.0 - d) * f64::from(*p)) as f32;
     }
 }
 
@@ -469,6 +495,7 @@ mod tests {
             secure_aggregation: None,
             seed,
             eval_every: 1,
+            ema: None,
         }
     }
 
@@ -622,6 +649,43 @@ mod tests {
         // Quantisation (4 members: 3.7e-9) plus f32 rounding of the weighted deltas and sums.
         assert!(f64::from(worst) < 100.0 * q.sum_error(4) + 1e-6, "{worst}");
         assert_ne!(plain.params(), &cfg_init(6)[..]);
+    }
+
+    /// The evaluated average follows `avg = d avg + (1 - d) theta` from the first round's
+    /// parameters, while the committed parameters stay those of the plain run.
+    #[test]
+    fn the_evaluated_average_is_the_ema_of_the_committed_parameters() {
+        let split = crate::data::digits().unwrap();
+        let cfg = base(3);
+        let mut plain = Simulation::new(cfg.clone(), &split).unwrap();
+        let mut avg = Simulation::new(
+            SimConfig {
+                ema: Some(0.5),
+                ..cfg
+            },
+            &split,
+        )
+        .unwrap();
+        let mut expect: Vec<f32> = Vec::new();
+        for round in 0..3 {
+            plain.step().unwrap();
+            let report = avg.step().unwrap();
+            assert_eq!(plain.params(), avg.params(), "round {round}");
+            expect = if expect.is_empty() {
+                plain.params().to_vec()
+            } else {
+                expect
+                    .iter()
+                    .zip(plain.params())
+                    .map(|(a, p)| (0.5 * f64::from(*a) + 0.5 * f64::from(*p)) as f32)
+                    .collect()
+            };
+            assert_eq!(avg.average, expect, "round {round}");
+            let m = Model::new(&avg.cfg.model, &expect, &Device::Cpu).unwrap();
+            let (acc, _) = evaluate(&m, &avg.test).unwrap();
+            assert_eq!(report.accuracy, Some(acc), "round {round}");
+        }
+        assert_ne!(avg.average, plain.params(), "the average lags the model");
     }
 
     fn cfg_init(seed: u64) -> Vec<f32> {

@@ -79,6 +79,11 @@ pub struct Args {
     /// Evaluate every N rounds (always at the last).
     #[arg(long, default_value_t = 1)]
     pub eval_every: usize,
+    /// Evaluate an exponential moving average of the committed model with this decay (e.g.
+    /// 0.99) instead of the model: computed from committed parameters only, so it costs no
+    /// privacy. The network does not keep one; this is for measuring.
+    #[arg(long)]
+    pub eval_ema: Option<f64>,
     /// Print the per-node label counts of the partition.
     #[arg(long)]
     pub show_partition: bool,
@@ -172,6 +177,11 @@ pub fn run(a: Args) -> Result<()> {
     }
     if a.rounds == 0 {
         bail!("--rounds must be at least 1");
+    }
+    if let Some(d) = a.eval_ema
+        && !(d.is_finite() && (0.0..1.0).contains(&d))
+    {
+        bail!("--eval-ema {d} must be in [0, 1)");
     }
     if let Some(b) = a.byzantine
         && b.count >= a.nodes
@@ -358,6 +368,7 @@ fn sim_config(a: &Args, model: ModelSpec, partition: Partition) -> SimConfig {
         }),
         seed: a.seed,
         eval_every: a.eval_every,
+        ema: a.eval_ema,
     }
 }
 

@@ -244,10 +244,7 @@ mod tests {
         t.height_started(1_300);
         t.arrived_late([3; 32], 1_350);
         assert_eq!(t.usual_arrival(&[3; 32]), Some(350));
-        assert!(
-            t.heard_within(&[3; 32], 2, 8) == false,
-            "arrival is not hearing"
-        );
+        assert!(!t.heard_within(&[3; 32], 2, 8), "arrival is not hearing");
         t.heard([3; 32], 1);
         assert!(t.heard_within(&[3; 32], 9, 8));
         assert!(!t.heard_within(&[3; 32], 10, 8));
