@@ -33,12 +33,22 @@ fn seeded_runs_across_all_scenarios_keep_every_invariant() {
         c.flood_per_round = c.flood_per_round.min(10);
         Sim::new(c).expect("sim").run()
     };
-    for seed in 0..450 {
-        assert_clean("n=4", seed, &run(seed, 4));
-    }
-    for seed in 1_000..1_050 {
-        assert_clean("n=7", seed, &run(seed, 7));
-    }
+    let jobs: Vec<(u64, usize)> = (0..450)
+        .map(|seed| (seed, 4))
+        .chain((1_000..1_050).map(|seed| (seed, 7)))
+        .collect();
+    // Two workers (CI's machine has two cores), each every other run; every run is still one
+    // seeded, single-threaded simulation, and a failure names its seed.
+    std::thread::scope(|scope| {
+        for worker in 0..2 {
+            let (jobs, run) = (&jobs, &run);
+            scope.spawn(move || {
+                for &(seed, nodes) in jobs.iter().skip(worker).step_by(2) {
+                    assert_clean(&format!("n={nodes}"), seed, &run(seed, nodes));
+                }
+            });
+        }
+    });
 }
 
 /// Seeds that once failed, kept as regressions (see the commit that fixed each).
