@@ -85,6 +85,9 @@ pub struct NetFaults {
     pub partitions: bool,
     /// Crashes while faulty.
     pub crashes: bool,
+    /// Under secure aggregation, while faulty: a node about to publish its reveal crashes
+    /// instead (selected, then gone before revealing), once a round, back after 2 s.
+    pub crash_on_reveal: bool,
 }
 
 /// One run's settings.
@@ -160,6 +163,7 @@ impl SimConfig {
                 delay_faulty: (2, 30),
                 partitions: false,
                 crashes: false,
+                crash_on_reveal: false,
             },
             faults_until: 4_000,
             liveness_ms: 40_000,
@@ -211,6 +215,7 @@ impl SimConfig {
                     partition: None,
                 };
                 c.net.crashes = true;
+                c.net.crash_on_reveal = true;
                 c.net.delay_faulty = (1, 300);
                 c.faults_until = 8_000;
             }
