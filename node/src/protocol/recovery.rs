@@ -40,6 +40,31 @@ impl Core {
             .max(1)
     }
 
+    /// Whether the self-seed share `author` sealed to us opens and matches its commitment
+    /// (true when we hold no share or no secrets of the roster's key: nothing to check).
+    pub(super) fn our_share_opens(&self, round: u64, author: &[u8; 32], p: &MaskedPayload) -> bool {
+        let Some(sealed) = p.shares.iter().find(|s| s.holder == self.me.0) else {
+            return true;
+        };
+        let Some((_, secrets)) = self.secure.secrets.as_ref().filter(|(r, _)| *r == round) else {
+            return true;
+        };
+        let ads = super::secure::adverts_of(p);
+        let ours = ads.iter().find(|a| a.member == self.me.0);
+        if ours.is_none_or(|a| a.public_key != secrets.public_key()) {
+            return true;
+        }
+        model::secagg::open_share(
+            &self.domain(round),
+            &ads,
+            &self.me.0,
+            secrets,
+            author,
+            sealed,
+        )
+        .is_ok()
+    }
+
     /// The masked payload of an included delta, when held.
     fn payload_of(&self, round: u64, inc: &Included) -> Option<std::sync::Arc<MaskedPayload>> {
         self.pool.held(round, inc).and_then(|d| d.masked.clone())
@@ -157,8 +182,8 @@ impl Core {
 
     /// Value entries for `included`: each member's reveal for this set, or for a silent member
     /// the threshold's number of held shares that match its commitments. `None` when a member
-    /// has neither, when no member needs recovery, or when the roster has members outside the
-    /// set (a silent member's pair seeds with them cannot be recovered: the round voids).
+    /// has neither, when an included delta is not held, when no member needs recovery, or when
+    /// the roster has members outside the set (a silent member's pair seeds with them cannot be recovered: the round voids).
     pub(super) fn recovered_for(&self, h: u64, included: &[Included]) -> Option<Vec<Vec<u8>>> {
         let chain = self.cfg.genesis.chain_id.as_str();
         let digest = selection_digest(chain, h, included);
@@ -168,6 +193,8 @@ impl Core {
         let mut entries = Vec::with_capacity(included.len());
         let mut recovered = 0;
         for inc in included {
+            // Every included delta held (the proposer tries each set of entries once).
+            let p = self.payload_of(h, inc)?;
             if let Some(r) = reveals
                 .and_then(|r| r.get(&inc.author))
                 .filter(|r| r.body.selection == digest)
@@ -175,7 +202,6 @@ impl Core {
                 entries.push(r.encode().ok()?);
                 continue;
             }
-            let p = self.payload_of(h, inc)?;
             if p.roster.len() != included.len() {
                 return None;
             }

@@ -286,6 +286,14 @@ fn a_member_that_dies_after_selection_no_longer_voids_the_round() {
     let mut bad = entries.clone();
     bad[i3] = forged.encode().unwrap();
     assert!(r.c.compute_secure(1, &r.included, &bad).unwrap().is_none());
+    // ...and garbage behind the recovered seed's prefix (no panic, no value).
+    let mut garbage = entries.clone();
+    garbage[i3] = [RecoveredSeed::MAGIC, &[0xff; 40]].concat();
+    assert!(
+        r.c.compute_secure(1, &r.included, &garbage)
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]

@@ -351,31 +351,6 @@ impl Core {
         (ok && self.our_share_opens(round, author, &p)).then(|| Arc::new(p))
     }
 
-    /// Whether the self-seed share `author` sealed to us opens and matches its commitment
-    /// (true when we hold no share or no secrets of the roster's key: nothing to check).
-    fn our_share_opens(&self, round: u64, author: &[u8; 32], p: &MaskedPayload) -> bool {
-        let Some(sealed) = p.shares.iter().find(|s| s.holder == self.me.0) else {
-            return true;
-        };
-        let Some((_, secrets)) = self.secure.secrets.as_ref().filter(|(r, _)| *r == round) else {
-            return true;
-        };
-        let ads = adverts_of(p);
-        let ours = ads.iter().find(|a| a.member == self.me.0);
-        if ours.is_none_or(|a| a.public_key != secrets.public_key()) {
-            return true;
-        }
-        model::secagg::open_share(
-            &self.domain(round),
-            &ads,
-            &self.me.0,
-            secrets,
-            author,
-            sealed,
-        )
-        .is_ok()
-    }
-
     /// Masks and publishes our pending delta once the roster is known.
     pub(super) fn try_mask(&mut self, now: Millis, out: &mut Vec<Action>) -> Result<()> {
         let h = self.committed.height() + 1;

@@ -357,4 +357,43 @@ mod tests {
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(SecAggMsg::decode(&huge).unwrap().is_err());
     }
+
+    #[test]
+    fn a_recovered_seed_round_trips_and_truncated_or_huge_bytes_are_refused() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let r = SignedRecovery::new(
+            RecoveryBody {
+                chain_id: "c".into(),
+                round: 4,
+                holder: key.verifying_key().to_bytes(),
+                member: [1; 32],
+                selection: [2; 32],
+                share: [3; 32],
+            },
+            &key,
+        )
+        .unwrap();
+        r.verify("c").unwrap();
+        let mut t = r.clone();
+        t.body.share[0] ^= 1;
+        assert!(
+            t.verify("c").is_err(),
+            "a changed share breaks the signature"
+        );
+        let rec = RecoveredSeed {
+            member: [1; 32],
+            shares: vec![r],
+        };
+        let bytes = rec.encode().unwrap();
+        assert_eq!(RecoveredSeed::decode(&bytes).unwrap().unwrap(), rec);
+        for cut in RecoveredSeed::MAGIC.len()..bytes.len() {
+            assert!(RecoveredSeed::decode(&bytes[..cut]).unwrap().is_err());
+        }
+        // A reveal is not a recovered seed.
+        assert!(RecoveredSeed::decode(b"\x01c").is_none());
+        let mut huge = RecoveredSeed::MAGIC.to_vec();
+        huge.extend_from_slice(&[1; 32]);
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(RecoveredSeed::decode(&huge).unwrap().is_err());
+    }
 }
