@@ -29,7 +29,8 @@
 //!    member that drops before revealing. Each member also Shamir-shares `b_i` ([`shamir`]),
 //!    one share sealed to every other member; holders publish their shares of a silent included
 //!    member's `b_i`, and `t` of them recombine to it (checked against its commitment). Its
-//!    pair seeds with excluded members are not recoverable this way (see `recovery`).
+//!    pair seeds with excluded members come from those members ([`excluded_pair_seed`]),
+//!    checked against its pair commitments; an excluded member that is gone leaves them missing.
 //!
 //! **Why double masking.** An excluded member's masked vector may still reach someone late.
 //! Its pair seeds with the included members are revealed in step 3, so pair masks alone would
@@ -53,7 +54,10 @@ mod recovery;
 pub mod shamir;
 
 pub use quant::{Encoded, MAX_MEMBERS, Quantizer};
-pub use recovery::{SealedShare, open_share, recover_self_seed, share_commit, share_self_seed};
+pub use recovery::{
+    SealedShare, excluded_pair_seed, open_share, recover_self_seed, seed_matches, share_commit,
+    share_self_seed,
+};
 
 use rand::{RngCore as _, SeedableRng as _};
 use rand_chacha::ChaCha20Rng;

@@ -20,6 +20,10 @@
 //! the coefficient's degree: as secret as `b` itself (fresh from the OS CSPRNG each round), so
 //! `t - 1` shares leave 256 unknown bits; the module stays pure (no randomness of its own).
 //!
+//! **Pair seeds.** A silent included member's pair seeds with excluded members are still
+//! needed to unmask; each excluded member that is alive publishes its own
+//! ([`excluded_pair_seed`]), checked against the silent member's pair commitment.
+//!
 //! **What stays hidden.** Fewer than `t` holders learn nothing about `b` from their shares.
 //! An honest holder publishes its share of `b` only for a member included in the first
 //! selection it saw: an excluded member's `b` (the only thing that hides its late vector once
@@ -32,7 +36,8 @@ use sha2::Digest as _;
 use x25519_dalek::x25519;
 
 use super::{
-    Advert, Domain, MemberId, MemberSecrets, SecAggError, commit, find, own_advert, shamir, short,
+    Advert, Domain, MemberId, MemberSecrets, SecAggError, commit, find, own_advert, pair_seed,
+    shamir, short,
 };
 
 /// One share of a member's self seed, sealed to one holder.
@@ -251,4 +256,28 @@ pub fn recover_self_seed(
         });
     }
     Ok(seed)
+}
+
+/// The pair seed of `me` with `other`, which an *excluded* member publishes for a silent
+/// included `other` (what `other` would have revealed itself: `me`'s own vector stays hidden
+/// by its self seed, which is never revealed or recovered while it is excluded).
+pub fn excluded_pair_seed(
+    domain: &Domain,
+    roster: &[Advert],
+    me: &MemberId,
+    secrets: &MemberSecrets,
+    other: &MemberId,
+) -> Result<[u8; 32], SecAggError> {
+    let mine = own_advert(roster, me, secrets)?;
+    let theirs = find(roster, other)?;
+    if other == me {
+        return Err(SecAggError::Duplicate { member: short(me) });
+    }
+    pair_seed(domain, secrets, mine, theirs)
+}
+
+/// Whether `seed` matches the commitment `committed` (a pair seed against a member's
+/// `pair_commits` entry).
+pub fn seed_matches(domain: &Domain, seed: &[u8; 32], committed: &[u8; 32]) -> bool {
+    commit(domain, seed) == *committed
 }

@@ -373,11 +373,11 @@ fn secure_aggregation_rounds_commit_when_a_selected_member_crashes_before_reveal
          {void} void, {height} committed"
     );
     assert!(
-        recovered * 4 >= crashes * 3,
+        recovered * 8 >= crashes * 7,
         "{recovered} of {crashes} crash rounds recovered ({void} void)"
     );
     assert!(
-        void * 4 <= crashes,
+        void * 8 <= crashes,
         "{void} void rounds for {crashes} crashes"
     );
 }

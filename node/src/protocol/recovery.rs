@@ -9,6 +9,12 @@
 //! first selection. With the threshold's number of shares that match their commitments, the
 //! proposer puts them in the value in place of the missing reveal ([`RecoveredSeed`]); every
 //! validator recombines them, checks the seed against the member's commitment and unmasks.
+//!
+//! The silent member would also have revealed its pair seeds with the roster members outside
+//! the selection. A node outside the selection therefore adds to its share its own pair seed
+//! with the silent member (checked against that member's pair commitment); the value carries
+//! one from each of them. An excluded member's own vector stays hidden by its self seed, which
+//! nobody reveals or recovers while it is excluded.
 
 use std::collections::BTreeMap;
 
@@ -86,13 +92,30 @@ impl Core {
             .filter(|(s, _)| s.body.digest() == b.selection)
             .and_then(|(s, _)| s.body.included.iter().find(|i| i.author == b.member))
             .cloned();
+        let selected = self
+            .secure
+            .selections
+            .get(&round)
+            .filter(|(s, _)| s.body.digest() == b.selection)
+            .map(|(s, _)| s.body.included.iter().any(|i| i.author == b.holder));
         if let Some(p) = inc.and_then(|i| self.payload_of(round, &i)) {
             let domain = self.domain(round);
-            let ok = p.shares.iter().any(|s| {
+            let share_ok = p.shares.iter().any(|s| {
                 s.holder == b.holder
                     && s.commit
                         == model::secagg::share_commit(&domain, &b.member, &b.holder, &b.share)
             });
+            // A pair seed only from a holder outside the selection, matching the commitment.
+            let pair_ok = match b.pair_seed {
+                None => true,
+                Some(seed) => {
+                    selected == Some(false)
+                        && p.pair_commits.iter().any(|(m, c)| {
+                            *m == b.holder && model::secagg::seed_matches(&domain, &seed, c)
+                        })
+                }
+            };
+            let ok = share_ok && pair_ok;
             if !ok {
                 self.telemetry.counters.reject("bad_share");
                 return Verdict::Reject("bad_share");
@@ -123,6 +146,7 @@ impl Core {
             return Ok(());
         };
         let digest = sel.body.digest();
+        let outside = !sel.body.included.iter().any(|i| i.author == self.me.0);
         let revealed = self.secure.reveals.get(&h);
         let mut publish = Vec::new();
         for inc in &sel.body.included {
@@ -141,19 +165,26 @@ impl Core {
                 continue;
             };
             let ads: Vec<Advert> = super::secure::adverts_of(&p);
-            match model::secagg::open_share(
-                &self.domain(h),
-                &ads,
-                &self.me.0,
-                secrets,
-                &member,
-                sealed,
-            ) {
-                Ok(share) => publish.push((member, share)),
+            let domain = self.domain(h);
+            let opened =
+                model::secagg::open_share(&domain, &ads, &self.me.0, secrets, &member, sealed)
+                    .and_then(|share| {
+                        // Outside the selection: also our pair seed with the silent member.
+                        let pair = outside
+                            .then(|| {
+                                model::secagg::excluded_pair_seed(
+                                    &domain, &ads, &self.me.0, secrets, &member,
+                                )
+                            })
+                            .transpose()?;
+                        Ok((share, pair))
+                    });
+            match opened {
+                Ok((share, pair)) => publish.push((member, share, pair)),
                 Err(e) => tracing::warn!(round = h, error = %e, "cannot open a share"),
             }
         }
-        for (member, share) in publish {
+        for (member, share, pair_seed) in publish {
             let r = SignedRecovery::new(
                 RecoveryBody {
                     chain_id: self.cfg.genesis.chain_id.as_str().to_string(),
@@ -162,6 +193,7 @@ impl Core {
                     member,
                     selection: digest,
                     share,
+                    pair_seed,
                 },
                 &self.cfg.key,
             )?;
@@ -183,7 +215,8 @@ impl Core {
     /// Value entries for `included`: each member's reveal for this set, or for a silent member
     /// the threshold's number of held shares that match its commitments. `None` when a member
     /// has neither, when an included delta is not held, when no member needs recovery, or when
-    /// the roster has members outside the set (a silent member's pair seeds with them cannot be recovered: the round voids).
+    /// a roster member outside the set has not published its pair seed with the silent member
+    /// (gone too: the round voids).
     pub(super) fn recovered_for(&self, h: u64, included: &[Included]) -> Option<Vec<Vec<u8>>> {
         let chain = self.cfg.genesis.chain_id.as_str();
         let digest = selection_digest(chain, h, included);
@@ -202,8 +235,20 @@ impl Core {
                 entries.push(r.encode().ok()?);
                 continue;
             }
-            if p.roster.len() != included.len() {
-                return None;
+            // The silent member's pair seeds with the roster members outside the set, each
+            // from that member.
+            let mut pairs = Vec::new();
+            for (j, c) in &p.pair_commits {
+                if included.iter().any(|i| i.author == *j) {
+                    continue;
+                }
+                let r = shares.get(&(inc.author, *j)).filter(|r| {
+                    r.body.selection == digest
+                        && r.body
+                            .pair_seed
+                            .is_some_and(|s| model::secagg::seed_matches(&domain, &s, c))
+                })?;
+                pairs.push(r.clone());
             }
             let t = self.recovery_threshold(h, p.roster.len());
             let good: Vec<SignedRecovery> = shares
@@ -230,6 +275,7 @@ impl Core {
             let entry = RecoveredSeed {
                 member: inc.author,
                 shares: good,
+                pairs,
             };
             entries.push(entry.encode().ok()?);
         }
@@ -244,25 +290,35 @@ impl Core {
         inc: &Included,
         payload: &MaskedPayload,
         digest: &[u8; 32],
+        included: &[Included],
         rec: &RecoveredSeed,
     ) -> Option<Reveal> {
         let chain = self.cfg.genesis.chain_id.as_str();
         let set = self.committed.chain.set_for(round);
-        if rec.member != inc.author || rec.shares.len() >= payload.roster.len() {
+        let n = payload.roster.len();
+        if rec.member != inc.author || rec.shares.len() >= n || rec.pairs.len() >= n {
             return None;
         }
-        let mut shares = Vec::with_capacity(rec.shares.len());
-        for r in &rec.shares {
+        let signed = |r: &SignedRecovery| {
             let b = &r.body;
-            let ok = r.verify(chain).is_ok()
+            r.verify(chain).is_ok()
                 && b.round == round
                 && b.member == inc.author
                 && b.selection == *digest
-                && set.contains(&ValidatorId(b.holder));
-            if !ok {
+                && set.contains(&ValidatorId(b.holder))
+        };
+        let mut pair_seeds = Vec::with_capacity(rec.pairs.len());
+        for r in &rec.pairs {
+            let outside = !included.iter().any(|i| i.author == r.body.holder);
+            let seed = r.body.pair_seed.filter(|_| outside && signed(r))?;
+            pair_seeds.push((r.body.holder, seed));
+        }
+        let mut shares = Vec::with_capacity(rec.shares.len());
+        for r in &rec.shares {
+            if !signed(r) {
                 return None;
             }
-            shares.push((b.holder, b.share));
+            shares.push((r.body.holder, r.body.share));
         }
         let t = self.recovery_threshold(round, payload.roster.len());
         match model::secagg::recover_self_seed(
@@ -274,10 +330,11 @@ impl Core {
             &shares,
             t,
         ) {
+            // `unmask` checks the pair seeds against the commitments and that none is missing.
             Ok(self_seed) => Some(Reveal {
                 member: inc.author,
                 self_seed,
-                pair_seeds: Vec::new(),
+                pair_seeds,
             }),
             Err(e) => {
                 tracing::warn!(round, error = %e, "self-seed recovery refused");

@@ -100,10 +100,19 @@ fn share_msg(
             member: id(member),
             selection: selection_digest(g.chain_id.as_str(), 1, included),
             share,
+            pair_seed: None,
         },
         key,
     )
     .unwrap()
+}
+
+/// `r` with `seed` as the holder's pair seed, signed again.
+fn with_pair(r: SignedRecovery, key: &SigningKey, seed: [u8; 32]) -> Vec<u8> {
+    let mut body = r.body;
+    body.pair_seed = Some(seed);
+    let r = SignedRecovery::new(body, key).unwrap();
+    SecAggMsg::Recovery(r).encode(6).unwrap()
 }
 
 fn recoveries(actions: &[Action]) -> Vec<SignedRecovery> {
@@ -310,6 +319,7 @@ fn fewer_than_threshold_shares_reveal_nothing_and_leave_the_round_to_void() {
     let entry = RecoveredSeed {
         member: id(&r.k[3]),
         shares: vec![one.clone()],
+        pairs: Vec::new(),
     };
     let i3 = r
         .included
@@ -557,4 +567,103 @@ fn a_member_never_sends_a_share_for_a_non_included_or_revealed_member() {
         fresh.len()
     );
     assert_eq!(c.secure.recovered.len(), 1, "one share published in all");
+}
+
+#[test]
+fn a_silent_member_is_recovered_with_the_pair_seed_of_an_excluded_member() {
+    let Round {
+        g,
+        k,
+        mut c,
+        members,
+        roster,
+        payloads,
+        deltas,
+        samples,
+        included: all,
+    } = round(false);
+    // Members 0, 1 and 2 are included, 3 (masked too, alive) is excluded; 2 goes silent.
+    let included: Vec<Included> = all
+        .iter()
+        .filter(|i| i.author != id(&k[3]))
+        .cloned()
+        .collect();
+    let sel = selection(&g, &k[0], included.clone());
+    assert_eq!(verdict_of(gossip(&mut c, sel)), Verdict::Accept);
+    for i in 0..2 {
+        let m = reveal_msg(&g, &k[i], &members[i].0, &roster, &included);
+        assert_eq!(verdict_of(gossip(&mut c, m)), Verdict::Accept);
+    }
+    let domain = Domain::new(g.chain_id.as_str(), 1);
+    let ads = ads_of(&roster);
+    let share = |j: usize| {
+        share_msg(
+            &g,
+            &k[j],
+            &members[j].0,
+            &k[2],
+            &payloads[2],
+            &included,
+            false,
+        )
+    };
+    // Shares from 0 and 1 reach the threshold, but the pair seed of 2 with 3 is missing.
+    for j in 0..2 {
+        let bytes = SecAggMsg::Recovery(share(j)).encode(5).unwrap();
+        assert_eq!(verdict_of(gossip(&mut c, bytes)), Verdict::Accept);
+    }
+    assert!(
+        c.recovered_for(1, &included).is_none(),
+        "no pair seed with 3"
+    );
+    let seed =
+        model::secagg::excluded_pair_seed(&domain, &ads, &id(&k[3]), &members[3].0, &id(&k[2]))
+            .unwrap();
+    // A pair seed from an included member, or a wrong one, is refused.
+    let mut c2 = round(false).c;
+    let sel = selection(&g, &k[0], included.clone());
+    assert_eq!(verdict_of(gossip(&mut c2, sel)), Verdict::Accept);
+    let from_included = with_pair(share(1), &k[1], seed);
+    assert_eq!(
+        verdict_of(gossip(&mut c2, from_included)),
+        Verdict::Reject("bad_share")
+    );
+    let mut wrong = seed;
+    wrong[0] ^= 1;
+    let bytes = with_pair(share(3), &k[3], wrong);
+    assert_eq!(
+        verdict_of(gossip(&mut c2, bytes)),
+        Verdict::Reject("bad_share")
+    );
+    // Member 3 (excluded) publishes its share and its pair seed with 2: the round unmasks.
+    let bytes = with_pair(share(3), &k[3], seed);
+    assert_eq!(verdict_of(gossip(&mut c, bytes)), Verdict::Accept);
+    let entries = c.recovered_for(1, &included).expect("recoverable");
+    let applied = c
+        .compute_secure(1, &included, &entries)
+        .unwrap()
+        .expect("unmasked");
+    let idx: Vec<usize> = (0..3).collect();
+    let s3: Vec<u64> = idx.iter().map(|&i| samples[i]).collect();
+    let weights = model::aggregate::bounded_weights(&s3);
+    let q = Quantizer::new(1.0, 4).unwrap();
+    let total: f64 = s3.iter().map(|s| *s as f64 / 2000.0).sum();
+    let tol = q.sum_error(3) / total + 1e-6;
+    let base = c.params().clone();
+    let mut worst = 0.0f64;
+    for j in 0..base.len() {
+        let mean: f64 = idx
+            .iter()
+            .map(|&i| f64::from(deltas[i][j]) * weights[i])
+            .sum();
+        worst = worst.max((f64::from(applied.params[j]) - f64::from(base[j]) - mean).abs());
+    }
+    assert!(worst <= tol, "worst error {worst} > {tol}");
+    // A value whose pair seed is dropped is refused by a validator.
+    let i2 = included.iter().position(|i| i.author == id(&k[2])).unwrap();
+    let mut rec = RecoveredSeed::decode(&entries[i2]).unwrap().unwrap();
+    rec.pairs.clear();
+    let mut bad = entries.clone();
+    bad[i2] = rec.encode().unwrap();
+    assert!(c.compute_secure(1, &included, &bad).unwrap().is_none());
 }

@@ -38,11 +38,13 @@
 //! whose reveal it still lacks (never of a member outside it, once per member). With the
 //! threshold's number of shares matching their commitments, the proposer proposes the value
 //! with the shares in place of the missing reveal; validators recombine them, check the seed
-//! against the member's commitment and unmask. Recovery needs no pair seed of the silent
-//! member, so it applies only when every roster member is included; otherwise (or with too
-//! few shares), after the view-0 propose timeout and `max_wait` since the selection, the
-//! proposer proposes the round **void** (reveals empty, model and momentum unchanged), as
-//! before; validators accept a void value. A proposer that finds no quorum of masked deltas
+//! against the member's commitment and unmask. The silent member's pair seeds with roster
+//! members outside the selection come from those members: a node outside the selection adds
+//! its pair seed with the silent member to its share (checked against the silent member's pair
+//! commitment; what that member would have revealed itself). With too few shares, or an
+//! excluded member gone too, after the view-0 propose timeout and `max_wait` since the
+//! selection the proposer proposes the round **void** (reveals empty, model and momentum
+//! unchanged), as before; validators accept a void value. A proposer that finds no quorum of masked deltas
 //! sharing one roster (adverts delayed past the wait) voids the round after twice the propose
 //! timeout, including nothing.
 //!
@@ -610,10 +612,9 @@ impl Core {
         let mut plain = Vec::with_capacity(reveals.len());
         for ((bytes, inc), p) in reveals.iter().zip(included).zip(&payloads) {
             if let Some(rec) = RecoveredSeed::decode(bytes) {
-                let Some(r) = rec
-                    .ok()
-                    .and_then(|rec| self.reveal_from_shares(round, inc, p, &digest, &rec))
-                else {
+                let Some(r) = rec.ok().and_then(|rec| {
+                    self.reveal_from_shares(round, inc, p, &digest, included, &rec)
+                }) else {
                     return Ok(None);
                 };
                 plain.push(r);

@@ -185,6 +185,9 @@ pub struct RecoveryBody {
     pub selection: [u8; 32],
     /// The plain share (checked against the member's `SealedShare::commit`).
     pub share: [u8; 32],
+    /// From a holder outside the selection only: its pair seed with `member` (checked against
+    /// the member's pair commitment), which `member` would have revealed itself.
+    pub pair_seed: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for RecoveryBody {
@@ -213,6 +216,8 @@ pub struct RecoveredSeed {
     pub member: [u8; 32],
     /// Signed shares of its self seed.
     pub shares: Vec<SignedRecovery>,
+    /// One message with a pair seed from every roster member outside the selection.
+    pub pairs: Vec<SignedRecovery>,
 }
 
 impl RecoveredSeed {
@@ -369,6 +374,7 @@ mod tests {
                 member: [1; 32],
                 selection: [2; 32],
                 share: [3; 32],
+                pair_seed: None,
             },
             &key,
         )
@@ -383,6 +389,7 @@ mod tests {
         let rec = RecoveredSeed {
             member: [1; 32],
             shares: vec![r],
+            pairs: Vec::new(),
         };
         let bytes = rec.encode().unwrap();
         assert_eq!(RecoveredSeed::decode(&bytes).unwrap().unwrap(), rec);
