@@ -25,6 +25,13 @@
 //!    cancel; subtract every included self mask and the pair masks shared with excluded members,
 //!    each checked against the member's commitment first.
 //!
+//! 5. **Recover** ([`share_self_seed`], [`open_share`], [`recover_self_seed`]): an included
+//!    member that drops before revealing. Each member also Shamir-shares `b_i` ([`shamir`]),
+//!    one share sealed to every other member; holders publish their shares of a silent included
+//!    member's `b_i`, and `t` of them recombine to it (checked against its commitment). Its
+//!    pair seeds with excluded members come from those members ([`excluded_pair_seed`]),
+//!    checked against its pair commitments; an excluded member that is gone leaves them missing.
+//!
 //! **Why double masking.** An excluded member's masked vector may still reach someone late.
 //! Its pair seeds with the included members are revealed in step 3, so pair masks alone would
 //! then hide nothing; its self mask `PRG(b_j)` is never revealed (an excluded member never
@@ -43,8 +50,14 @@
 
 pub mod local;
 mod quant;
+mod recovery;
+pub mod shamir;
 
 pub use quant::{Encoded, MAX_MEMBERS, Quantizer};
+pub use recovery::{
+    SealedShare, excluded_pair_seed, open_share, recover_self_seed, seed_matches, share_commit,
+    share_self_seed,
+};
 
 use rand::{RngCore as _, SeedableRng as _};
 use rand_chacha::ChaCha20Rng;
@@ -111,6 +124,20 @@ pub enum SecAggError {
     /// A pair seed between two included members was revealed: it would unmask them.
     #[error("member {member} revealed its pair seed with included member {other}")]
     ForbiddenReveal { member: String, other: String },
+    /// A self-seed share threshold outside 1 to the number of holders.
+    #[error("self-seed share threshold {threshold} with {holders} holders")]
+    BadThreshold { threshold: usize, holders: usize },
+    /// A share of a member's self seed that does not open (changed, sealed with another key)
+    /// or does not match its commitment.
+    #[error("member {member}'s self-seed share for holder {holder} is wrong")]
+    BadShare { member: String, holder: String },
+    /// Fewer valid shares than the threshold.
+    #[error("{got} shares of member {member}'s self seed, {need} needed")]
+    TooFewShares {
+        member: String,
+        got: usize,
+        need: usize,
+    },
 }
 
 fn short(id: &MemberId) -> String {
@@ -480,5 +507,7 @@ pub fn unmask(
     Ok(sum)
 }
 
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod tests;

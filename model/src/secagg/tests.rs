@@ -1,11 +1,11 @@
 use super::*;
 use crate::rng::Rng;
 
-const CHAIN: &str = "test-chain";
+pub(super) const CHAIN: &str = "test-chain";
 const LEN: usize = 4096;
 
 /// `n` members with ids 10, 20, ... (as the first byte), their secrets and the roster.
-fn members(n: usize, round: u64) -> (Vec<MemberId>, Vec<MemberSecrets>, Vec<Advert>) {
+pub(super) fn members(n: usize, round: u64) -> (Vec<MemberId>, Vec<MemberSecrets>, Vec<Advert>) {
     let ids: Vec<MemberId> = (0..n)
         .map(|i| {
             let mut id = [0u8; 32];
@@ -28,24 +28,24 @@ fn members(n: usize, round: u64) -> (Vec<MemberId>, Vec<MemberSecrets>, Vec<Adve
 }
 
 /// `n` plaintext vectors with coordinates uniform in [-1, 1].
-fn plaintexts(n: usize, seed: u64) -> Vec<Vec<f32>> {
+pub(super) fn plaintexts(n: usize, seed: u64) -> Vec<Vec<f32>> {
     let mut rng = Rng::seed(seed);
     (0..n)
         .map(|_| (0..LEN).map(|_| rng.uniform(-1.0, 1.0) as f32).collect())
         .collect()
 }
 
-struct Round {
-    domain: Domain,
-    ids: Vec<MemberId>,
-    secrets: Vec<MemberSecrets>,
-    roster: Vec<Advert>,
-    q: Quantizer,
-    xs: Vec<Vec<f32>>,
-    masked: Vec<Masked>,
+pub(super) struct Round {
+    pub(super) domain: Domain,
+    pub(super) ids: Vec<MemberId>,
+    pub(super) secrets: Vec<MemberSecrets>,
+    pub(super) roster: Vec<Advert>,
+    pub(super) q: Quantizer,
+    pub(super) xs: Vec<Vec<f32>>,
+    pub(super) masked: Vec<Masked>,
 }
 
-fn round(n: usize) -> Round {
+pub(super) fn round(n: usize) -> Round {
     let domain = Domain::new(CHAIN, 3);
     let (ids, secrets, roster) = members(n, 3);
     let q = Quantizer::new(1.0, n).unwrap();
@@ -69,11 +69,11 @@ fn round(n: usize) -> Round {
 }
 
 impl Round {
-    fn included(&self, idx: &[usize]) -> Vec<MemberId> {
+    pub(super) fn included(&self, idx: &[usize]) -> Vec<MemberId> {
         idx.iter().map(|&i| self.ids[i]).collect()
     }
 
-    fn reveals(&self, idx: &[usize]) -> Vec<Reveal> {
+    pub(super) fn reveals(&self, idx: &[usize]) -> Vec<Reveal> {
         let inc = self.included(idx);
         idx.iter()
             .map(|&i| {
@@ -89,16 +89,20 @@ impl Round {
             .collect()
     }
 
-    fn inputs(&self, idx: &[usize]) -> Vec<Masked> {
+    pub(super) fn inputs(&self, idx: &[usize]) -> Vec<Masked> {
         idx.iter().map(|&i| self.masked[i].clone()).collect()
     }
 
-    fn unmask(&self, idx: &[usize], reveals: &[Reveal]) -> Result<Vec<u32>, SecAggError> {
+    pub(super) fn unmask(
+        &self,
+        idx: &[usize],
+        reveals: &[Reveal],
+    ) -> Result<Vec<u32>, SecAggError> {
         unmask(&self.domain, &self.roster, &self.inputs(idx), reveals)
     }
 
     /// Checks the decoded sum of `idx` against the plaintext sum, within the quantisation bound.
-    fn check_sum(&self, idx: &[usize], sum: &[u32]) {
+    pub(super) fn check_sum(&self, idx: &[usize], sum: &[u32]) {
         let got = self.q.decode_sum(sum, idx.len()).unwrap();
         let bound = self.q.sum_error(idx.len());
         for (k, g) in got.iter().enumerate() {

@@ -86,6 +86,13 @@ pub struct Outcome {
     pub flooded: usize,
     /// Offenders of the delta equivocation evidence node 0 committed, with the round.
     pub delta_evidence: Vec<([u8; 32], u64)>,
+    /// Under secure aggregation: rounds node 0 committed void (model unchanged).
+    pub void_rounds: u64,
+    /// Under secure aggregation: rounds node 0 committed with a silent member's self seed
+    /// recovered from shares.
+    pub recovered_rounds: u64,
+    /// Rounds in which a selected node crashed instead of revealing.
+    pub reveal_crashes: usize,
 }
 
 /// One simulated network.
@@ -98,6 +105,10 @@ pub struct Sim {
     queue: BTreeMap<(Millis, u64), (usize, Delivery, u64)>,
     /// Per node, how many times it crashed: an event in flight across a crash is lost.
     epoch: Vec<u64>,
+    /// Rounds in which a node crashed instead of revealing (`NetFaults::crash_on_reveal`).
+    reveal_crashes: std::collections::BTreeSet<u64>,
+    /// (node, round) of every reveal a node published.
+    reveals_out: std::collections::BTreeSet<(usize, u64)>,
     /// Join requests seen on the network (for replaying nodes), at most 64.
     joins_seen: Vec<Vec<u8>>,
     /// The last round a flooding node flooded at.
@@ -168,6 +179,8 @@ impl Sim {
             groups: vec![0; total],
             wake: vec![None; total],
             epoch: vec![0; total],
+            reveal_crashes: Default::default(),
+            reveals_out: Default::default(),
             published: vec![BTreeMap::new(); total],
             joins_seen: Vec::new(),
             flooded: 0,
@@ -248,8 +261,17 @@ impl Sim {
         out.height = height;
         out.end_ms = self.now;
         out.longest_stall_ms = stall.max(self.now - last_commit);
+        out.reveal_crashes = self.reveal_crashes.len();
         for e in &self.nodes[0].store.ledger {
             if let Ok(rv) = crate::wire::RoundValue::decode(&e.value) {
+                if self.cfg.setup.secure_aggregation {
+                    let reveals = &rv.aggregation.reveals;
+                    let recovered = reveals
+                        .iter()
+                        .any(|r| r.starts_with(crate::wire::secagg::RecoveredSeed::MAGIC));
+                    out.void_rounds += u64::from(reveals.is_empty());
+                    out.recovered_rounds += u64::from(recovered);
+                }
                 let joins = rv.joins.iter().map(|j| j.validator);
                 if self.cfg.setup.policy == "open" {
                     out.contributors.extend(joins);
@@ -420,12 +442,18 @@ impl Sim {
         let Some(core) = self.nodes[i].core.as_mut() else {
             return Ok(());
         };
-        let actions = core.handle(now, e)?;
+        let mut actions = core.handle(now, e)?;
+        let crash = self.reveal_crash(i, &mut actions);
         let mut stored = false;
         for a in actions {
             self.nodes[i].store.perform(&a);
             stored |= matches!(a, Action::AppendLedger(_) | Action::WriteState(_));
             self.perform(i, a);
+        }
+        if crash {
+            self.deliver(i, Delivery::Crash)?;
+            self.at(now + 2_000, i, Delivery::Boot);
+            return Ok(());
         }
         if let Some(core) = self.nodes[i].core.as_ref() {
             self.checker
@@ -438,6 +466,35 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Under `crash_on_reveal`: when node `i`'s actions publish its own reveal of a round in
+    /// which no node crashed so yet, drops the reveal and says to crash the node.
+    fn reveal_crash(&mut self, i: usize, actions: &mut Vec<Action>) -> bool {
+        use crate::wire::secagg::SecAggMsg;
+        if !self.cfg.net.crash_on_reveal || !self.faulty_phase() {
+            return false;
+        }
+        let me = self.nodes[i].id().0;
+        // The first publication of this node's reveal for a round (not a re-send).
+        let reveal = actions.iter().enumerate().find_map(|(at, a)| match a {
+            Action::Publish {
+                topic: Topic::Deltas,
+                bytes,
+            } => match SecAggMsg::decode(bytes) {
+                Some(Ok(SecAggMsg::Reveal(r))) if r.body.member == me => Some((at, r.body.round)),
+                _ => None,
+            },
+            _ => None,
+        });
+        let Some((at, round)) = reveal else {
+            return false;
+        };
+        if !self.reveals_out.insert((i, round)) || !self.reveal_crashes.insert(round) {
+            return false;
+        }
+        actions.remove(at);
+        true
     }
 
     fn linked(&self, a: usize, b: usize) -> bool {

@@ -88,6 +88,9 @@ pub struct NetFaults {
     /// How long each joiner's local training takes, if not the default (slower than every
     /// validator's, say).
     pub joiner_train_ms: Option<Millis>,
+    /// Under secure aggregation, while faulty: a node about to publish its reveal crashes
+    /// instead (selected, then gone before revealing), once a round, back after 2 s.
+    pub crash_on_reveal: bool,
 }
 
 /// One run's settings.
@@ -164,6 +167,7 @@ impl SimConfig {
                 partitions: false,
                 crashes: false,
                 joiner_train_ms: None,
+                crash_on_reveal: false,
             },
             faults_until: 4_000,
             liveness_ms: 40_000,
@@ -215,6 +219,7 @@ impl SimConfig {
                     partition: None,
                 };
                 c.net.crashes = true;
+                c.net.crash_on_reveal = true;
                 c.net.delay_faulty = (1, 300);
                 c.faults_until = 8_000;
             }

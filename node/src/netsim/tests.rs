@@ -382,3 +382,35 @@ fn secure_aggregation_runs_keep_safety_and_liveness() {
         }
     }
 }
+
+/// Selected members crash before revealing (`crash_on_reveal` alone: no other crashes, short
+/// delays), once a round while faulty, back 2 s later: the rounds they were selected in commit
+/// with their self seed recovered from the others' shares, not void.
+#[test]
+fn secure_aggregation_rounds_commit_when_a_selected_member_crashes_before_revealing() {
+    let (mut crashes, mut recovered, mut void, mut height) = (0, 0, 0, 0);
+    for seed in 0..4u64 {
+        let mut cfg = SimConfig::new(Scenario::SecureAggregation, seed, 4);
+        cfg.net.crashes = false;
+        cfg.net.delay_faulty = cfg.net.delay;
+        let out = Sim::new(cfg).expect("sim").run();
+        assert_clean("crash on reveal", seed, &out);
+        assert!(out.reveal_crashes > 0, "seed {seed}: no crash");
+        crashes += out.reveal_crashes as u64;
+        recovered += out.recovered_rounds;
+        void += out.void_rounds;
+        height += out.height;
+    }
+    eprintln!(
+        "crash on reveal, 4 seeds: {crashes} crashes, {recovered} rounds recovered, \
+         {void} void, {height} committed"
+    );
+    assert!(
+        recovered * 8 >= crashes * 7,
+        "{recovered} of {crashes} crash rounds recovered ({void} void)"
+    );
+    assert!(
+        void * 8 <= crashes,
+        "{void} void rounds for {crashes} crashes"
+    );
+}

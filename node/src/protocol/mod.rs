@@ -25,6 +25,9 @@ pub mod local;
 pub mod pool;
 pub mod privacy;
 pub mod progress;
+pub mod recovery;
+#[cfg(test)]
+mod recovery_tests;
 pub mod round;
 pub mod secure;
 #[cfg(test)]

@@ -29,12 +29,24 @@
 //!
 //! **Dropouts.** A member that drops before the selection is excluded (double masking keeps its
 //! late vector hidden: its self seed is never revealed). A member that drops after being
-//! selected leaves its reveal missing: after the view-0 propose timeout and `max_wait` since the
-//! selection, the proposer proposes the round **void** (reveals empty, model and momentum
-//! unchanged); validators accept a void value. A proposer that finds no quorum of masked deltas
+//! selected leaves its reveal missing; its self seed is then recovered ([`super::recovery`]):
+//! every masked payload carries the author's self seed split (Shamir, threshold one less than
+//! the round's quorum) into one share sealed to each other roster member (ChaCha20-Poly1305
+//! under a key from their X25519 secret, plus a public commitment to each share; a share
+//! that does not open refuses the delta). Half of `max_wait` after a node first saw the
+//! round's selection, it publishes, signed, its share of every member of that first selection
+//! whose reveal it still lacks (never of a member outside it, once per member). With the
+//! threshold's number of shares matching their commitments, the proposer proposes the value
+//! with the shares in place of the missing reveal; validators recombine them, check the seed
+//! against the member's commitment and unmask. The silent member's pair seeds with roster
+//! members outside the selection come from those members: a node outside the selection adds
+//! its pair seed with the silent member to its share (checked against the silent member's pair
+//! commitment; what that member would have revealed itself). With too few shares, or an
+//! excluded member gone too, after the view-0 propose timeout and `max_wait` since the
+//! selection the proposer proposes the round **void** (reveals empty, model and momentum
+//! unchanged), as before; validators accept a void value. A proposer that finds no quorum of masked deltas
 //! sharing one roster (adverts delayed past the wait) voids the round after twice the propose
-//! timeout, including nothing. Shamir sharing of self seeds (which would let
-//! the others finish the round instead) is not implemented.
+//! timeout, including nothing.
 //!
 //! **Threat model.** Honest-but-curious members: they follow the protocol and read all they
 //! receive. An active adversary can void rounds (a proposer) or withhold reveals; it cannot
@@ -53,8 +65,8 @@ use super::round::{Applied, max_wait};
 use super::{Action, Core, Millis};
 use crate::genesis::SecureAggregation;
 use crate::wire::secagg::{
-    AdvertBody, MaskedPayload, RevealBody, SecAggMsg, SelectionBody, SignedAdvert, SignedReveal,
-    SignedSelection, selection_digest,
+    AdvertBody, MaskedPayload, RecoveredSeed, RevealBody, SecAggMsg, SelectionBody, SignedAdvert,
+    SignedReveal, SignedSelection, selection_digest,
 };
 use crate::wire::{DeltaMsg, Included};
 
@@ -83,15 +95,21 @@ pub struct SecureState {
     /// Verified adverts of the current and next rounds, first seen per member.
     adverts: BTreeMap<u64, BTreeMap<[u8; 32], SignedAdvert>>,
     /// This node's secrets for one round: in memory only, never stored, never sent.
-    secrets: Option<(u64, MemberSecrets)>,
+    pub(super) secrets: Option<(u64, MemberSecrets)>,
     /// Our trained delta waiting for the roster.
     pending: Option<Pending>,
     /// The first verified selection seen per round, and when.
-    selections: BTreeMap<u64, (SignedSelection, Millis)>,
+    pub(super) selections: BTreeMap<u64, (SignedSelection, Millis)>,
     /// Verified reveals, first seen per round and member.
-    reveals: BTreeMap<u64, BTreeMap<[u8; 32], SignedReveal>>,
+    pub(super) reveals: BTreeMap<u64, BTreeMap<[u8; 32], SignedReveal>>,
     /// Rounds this node revealed for (once each, for the first selection only).
     revealed: BTreeSet<u64>,
+    /// Verified shares of silent members' self seeds, per round (`recovery`).
+    pub(super) recoveries: BTreeMap<u64, super::recovery::Shares>,
+    /// (round, member) whose self-seed share this node published (once each).
+    pub(super) recovered: BTreeSet<(u64, [u8; 32])>,
+    /// The last value entries with recovered seeds the proposer computed (not retried).
+    attempted: Option<(u64, Vec<Vec<u8>>)>,
     /// Our own messages of the current round, re-sent until the round commits.
     own: Vec<(u64, SecAggMsg)>,
     /// When our messages last went out.
@@ -108,6 +126,11 @@ impl SecureState {
         self.selections = self.selections.split_off(&h);
         self.reveals = self.reveals.split_off(&h);
         self.revealed = self.revealed.split_off(&h);
+        self.recoveries = self.recoveries.split_off(&h);
+        self.recovered = self.recovered.split_off(&(h, [0; 32]));
+        if self.attempted.as_ref().is_some_and(|(r, _)| *r < h) {
+            self.attempted = None;
+        }
         self.own.retain(|(r, _)| *r >= h);
         if self.secrets.as_ref().is_some_and(|(r, _)| *r < h) {
             self.secrets = None;
@@ -118,7 +141,7 @@ impl SecureState {
     }
 }
 
-fn adverts_of(payload: &MaskedPayload) -> Vec<Advert> {
+pub(super) fn adverts_of(payload: &MaskedPayload) -> Vec<Advert> {
     payload
         .roster
         .iter()
@@ -147,11 +170,17 @@ impl Core {
         self.cfg.genesis.privacy.secure
     }
 
-    fn domain(&self, round: u64) -> Domain {
+    pub(super) fn domain(&self, round: u64) -> Domain {
         Domain::new(self.cfg.genesis.chain_id.as_str(), round)
     }
 
-    fn publish_secagg(&mut self, now: Millis, round: u64, msg: SecAggMsg, out: &mut Vec<Action>) {
+    pub(super) fn publish_secagg(
+        &mut self,
+        now: Millis,
+        round: u64,
+        msg: SecAggMsg,
+        out: &mut Vec<Action>,
+    ) {
         if let Ok(bytes) = msg.encode(now) {
             self.telemetry.counters.delta_bytes_out += bytes.len() as u64;
             out.push(Action::Publish {
@@ -221,6 +250,7 @@ impl Core {
             SecAggMsg::Advert(a) => (a.body.round, a.body.member),
             SecAggMsg::Selection(s) => (s.body.round, s.body.proposer),
             SecAggMsg::Reveal(r) => (r.body.round, r.body.member),
+            SecAggMsg::Recovery(r) => (r.body.round, r.body.holder),
         };
         if round < h || round > h + super::pool::LOOKAHEAD {
             return Ok(Verdict::Ignore("secagg round not current"));
@@ -235,6 +265,7 @@ impl Core {
             SecAggMsg::Advert(a) => a.verify(&chain),
             SecAggMsg::Selection(s) => s.verify(&chain),
             SecAggMsg::Reveal(r) => r.verify(&chain),
+            SecAggMsg::Recovery(r) => r.verify(&chain),
         };
         if verified.is_err() {
             self.telemetry.counters.reject("bad_signature");
@@ -266,6 +297,11 @@ impl Core {
                 let held = self.secure.reveals.entry(round).or_default();
                 !held.contains_key(&signer) && held.insert(signer, r).is_none()
             }
+            SecAggMsg::Recovery(r) => match self.on_recovery(round, r) {
+                Verdict::Accept => true,
+                Verdict::Ignore(_) => false,
+                v => return Ok(v),
+            },
         };
         if !new {
             return Ok(Verdict::Ignore("duplicate secagg message"));
@@ -273,6 +309,7 @@ impl Core {
         if round == h {
             self.try_mask(now, out)?;
             self.maybe_reveal(now, out)?;
+            self.maybe_recover(now, out)?;
             let mut follow = self.check_validations(out)?;
             follow.extend(self.try_propose(now)?);
             self.feed(now, follow, out)?;
@@ -308,8 +345,12 @@ impl Core {
             .filter(|m| m != author)
             .collect();
         let commits: Vec<[u8; 32]> = p.pair_commits.iter().map(|(m, _)| *m).collect();
-        (roster_ok && p.values.len() == self.committed.params.len() && commits == others)
-            .then(|| Arc::new(p))
+        let holders: Vec<[u8; 32]> = p.shares.iter().map(|s| s.holder).collect();
+        let ok = roster_ok
+            && p.values.len() == self.committed.params.len()
+            && commits == others
+            && holders == others;
+        (ok && self.our_share_opens(round, author, &p)).then(|| Arc::new(p))
     }
 
     /// Masks and publishes our pending delta once the roster is known.
@@ -372,11 +413,14 @@ impl Core {
             );
         }
         let m = model::secagg::mask(&self.domain(h), &ads, &self.me.0, secrets, &enc.values)?;
+        let t = self.recovery_threshold(h, ads.len());
+        let shares = model::secagg::share_self_seed(&self.domain(h), &ads, &self.me.0, secrets, t)?;
         let payload = MaskedPayload {
             roster,
             values: m.values,
             self_commit: m.self_commit,
             pair_commits: m.pair_commits,
+            shares,
         }
         .encode()?;
         let msg = DeltaMsg {
@@ -496,7 +540,8 @@ impl Core {
             }
         }
         self.try_mask(now, out)?;
-        self.maybe_reveal(now, out)
+        self.maybe_reveal(now, out)?;
+        self.maybe_recover(now, out)
     }
 
     /// The reveals of every included member for this included set, in its order.
@@ -525,6 +570,7 @@ impl Core {
             return Ok(None);
         };
         let mut inputs = Vec::with_capacity(included.len());
+        let mut payloads = Vec::with_capacity(included.len());
         let mut roster: Option<Vec<RosterKey>> = None;
         let mut ads = Vec::new();
         for inc in included {
@@ -545,6 +591,7 @@ impl Core {
                 self_commit: p.self_commit,
                 pair_commits: p.pair_commits.clone(),
             });
+            payloads.push(p);
         }
         let claims: Vec<u64> = included.iter().map(|i| i.samples).collect();
         if !within_cap(&claims) {
@@ -563,7 +610,16 @@ impl Core {
             return Ok(None);
         }
         let mut plain = Vec::with_capacity(reveals.len());
-        for (bytes, inc) in reveals.iter().zip(included) {
+        for ((bytes, inc), p) in reveals.iter().zip(included).zip(&payloads) {
+            if let Some(rec) = RecoveredSeed::decode(bytes) {
+                let Some(r) = rec.ok().and_then(|rec| {
+                    self.reveal_from_shares(round, inc, p, &digest, included, &rec)
+                }) else {
+                    return Ok(None);
+                };
+                plain.push(r);
+                continue;
+            }
             let Ok(r) = SignedReveal::decode(bytes) else {
                 return Ok(None);
             };
@@ -690,11 +746,25 @@ impl Core {
         };
         let mut out = Vec::new();
         self.maybe_reveal(now, &mut out)?;
+        self.maybe_recover(now, &mut out)?;
         self.secure.outbox.extend(out);
         if let Some(reveals) = self.reveals_for(h, &included)
             && let Some(applied) = self.compute_secure(h, &included, &reveals)?
         {
             return self.finish_proposal(height, view, included, applied, reveals);
+        }
+        // A silent member's seed from its shares (each set of entries is tried once).
+        if let Some(entries) = self.recovered_for(h, &included)
+            && self.secure.attempted.as_ref() != Some(&(h, entries.clone()))
+        {
+            self.secure.attempted = Some((h, entries.clone()));
+            if let Some(applied) = self.compute_secure(h, &included, &entries)? {
+                tracing::info!(
+                    round = h,
+                    "secure aggregation: a silent member's seed recovered"
+                );
+                return self.finish_proposal(height, view, included, applied, entries);
+            }
         }
         if late && now.saturating_sub(since) >= wait {
             tracing::warn!(

@@ -15,18 +15,18 @@ use crate::wire::secagg::{
 };
 use crate::wire::{DeltaMsg, Included, SignedDelta};
 
-fn keys() -> Vec<SigningKey> {
+pub(super) fn keys() -> Vec<SigningKey> {
     (1..=4u8)
         .map(|b| SigningKey::from_bytes(&[b; 32]))
         .collect()
 }
 
-fn id(k: &SigningKey) -> [u8; 32] {
+pub(super) fn id(k: &SigningKey) -> [u8; 32] {
     k.verifying_key().to_bytes()
 }
 
 /// A genesis of the four keys with secure aggregation and the mean rule.
-fn genesis(keys: &[SigningKey]) -> crate::genesis::Genesis {
+pub(super) fn genesis(keys: &[SigningKey]) -> crate::genesis::Genesis {
     let ids: Vec<ValidatorId> = keys.iter().map(|k| ValidatorId(id(k))).collect();
     let mut g = crate::genesis::demo("secagg-test", &ids);
     g.training.rule = "mean".into();
@@ -37,7 +37,7 @@ fn genesis(keys: &[SigningKey]) -> crate::genesis::Genesis {
     g.check().expect("genesis")
 }
 
-fn core_with(key: SigningKey, g: &crate::genesis::Genesis) -> Core {
+pub(super) fn core_with(key: SigningKey, g: &crate::genesis::Genesis) -> Core {
     let cfg = CoreConfig {
         key,
         genesis: g.clone(),
@@ -58,7 +58,7 @@ fn core_with(key: SigningKey, g: &crate::genesis::Genesis) -> Core {
     c
 }
 
-fn verdict_of(actions: Vec<Action>) -> Verdict {
+pub(super) fn verdict_of(actions: Vec<Action>) -> Verdict {
     actions
         .into_iter()
         .find_map(|a| match a {
@@ -68,7 +68,7 @@ fn verdict_of(actions: Vec<Action>) -> Verdict {
         .expect("a verdict")
 }
 
-fn gossip(c: &mut Core, data: Vec<u8>) -> Vec<Action> {
+pub(super) fn gossip(c: &mut Core, data: Vec<u8>) -> Vec<Action> {
     let from = crate::keys::peer_id_of(&ValidatorId(id(&keys()[1]))).expect("peer");
     c.handle(
         10,
@@ -82,7 +82,7 @@ fn gossip(c: &mut Core, data: Vec<u8>) -> Vec<Action> {
     .expect("handle")
 }
 
-fn published(actions: &[Action]) -> Vec<Vec<u8>> {
+pub(super) fn published(actions: &[Action]) -> Vec<Vec<u8>> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -96,7 +96,11 @@ fn published(actions: &[Action]) -> Vec<Vec<u8>> {
 }
 
 /// Member `i`'s secrets and signed advert for round 1.
-fn member(g: &crate::genesis::Genesis, k: &SigningKey, i: u64) -> (MemberSecrets, SignedAdvert) {
+pub(super) fn member(
+    g: &crate::genesis::Genesis,
+    k: &SigningKey,
+    i: u64,
+) -> (MemberSecrets, SignedAdvert) {
     let s = MemberSecrets::reproducible(7, 1, i);
     let a = SignedAdvert::new(
         AdvertBody {
@@ -112,7 +116,7 @@ fn member(g: &crate::genesis::Genesis, k: &SigningKey, i: u64) -> (MemberSecrets
 }
 
 /// Member `me`'s signed masked delta for round 1 against `roster`, as `try_mask` builds it.
-fn masked_delta(
+pub(super) fn masked_delta(
     c: &Core,
     key: &SigningKey,
     secrets: &MemberSecrets,
@@ -135,15 +139,19 @@ fn masked_delta(
     let enc = q.encode(&scaled).expect("encode");
     let domain = Domain::new(g.chain_id.as_str(), 1);
     let m = model::secagg::mask(&domain, &ads, &id(key), secrets, &enc.values).expect("mask");
+    let t = c.recovery_threshold(1, ads.len());
+    let shares =
+        model::secagg::share_self_seed(&domain, &ads, &id(key), secrets, t).expect("share");
     MaskedPayload {
         roster: roster.to_vec(),
         values: m.values,
         self_commit: m.self_commit,
         pair_commits: m.pair_commits,
+        shares,
     }
 }
 
-fn sign_delta(c: &Core, key: &SigningKey, samples: u64, payload: Vec<u8>) -> Vec<u8> {
+pub(super) fn sign_delta(c: &Core, key: &SigningKey, samples: u64, payload: Vec<u8>) -> Vec<u8> {
     DeltaMsg {
         chain_id: c.genesis().chain_id.as_str().into(),
         round: 1,

@@ -246,8 +246,9 @@ pub struct Aggregation {
     /// The aggregation rule (its canonical string).
     pub rule: String,
     /// Under secure aggregation: one [`secagg::SignedReveal`] (encoded) per included delta, in
-    /// the order of `included`, which unmask their sum; empty for a void round (the model
-    /// stays as it was). Always empty without secure aggregation.
+    /// the order of `included`, which unmask their sum, or in place of a silent member's reveal
+    /// a [`secagg::RecoveredSeed`] (its self seed's signed shares); empty for a void round (the
+    /// model stays as it was). Always empty without secure aggregation.
     pub reveals: Vec<Vec<u8>>,
 }
 

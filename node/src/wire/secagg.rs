@@ -1,10 +1,11 @@
 //! Secure aggregation's messages (`protocol::secure`): a member's signed X25519 advert, its
-//! masked delta's payload, the signed selection of a round's included set, and a member's signed
-//! reveal for that set. Each signed message is a body and the ed25519 signature of its author
+//! masked delta's payload, the signed selection of a round's included set, a member's signed
+//! reveal for that set, and a holder's signed share of a silent included member's self seed. Each signed message is a body and the ed25519 signature of its author
 //! over a domain-separated encoding of the body; all are decoded with a size limit.
 
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::{Signer, SigningKey};
+use model::secagg::SealedShare;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -168,12 +169,83 @@ impl Body for RevealBody {
     }
 }
 
+/// A holder's share of an included member's self seed, published when that member's reveal is
+/// missing after a wait (`protocol::recovery`).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryBody {
+    /// Network.
+    pub chain_id: String,
+    /// Round.
+    pub round: u64,
+    /// The holder publishing its share (the signer).
+    pub holder: [u8; 32],
+    /// The included member whose self seed the share is of.
+    pub member: [u8; 32],
+    /// The selection that includes `member` ([`SelectionBody::digest`]).
+    pub selection: [u8; 32],
+    /// The plain share (checked against the member's `SealedShare::commit`).
+    pub share: [u8; 32],
+    /// From a holder outside the selection only: its pair seed with `member` (checked against
+    /// the member's pair commitment), which `member` would have revealed itself.
+    pub pair_seed: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for RecoveryBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveryBody")
+            .field("round", &self.round)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body for RecoveryBody {
+    const DOMAIN: &'static [u8] = b"cohort/secagg/recovery/v1\0";
+    fn signer(&self) -> [u8; 32] {
+        self.holder
+    }
+    fn chain(&self) -> &str {
+        &self.chain_id
+    }
+}
+
+/// In a round value, in place of an included member's missing reveal: the signed shares its
+/// self seed is recovered from (exactly the threshold's number, sorted by holder).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecoveredSeed {
+    /// The included member.
+    pub member: [u8; 32],
+    /// Signed shares of its self seed.
+    pub shares: Vec<SignedRecovery>,
+    /// One message with a pair seed from every roster member outside the selection.
+    pub pairs: Vec<SignedRecovery>,
+}
+
+impl RecoveredSeed {
+    /// Prefix that tells these from an encoded [`SignedReveal`] in `Aggregation::reveals`.
+    pub const MAGIC: &'static [u8] = b"cohort/secagg/recovered/v1\0";
+
+    /// Canonical bytes (as a round value carries them).
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut out = Self::MAGIC.to_vec();
+        out.extend(encode::<_, MAX_SECAGG_BYTES>(self)?);
+        Ok(out)
+    }
+
+    /// Parses (untrusted) bytes; `None` when they are not a recovered seed.
+    pub fn decode(bytes: &[u8]) -> Option<Result<Self>> {
+        let body = bytes.strip_prefix(Self::MAGIC)?;
+        Some(decode::<_, MAX_SECAGG_BYTES>(body))
+    }
+}
+
 /// A signed advert.
 pub type SignedAdvert = Signed<AdvertBody>;
 /// A signed selection.
 pub type SignedSelection = Signed<SelectionBody>;
 /// A signed reveal.
 pub type SignedReveal = Signed<RevealBody>;
+/// A signed share of a silent member's self seed.
+pub type SignedRecovery = Signed<RecoveryBody>;
 
 impl SignedReveal {
     /// Canonical bytes (as a round value carries them).
@@ -199,6 +271,9 @@ pub struct MaskedPayload {
     pub self_commit: [u8; 32],
     /// Commitment to the pair seed with every other roster member, in roster order.
     pub pair_commits: Vec<([u8; 32], [u8; 32])>,
+    /// The self seed's Shamir shares, one sealed to every other roster member, in roster order
+    /// (fixed size each: `model::secagg::SealedShare`).
+    pub shares: Vec<SealedShare>,
 }
 
 impl MaskedPayload {
@@ -230,6 +305,8 @@ pub enum SecAggMsg {
     Selection(SignedSelection),
     /// A member's reveal.
     Reveal(SignedReveal),
+    /// A holder's share of a silent included member's self seed.
+    Recovery(SignedRecovery),
 }
 
 impl SecAggMsg {
@@ -284,5 +361,46 @@ mod tests {
         huge.extend_from_slice(&[2, 0, 0, 0]);
         huge.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(SecAggMsg::decode(&huge).unwrap().is_err());
+    }
+
+    #[test]
+    fn a_recovered_seed_round_trips_and_truncated_or_huge_bytes_are_refused() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let r = SignedRecovery::new(
+            RecoveryBody {
+                chain_id: "c".into(),
+                round: 4,
+                holder: key.verifying_key().to_bytes(),
+                member: [1; 32],
+                selection: [2; 32],
+                share: [3; 32],
+                pair_seed: None,
+            },
+            &key,
+        )
+        .unwrap();
+        r.verify("c").unwrap();
+        let mut t = r.clone();
+        t.body.share[0] ^= 1;
+        assert!(
+            t.verify("c").is_err(),
+            "a changed share breaks the signature"
+        );
+        let rec = RecoveredSeed {
+            member: [1; 32],
+            shares: vec![r],
+            pairs: Vec::new(),
+        };
+        let bytes = rec.encode().unwrap();
+        assert_eq!(RecoveredSeed::decode(&bytes).unwrap().unwrap(), rec);
+        for cut in RecoveredSeed::MAGIC.len()..bytes.len() {
+            assert!(RecoveredSeed::decode(&bytes[..cut]).unwrap().is_err());
+        }
+        // A reveal is not a recovered seed.
+        assert!(RecoveredSeed::decode(b"\x01c").is_none());
+        let mut huge = RecoveredSeed::MAGIC.to_vec();
+        huge.extend_from_slice(&[1; 32]);
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(RecoveredSeed::decode(&huge).unwrap().is_err());
     }
 }
