@@ -300,6 +300,18 @@ fn find<'a>(roster: &'a [Advert], me: &MemberId) -> Result<&'a Advert, SecAggErr
         .ok_or_else(|| SecAggError::NotOnRoster { member: short(me) })
 }
 
+/// The X25519 secret our `secrets` share with `other`; a low-order key (an all-zero result) is
+/// refused, as it would make the secret known to anyone.
+fn shared_secret(secrets: &MemberSecrets, other: &Advert) -> Result<[u8; 32], SecAggError> {
+    let shared = x25519(secrets.dh, other.public_key);
+    if shared == [0u8; 32] {
+        return Err(SecAggError::NonContributory {
+            member: short(&other.member),
+        });
+    }
+    Ok(shared)
+}
+
 /// The pair seed of `mine` (whose secrets are given) and `other`: SHA-256 over the domain, both
 /// (id, public key) in id order and the X25519 shared secret.
 fn pair_seed(
@@ -308,12 +320,7 @@ fn pair_seed(
     mine: &Advert,
     other: &Advert,
 ) -> Result<[u8; 32], SecAggError> {
-    let shared = x25519(secrets.dh, other.public_key);
-    if shared == [0u8; 32] {
-        return Err(SecAggError::NonContributory {
-            member: short(&other.member),
-        });
-    }
+    let shared = shared_secret(secrets, other)?;
     let (lo, hi) = if mine.member < other.member {
         (mine, other)
     } else {

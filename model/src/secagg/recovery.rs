@@ -33,7 +33,6 @@ use chacha20poly1305::aead::AeadInPlace as _;
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit as _, Nonce, Tag};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
-use x25519_dalek::x25519;
 
 use super::{
     Advert, Domain, MemberId, MemberSecrets, SecAggError, commit, find, own_advert, pair_seed,
@@ -75,12 +74,7 @@ fn share_key(
     holder: &Advert,
     other: &Advert,
 ) -> Result<[u8; 32], SecAggError> {
-    let shared = x25519(secrets.dh, other.public_key);
-    if shared == [0u8; 32] {
-        return Err(SecAggError::NonContributory {
-            member: short(&other.member),
-        });
-    }
+    let shared = super::shared_secret(secrets, other)?;
     let mut h = domain.hash(b"share key");
     for a in [sender, holder] {
         h.update(a.member);

@@ -147,11 +147,7 @@ impl Core {
         if elapsed >= max_wait(&self.cfg.genesis) {
             return true;
         }
-        let collect = self.cfg.genesis.file.timeouts.collect_ms;
-        let own = self
-            .local
-            .trained_at
-            .is_some_and(|t| now.saturating_sub(t) >= collect);
+        let own = self.collect_passed(now);
         let usual = waiting
             .iter()
             .map(|m| self.telemetry.usual_arrival(&m.0))
@@ -160,6 +156,14 @@ impl Core {
         // An author never seen yet has no usual time: the window then rests on our own delta.
         let stragglers = usual.is_none_or(|u| elapsed >= u + u / 4);
         own && stragglers
+    }
+
+    /// Whether `collect_ms` passed since our own delta of this height was trained.
+    fn collect_passed(&self, now: Millis) -> bool {
+        let collect = self.cfg.genesis.file.timeouts.collect_ms;
+        self.local
+            .trained_at
+            .is_some_and(|t| now.saturating_sub(t) >= collect)
     }
 
     /// Whether the proposer should keep the window open for a contributor (under `open`):
@@ -186,11 +190,7 @@ impl Core {
         if elapsed >= max_wait(&self.cfg.genesis) {
             return false;
         }
-        let collect = self.cfg.genesis.file.timeouts.collect_ms;
-        let own_waited = self
-            .local
-            .trained_at
-            .is_some_and(|t| now.saturating_sub(t) >= collect);
+        let own_waited = self.collect_passed(now);
         let window = super::committed::ACTIVITY_WINDOW as u64;
         contributors.iter().any(|k| {
             self.telemetry.heard_within(k, h, window)
