@@ -5,9 +5,9 @@ use ed25519_dalek::SigningKey;
 use gossip::Verdict;
 use model::secagg::{Advert, Domain, MemberSecrets, Quantizer};
 
-use super::secure::Entropy;
 use super::secure_tests::{
-    core_with, genesis, gossip, id, keys, masked_delta, member, published, sign_delta, verdict_of,
+    advert_in, core_with, draw_secrets, genesis, gossip, id, keys, masked_delta, member, published,
+    sign_delta, verdict_of,
 };
 use super::*;
 use crate::wire::Included;
@@ -362,22 +362,8 @@ fn a_tampered_or_wrongly_sealed_share_is_refused_with_a_peer_penalty() {
     let g = genesis(&k);
     let mut c = core_with(k[0].clone(), &g);
     let n = c.params().len();
-    let a = c
-        .handle(
-            1,
-            Event::Secrets {
-                round: 1,
-                entropy: Entropy([5; 64]),
-            },
-        )
-        .unwrap();
-    let ours = published(&a)
-        .iter()
-        .find_map(|b| match SecAggMsg::decode(b) {
-            Some(Ok(SecAggMsg::Advert(a))) => Some(a),
-            _ => None,
-        })
-        .expect("our advert");
+    let a = draw_secrets(&mut c);
+    let ours = advert_in(&a);
     let members: Vec<_> = (1..4).map(|i| member(&g, &k[i], i as u64)).collect();
     let mut roster: Vec<SignedAdvert> = members.iter().map(|(_, a)| a.clone()).collect();
     roster.push(ours);
@@ -448,22 +434,8 @@ fn a_member_never_sends_a_share_for_a_non_included_or_revealed_member() {
     let g = genesis(&k);
     let mut c = core_with(k[0].clone(), &g);
     let n = c.params().len();
-    let mut actions = c
-        .handle(
-            1,
-            Event::Secrets {
-                round: 1,
-                entropy: Entropy([5; 64]),
-            },
-        )
-        .unwrap();
-    let ours = published(&actions)
-        .iter()
-        .find_map(|b| match SecAggMsg::decode(b) {
-            Some(Ok(SecAggMsg::Advert(a))) => Some(a),
-            _ => None,
-        })
-        .expect("our advert");
+    let mut actions = draw_secrets(&mut c);
+    let ours = advert_in(&actions);
     let members: Vec<_> = (1..4).map(|i| member(&g, &k[i], i as u64)).collect();
     for (_, a) in &members {
         let bytes = SecAggMsg::Advert(a.clone()).encode(1).unwrap();

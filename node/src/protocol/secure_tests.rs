@@ -82,6 +82,29 @@ pub(super) fn gossip(c: &mut Core, data: Vec<u8>) -> Vec<Action> {
     .expect("handle")
 }
 
+/// The core's secrets for round 1 (fixed entropy): the actions that follow (its advert).
+pub(super) fn draw_secrets(c: &mut Core) -> Vec<Action> {
+    c.handle(
+        1,
+        Event::Secrets {
+            round: 1,
+            entropy: Entropy([5; 64]),
+        },
+    )
+    .expect("secrets")
+}
+
+/// The advert among what `actions` publish.
+pub(super) fn advert_in(actions: &[Action]) -> SignedAdvert {
+    published(actions)
+        .iter()
+        .find_map(|b| match SecAggMsg::decode(b) {
+            Some(Ok(SecAggMsg::Advert(a))) => Some(a),
+            _ => None,
+        })
+        .expect("our advert")
+}
+
 pub(super) fn published(actions: &[Action]) -> Vec<Vec<u8>> {
     actions
         .iter()
@@ -234,15 +257,7 @@ fn a_member_reveals_once_for_its_first_selection_and_never_pair_seeds_with_inclu
     let g = genesis(&k);
     let mut c = core_with(k[0].clone(), &g);
     let n = c.params().len();
-    let mut actions = c
-        .handle(
-            1,
-            Event::Secrets {
-                round: 1,
-                entropy: Entropy([5; 64]),
-            },
-        )
-        .expect("secrets");
+    let mut actions = draw_secrets(&mut c);
     for (i, key) in k.iter().enumerate().skip(1) {
         let (_, a) = member(&g, key, i as u64);
         let bytes = SecAggMsg::Advert(a).encode(1).unwrap();
