@@ -935,3 +935,42 @@ fn approvals_count_only_if_recent_by_current_validators_and_made_after_a_removal
         "made after the removal"
     );
 }
+
+/// The proposer keeps the window open for a contributor a little slower than the validators
+/// (its usual arrival within `collect_ms` of the slowest validator's) until that arrival with a
+/// quarter's margin, but not once it holds a contributor's delta, not past the margin, and
+/// never for a contributor always far later: a cheap join key cannot slow every round.
+#[test]
+fn the_window_waits_for_a_slightly_late_contributor_but_not_an_always_late_one() {
+    let k = keys();
+    let mut c = core(&k);
+    let collect = c.cfg.genesis.file.timeouts.collect_ms;
+    let (late, far) = ([40u8; 32], [41u8; 32]);
+    // Height 1 starts at 1,000 (the previous at 0); the validators usually arrive at 100 ms.
+    c.telemetry.height_started(1_000);
+    for key in &k {
+        c.telemetry.arrived(key.verifying_key().to_bytes(), 1_100);
+    }
+    for (who, at) in [(late, 100 + collect / 2), (far, 100 + collect + 1_000)] {
+        c.telemetry.heard(who, 1);
+        c.telemetry.arrived_late(who, at);
+    }
+    let u = 100 + collect / 2;
+    assert!(c.contributor_due(1_150, &[late], 4, 0));
+    assert!(
+        !c.contributor_due(1_150, &[late], 4, 1),
+        "one contributor delta held fills the room"
+    );
+    assert!(
+        !c.contributor_due(1_000 + u + u / 4, &[late], 4, 0),
+        "past its usual arrival and margin"
+    );
+    assert!(
+        !c.contributor_due(1_150, &[far], 4, 0),
+        "always later than the validators by more than collect_ms"
+    );
+    assert!(
+        !c.contributor_due(1_150, &[late], 3, 0),
+        "no room with a validator's delta missing"
+    );
+}
