@@ -39,6 +39,7 @@ use candle_core::{CpuStorage, Layout};
 use crate::data::Dataset;
 use crate::dpsgd::{DpSgdConfig, NoiseSource, clip_factor};
 use crate::error::{Error, Result};
+use crate::kernels::internal;
 use crate::net::{Model, ModelSpec};
 use crate::rng::Rng;
 use crate::train::{Batches, Optimizer, TrainConfig, check_data};
@@ -120,22 +121,17 @@ fn dense_layers(kind: &ModelSpec) -> Result<Vec<Dense>> {
     Ok(layers)
 }
 
-/// A broken invariant of this module (unreachable for the kinds [`supports`] accepts).
-fn internal(what: String) -> Error {
-    Error::Candle(candle_core::Error::Msg(format!("fast MLP path: {what}")))
-}
-
 fn slice(s: &CpuStorage) -> Result<&[f32]> {
     match s {
         CpuStorage::F32(v) => Ok(v),
-        _ => Err(internal("expected f32 storage".into())),
+        _ => Err(internal("expected f32 storage")),
     }
 }
 
 fn slice_mut(s: &mut CpuStorage) -> Result<&mut [f32]> {
     match s {
         CpuStorage::F32(v) => Ok(v),
-        _ => Err(internal("expected f32 storage".into())),
+        _ => Err(internal("expected f32 storage")),
     }
 }
 
@@ -358,7 +354,7 @@ impl Net {
         let f = data.features;
         let x = match &mut self.x {
             CpuStorage::F32(v) => v,
-            _ => return Err(internal("expected f32 storage".into())),
+            _ => return Err(internal("expected f32 storage")),
         };
         if x.len() < idx.len() * f {
             x.resize(idx.len() * f, 0.0);
@@ -428,7 +424,7 @@ impl Net {
             }
             self.hidden.push(z);
         }
-        Err(internal("model without layers".into()))
+        Err(internal("model without layers"))
     }
 
     /// Computes the weight gradient of layer `l` from its output gradient `dz` (`b x out`) and
@@ -588,7 +584,7 @@ impl Net {
             let mut grad = match dzs.get(l) {
                 Some(dz) => match self.weight_grad(l, dz, b)? {
                     CpuStorage::F32(v) => v,
-                    _ => return Err(internal("expected f32 storage".into())),
+                    _ => return Err(internal("expected f32 storage")),
                 },
                 None => vec![0.0; d.inp * d.out],
             };

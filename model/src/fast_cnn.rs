@@ -354,12 +354,11 @@ impl Net {
         Ok(())
     }
 
-    /// The bias gradient: column sums of `dz` (`b x width`).
-    fn sum_rows(&mut self, dz_is_up: bool, b: usize, width: usize) {
+    /// The bias gradient: column sums of `up` (`b x width`).
+    fn sum_rows(&mut self, b: usize, width: usize) {
         self.bias_grad.clear();
         self.bias_grad.resize(width, 0.0);
-        let dz = if dz_is_up { &self.up } else { &self.down };
-        for row in dz[..b * width].chunks_exact(width) {
+        for row in self.up[..b * width].chunks_exact(width) {
             for (s, v) in self.bias_grad.iter_mut().zip(row) {
                 *s += v;
             }
@@ -403,7 +402,7 @@ impl Net {
             Mat::rows(b, d.inp),
         )?;
         opt.apply(&mut self.params, d.weight, &self.grad[..d.out * d.inp]);
-        self.sum_rows(true, b, d.out);
+        self.sum_rows(b, d.out);
         opt.apply(&mut self.params, d.bias, &self.bias_grad);
         Ok(())
     }

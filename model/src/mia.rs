@@ -434,26 +434,7 @@ pub fn run_experiment(split: &Split, setup: &Setup) -> Result<Vec<Row>> {
         rate: d.rate,
     }
     .steps(Work::Epochs(d.epochs)) as u64;
-    let sigma = Accountant::noise_for_epsilon(d.rate, steps, d.target_epsilon, setup.delta)
-        .ok_or_else(|| {
-            Error::Mia(format!(
-                "no noise multiplier reaches epsilon {} in {steps} steps at rate {}",
-                d.target_epsilon, d.rate
-            ))
-        })?;
-    // Two decimals, rounded up, so that the reported setting reproduces the epsilon.
-    let sigma = (sigma * 100.0).ceil() / 100.0;
-    let dp_cfg = DpSgdConfig {
-        clip: d.clip,
-        noise: sigma,
-        rate: d.rate,
-    };
-    let eps = Accountant {
-        noise: sigma,
-        sampling_rate: d.rate,
-    }
-    .epsilon(steps, setup.delta)
-    .0;
+    let (dp_cfg, eps) = dp_sgd_for_epsilon(d.clip, d.rate, steps, d.target_epsilon, setup.delta)?;
     let cfg = TrainConfig {
         work: Work::Epochs(d.epochs),
         optimizer: d.optimizer,
@@ -478,6 +459,38 @@ pub fn run_experiment(split: &Split, setup: &Setup) -> Result<Vec<Row>> {
         &out.delta,
     )?;
     Ok(rows)
+}
+
+/// DP-SGD at clip `clip` and rate `rate` whose `steps` steps spend `epsilon` at `delta`: the
+/// noise from the accountant, rounded up to two decimals so that the reported setting
+/// reproduces the epsilon, and the epsilon it then spends.
+pub(crate) fn dp_sgd_for_epsilon(
+    clip: f64,
+    rate: f64,
+    steps: u64,
+    epsilon: f64,
+    delta: f64,
+) -> Result<(DpSgdConfig, f64)> {
+    let sigma = Accountant::noise_for_epsilon(rate, steps, epsilon, delta).ok_or_else(|| {
+        Error::Mia(format!(
+            "no noise multiplier reaches epsilon {epsilon} in {steps} steps at rate {rate}"
+        ))
+    })?;
+    let sigma = (sigma * 100.0).ceil() / 100.0;
+    let eps = Accountant {
+        noise: sigma,
+        sampling_rate: rate,
+    }
+    .epsilon(steps, delta)
+    .0;
+    Ok((
+        DpSgdConfig {
+            clip,
+            noise: sigma,
+            rate,
+        },
+        eps,
+    ))
 }
 
 #[cfg(test)]

@@ -165,25 +165,10 @@ pub fn run_federated(split: &Split, setup: &FedSetup, mech: Mechanism) -> Result
             }
             .steps(train.work) as u64;
             let steps = per_round * setup.rounds as u64;
-            let sigma = Accountant::noise_for_epsilon(rate, steps, epsilon, setup.delta)
-                .ok_or_else(|| Error::Mia(format!("no noise reaches epsilon {epsilon}")))?;
-            let sigma = (sigma * 100.0).ceil() / 100.0;
-            train.dp_sgd = Some(DpSgdConfig {
-                clip,
-                noise: sigma,
-                rate,
-            });
-            let eps = Accountant {
-                noise: sigma,
-                sampling_rate: rate,
-            }
-            .epsilon(steps, setup.delta)
-            .0;
-            (
-                None,
-                format!("clip:{clip},noise:{sigma},rate:{rate}"),
-                Some(eps),
-            )
+            let (dp_sgd, eps) =
+                crate::mia::dp_sgd_for_epsilon(clip, rate, steps, epsilon, setup.delta)?;
+            train.dp_sgd = Some(dp_sgd);
+            (None, dp_sgd.to_string(), Some(eps))
         }
     };
     let cfg = SimConfig {

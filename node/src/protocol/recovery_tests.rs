@@ -7,13 +7,13 @@ use model::secagg::{Advert, Domain, MemberSecrets, Quantizer};
 
 use super::secure_tests::{
     advert_in, core_with, draw_secrets, genesis, gossip, id, keys, masked_delta, member, published,
-    sign_delta, verdict_of,
+    selection, sign_delta, verdict_of,
 };
 use super::*;
 use crate::wire::Included;
 use crate::wire::secagg::{
-    MaskedPayload, RecoveredSeed, RecoveryBody, RevealBody, SecAggMsg, SelectionBody, SignedAdvert,
-    SignedRecovery, SignedReveal, SignedSelection, selection_digest,
+    MaskedPayload, RecoveredSeed, RecoveryBody, RevealBody, SecAggMsg, SignedAdvert,
+    SignedRecovery, SignedReveal, selection_digest,
 };
 
 type Genesis = crate::genesis::Genesis;
@@ -26,20 +26,6 @@ fn ads_of(roster: &[SignedAdvert]) -> Vec<Advert> {
             public_key: a.body.public_key,
         })
         .collect()
-}
-
-fn selection(g: &Genesis, key: &SigningKey, included: Vec<Included>) -> Vec<u8> {
-    let s = SignedSelection::new(
-        SelectionBody {
-            chain_id: g.chain_id.as_str().into(),
-            round: 1,
-            proposer: id(key),
-            included,
-        },
-        key,
-    )
-    .unwrap();
-    SecAggMsg::Selection(s).encode(3).unwrap()
 }
 
 fn reveal_msg(

@@ -94,6 +94,25 @@ pub(super) fn draw_secrets(c: &mut Core) -> Vec<Action> {
     .expect("secrets")
 }
 
+/// Round 1's selection of `included`, signed by the proposer `key`, as gossiped.
+pub(super) fn selection(
+    g: &crate::genesis::Genesis,
+    key: &SigningKey,
+    included: Vec<Included>,
+) -> Vec<u8> {
+    let s = SignedSelection::new(
+        SelectionBody {
+            chain_id: g.chain_id.as_str().into(),
+            round: 1,
+            proposer: id(key),
+            included,
+        },
+        key,
+    )
+    .unwrap();
+    SecAggMsg::Selection(s).encode(3).unwrap()
+}
+
 /// The advert among what `actions` publish.
 pub(super) fn advert_in(actions: &[Action]) -> SignedAdvert {
     published(actions)
@@ -303,19 +322,6 @@ fn a_member_reveals_once_for_its_first_selection_and_never_pair_seeds_with_inclu
         inc(2, [2; 32]),
     ];
     first.sort();
-    let select = |key: &SigningKey, included: Vec<Included>| {
-        let s = SignedSelection::new(
-            SelectionBody {
-                chain_id: g.chain_id.as_str().into(),
-                round: 1,
-                proposer: id(key),
-                included,
-            },
-            key,
-        )
-        .unwrap();
-        SecAggMsg::Selection(s).encode(3).unwrap()
-    };
     let reveals = |actions: &[Action]| -> Vec<SignedReveal> {
         published(actions)
             .iter()
@@ -325,7 +331,7 @@ fn a_member_reveals_once_for_its_first_selection_and_never_pair_seeds_with_inclu
             })
             .collect()
     };
-    let a = gossip(&mut c, select(&k[1], first.clone()));
+    let a = gossip(&mut c, selection(&g, &k[1], first.clone()));
     let r = reveals(&a);
     assert_eq!(r.len(), 1, "one reveal for the selection");
     let excluded = id(&k[3]);
@@ -340,7 +346,7 @@ fn a_member_reveals_once_for_its_first_selection_and_never_pair_seeds_with_inclu
     let mut all = first.clone();
     all.push(inc(3, [3; 32]));
     all.sort();
-    let a = gossip(&mut c, select(&k[2], all));
+    let a = gossip(&mut c, selection(&g, &k[2], all));
     assert!(reveals(&a).is_empty(), "never a reveal for a second set");
     let a = c.handle(5_000, Event::Tick).expect("tick");
     assert!(

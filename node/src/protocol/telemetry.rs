@@ -102,15 +102,17 @@ impl Telemetry {
 
     /// A delta of the current height arrived from `author`.
     pub fn arrived(&mut self, author: [u8; 32], now: Millis) {
-        let after = now.saturating_sub(self.started);
-        let avg = self.arrival.entry(author).or_insert(after);
-        *avg = (*avg * 3 + after) / 4;
+        self.average_arrival(author, now.saturating_sub(self.started));
     }
 
     /// A delta of the previous height arrived from `author` after that height was decided:
     /// its arrival after that height's start goes into the same average.
     pub fn arrived_late(&mut self, author: [u8; 32], now: Millis) {
-        let after = now.saturating_sub(self.previous_start);
+        self.average_arrival(author, now.saturating_sub(self.previous_start));
+    }
+
+    /// Moves `author`'s usual arrival a quarter of the way to `after` (ms after a height's start).
+    fn average_arrival(&mut self, author: [u8; 32], after: Millis) {
         let avg = self.arrival.entry(author).or_insert(after);
         *avg = (*avg * 3 + after) / 4;
     }
