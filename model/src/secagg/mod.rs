@@ -300,6 +300,13 @@ fn find<'a>(roster: &'a [Advert], me: &MemberId) -> Result<&'a Advert, SecAggErr
         .ok_or_else(|| SecAggError::NotOnRoster { member: short(me) })
 }
 
+/// Whether an X25519 public key is of small order (all zero, or another of the few points that
+/// every clamped scalar, a multiple of 8, sends to zero): a secret agreed with such a key is
+/// known to anyone, so an advert carrying one must be refused where it arrives.
+pub fn low_order(public_key: &[u8; 32]) -> bool {
+    x25519([9u8; 32], *public_key) == [0u8; 32]
+}
+
 /// The X25519 secret our `secrets` share with `other`; a low-order key (an all-zero result) is
 /// refused, as it would make the secret known to anyone.
 fn shared_secret(secrets: &MemberSecrets, other: &Advert) -> Result<[u8; 32], SecAggError> {

@@ -26,8 +26,10 @@
 //!
 //! **What stays hidden.** Fewer than `t` holders learn nothing about `b` from their shares.
 //! An honest holder publishes its share of `b` only for a member included in the first
-//! selection it saw: an excluded member's `b` (the only thing that hides its late vector once
-//! its pair seeds are revealed) is reconstructed only by `t` colluding holders.
+//! selection it saw: with one selection seen by all, an excluded member's `b` (the only thing
+//! that hides its late vector once its pair seeds are revealed) is reconstructed only by `t`
+//! colluding holders. A signer that shows different holders different selections can collect
+//! shares of it (see the node's `protocol::secure` threat model).
 
 use chacha20poly1305::aead::AeadInPlace as _;
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit as _, Nonce, Tag};

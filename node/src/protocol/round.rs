@@ -355,7 +355,19 @@ impl Core {
             promotions,
             rejected: applied.rejected.clone(),
         };
-        let value = Value(rv.encode()?);
+        let bytes = rv.encode()?;
+        if bytes.len() > consensus::MAX_VALUE_BYTES {
+            // Consensus refuses a larger value, and its error would stop the node. Under secure
+            // aggregation the reveals grow with the roster; the round waits for its timeouts.
+            tracing::warn!(
+                round = h,
+                bytes = bytes.len(),
+                "the round's value exceeds consensus's limit; not proposing it"
+            );
+            self.height.pending_propose = None;
+            return Ok(None);
+        }
+        let value = Value(bytes);
         self.height.applied.insert(value.id(), applied);
         self.height.pending_propose = None;
         tracing::info!(

@@ -49,8 +49,14 @@
 //! timeout, including nothing.
 //!
 //! **Threat model.** Honest-but-curious members: they follow the protocol and read all they
-//! receive. An active adversary can void rounds (a proposer) or withhold reveals; it cannot
-//! make an honest member reveal for a second set. Robust rules are impossible here.
+//! receive. An active adversary can withhold reveals, and any validator, not only the round's
+//! proposer, can sign a selection, so it can void rounds. It cannot make an honest member
+//! reveal for a second set, but it can show different members different first selections:
+//! a member sees one that includes A and reveals A's self seed while the others see one that
+//! excludes A and reveal their pair seeds with A, which together unmask A's delta. Members do
+//! not check that a quorum saw the same selection (Bonawitz et al.'s consistency round), so
+//! secure aggregation does not hold against an active validator. Robust rules are impossible
+//! here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -276,6 +282,11 @@ impl Core {
         }
         let new = match msg {
             SecAggMsg::Advert(a) => {
+                if model::secagg::low_order(&a.body.public_key) {
+                    // Masking against it would fail on every honest node of the roster.
+                    self.telemetry.counters.reject("bad_advert");
+                    return Ok(Verdict::Reject("bad_advert"));
+                }
                 let held = self.secure.adverts.entry(round).or_default();
                 !held.contains_key(&signer) && held.insert(signer, a).is_none()
             }
@@ -335,6 +346,7 @@ impl Core {
             && p.roster.iter().any(|a| a.body.member == *author)
             && p.roster.iter().all(|a| {
                 a.body.round == round
+                    && !model::secagg::low_order(&a.body.public_key)
                     && set.contains(&ValidatorId(a.body.member))
                     && a.verify(chain).is_ok()
             });

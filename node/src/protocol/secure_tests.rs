@@ -523,3 +523,36 @@ fn the_genesis_refuses_secure_aggregation_with_a_robust_rule_compression_or_node
     let text = toml::to_string(&plain).unwrap();
     assert!(!text.contains("secure_aggregation") && !text.contains("secagg"));
 }
+
+/// An advert with a small-order X25519 key (all zero) is refused where it arrives: a secret
+/// agreed with it is known to anyone, and masking against it would fail on every honest node
+/// of the roster (which stopped the node before this check). A valid advert is accepted.
+#[test]
+fn an_advert_with_a_low_order_key_is_refused() {
+    let k = keys();
+    let g = genesis(&k);
+    let mut c = core_with(k[0].clone(), &g);
+    draw_secrets(&mut c);
+    let bad = SignedAdvert::new(
+        AdvertBody {
+            chain_id: g.chain_id.as_str().into(),
+            round: 1,
+            member: id(&k[1]),
+            public_key: [0; 32],
+        },
+        &k[1],
+    )
+    .expect("advert");
+    let bytes = SecAggMsg::Advert(bad).encode(1).unwrap();
+    assert_eq!(
+        verdict_of(gossip(&mut c, bytes)),
+        Verdict::Reject("bad_advert")
+    );
+    let (_, good) = member(&g, &k[1], 1);
+    let bytes = SecAggMsg::Advert(good).encode(1).unwrap();
+    assert_eq!(verdict_of(gossip(&mut c, bytes)), Verdict::Accept);
+    assert!(model::secagg::low_order(&[0; 32]));
+    assert!(!model::secagg::low_order(
+        &MemberSecrets::reproducible(7, 1, 2).public_key()
+    ));
+}
