@@ -115,13 +115,18 @@ where
 /// 128 KiB up (deltas, models, evaluation batches, data) are mapped and unmapped on their own
 /// instead of raising the threshold as they are freed (glibc's default, after which such blocks
 /// stay in the heap and fragment it), and two arenas serve every thread. Together they lowered
-/// a 2NN node's peak RSS on MNIST by about a tenth (BENCHMARKS.md section 8).
+/// a 2NN node's peak RSS on MNIST by about a tenth (BENCHMARKS.md section 8). An operator's own
+/// glibc tunables (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_ARENA_MAX`) win over these.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; no other thread runs yet.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        }
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod check;
 pub mod node;
 pub mod scenario;
+pub mod secagg;
 #[cfg(test)]
 mod tests;
 
@@ -86,13 +87,21 @@ pub struct Outcome {
     pub flooded: usize,
     /// Offenders of the delta equivocation evidence node 0 committed, with the round.
     pub delta_evidence: Vec<([u8; 32], u64)>,
-    /// Under secure aggregation: rounds node 0 committed void (model unchanged).
+    /// Under secure aggregation: what node 0 committed and what the faults did.
+    pub secure: SecureOutcome,
+}
+
+/// Under secure aggregation, what one run found.
+#[derive(Debug, Default)]
+pub struct SecureOutcome {
+    /// Rounds node 0 committed void (model unchanged).
     pub void_rounds: u64,
-    /// Under secure aggregation: rounds node 0 committed with a silent member's self seed
-    /// recovered from shares.
+    /// Rounds node 0 committed with a silent member's self seed recovered from shares.
     pub recovered_rounds: u64,
     /// Rounds in which a selected node crashed instead of revealing.
     pub reveal_crashes: usize,
+    /// Rounds in which a validator split its selection ([`Fault::SplitSelections`]).
+    pub split_rounds: usize,
 }
 
 /// One simulated network.
@@ -105,10 +114,8 @@ pub struct Sim {
     queue: BTreeMap<(Millis, u64), (usize, Delivery, u64)>,
     /// Per node, how many times it crashed: an event in flight across a crash is lost.
     epoch: Vec<u64>,
-    /// Rounds in which a node crashed instead of revealing (`NetFaults::crash_on_reveal`).
-    reveal_crashes: std::collections::BTreeSet<u64>,
-    /// (node, round) of every reveal a node published.
-    reveals_out: std::collections::BTreeSet<(usize, u64)>,
+    /// Secure aggregation's crashes, splits and reveals.
+    secagg: secagg::Watch,
     /// Join requests seen on the network (for replaying nodes), at most 64.
     joins_seen: Vec<Vec<u8>>,
     /// The last round a flooding node flooded at.
@@ -179,8 +186,7 @@ impl Sim {
             groups: vec![0; total],
             wake: vec![None; total],
             epoch: vec![0; total],
-            reveal_crashes: Default::default(),
-            reveals_out: Default::default(),
+            secagg: Default::default(),
             published: vec![BTreeMap::new(); total],
             joins_seen: Vec::new(),
             flooded: 0,
@@ -261,7 +267,8 @@ impl Sim {
         out.height = height;
         out.end_ms = self.now;
         out.longest_stall_ms = stall.max(self.now - last_commit);
-        out.reveal_crashes = self.reveal_crashes.len();
+        out.secure.reveal_crashes = self.secagg.reveal_crashes.len();
+        out.secure.split_rounds = self.secagg.splits.len();
         for e in &self.nodes[0].store.ledger {
             if let Ok(rv) = crate::wire::RoundValue::decode(&e.value) {
                 if self.cfg.setup.secure_aggregation {
@@ -269,8 +276,8 @@ impl Sim {
                     let recovered = reveals
                         .iter()
                         .any(|r| r.starts_with(crate::wire::secagg::RecoveredSeed::MAGIC));
-                    out.void_rounds += u64::from(reveals.is_empty());
-                    out.recovered_rounds += u64::from(recovered);
+                    out.secure.void_rounds += u64::from(reveals.is_empty());
+                    out.secure.recovered_rounds += u64::from(recovered);
                 }
                 let joins = rv.joins.iter().map(|j| j.validator);
                 if self.cfg.setup.policy == "open" {
@@ -446,6 +453,11 @@ impl Sim {
         let crash = self.reveal_crash(i, &mut actions);
         let mut stored = false;
         for a in actions {
+            if self.nodes[i].fault.is_none()
+                && let Some(v) = self.secagg.honest_action(i, &a)
+            {
+                self.checker.violation(v);
+            }
             self.nodes[i].store.perform(&a);
             stored |= matches!(a, Action::AppendLedger(_) | Action::WriteState(_));
             self.perform(i, a);
@@ -490,7 +502,8 @@ impl Sim {
         let Some((at, round)) = reveal else {
             return false;
         };
-        if !self.reveals_out.insert((i, round)) || !self.reveal_crashes.insert(round) {
+        if !self.secagg.reveals_out.insert((i, round)) || !self.secagg.reveal_crashes.insert(round)
+        {
             return false;
         }
         actions.remove(at);
@@ -536,29 +549,95 @@ impl Sim {
             }
         }
         for j in 0..self.nodes.len() {
+            if j != i && self.linked(i, j) {
+                self.send(i, j, topic, id, &bytes);
+            }
+        }
+    }
+
+    /// Sends gossip from `i` to `j`, with loss and duplication while faulty.
+    fn send(&mut self, i: usize, j: usize, topic: Topic, id: MessageId, bytes: &[u8]) {
+        let faulty = self.faulty_phase();
+        if faulty && self.rng.next_f64() < self.cfg.net.loss {
+            return;
+        }
+        let copies = if faulty && self.rng.next_f64() < self.cfg.net.duplicate {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let t = self.now + self.delay();
+            let ev = Event::Gossip {
+                topic,
+                from: self.nodes[i].peer,
+                id,
+                data: bytes.to_vec().into(),
+            };
+            self.at(t, j, Delivery::Event(ev));
+        }
+    }
+
+    /// Under [`Fault::SplitSelections`]: node `i`'s own selection or acknowledgement of a
+    /// round it splits, sent as the victim's version to the victim and the other version to
+    /// every other node. False when `bytes` is neither (it goes out as usual).
+    fn split(&mut self, i: usize, bytes: &[u8]) -> bool {
+        use crate::wire::secagg::{SecAggMsg, SignedSelection};
+        let Some(Ok(msg)) = SecAggMsg::decode(bytes) else {
+            return false;
+        };
+        let me = self.nodes[i].id().0;
+        let round = match &msg {
+            SecAggMsg::Selection(s) if s.body.proposer == me => s.body.round,
+            SecAggMsg::Ack(a) if a.body.member == me => a.body.round,
+            _ => return false,
+        };
+        if !self.secagg.splits.contains_key(&round) {
+            let SecAggMsg::Selection(s) = &msg else {
+                return false;
+            };
+            let quorum = self.genesis.validators.quorum();
+            let victim = s.body.included.iter().find(|x| x.author != me);
+            let Some(v) = victim.and_then(|x| self.nodes.iter().position(|n| n.id().0 == x.author))
+            else {
+                return false;
+            };
+            // Without the victim the set must still be a quorum, or every node refuses it.
+            if s.body.included.len() <= quorum {
+                return false;
+            }
+            let mut body = s.body.clone();
+            body.included.retain(|x| x.author != self.nodes[v].id().0);
+            let Ok(without) = SignedSelection::new(body, &self.nodes[i].key) else {
+                return false;
+            };
+            let split = secagg::Split {
+                victim: v,
+                with: s.clone(),
+                without,
+            };
+            self.secagg.splits.insert(round, split);
+        }
+        let Some(split) = self.secagg.splits.get(&round).cloned() else {
+            return false;
+        };
+        let Some((to_victim, to_rest)) = split.messages(&msg, &self.nodes[i].key) else {
+            return false;
+        };
+        for j in 0..self.nodes.len() {
             if j == i || !self.linked(i, j) {
                 continue;
             }
-            let faulty = self.faulty_phase();
-            if faulty && self.rng.next_f64() < self.cfg.net.loss {
-                continue;
-            }
-            let copies = if faulty && self.rng.next_f64() < self.cfg.net.duplicate {
-                2
+            let m = if j == split.victim {
+                &to_victim
             } else {
-                1
+                &to_rest
             };
-            for _ in 0..copies {
-                let t = self.now + self.delay();
-                let ev = Event::Gossip {
-                    topic,
-                    from: self.nodes[i].peer,
-                    id,
-                    data: bytes.clone().into(),
-                };
-                self.at(t, j, Delivery::Event(ev));
+            if let Ok(b) = m.encode(self.now) {
+                self.send(i, j, Topic::Deltas, MessageId::of(&b), &b);
             }
         }
+        true
     }
 
     fn perform(&mut self, i: usize, a: Action) {
@@ -566,6 +645,12 @@ impl Sim {
         match a {
             Action::Publish { topic, bytes } => {
                 if fault == Some(Fault::Silent) {
+                    return;
+                }
+                if fault == Some(Fault::SplitSelections)
+                    && topic == Topic::Deltas
+                    && self.split(i, &bytes)
+                {
                     return;
                 }
                 let bytes = if topic == Topic::Deltas && fault == Some(Fault::BadDeltas) {

@@ -38,6 +38,10 @@ pub enum Fault {
     /// sign-flipped and scaled by 10 (not in [`Fault::ALL`]: the poisoned-contributors
     /// scenario's).
     Poison,
+    /// Under secure aggregation: as proposer, shows one included member its selection and every
+    /// other node the same set without that member (signed too), and acknowledges each to
+    /// whom it showed it (not in [`Fault::ALL`]: the split-selections scenario's).
+    SplitSelections,
 }
 
 impl Fault {

@@ -32,6 +32,9 @@ pub enum Scenario {
     All,
     /// Secure aggregation (mean of masked deltas) with crashes, delays and reordering.
     SecureAggregation,
+    /// Secure aggregation with f validators that, as proposer, show one member a selection
+    /// that includes it and everyone else one that does not (`Fault::SplitSelections`).
+    SplitSelections,
     /// Membership: fresh keys flood join requests (they stay up).
     JoinFlood,
     /// Membership: fresh keys join, are admitted, then go silent for good.
@@ -209,6 +212,18 @@ impl SimConfig {
             Scenario::Crash => c.net.crashes = true,
             Scenario::Byzantine => byzantine(&mut c, &mut rng),
             Scenario::LateJoiner => c.late = Some((0, 3_000)),
+            Scenario::SplitSelections => {
+                c.setup = Setup {
+                    rule: "mean".into(),
+                    policy: "closed".into(),
+                    secure_aggregation: true,
+                    node_noise: false,
+                    partition: None,
+                };
+                for i in nodes - f..nodes {
+                    c.faults[i] = Some(Fault::SplitSelections);
+                }
+            }
             Scenario::SecureAggregation => {
                 // Only the mean can be unmasked; contributors are not on a roster.
                 c.setup = Setup {

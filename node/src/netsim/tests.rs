@@ -383,6 +383,26 @@ fn secure_aggregation_runs_keep_safety_and_liveness() {
     }
 }
 
+/// A faulty validator that, as proposer, shows one included member a selection with it and the
+/// others the same set without it (and acknowledges each accordingly), to collect the member's
+/// self seed from it and the pair seeds with it from the others. No honest node reveals or
+/// shares for two selections of a round (the checker's invariant), and rounds go on (those
+/// the faulty proposer splits are void or commit without the victim).
+#[test]
+fn a_split_selection_never_gets_honest_reveals_for_two_sets() {
+    let (mut splits, mut height) = (0, 0);
+    for (nodes, seeds) in [(4, 0..6u64), (7, 100..102)] {
+        for seed in seeds {
+            let out = run(Scenario::SplitSelections, seed, nodes);
+            assert_clean("split selections", seed, &out);
+            splits += out.secure.split_rounds;
+            height += out.height;
+        }
+    }
+    eprintln!("split selections, 8 runs: {splits} rounds split, {height} committed");
+    assert!(splits >= 8, "the attack ran: {splits} rounds split");
+}
+
 /// Selected members crash before revealing (`crash_on_reveal` alone: no other crashes, short
 /// delays), once a round while faulty, back 2 s later: the rounds they were selected in commit
 /// with their self seed recovered from the others' shares, not void.
@@ -395,10 +415,10 @@ fn secure_aggregation_rounds_commit_when_a_selected_member_crashes_before_reveal
         cfg.net.delay_faulty = cfg.net.delay;
         let out = Sim::new(cfg).expect("sim").run();
         assert_clean("crash on reveal", seed, &out);
-        assert!(out.reveal_crashes > 0, "seed {seed}: no crash");
-        crashes += out.reveal_crashes as u64;
-        recovered += out.recovered_rounds;
-        void += out.void_rounds;
+        assert!(out.secure.reveal_crashes > 0, "seed {seed}: no crash");
+        crashes += out.secure.reveal_crashes as u64;
+        recovered += out.secure.recovered_rounds;
+        void += out.secure.void_rounds;
         height += out.height;
     }
     eprintln!(

@@ -121,6 +121,10 @@ impl HeightState {
         let mut now = Vec::new();
         let mut later = Vec::new();
         for b in std::mem::take(&mut self.recovered_wal) {
+            // Secure aggregation's acknowledgements share the WAL (`secure::SecureState::restore`).
+            if b.starts_with(crate::wire::secagg::SecAggMsg::MAGIC) {
+                continue;
+            }
             let Ok(e) = decode_wal_entry(&b) else {
                 continue;
             };

@@ -16,8 +16,11 @@
 //! * [`telemetry`]: counters, phase timings and per-author inclusion;
 //! * [`progress`]: whether the committed model still moves and is finite;
 //! * [`local`]: this node's own training, its delta, its join requests;
-//! * [`secure`]: secure aggregation's adverts, masking, selection and reveals.
+//! * [`secure`]: secure aggregation's adverts, masking, selection and reveals;
+//! * [`agreement`]: secure aggregation's consistency step (a quorum acknowledges one selection
+//!   before anyone reveals).
 
+pub mod agreement;
 pub mod approval;
 pub mod committed;
 pub mod height;
@@ -275,6 +278,8 @@ impl Core {
         let mut local = local::LocalState::default();
         local.residual = recovered.residual;
         local.restore_own(recovered.own_delta);
+        let mut secure = secure::SecureState::default();
+        secure.restore(&recovered.wal, &me.0);
         Ok(Core {
             me,
             committed,
@@ -285,7 +290,7 @@ impl Core {
             telemetry: telemetry::Telemetry::default(),
             privacy: privacy::PrivacyAccount::new(&cfg.genesis, recovered.releases),
             approvals: approval::Approvals::default(),
-            secure: secure::SecureState::default(),
+            secure,
             next_start: None,
             cfg,
         })

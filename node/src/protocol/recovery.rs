@@ -3,10 +3,10 @@
 //!
 //! Every masked payload carries the author's self seed split with threshold
 //! [`Core::recovery_threshold`] into one share sealed to every other roster member. Once a
-//! node has held the round's first selection for half of `round::max_wait` and an included
-//! member's reveal for it is still missing, the node opens its share of that member's seed and
-//! publishes it signed ([`SignedRecovery`]), once per member, and only for members of that
-//! first selection. With the threshold's number of shares that match their commitments, the
+//! node has known the round's agreed selection ([`super::agreement`]) for half of
+//! `round::max_wait` and an included member's reveal for it is still missing, the node opens
+//! its share of that member's seed and publishes it signed ([`SignedRecovery`]), once per
+//! member, and only for members of that agreed selection. With the threshold's number of shares that match their commitments, the
 //! proposer puts them in the value in place of the missing reveal ([`RecoveredSeed`]); every
 //! validator recombines them, checks the seed against the member's commitment and unmasks.
 //!
@@ -85,19 +85,15 @@ impl Core {
             self.telemetry.counters.reject("bad_share");
             return Verdict::Reject("bad_share");
         }
-        let inc = self
+        let sel = self
             .secure
             .selections
             .get(&round)
-            .filter(|(s, _)| s.body.digest() == b.selection)
-            .and_then(|(s, _)| s.body.included.iter().find(|i| i.author == b.member))
+            .and_then(|a| a.by_digest(&b.selection));
+        let inc = sel
+            .and_then(|s| s.body.included.iter().find(|i| i.author == b.member))
             .cloned();
-        let selected = self
-            .secure
-            .selections
-            .get(&round)
-            .filter(|(s, _)| s.body.digest() == b.selection)
-            .map(|(s, _)| s.body.included.iter().any(|i| i.author == b.holder));
+        let selected = sel.map(|s| s.body.included.iter().any(|i| i.author == b.holder));
         if let Some(p) = inc.and_then(|i| self.payload_of(round, &i)) {
             let domain = self.domain(round);
             let share_ok = p.shares.iter().any(|s| {
@@ -130,14 +126,20 @@ impl Core {
         Verdict::Accept
     }
 
-    /// Publishes our share of every member of the round's first selection whose reveal is
-    /// still missing half of `max_wait` after we saw the selection (once per member).
+    /// Publishes our share of every member of the round's agreed selection
+    /// ([`super::agreement`]) whose reveal is still missing half of `max_wait` after we learned
+    /// the agreement (once per member).
     pub(super) fn maybe_recover(&mut self, now: Millis, out: &mut Vec<Action>) -> Result<()> {
         let h = self.committed.height() + 1;
-        let Some((sel, since)) = self.secure.selections.get(&h) else {
+        let Some((sel, since)) = self
+            .secure
+            .selections
+            .get(&h)
+            .and_then(super::agreement::Agreement::agreed)
+        else {
             return Ok(());
         };
-        if now.saturating_sub(*since) < max_wait(&self.cfg.genesis) / 2
+        if now.saturating_sub(since) < max_wait(&self.cfg.genesis) / 2
             || sel.body.included.len() < self.validators().quorum()
         {
             return Ok(());

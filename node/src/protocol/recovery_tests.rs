@@ -6,8 +6,8 @@ use gossip::Verdict;
 use model::secagg::{Advert, Domain, MemberSecrets, Quantizer};
 
 use super::secure_tests::{
-    advert_in, core_with, draw_secrets, genesis, gossip, id, keys, masked_delta, member, published,
-    selection, sign_delta, verdict_of,
+    ack, advert_in, core_with, draw_secrets, genesis, gossip, id, keys, masked_delta, member,
+    published, selection, sign_delta, verdict_of,
 };
 use super::*;
 use crate::wire::Included;
@@ -394,11 +394,19 @@ fn a_tampered_or_wrongly_sealed_share_is_refused_with_a_peer_penalty() {
     assert_eq!(verdict_of(gossip(&mut c, bytes.clone())), Verdict::Accept);
     // A holder that publishes a changed share of member 1's seed is refused (the member's
     // commitment), with the gossip penalty of a rejected message.
-    let included = vec![Included {
-        author: id(&k[1]),
-        digest: crate::wire::sha256(&bytes),
-        samples: 100,
-    }];
+    // (A selection names at least a quorum; members 2 and 3 with made-up digests.)
+    let mut included: Vec<Included> = (1..4)
+        .map(|i| Included {
+            author: id(&k[i]),
+            digest: if i == 1 {
+                crate::wire::sha256(&bytes)
+            } else {
+                [i as u8; 32]
+            },
+            samples: 100,
+        })
+        .collect();
+    included.sort();
     assert_eq!(
         verdict_of(gossip(&mut c, selection(&g, &k[1], included.clone()))),
         Verdict::Accept
@@ -479,6 +487,12 @@ fn a_member_never_sends_a_share_for_a_non_included_or_revealed_member() {
         verdict_of(gossip(&mut c, selection(&g, &k[1], included.clone()))),
         Verdict::Accept
     );
+    for j in [1, 2] {
+        assert_eq!(
+            verdict_of(gossip(&mut c, ack(&g, &k[j], &included))),
+            Verdict::Accept
+        );
+    }
     assert_eq!(
         verdict_of(gossip(&mut c, deltas[2].clone())),
         Verdict::Accept
@@ -495,7 +509,7 @@ fn a_member_never_sends_a_share_for_a_non_included_or_revealed_member() {
         vec![id(&k[2])],
         "a share for the silent included member only"
     );
-    // A second selection (another proposer) that includes member 3: shares follow the first
+    // A second selection (another proposer) that includes member 3: shares follow the agreed
     // selection only, and member 2's share is not sent a second time.
     let mut second = included.clone();
     second.retain(|i| i.author != id(&k[1]));

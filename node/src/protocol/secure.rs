@@ -19,11 +19,15 @@
 //!    are exactly the plain mean's; a claim above the cap is left out, where the plain mean
 //!    caps its weight: a member's weight is fixed when it masks, before the included set is),
 //!    at least a quorum, once the collect window closed. It
-//!    signs and publishes the selection; a later proposer adopts the first selection it holds.
-//! 4. **Reveal.** An included member reveals for the *first* selection of the round it sees and
-//!    never for another ([`model::secagg::reveal`]: its self seed and its pair seeds with the
-//!    excluded roster members only).
-//! 5. **Value.** With every included member's reveal, the proposer unmasks the sum, divides by
+//!    signs and publishes the selection; a later proposer adopts the agreed selection, else the
+//!    one it acknowledged.
+//! 4. **Acknowledgement** ([`super::agreement`]). Every validator signs an acknowledgement of the
+//!    first well-formed selection of the round it sees, and of no other. A selection is *agreed*
+//!    once a quorum of the round's validators acknowledged it; at most one can be.
+//! 5. **Reveal.** An included member reveals for the agreed selection only, once
+//!    ([`model::secagg::reveal`]: its self seed and its pair seeds with the excluded roster
+//!    members only).
+//! 6. **Value.** With every included member's reveal, the proposer unmasks the sum, divides by
 //!    the included weight, applies the server step, and proposes a value carrying the included
 //!    set and the reveals; validators recompute the same and check the hash.
 //!
@@ -34,7 +38,7 @@
 //! the round's quorum) into one share sealed to each other roster member (ChaCha20-Poly1305
 //! under a key from their X25519 secret, plus a public commitment to each share; a share
 //! that does not open refuses the delta). Half of `max_wait` after a node first saw the
-//! round's selection, it publishes, signed, its share of every member of that first selection
+//! round's agreement, it publishes, signed, its share of every member of the agreed selection
 //! whose reveal it still lacks (never of a member outside it, once per member). With the
 //! threshold's number of shares matching their commitments, the proposer proposes the value
 //! with the shares in place of the missing reveal; validators recombine them, check the seed
@@ -48,15 +52,16 @@
 //! sharing one roster (adverts delayed past the wait) voids the round after twice the propose
 //! timeout, including nothing.
 //!
-//! **Threat model.** Honest-but-curious members: they follow the protocol and read all they
-//! receive. An active adversary can withhold reveals, and any validator, not only the round's
-//! proposer, can sign a selection, so it can void rounds. It cannot make an honest member
-//! reveal for a second set, but it can show different members different first selections:
-//! a member sees one that includes A and reveals A's self seed while the others see one that
-//! excludes A and reveal their pair seeds with A, which together unmask A's delta. Members do
-//! not check that a quorum saw the same selection (Bonawitz et al.'s consistency round), so
-//! secure aggregation does not hold against an active validator. Robust rules are impossible
-//! here.
+//! **Threat model.** Members read all they receive, and up to f validators may deviate. An
+//! active adversary can withhold reveals, and any validator, not only the round's proposer, can
+//! sign a selection, so it can void rounds. It cannot make an honest member reveal, or an
+//! honest holder publish a share, for a selection a quorum did not acknowledge, and honest
+//! validators acknowledge one selection a round: so showing different members different
+//! selections (one that includes member A, to collect A's self seed, and one that excludes A,
+//! to collect the pair seeds with A) yields reveals for one selection at most, never both
+//! halves of A's mask (test `a_split_selection_gets_no_reveal_for_two_sets`). More than f
+//! colluding validators, or a colluding threshold of share holders, can unmask a member.
+//! Robust rules are impossible here: the network sees only the sum.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -67,12 +72,13 @@ use gossip::{PeerId, Topic, Verdict};
 use model::aggregate::{Contribution, SAMPLE_CAP_FACTOR};
 use model::secagg::{Advert, Domain, MemberSecrets, Quantizer, Reveal};
 
+use super::agreement::Agreement;
 use super::round::{Applied, max_wait};
 use super::{Action, Core, Millis};
 use crate::genesis::SecureAggregation;
 use crate::wire::secagg::{
-    AdvertBody, MaskedPayload, RecoveredSeed, RevealBody, SecAggMsg, SelectionBody, SignedAdvert,
-    SignedReveal, SignedSelection, selection_digest,
+    AckBody, AdvertBody, MaskedPayload, RecoveredSeed, RevealBody, SecAggMsg, SelectionBody,
+    SignedAck, SignedAdvert, SignedReveal, SignedSelection, selection_digest,
 };
 use crate::wire::{DeltaMsg, Included};
 
@@ -104,8 +110,8 @@ pub struct SecureState {
     pub(super) secrets: Option<(u64, MemberSecrets)>,
     /// Our trained delta waiting for the roster.
     pending: Option<Pending>,
-    /// The first verified selection seen per round, and when.
-    pub(super) selections: BTreeMap<u64, (SignedSelection, Millis)>,
+    /// Per round: the verified selections, acknowledgements and the agreed selection.
+    pub(super) selections: BTreeMap<u64, Agreement>,
     /// Verified reveals, first seen per round and member.
     pub(super) reveals: BTreeMap<u64, BTreeMap<[u8; 32], SignedReveal>>,
     /// Rounds this node revealed for (once each, for the first selection only).
@@ -126,6 +132,24 @@ pub struct SecureState {
 }
 
 impl SecureState {
+    /// Our acknowledgements of the current height, recovered from the WAL: a restarted
+    /// validator acknowledges no second selection of a round (which could give two selections
+    /// a quorum each), and sends its acknowledgement again.
+    pub fn restore(&mut self, wal: &[Vec<u8>], me: &[u8; 32]) {
+        for b in wal {
+            if let Some(Ok(SecAggMsg::Ack(a))) = SecAggMsg::decode(b)
+                && a.body.member == *me
+            {
+                let round = a.body.round;
+                self.selections
+                    .entry(round)
+                    .or_default()
+                    .restore(*me, a.body.selection);
+                self.own.push((round, SecAggMsg::Ack(a)));
+            }
+        }
+    }
+
     /// Forgets every round below `h`.
     pub fn prune(&mut self, h: u64) {
         self.adverts = self.adverts.split_off(&h);
@@ -236,6 +260,7 @@ impl Core {
             .or_default()
             .insert(self.me.0, advert.clone());
         self.publish_secagg(now, round, SecAggMsg::Advert(advert), out);
+        self.maybe_acknowledge(now, out)?;
         self.try_mask(now, out)
     }
 
@@ -257,6 +282,7 @@ impl Core {
             SecAggMsg::Selection(s) => (s.body.round, s.body.proposer),
             SecAggMsg::Reveal(r) => (r.body.round, r.body.member),
             SecAggMsg::Recovery(r) => (r.body.round, r.body.holder),
+            SecAggMsg::Ack(a) => (a.body.round, a.body.member),
         };
         if round < h || round > h + super::pool::LOOKAHEAD {
             return Ok(Verdict::Ignore("secagg round not current"));
@@ -272,6 +298,7 @@ impl Core {
             SecAggMsg::Selection(s) => s.verify(&chain),
             SecAggMsg::Reveal(r) => r.verify(&chain),
             SecAggMsg::Recovery(r) => r.verify(&chain),
+            SecAggMsg::Ack(a) => a.verify(&chain),
         };
         if verified.is_err() {
             self.telemetry.counters.reject("bad_signature");
@@ -292,7 +319,7 @@ impl Core {
             }
             SecAggMsg::Selection(s) => {
                 let inc = &s.body.included;
-                let ok = !inc.is_empty()
+                let ok = inc.len() >= set.quorum()
                     && inc.len() <= set.len()
                     && inc.windows(2).all(|w| w[0].author < w[1].author)
                     && inc.iter().all(|i| set.contains(&ValidatorId(i.author)));
@@ -300,9 +327,12 @@ impl Core {
                     self.telemetry.counters.reject("bad_selection");
                     return Ok(Verdict::Reject("bad_selection"));
                 }
-                let first = !self.secure.selections.contains_key(&round);
-                self.secure.selections.entry(round).or_insert((s, now));
-                first
+                let agreement = self.secure.selections.entry(round).or_default();
+                agreement.offer(s, now)
+            }
+            SecAggMsg::Ack(a) => {
+                let agreement = self.secure.selections.entry(round).or_default();
+                agreement.ack(signer, a.body.selection)
             }
             SecAggMsg::Reveal(r) => {
                 let held = self.secure.reveals.entry(round).or_default();
@@ -317,8 +347,12 @@ impl Core {
         if !new {
             return Ok(Verdict::Ignore("duplicate secagg message"));
         }
+        if let Some(a) = self.secure.selections.get_mut(&round) {
+            a.settle(&set, now);
+        }
         if round == h {
             self.try_mask(now, out)?;
+            self.maybe_acknowledge(now, out)?;
             self.maybe_reveal(now, out)?;
             self.maybe_recover(now, out)?;
             let mut follow = self.check_validations(out)?;
@@ -470,13 +504,63 @@ impl Core {
         self.try_mask(now, out)
     }
 
-    /// Reveals for the round's first selection if it includes our masked delta (once a round).
+    /// Acknowledges the first selection of the current round we hold, while we acknowledged
+    /// none (only in the round itself: the WAL that keeps it holds the current height only).
+    fn maybe_acknowledge(&mut self, now: Millis, out: &mut Vec<Action>) -> Result<()> {
+        let h = self.committed.height() + 1;
+        let first = self
+            .secure
+            .selections
+            .get(&h)
+            .and_then(Agreement::unacknowledged);
+        match first {
+            Some(digest) => self.acknowledge(now, h, digest, out),
+            None => Ok(()),
+        }
+    }
+
+    /// Fixes `digest` as our one selection of `round` and, as a validator of that round,
+    /// acknowledges it: written to the WAL, then published.
+    fn acknowledge(
+        &mut self,
+        now: Millis,
+        round: u64,
+        digest: [u8; 32],
+        out: &mut Vec<Action>,
+    ) -> Result<()> {
+        let set = self.committed.chain.set_for(round).clone();
+        let agreement = self.secure.selections.entry(round).or_default();
+        agreement.choose(digest, now);
+        if !set.contains(&self.me) {
+            return Ok(());
+        }
+        let ack = SignedAck::new(
+            AckBody {
+                chain_id: self.cfg.genesis.chain_id.as_str().to_string(),
+                round,
+                member: self.me.0,
+                selection: digest,
+            },
+            &self.cfg.key,
+        )?;
+        let agreement = self.secure.selections.entry(round).or_default();
+        agreement.ack(self.me.0, digest);
+        agreement.settle(&set, now);
+        // Durable before it leaves: after a crash we must not acknowledge another selection.
+        let msg = SecAggMsg::Ack(ack);
+        out.push(Action::AppendWal(msg.encode(0)?));
+        self.publish_secagg(now, round, msg, out);
+        Ok(())
+    }
+
+    /// Reveals for the round's agreed selection (`agreement`) if it includes our masked delta
+    /// (once a round).
     fn maybe_reveal(&mut self, now: Millis, out: &mut Vec<Action>) -> Result<()> {
         let h = self.committed.height() + 1;
         if self.secure.revealed.contains(&h) {
             return Ok(());
         }
-        let Some((sel, _)) = self.secure.selections.get(&h) else {
+        let Some((sel, _)) = self.secure.selections.get(&h).and_then(Agreement::agreed) else {
             return Ok(());
         };
         let Some(own) = self.local.own.as_ref().filter(|o| o.round == h) else {
@@ -552,6 +636,7 @@ impl Core {
             }
         }
         self.try_mask(now, out)?;
+        self.maybe_acknowledge(now, out)?;
         self.maybe_reveal(now, out)?;
         self.maybe_recover(now, out)
     }
@@ -722,8 +807,14 @@ impl Core {
         let wait = max_wait(&self.cfg.genesis);
         let elapsed = now.saturating_sub(self.telemetry.started());
         let late = elapsed >= propose_ms;
-        let (included, since) = match self.secure.selections.get(&h) {
-            Some((s, at)) => (s.body.included.clone(), *at),
+        let adopted = self
+            .secure
+            .selections
+            .get(&h)
+            .and_then(|a| a.agreed().or_else(|| a.first()))
+            .map(|(s, at)| (s.body.included.clone(), at));
+        let (included, since) = match adopted {
+            Some(adopted) => adopted,
             None => {
                 let chosen = self.choose_selection(h);
                 let authors: Vec<[u8; 32]> = chosen.iter().map(|i| i.author).collect();
@@ -749,9 +840,15 @@ impl Core {
                     included = chosen.len(),
                     "secure aggregation: selection"
                 );
-                self.secure.selections.insert(h, (sel.clone(), now));
+                let digest = sel.body.digest();
+                self.secure
+                    .selections
+                    .entry(h)
+                    .or_default()
+                    .offer(sel.clone(), now);
                 let mut out = Vec::new();
                 self.publish_secagg(now, h, SecAggMsg::Selection(sel), &mut out);
+                self.acknowledge(now, h, digest, &mut out)?;
                 self.secure.outbox.extend(out);
                 (chosen, now)
             }

@@ -10,8 +10,8 @@ use super::secure::Entropy;
 use super::*;
 use crate::store::Recovered;
 use crate::wire::secagg::{
-    AdvertBody, MaskedPayload, SecAggMsg, SelectionBody, SignedAdvert, SignedReveal,
-    SignedSelection,
+    AckBody, AdvertBody, MaskedPayload, SecAggMsg, SelectionBody, SignedAck, SignedAdvert,
+    SignedReveal, SignedSelection, selection_digest,
 };
 use crate::wire::{DeltaMsg, Included, SignedDelta};
 
@@ -38,6 +38,11 @@ pub(super) fn genesis(keys: &[SigningKey]) -> crate::genesis::Genesis {
 }
 
 pub(super) fn core_with(key: SigningKey, g: &crate::genesis::Genesis) -> Core {
+    core_recovered(key, g, Vec::new())
+}
+
+/// A core restarted from a store that holds only `wal`.
+fn core_recovered(key: SigningKey, g: &crate::genesis::Genesis, wal: Vec<Vec<u8>>) -> Core {
     let cfg = CoreConfig {
         key,
         genesis: g.clone(),
@@ -47,7 +52,7 @@ pub(super) fn core_with(key: SigningKey, g: &crate::genesis::Genesis) -> Core {
     };
     let store = Recovered {
         ledger: Vec::new(),
-        wal: Vec::new(),
+        wal,
         state: None,
         residual: Vec::new(),
         own_delta: None,
@@ -270,15 +275,14 @@ fn a_masked_delta_of_the_wrong_size_unsigned_or_from_a_non_roster_member_is_refu
     assert_eq!(verdict_of(gossip(&mut c, bytes)), Verdict::Accept);
 }
 
-#[test]
-fn a_member_reveals_once_for_its_first_selection_and_never_pair_seeds_with_included_members() {
-    let k = keys();
-    let g = genesis(&k);
-    let mut c = core_with(k[0].clone(), &g);
+/// Member 0 (`keys()[0]`) with every advert of round 1 and its own masked delta published:
+/// the core and its masked delta's bytes.
+fn masked_member(k: &[SigningKey], g: &crate::genesis::Genesis) -> (Core, Vec<u8>) {
+    let mut c = core_with(k[0].clone(), g);
     let n = c.params().len();
     let mut actions = draw_secrets(&mut c);
     for (i, key) in k.iter().enumerate().skip(1) {
-        let (_, a) = member(&g, key, i as u64);
+        let (_, a) = member(g, key, i as u64);
         let bytes = SecAggMsg::Advert(a).encode(1).unwrap();
         assert_eq!(verdict_of(gossip(&mut c, bytes)), Verdict::Accept);
     }
@@ -304,6 +308,59 @@ fn a_member_reveals_once_for_its_first_selection_and_never_pair_seeds_with_inclu
         .into_iter()
         .find(|b| SignedDelta::decode(b).is_ok())
         .expect("our masked delta");
+    (c, own)
+}
+
+/// Round 1's acknowledgement by validator `key` of the selection of `included`, as gossiped.
+pub(super) fn ack(g: &crate::genesis::Genesis, key: &SigningKey, included: &[Included]) -> Vec<u8> {
+    let a = SignedAck::new(
+        AckBody {
+            chain_id: g.chain_id.as_str().into(),
+            round: 1,
+            member: id(key),
+            selection: selection_digest(g.chain_id.as_str(), 1, included),
+        },
+        key,
+    )
+    .unwrap();
+    SecAggMsg::Ack(a).encode(3).unwrap()
+}
+
+fn reveals(actions: &[Action]) -> Vec<SignedReveal> {
+    published(actions)
+        .iter()
+        .filter_map(|b| match SecAggMsg::decode(b) {
+            Some(Ok(SecAggMsg::Reveal(r))) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn acks(actions: &[Action]) -> Vec<[u8; 32]> {
+    published(actions)
+        .iter()
+        .filter_map(|b| match SecAggMsg::decode(b) {
+            Some(Ok(SecAggMsg::Ack(a))) => Some(a.body.selection),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Included entry of member `i` of `keys()`.
+fn inc(k: &[SigningKey], i: usize, digest: [u8; 32]) -> Included {
+    Included {
+        author: id(&k[i]),
+        digest,
+        samples: 100,
+    }
+}
+
+#[test]
+fn a_member_reveals_once_for_the_agreed_selection_and_never_pair_seeds_with_included_members() {
+    let k = keys();
+    let g = genesis(&k);
+    let (mut c, own) = masked_member(&k, &g);
+    let n = c.params().len();
     let sd = SignedDelta::decode(&own).unwrap();
     let p = MaskedPayload::decode(&sd.msg.payload).expect("a masked payload leaves the node");
     assert_eq!(p.roster.len(), 4, "all four adverts were known");
@@ -311,29 +368,29 @@ fn a_member_reveals_once_for_its_first_selection_and_never_pair_seeds_with_inclu
         model::codec::decode(&sd.msg.payload, n).is_err(),
         "no plain delta leaves the node"
     );
-    let inc = |i: usize, digest: [u8; 32]| Included {
-        author: id(&k[i]),
-        digest,
-        samples: 100,
-    };
     let mut first = vec![
-        inc(0, crate::wire::sha256(&own)),
-        inc(1, [1; 32]),
-        inc(2, [2; 32]),
+        inc(&k, 0, crate::wire::sha256(&own)),
+        inc(&k, 1, [1; 32]),
+        inc(&k, 2, [2; 32]),
     ];
     first.sort();
-    let reveals = |actions: &[Action]| -> Vec<SignedReveal> {
-        published(actions)
-            .iter()
-            .filter_map(|b| match SecAggMsg::decode(b) {
-                Some(Ok(SecAggMsg::Reveal(r))) => Some(r),
-                _ => None,
-            })
-            .collect()
-    };
+    let digest = selection_digest(g.chain_id.as_str(), 1, &first);
     let a = gossip(&mut c, selection(&g, &k[1], first.clone()));
+    assert!(
+        reveals(&a).is_empty(),
+        "no reveal before a quorum acknowledged it"
+    );
+    assert_eq!(acks(&a), vec![digest], "our acknowledgement of it");
+    let a = gossip(&mut c, ack(&g, &k[1], &first));
+    assert!(reveals(&a).is_empty(), "two of the quorum of three");
+    let a = gossip(&mut c, ack(&g, &k[2], &first));
     let r = reveals(&a);
-    assert_eq!(r.len(), 1, "one reveal for the selection");
+    assert_eq!(
+        r.len(),
+        1,
+        "one reveal once three acknowledged the selection"
+    );
+    assert_eq!(r[0].body.selection, digest);
     let excluded = id(&k[3]);
     let named: Vec<[u8; 32]> = r[0].body.pair_seeds.iter().map(|(m, _)| *m).collect();
     assert_eq!(
@@ -341,12 +398,16 @@ fn a_member_reveals_once_for_its_first_selection_and_never_pair_seeds_with_inclu
         vec![excluded],
         "pair seeds with the excluded member only"
     );
-    // A second, different selection (another proposer, everyone included): no second reveal,
-    // which would reveal the pair seeds with member 3 for a set that includes it.
+    // A second, different selection (another proposer, everyone included), even acknowledged
+    // by the others: no second reveal, which would reveal the pair seeds with member 3 for a
+    // set that includes it.
     let mut all = first.clone();
-    all.push(inc(3, [3; 32]));
+    all.push(inc(&k, 3, [3; 32]));
     all.sort();
-    let a = gossip(&mut c, selection(&g, &k[2], all));
+    let a = gossip(&mut c, selection(&g, &k[2], all.clone()));
+    assert!(reveals(&a).is_empty(), "never a reveal for a second set");
+    assert!(acks(&a).is_empty(), "one acknowledgement a round");
+    let a = gossip(&mut c, ack(&g, &k[3], &all));
     assert!(reveals(&a).is_empty(), "never a reveal for a second set");
     let a = c.handle(5_000, Event::Tick).expect("tick");
     assert!(
@@ -354,6 +415,58 @@ fn a_member_reveals_once_for_its_first_selection_and_never_pair_seeds_with_inclu
             .iter()
             .all(|x| x.body.selection == r[0].body.selection),
         "re-sent reveals are the first one"
+    );
+}
+
+/// The attack of the threat model: validator 1 signs two selections, one that includes member 0
+/// (shown to member 0, to collect its self seed) and one that excludes it (shown to members 2
+/// and 3, to collect their pair seeds with member 0). Member 0 must not reveal: members 2 and 3
+/// acknowledge the other selection, so the one member 0 saw never has a quorum.
+#[test]
+fn a_split_selection_gets_no_reveal_for_two_sets() {
+    let k = keys();
+    let g = genesis(&k);
+    let (mut c, own) = masked_member(&k, &g);
+    let mut with_0 = vec![
+        inc(&k, 0, crate::wire::sha256(&own)),
+        inc(&k, 1, [1; 32]),
+        inc(&k, 2, [2; 32]),
+    ];
+    with_0.sort();
+    let mut without_0 = vec![
+        inc(&k, 1, [1; 32]),
+        inc(&k, 2, [2; 32]),
+        inc(&k, 3, [3; 32]),
+    ];
+    without_0.sort();
+    let mut out = gossip(&mut c, selection(&g, &k[1], with_0.clone()));
+    // The faulty validator acknowledges both; the honest members 2 and 3 the one they saw.
+    out.extend(gossip(&mut c, ack(&g, &k[1], &with_0)));
+    out.extend(gossip(&mut c, ack(&g, &k[2], &without_0)));
+    out.extend(gossip(&mut c, ack(&g, &k[3], &without_0)));
+    // The other selection reaches member 0 as well (gossip forwards it), signed by the same
+    // faulty validator, and by an honest proposer of a later view that adopted it.
+    out.extend(gossip(&mut c, selection(&g, &k[1], without_0.clone())));
+    out.extend(gossip(&mut c, selection(&g, &k[2], without_0.clone())));
+    let wait = super::round::max_wait(&g);
+    for t in [1_000, wait, 3 * wait] {
+        out.extend(c.handle(10 + t, Event::Tick).expect("tick"));
+    }
+    assert!(
+        reveals(&out).is_empty(),
+        "member 0 revealed its self seed while the others acknowledged a set without it"
+    );
+    let shares = published(&out)
+        .iter()
+        .filter(|b| matches!(SecAggMsg::decode(b), Some(Ok(SecAggMsg::Recovery(_)))))
+        .count();
+    assert_eq!(shares, 0, "no share of a seed for the unagreed set");
+    // Member 0 is outside the agreed set: what it may publish later (its pair seeds with a
+    // silent member of that set) is for that set only, never for the one that includes it.
+    let with_0_digest = selection_digest(g.chain_id.as_str(), 1, &with_0);
+    assert!(
+        acks(&out).iter().all(|d| *d == with_0_digest),
+        "it acknowledged only what it saw first"
     );
 }
 
@@ -555,4 +668,88 @@ fn an_advert_with_a_low_order_key_is_refused() {
     assert!(!model::secagg::low_order(
         &MemberSecrets::reproducible(7, 1, 2).public_key()
     ));
+}
+
+/// Reveals grow with the roster; a value over consensus's size limit would make consensus
+/// refuse our own proposal with an error that stops the node. The proposer leaves such a
+/// value out (the round waits for its timeouts) and proposes the next one normally.
+#[test]
+fn a_value_over_consensus_size_limit_is_not_proposed() {
+    let k = keys();
+    let g = genesis(&k);
+    let mut c = core_with(k[0].clone(), &g);
+    let applied = |c: &Core| super::round::Applied {
+        params: c.committed.params.clone(),
+        velocity: c.committed.velocity.clone(),
+        rejected: Vec::new(),
+    };
+    let (height, view) = (consensus::Height(1), consensus::View(0));
+    let huge = vec![vec![7u8; consensus::MAX_VALUE_BYTES]];
+    let a = applied(&c);
+    let r = c
+        .finish_proposal(height, view, Vec::new(), a, huge)
+        .expect("no error");
+    assert!(r.is_none(), "a value over the limit is not proposed");
+    let a = applied(&c);
+    let r = c
+        .finish_proposal(height, view, Vec::new(), a, Vec::new())
+        .expect("no error");
+    match r {
+        Some(consensus::Input::ProposeValue { value, .. }) => {
+            assert!(value.0.len() <= consensus::MAX_VALUE_BYTES);
+        }
+        other => panic!("a value within the limit is proposed: {other:?}"),
+    }
+}
+
+/// An honest validator acknowledges one selection a round, across a crash too: otherwise a
+/// restart could give a second selection the quorum the first already had.
+#[test]
+fn a_restarted_validator_acknowledges_no_second_selection() {
+    let k = keys();
+    let g = genesis(&k);
+    let (mut c, own) = masked_member(&k, &g);
+    let mut first = vec![
+        inc(&k, 0, crate::wire::sha256(&own)),
+        inc(&k, 1, [1; 32]),
+        inc(&k, 2, [2; 32]),
+    ];
+    first.sort();
+    let digest = selection_digest(g.chain_id.as_str(), 1, &first);
+    let a = gossip(&mut c, selection(&g, &k[1], first));
+    let is_ack = |b: &[u8]| matches!(SecAggMsg::decode(b), Some(Ok(SecAggMsg::Ack(_))));
+    let written = a
+        .iter()
+        .position(|x| matches!(x, Action::AppendWal(b) if is_ack(b)))
+        .expect("the acknowledgement is written to the WAL");
+    let sent = a
+        .iter()
+        .position(|x| matches!(x, Action::Publish { bytes, .. } if is_ack(bytes)))
+        .expect("and sent");
+    assert!(written < sent, "written before it is sent");
+    let wal: Vec<Vec<u8>> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::AppendWal(b) => Some(b.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut c = core_recovered(k[0].clone(), &g, wal);
+    let mut other = vec![
+        inc(&k, 1, [1; 32]),
+        inc(&k, 2, [2; 32]),
+        inc(&k, 3, [3; 32]),
+    ];
+    other.sort();
+    let a = gossip(&mut c, selection(&g, &k[2], other));
+    assert!(
+        acks(&a).is_empty(),
+        "a restarted validator acknowledged a second selection of the round"
+    );
+    let a = c.handle(5_000, Event::Tick).expect("tick");
+    assert_eq!(
+        acks(&a),
+        vec![digest],
+        "its first acknowledgement, sent again"
+    );
 }

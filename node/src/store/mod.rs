@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! DIR/ledger.log         one record per committed round (value + certificate), fsynced
-//! DIR/consensus.wal      what this validator persisted before signing, current height only
+//! DIR/consensus.wal      what this validator persisted before signing (consensus votes, its
+//!                        secure-aggregation acknowledgement), current height only
 //! DIR/state.bin          the committed parameters and momentum after the last ledger entry
 //! DIR/residual.bin       error-feedback residual (what compression has not sent yet)
 //! DIR/own_delta.bin      this node's signed delta of its current round (written before it

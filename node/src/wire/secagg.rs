@@ -1,5 +1,6 @@
 //! Secure aggregation's messages (`protocol::secure`): a member's signed X25519 advert, its
-//! masked delta's payload, the signed selection of a round's included set, a member's signed
+//! masked delta's payload, the signed selection of a round's included set, a validator's signed
+//! acknowledgement of one selection, a member's signed
 //! reveal for that set, and a holder's signed share of a silent included member's self seed. Each signed message is a body and the ed25519 signature of its author
 //! over a domain-separated encoding of the body; all are decoded with a size limit.
 
@@ -132,6 +133,32 @@ pub fn selection_digest(chain_id: &str, round: u64, included: &[Included]) -> [u
     h.finalize().into()
 }
 
+/// A validator's acknowledgement of the one selection it accepts for a round (the consistency
+/// step of `protocol::agreement`): an honest validator signs one per round, for the first
+/// well-formed selection it sees, and no member reveals anything for a selection until a quorum
+/// acknowledged it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AckBody {
+    /// Network.
+    pub chain_id: String,
+    /// Round.
+    pub round: u64,
+    /// The acknowledging validator.
+    pub member: [u8; 32],
+    /// The selection it accepts ([`SelectionBody::digest`]).
+    pub selection: [u8; 32],
+}
+
+impl Body for AckBody {
+    const DOMAIN: &'static [u8] = b"cohort/secagg/ack/v1\0";
+    fn signer(&self) -> [u8; 32] {
+        self.member
+    }
+    fn chain(&self) -> &str {
+        &self.chain_id
+    }
+}
+
 /// What an included member reveals for one selection: its self seed and its pair seeds with
 /// the roster members outside the selection.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -242,6 +269,8 @@ impl RecoveredSeed {
 pub type SignedAdvert = Signed<AdvertBody>;
 /// A signed selection.
 pub type SignedSelection = Signed<SelectionBody>;
+/// A signed acknowledgement of a selection.
+pub type SignedAck = Signed<AckBody>;
 /// A signed reveal.
 pub type SignedReveal = Signed<RevealBody>;
 /// A signed share of a silent member's self seed.
@@ -307,6 +336,8 @@ pub enum SecAggMsg {
     Reveal(SignedReveal),
     /// A holder's share of a silent included member's self seed.
     Recovery(SignedRecovery),
+    /// A validator's acknowledgement of a round's selection.
+    Ack(SignedAck),
 }
 
 impl SecAggMsg {
