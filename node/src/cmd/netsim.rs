@@ -57,9 +57,9 @@ pub fn run(a: Args) -> Result<()> {
                 out.inclusions,
                 out.longest_stall_ms as f64 / 1e3,
                 out.flooded,
-                out.contributors.len(),
-                out.admitted.len(),
-                out.removed.len(),
+                out.membership.contributors.len(),
+                out.membership.admitted.len(),
+                out.membership.removed.len(),
                 out.poisoned_included,
                 out.accuracy
             );

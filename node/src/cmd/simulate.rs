@@ -42,6 +42,25 @@ impl std::str::FromStr for Byzantine {
     }
 }
 
+/// What `cohort simulate` evaluates and writes.
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Evaluate every N rounds (always at the last).
+    #[arg(long, default_value_t = 1)]
+    pub eval_every: usize,
+    /// Evaluate an exponential moving average of the committed model with this decay (e.g.
+    /// 0.99) instead of the model: computed from committed parameters only, so it costs no
+    /// privacy. The network does not keep one; this is for measuring.
+    #[arg(long)]
+    pub eval_ema: Option<f64>,
+    /// Print the per-node label counts of the partition.
+    #[arg(long)]
+    pub show_partition: bool,
+    /// Also write one CSV row per round to this file.
+    #[arg(long)]
+    pub csv: Option<std::path::PathBuf>,
+}
+
 /// Flags of `cohort simulate`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -76,20 +95,9 @@ pub struct Args {
     /// Seed for the initial model, the partition and all training randomness.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Evaluate every N rounds (always at the last).
-    #[arg(long, default_value_t = 1)]
-    pub eval_every: usize,
-    /// Evaluate an exponential moving average of the committed model with this decay (e.g.
-    /// 0.99) instead of the model: computed from committed parameters only, so it costs no
-    /// privacy. The network does not keep one; this is for measuring.
-    #[arg(long)]
-    pub eval_ema: Option<f64>,
-    /// Print the per-node label counts of the partition.
-    #[arg(long)]
-    pub show_partition: bool,
-    /// Also write one CSV row per round to this file.
-    #[arg(long)]
-    pub csv: Option<std::path::PathBuf>,
+    /// What the run evaluates and writes.
+    #[command(flatten)]
+    pub report: ReportArgs,
     /// Local training.
     #[command(flatten)]
     pub local: LocalArgs,
@@ -178,7 +186,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    if let Some(d) = a.eval_ema
+    if let Some(d) = a.report.eval_ema
         && !(d.is_finite() && (0.0..1.0).contains(&d))
     {
         bail!("--eval-ema {d} must be in [0, 1)");
@@ -229,7 +237,7 @@ pub fn run(a: Args) -> Result<()> {
         },
         settings(&a),
     );
-    if a.show_partition {
+    if a.report.show_partition {
         if own_parts {
             for (i, p) in loaded.parts.iter().enumerate() {
                 println!(
@@ -260,7 +268,7 @@ pub fn run(a: Args) -> Result<()> {
     drive(
         sim,
         a.rounds,
-        a.csv.as_deref(),
+        a.report.csv.as_deref(),
         "accuracy",
         "test loss",
         a.privacy.secure_aggregation,
@@ -309,7 +317,7 @@ fn run_lm(a: Args) -> Result<()> {
         steps * a.local.batch * lm.context,
         settings(&a),
     );
-    if a.show_partition {
+    if a.report.show_partition {
         let parts = model::text_partition::partition_text(
             &docs,
             a.nodes,
@@ -324,7 +332,7 @@ fn run_lm(a: Args) -> Result<()> {
     drive(
         sim,
         a.rounds,
-        a.csv.as_deref(),
+        a.report.csv.as_deref(),
         "next-char accuracy",
         "val loss (nats/char)",
         a.privacy.secure_aggregation,
@@ -367,8 +375,8 @@ fn sim_config(a: &Args, model: ModelSpec, partition: Partition) -> SimConfig {
             bound: a.privacy.secagg_bound,
         }),
         seed: a.seed,
-        eval_every: a.eval_every,
-        ema: a.eval_ema,
+        eval_every: a.report.eval_every,
+        ema: a.report.eval_ema,
     }
 }
 

@@ -71,16 +71,12 @@ pub struct Outcome {
     pub inclusions: Vec<u64>,
     /// Simulated time at the end, ms.
     pub end_ms: Millis,
-    /// Validators node 0 committed the admission of (joins; under `open`, promotions), by key.
-    pub admitted: Vec<[u8; 32]>,
-    /// Under `open`: contributors node 0 committed the admission of.
-    pub contributors: Vec<[u8; 32]>,
+    /// Who node 0 committed the admission and removal of.
+    pub membership: MembershipOutcome,
     /// Deltas of faulty nodes included in committed values.
     pub poisoned_included: u64,
     /// Test accuracy of node 0's committed model at the end (digits test split).
     pub accuracy: f32,
-    /// Removals node 0 committed.
-    pub removed: Vec<[u8; 32]>,
     /// Longest simulated time without a new honest commit, ms (faults included).
     pub longest_stall_ms: Millis,
     /// Join requests from fresh keys flooded during the run.
@@ -89,6 +85,17 @@ pub struct Outcome {
     pub delta_evidence: Vec<([u8; 32], u64)>,
     /// Under secure aggregation: what node 0 committed and what the faults did.
     pub secure: SecureOutcome,
+}
+
+/// Membership changes node 0 committed, by key.
+#[derive(Debug, Default)]
+pub struct MembershipOutcome {
+    /// Validators admitted (joins; under `open`, promotions).
+    pub admitted: Vec<[u8; 32]>,
+    /// Under `open`: contributors admitted.
+    pub contributors: Vec<[u8; 32]>,
+    /// Removals.
+    pub removed: Vec<[u8; 32]>,
 }
 
 /// Under secure aggregation, what one run found.
@@ -116,10 +123,9 @@ pub struct Sim {
     epoch: Vec<u64>,
     /// Secure aggregation's crashes, splits and reveals.
     secagg: secagg::Watch,
-    /// Join requests seen on the network (for replaying nodes), at most 64.
-    joins_seen: Vec<Vec<u8>>,
-    /// The last round a flooding node flooded at.
-    flooded: u64,
+    /// Join requests seen on the network (for replaying nodes), at most 64, and the last round
+    /// a flooding node flooded at.
+    joins: (Vec<Vec<u8>>, u64),
     /// Gossipsub names a message by the hash of its bytes and refuses to publish the same bytes
     /// again within its duplicate-cache time: per node, what it published and when.
     published: Vec<BTreeMap<MessageId, Millis>>,
@@ -188,8 +194,7 @@ impl Sim {
             epoch: vec![0; total],
             secagg: Default::default(),
             published: vec![BTreeMap::new(); total],
-            joins_seen: Vec::new(),
-            flooded: 0,
+            joins: (Vec::new(), 0),
             queue: BTreeMap::new(),
             seq: 0,
             now: 0,
@@ -281,12 +286,14 @@ impl Sim {
                 }
                 let joins = rv.joins.iter().map(|j| j.validator);
                 if self.cfg.setup.policy == "open" {
-                    out.contributors.extend(joins);
-                    out.admitted.extend(rv.promotions.iter().copied());
+                    out.membership.contributors.extend(joins);
+                    out.membership
+                        .admitted
+                        .extend(rv.promotions.iter().copied());
                 } else {
-                    out.admitted.extend(joins);
+                    out.membership.admitted.extend(joins);
                 }
-                out.removed.extend(rv.removals.iter().copied());
+                out.membership.removed.extend(rv.removals.iter().copied());
                 out.delta_evidence
                     .extend(rv.delta_evidence.iter().map(|d| (d.author(), e.height)));
             }
@@ -309,10 +316,10 @@ impl Sim {
         let Some(h) = self.nodes[i].core.as_ref().map(|c| c.committed_round()) else {
             return;
         };
-        if h <= self.flooded && self.flooded > 0 {
+        if h <= self.joins.1 && self.joins.1 > 0 {
             return;
         }
-        self.flooded = h.max(1);
+        self.joins.1 = h.max(1);
         let chain = self.genesis.chain_id.as_str().to_string();
         for _ in 0..self.cfg.flood_per_round {
             let mut b = [0u8; 32];
@@ -425,7 +432,7 @@ impl Sim {
                     self.flood_joins(i);
                 }
                 if self.nodes[i].fault == Some(Fault::ReplayJoins) {
-                    for j in self.joins_seen.clone() {
+                    for j in self.joins.0.clone() {
                         // Each replay is new bytes for gossip (a fresh envelope would be, too).
                         self.broadcast_unchecked(i, Topic::Membership, j);
                     }
@@ -527,10 +534,10 @@ impl Sim {
     fn broadcast(&mut self, i: usize, topic: Topic, bytes: Vec<u8>) {
         if topic == Topic::Membership
             && crate::wire::SignedJoin::decode(&bytes).is_ok()
-            && self.joins_seen.len() < 64
-            && !self.joins_seen.contains(&bytes)
+            && self.joins.0.len() < 64
+            && !self.joins.0.contains(&bytes)
         {
-            self.joins_seen.push(bytes.clone());
+            self.joins.0.push(bytes.clone());
         }
         self.broadcast_unchecked(i, topic, bytes);
     }

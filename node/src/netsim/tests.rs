@@ -68,7 +68,10 @@ fn seeds_that_once_failed() {
     for seed in [27, 36, 50] {
         let out = run(Scenario::Byzantine, seed, 4);
         assert_clean("byzantine", seed, &out);
-        assert!(!out.removed.is_empty(), "seed {seed}: the offender stayed");
+        assert!(
+            !out.membership.removed.is_empty(),
+            "seed {seed}: the offender stayed"
+        );
     }
 }
 
@@ -157,11 +160,11 @@ fn join_floods_of_fresh_keys_keep_the_chain_going_within_the_admission_bound() {
         let c = SimConfig::new(Scenario::JoinFlood, seed, 4);
         let joiners = Sim::new(c).expect("sim").joiner_ids();
         assert!(
-            out.admitted.iter().all(|a| joiners.contains(a)),
+            out.membership.admitted.iter().all(|a| joiners.contains(a)),
             "seed {seed}: a flood key was promoted"
         );
         assert!(
-            !out.contributors.is_empty(),
+            !out.membership.contributors.is_empty(),
             "seed {seed}: no contributor admitted"
         );
     }
@@ -177,23 +180,29 @@ fn silent_joiners_never_stop_the_chain_and_are_removed() {
         for scenario in [Scenario::SilentJoiners, Scenario::ReplayedJoins] {
             let out = run(scenario, seed, 4);
             assert_clean("silent joiners", seed, &out);
-            assert!(!out.admitted.is_empty(), "seed {seed}: nobody admitted");
             assert!(
-                out.admitted.iter().all(|a| out.removed.contains(a))
-                    || out.admitted.len() > out.removed.len(),
+                !out.membership.admitted.is_empty(),
+                "seed {seed}: nobody admitted"
+            );
+            assert!(
+                out.membership
+                    .admitted
+                    .iter()
+                    .all(|a| out.membership.removed.contains(a))
+                    || out.membership.admitted.len() > out.membership.removed.len(),
                 "seed {seed}: removed a key never admitted"
             );
             assert!(
-                !out.removed.is_empty(),
+                !out.membership.removed.is_empty(),
                 "seed {seed}: no silent joiner removed"
             );
             // No key is admitted twice: a replayed request never re-admits a removed key.
-            let mut keys = out.admitted.clone();
+            let mut keys = out.membership.admitted.clone();
             keys.sort();
             keys.dedup();
             assert_eq!(
                 keys.len(),
-                out.admitted.len(),
+                out.membership.admitted.len(),
                 "seed {seed}: a key admitted twice"
             );
         }
@@ -219,7 +228,7 @@ fn a_delta_equivocator_is_removed_by_committed_evidence() {
             round < 16,
             "seed {seed}: evidence committed at round {round}"
         );
-        assert_eq!(out.removed, vec![offender], "seed {seed}");
+        assert_eq!(out.membership.removed, vec![offender], "seed {seed}");
     }
 }
 
@@ -239,10 +248,10 @@ fn a_contributor_slower_than_every_validator_is_included_and_promoted() {
         let out = Sim::new(c).expect("sim").run();
         assert_clean("slow contributor", seed, &out);
         assert_eq!(
-            out.contributors, joiner,
+            out.membership.contributors, joiner,
             "seed {seed}: admitted as a contributor"
         );
-        assert_eq!(out.admitted, joiner, "seed {seed}: promoted");
+        assert_eq!(out.membership.admitted, joiner, "seed {seed}: promoted");
     }
 }
 
@@ -256,7 +265,7 @@ fn only_joiners_a_quorum_of_operators_approved_are_admitted() {
         let approved = Sim::new(c.clone()).expect("sim").joiner_ids()[0];
         let out = Sim::new(c).expect("sim").run();
         assert_clean("approved joins", seed, &out);
-        assert_eq!(out.admitted, vec![approved], "seed {seed}");
+        assert_eq!(out.membership.admitted, vec![approved], "seed {seed}");
     }
 }
 
@@ -280,13 +289,22 @@ fn a_proposer_lying_about_removals_removes_nobody_honest() {
     for seed in 0..4 {
         let out = run(Scenario::LyingRemovals, seed, 4);
         assert_clean("lying removals", seed, &out);
-        assert!(!out.admitted.is_empty(), "seed {seed}: nobody admitted");
         assert!(
-            out.removed.iter().all(|r| out.admitted.contains(r)),
+            !out.membership.admitted.is_empty(),
+            "seed {seed}: nobody admitted"
+        );
+        assert!(
+            out.membership
+                .removed
+                .iter()
+                .all(|r| out.membership.admitted.contains(r)),
             "seed {seed}: a genesis validator was removed"
         );
         assert!(
-            out.admitted.iter().all(|a| out.removed.contains(a)),
+            out.membership
+                .admitted
+                .iter()
+                .all(|a| out.membership.removed.contains(a)),
             "seed {seed}: a silent joiner stayed"
         );
     }
@@ -308,7 +326,7 @@ fn poisoned_contributors_are_included_only_within_the_robust_rule() {
         assert_clean("poisoned contributors", seed, &out);
         for j in &joiners {
             assert!(
-                out.contributors.contains(j),
+                out.membership.contributors.contains(j),
                 "seed {seed}: a joiner never became a contributor"
             );
         }
@@ -319,7 +337,11 @@ fn poisoned_contributors_are_included_only_within_the_robust_rule() {
         // Their deltas are outliers against the aggregate (recorded in every value, recomputed
         // by every validator) and do not count towards promotion: only the honest one is
         // promoted.
-        assert_eq!(out.admitted, vec![joiners[3]], "seed {seed}: promoted");
+        assert_eq!(
+            out.membership.admitted,
+            vec![joiners[3]],
+            "seed {seed}: promoted"
+        );
         // The same run with the two poisoners honest.
         let mut clean = SimConfig::new(Scenario::PoisonedContributors, seed, 4);
         clean.faults.iter_mut().for_each(|f| *f = None);
@@ -330,7 +352,7 @@ fn poisoned_contributors_are_included_only_within_the_robust_rule() {
             calm.accuracy,
             out.height,
             out.poisoned_included,
-            out.admitted.len()
+            out.membership.admitted.len()
         );
         assert!(
             out.accuracy >= calm.accuracy - 0.05,
@@ -355,9 +377,9 @@ fn a_validator_back_from_an_outage_is_waited_for_again() {
         let out = Sim::new(c).expect("sim").run();
         assert_clean("outage", seed, &out);
         assert!(
-            out.removed.is_empty(),
+            out.membership.removed.is_empty(),
             "seed {seed}: removed {:?}",
-            out.removed
+            out.membership.removed
         );
         // inclusions: honest validators 0..4 as node 0 saw them.
         let back = out.inclusions[1];
