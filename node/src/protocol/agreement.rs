@@ -57,11 +57,20 @@ impl Agreement {
     }
 
     /// Fixes `digest` as this node's one selection of the round (acknowledged, when it is a
-    /// validator: see [`Agreement::ack`]).
-    pub fn choose(&mut self, digest: [u8; 32], now: Millis) {
-        if self.first.is_none() {
-            self.first = Some((digest, now));
+    /// validator: see [`Agreement::ack`]); false when another one already is.
+    pub fn choose(&mut self, digest: [u8; 32], now: Millis) -> bool {
+        match self.first {
+            None => {
+                self.first = Some((digest, now));
+                true
+            }
+            Some((d, _)) => d == digest,
         }
+    }
+
+    /// Whether this node chose a selection (its body may not be held yet, after a restart).
+    pub fn chosen(&self) -> bool {
+        self.first.is_some()
     }
 
     /// Our own acknowledgement of `digest`, recovered after a restart (the selection's body

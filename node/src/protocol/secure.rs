@@ -530,8 +530,7 @@ impl Core {
     ) -> Result<()> {
         let set = self.committed.chain.set_for(round).clone();
         let agreement = self.secure.selections.entry(round).or_default();
-        agreement.choose(digest, now);
-        if !set.contains(&self.me) {
+        if !agreement.choose(digest, now) || !set.contains(&self.me) {
             return Ok(());
         }
         let ack = SignedAck::new(
@@ -815,6 +814,20 @@ impl Core {
             .map(|(s, at)| (s.body.included.clone(), at));
         let (included, since) = match adopted {
             Some(adopted) => adopted,
+            None if self
+                .secure
+                .selections
+                .get(&h)
+                .is_some_and(Agreement::chosen) =>
+            {
+                // We acknowledged a selection before a restart and do not hold it again yet:
+                // never sign a second one; give the round up as when no quorum shares a roster.
+                if elapsed >= 2 * propose_ms {
+                    let a = self.void_applied();
+                    return self.finish_proposal(height, view, Vec::new(), a, Vec::new());
+                }
+                return Ok(None);
+            }
             None => {
                 let chosen = self.choose_selection(h);
                 let authors: Vec<[u8; 32]> = chosen.iter().map(|i| i.author).collect();

@@ -752,4 +752,42 @@ fn a_restarted_validator_acknowledges_no_second_selection() {
         vec![digest],
         "its first acknowledgement, sent again"
     );
+    // As the round's proposer, holding a quorum of masked deltas but not yet the first
+    // selection again: it signs no selection of its own (which it would acknowledge too).
+    let others: Vec<_> = (1..4).map(|i| member(&g, &k[i], i as u64)).collect();
+    let mut roster: Vec<SignedAdvert> = others.iter().map(|(_, a)| a.clone()).collect();
+    roster.sort_by_key(|a| a.body.member);
+    for (i, (secrets, _)) in others.iter().enumerate() {
+        let key = &k[i + 1];
+        let p = masked_delta(
+            &c,
+            key,
+            secrets,
+            &roster,
+            &vec![0.01; c.params().len()],
+            100,
+        );
+        let bytes = sign_delta(&c, key, 100, p.encode().unwrap());
+        assert_eq!(verdict_of(gossip(&mut c, bytes)), Verdict::Accept);
+    }
+    c.height.pending_propose = Some((consensus::Height(1), consensus::View(0)));
+    // Long after the propose timeout: it gives the round up (a void value) instead.
+    let proposed = c.try_propose_secure(60_000).expect("propose");
+    let out = std::mem::take(&mut c.secure.outbox);
+    let selections = published(&out)
+        .iter()
+        .filter(|b| matches!(SecAggMsg::decode(b), Some(Ok(SecAggMsg::Selection(_)))))
+        .count();
+    assert_eq!(
+        selections, 0,
+        "a restarted proposer signed a second selection"
+    );
+    assert!(acks(&out).is_empty(), "and acknowledged it");
+    match proposed {
+        Some(consensus::Input::ProposeValue { value, .. }) => {
+            let rv = crate::wire::RoundValue::decode(&value.0).expect("value");
+            assert!(rv.included.is_empty() && rv.aggregation.reveals.is_empty());
+        }
+        other => panic!("a void proposal: {other:?}"),
+    }
 }
