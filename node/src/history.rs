@@ -134,17 +134,8 @@ pub struct History {
 
 impl Default for History {
     fn default() -> Self {
-        // Every page of the window written once now. The buffer (about 480 kB) is larger than
-        // glibc's mmap threshold, so the kernel maps its pages only as they are first written:
-        // a window that only reserved its capacity made the node's RSS rise by about 50 kB
-        // every hundred rounds until round 1,000 (`/proc/PID/smaps` of a digits validator at
-        // rounds 100 and 300: its 480 kB mapping held 52 and 148 kB), though no allocation
-        // grew (BENCHMARKS.md section 8).
-        let mut rounds = Vec::with_capacity(Self::LIMIT);
-        rounds.resize(Self::LIMIT, RoundSummary::default());
-        rounds.clear();
         History {
-            rounds: VecDeque::from(rounds),
+            rounds: VecDeque::with_capacity(Self::LIMIT),
         }
     }
 }
