@@ -146,6 +146,20 @@ pub struct Setup {
     pub partition: Option<String>,
 }
 
+impl Setup {
+    /// Secure aggregation: only the mean can be unmasked, and contributors are not on a
+    /// roster (the closed policy).
+    fn secure() -> Setup {
+        Setup {
+            rule: "mean".into(),
+            policy: "closed".into(),
+            secure_aggregation: true,
+            node_noise: false,
+            partition: None,
+        }
+    }
+}
+
 /// The join-flood scenario's fresh keys per round.
 pub const FLOOD_PER_ROUND: usize = 100;
 
@@ -213,26 +227,13 @@ impl SimConfig {
             Scenario::Byzantine => byzantine(&mut c, &mut rng),
             Scenario::LateJoiner => c.late = Some((0, 3_000)),
             Scenario::SplitSelections => {
-                c.setup = Setup {
-                    rule: "mean".into(),
-                    policy: "closed".into(),
-                    secure_aggregation: true,
-                    node_noise: false,
-                    partition: None,
-                };
+                c.setup = Setup::secure();
                 for i in nodes - f..nodes {
                     c.faults[i] = Some(Fault::SplitSelections);
                 }
             }
             Scenario::SecureAggregation => {
-                // Only the mean can be unmasked; contributors are not on a roster.
-                c.setup = Setup {
-                    rule: "mean".into(),
-                    policy: "closed".into(),
-                    secure_aggregation: true,
-                    node_noise: false,
-                    partition: None,
-                };
+                c.setup = Setup::secure();
                 c.net.crashes = true;
                 c.net.crash_on_reveal = true;
                 c.net.delay_faulty = (1, 300);

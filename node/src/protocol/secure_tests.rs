@@ -346,6 +346,17 @@ fn acks(actions: &[Action]) -> Vec<[u8; 32]> {
         .collect()
 }
 
+/// Round 1's included set of members 0 (our masked delta `own`), 1 and 2, sorted.
+fn with_us(k: &[SigningKey], own: &[u8]) -> Vec<Included> {
+    let mut v = vec![
+        inc(k, 0, crate::wire::sha256(own)),
+        inc(k, 1, [1; 32]),
+        inc(k, 2, [2; 32]),
+    ];
+    v.sort();
+    v
+}
+
 /// Included entry of member `i` of `keys()`.
 fn inc(k: &[SigningKey], i: usize, digest: [u8; 32]) -> Included {
     Included {
@@ -368,12 +379,7 @@ fn a_member_reveals_once_for_the_agreed_selection_and_never_pair_seeds_with_incl
         model::codec::decode(&sd.msg.payload, n).is_err(),
         "no plain delta leaves the node"
     );
-    let mut first = vec![
-        inc(&k, 0, crate::wire::sha256(&own)),
-        inc(&k, 1, [1; 32]),
-        inc(&k, 2, [2; 32]),
-    ];
-    first.sort();
+    let first = with_us(&k, &own);
     let digest = selection_digest(g.chain_id.as_str(), 1, &first);
     let a = gossip(&mut c, selection(&g, &k[1], first.clone()));
     assert!(
@@ -427,12 +433,7 @@ fn a_split_selection_gets_no_reveal_for_two_sets() {
     let k = keys();
     let g = genesis(&k);
     let (mut c, own) = masked_member(&k, &g);
-    let mut with_0 = vec![
-        inc(&k, 0, crate::wire::sha256(&own)),
-        inc(&k, 1, [1; 32]),
-        inc(&k, 2, [2; 32]),
-    ];
-    with_0.sort();
+    let with_0 = with_us(&k, &own);
     let mut without_0 = vec![
         inc(&k, 1, [1; 32]),
         inc(&k, 2, [2; 32]),
@@ -709,12 +710,7 @@ fn a_restarted_validator_acknowledges_no_second_selection() {
     let k = keys();
     let g = genesis(&k);
     let (mut c, own) = masked_member(&k, &g);
-    let mut first = vec![
-        inc(&k, 0, crate::wire::sha256(&own)),
-        inc(&k, 1, [1; 32]),
-        inc(&k, 2, [2; 32]),
-    ];
-    first.sort();
+    let first = with_us(&k, &own);
     let digest = selection_digest(g.chain_id.as_str(), 1, &first);
     let a = gossip(&mut c, selection(&g, &k[1], first));
     let is_ack = |b: &[u8]| matches!(SecAggMsg::decode(b), Some(Ok(SecAggMsg::Ack(_))));
