@@ -38,12 +38,12 @@ fn tanh(x: f32) -> f32 {
 }
 
 /// `0.5 x (1 + tanh(K (x + C x^3)))`.
-fn value(x: f32) -> f32 {
+pub(crate) fn value(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh(K * (x + C * x * x * x)))
 }
 
 /// d/dx of [`value`]: `0.5 (1 + t) + 0.5 x (1 - t^2) K (1 + 3 C x^2)`, `t = tanh(K (x + C x^3))`.
-fn slope(x: f32) -> f32 {
+pub(crate) fn slope(x: f32) -> f32 {
     let t = tanh(K * (x + C * x * x * x));
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * C * x * x)
 }
