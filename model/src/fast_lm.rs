@@ -180,6 +180,13 @@ impl FastLm {
         Ok(s)
     }
 
+    /// The same step with the matrix product `gemm` (tests: both kernels).
+    #[cfg(test)]
+    fn with_gemm(mut self, gemm: Gemm) -> Self {
+        self.gemm = gemm;
+        self
+    }
+
     /// Number of parameters.
     #[cfg(test)]
     pub fn num_params(&self) -> usize {
@@ -271,11 +278,7 @@ impl FastLm {
         let g = self.gemm;
         let p = |off: usize, len: usize| &params[off..off + len];
         // Token plus position embedding.
-        for (r, (row, &x)) in self.resid[..nc]
-            .chunks_exact_mut(c)
-            .zip(xs)
-            .enumerate()
-        {
+        for (r, (row, &x)) in self.resid[..nc].chunks_exact_mut(c).zip(xs).enumerate() {
             let tok = p(at.tok + x as usize * c, c);
             let pos = p(at.pos + (r % t) * c, c);
             for ((d, a), b) in row.iter_mut().zip(tok).zip(pos) {
@@ -290,7 +293,16 @@ impl FastLm {
             let st1 = &mut self.stats1[l * n * 2..(l + 1) * n * 2];
             layer_norm(x, p(b.ln1_w, c), p(b.ln1_b, c), ln1, st1, c);
             let qkv = &mut self.qkv[l * 3 * nc..(l + 1) * 3 * nc];
-            linear(&g, ln1, n, c, p(b.qkv_w, 3 * c * c), p(b.qkv_b, 3 * c), 3 * c, qkv)?;
+            linear(
+                &g,
+                ln1,
+                n,
+                c,
+                p(b.qkv_w, 3 * c * c),
+                p(b.qkv_b, 3 * c),
+                3 * c,
+                qkv,
+            )?;
             let att = &mut self.att[l * self.batch * heads * t * t..];
             let y = &mut self.y[l * nc..(l + 1) * nc];
             attention(&g, qkv, att, y, self.batch, t, c, heads, scale)?;
@@ -301,13 +313,31 @@ impl FastLm {
             let st2 = &mut self.stats2[l * n * 2..(l + 1) * n * 2];
             layer_norm(mid, p(b.ln2_w, c), p(b.ln2_b, c), ln2, st2, c);
             let hpre = &mut self.hpre[l * 4 * nc..(l + 1) * 4 * nc];
-            linear(&g, ln2, n, c, p(b.fc_w, 4 * c * c), p(b.fc_b, 4 * c), 4 * c, hpre)?;
+            linear(
+                &g,
+                ln2,
+                n,
+                c,
+                p(b.fc_w, 4 * c * c),
+                p(b.fc_b, 4 * c),
+                4 * c,
+                hpre,
+            )?;
             let hact = &mut self.hact[l * 4 * nc..(l + 1) * 4 * nc];
             for (o, &i) in hact.iter_mut().zip(hpre.iter()) {
                 *o = crate::gelu::value(i);
             }
             let out = &mut next[..nc];
-            linear(&g, hact, n, 4 * c, p(b.out_w, 4 * c * c), p(b.out_b, c), c, out)?;
+            linear(
+                &g,
+                hact,
+                n,
+                4 * c,
+                p(b.out_w, 4 * c * c),
+                p(b.out_b, c),
+                c,
+                out,
+            )?;
             add(out, mid);
         }
         let last = &self.resid[self.cfg.layers * nc..];
@@ -678,7 +708,15 @@ fn attention_backward(
             let p = &att[(bi * heads + h) * t * t..(bi * heads + h + 1) * t * t];
             // dP = dY V^T, dV = P^T dY.
             g.run(dp, sq, false, &dy[yo..], ym, &qkv[base + 2 * c..], qm.t())?;
-            g.run(&mut dqkv[base + 2 * c..], qm, false, p, sq.t(), &dy[yo..], ym)?;
+            g.run(
+                &mut dqkv[base + 2 * c..],
+                qm,
+                false,
+                p,
+                sq.t(),
+                &dy[yo..],
+                ym,
+            )?;
             // Through the softmax and the scaling: dS = scale P (dP - rowsum(dP P)).
             for (i, (dr, pr)) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
                 let (live, future) = dr.split_at_mut(i + 1);
@@ -690,7 +728,15 @@ fn attention_backward(
             }
             // dQ = dS K, dK = dS^T Q.
             g.run(&mut dqkv[base..], qm, false, dp, sq, &qkv[base + c..], qm)?;
-            g.run(&mut dqkv[base + c..], qm, false, dp, sq.t(), &qkv[base..], qm)?;
+            g.run(
+                &mut dqkv[base + c..],
+                qm,
+                false,
+                dp,
+                sq.t(),
+                &qkv[base..],
+                qm,
+            )?;
         }
     }
     Ok(())
@@ -830,6 +876,14 @@ mod tests {
     /// Loss and every tensor's gradient against candle's: each element within 1e-4 of the
     /// largest gradient of its tensor (plus 1e-7 absolute for tensors whose gradient is ~0).
     fn check(cfg: TransformerConfig, vocab: usize, batch: usize, seed: u64) {
+        // The `gemm` crate (several threads), and one thread with the AVX-512 product where the
+        // CPU has it.
+        for gemm in [Gemm::crate_only(), Gemm::single_threaded()] {
+            check_with(cfg, vocab, batch, seed, gemm);
+        }
+    }
+
+    fn check_with(cfg: TransformerConfig, vocab: usize, batch: usize, seed: u64, gemm: Gemm) {
         // Non-trivial layer-norm gains and biases, so their gradients are exercised.
         let mut params = cfg.init(vocab, seed);
         let mut rng = Rng::seed(seed + 100);
@@ -842,7 +896,7 @@ mod tests {
         }
         let (xs, ys) = windows(vocab, batch, cfg.context, seed);
         let (want_loss, want) = autograd(cfg, vocab, &params, &xs, &ys);
-        let mut net = FastLm::new(cfg, vocab, batch).unwrap();
+        let mut net = FastLm::new(cfg, vocab, batch).unwrap().with_gemm(gemm);
         let mut grad = vec![f32::NAN; net.num_params()];
         let loss = net.loss_and_grad(&params, &xs, &ys, &mut grad).unwrap();
         assert!(
@@ -866,10 +920,7 @@ mod tests {
         assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs());
     }
 
-    fn spans(
-        cfg: &TransformerConfig,
-        vocab: usize,
-    ) -> Vec<(String, std::ops::Range<usize>)> {
+    fn spans(cfg: &TransformerConfig, vocab: usize) -> Vec<(String, std::ops::Range<usize>)> {
         let mut off = 0;
         cfg.layout(vocab)
             .into_iter()
@@ -911,9 +962,21 @@ mod tests {
         let mut grad = vec![0.0; params.len()];
         let ok = [0u32, 1, 2, 3];
         assert!(net.loss_and_grad(&params, &ok, &ok, &mut grad).is_ok());
-        assert!(net.loss_and_grad(&params, &[0, 1, 5, 3], &ok, &mut grad).is_err());
-        assert!(net.loss_and_grad(&params, &ok, &[0, 9, 1, 1], &mut grad).is_err());
-        assert!(net.loss_and_grad(&params, &ok[..3], &ok[..3], &mut grad).is_err());
-        assert!(net.loss_and_grad(&params[1..], &ok, &ok, &mut grad).is_err());
+        assert!(
+            net.loss_and_grad(&params, &[0, 1, 5, 3], &ok, &mut grad)
+                .is_err()
+        );
+        assert!(
+            net.loss_and_grad(&params, &ok, &[0, 9, 1, 1], &mut grad)
+                .is_err()
+        );
+        assert!(
+            net.loss_and_grad(&params, &ok[..3], &ok[..3], &mut grad)
+                .is_err()
+        );
+        assert!(
+            net.loss_and_grad(&params[1..], &ok, &ok, &mut grad)
+                .is_err()
+        );
     }
 }

@@ -233,8 +233,7 @@ pub(crate) fn train_steps(
             }
         }
         LmOpt::Fast(adam) => {
-            let mut net =
-                crate::fast_lm::FastLm::new(model.config(), model.vocab(), cfg.batch)?;
+            let mut net = crate::fast_lm::FastLm::new(model.config(), model.vocab(), cfg.batch)?;
             let mut params = model.flat()?;
             let mut grad = vec![0.0; params.len()];
             let (mut xs, mut ys) = (Vec::new(), Vec::new());
