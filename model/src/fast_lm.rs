@@ -324,9 +324,7 @@ impl FastLm {
                 hpre,
             )?;
             let hact = &mut self.hact[l * 4 * nc..(l + 1) * 4 * nc];
-            for (o, &i) in hact.iter_mut().zip(hpre.iter()) {
-                *o = crate::gelu::value(i);
-            }
+            crate::gelu::values(hpre, hact);
             let out = &mut next[..nc];
             linear(
                 &g,
@@ -398,9 +396,7 @@ impl FastLm {
             };
             out.backward(&g, params, grad, &self.dx, hact, n, &mut self.dh, false)?;
             let hpre = &self.hpre[l * 4 * nc..(l + 1) * 4 * nc];
-            for (d, &x) in self.dh.iter_mut().zip(hpre) {
-                *d *= crate::gelu::slope(x);
-            }
+            crate::gelu::times_slopes(hpre, &mut self.dh);
             let fc = Lin {
                 w: b.fc_w,
                 b: b.fc_b,

@@ -413,7 +413,7 @@ fn relu_pool2(
 mod avx512 {
     /// Products with fewer multiply-adds stay with the `gemm` crate (attention's per-head
     /// products: its small-matrix path is faster there).
-    pub const MIN_WORK: usize = 1 << 20;
+    pub const MIN_WORK: usize = 1 << 16;
 
     /// Whether this CPU has AVX-512F.
     pub fn available() -> bool {
