@@ -15,6 +15,7 @@ const C: f32 = 0.044_715;
 /// `tanh(x)` as a rational function (Eigen's and PyTorch's vectorised `tanh` for `f32`: a degree
 /// 13/6 minimax fit on `[-7.9, 7.9]`, exactly +-1 in `f32` beyond), a few ulp from libm's `tanhf`
 /// and without its call and `expm1f`, which were 15% of the transformer's step.
+#[inline(always)]
 fn tanh(x: f32) -> f32 {
     const CLAMP: f32 = 7.905_311;
     const A: [f32; 7] = [
@@ -37,11 +38,13 @@ fn tanh(x: f32) -> f32 {
 }
 
 /// `0.5 x (1 + tanh(K (x + C x^3)))`.
+#[inline(always)]
 pub(crate) fn value(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh(K * (x + C * x * x * x)))
 }
 
 /// d/dx of [`value`]: `0.5 (1 + t) + 0.5 x (1 - t^2) K (1 + 3 C x^2)`, `t = tanh(K (x + C x^3))`.
+#[inline(always)]
 pub(crate) fn slope(x: f32) -> f32 {
     let t = tanh(K * (x + C * x * x * x));
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * K * (1.0 + 3.0 * C * x * x)
@@ -49,6 +52,7 @@ pub(crate) fn slope(x: f32) -> f32 {
 
 /// `out[i] = gelu(x[i])`, in AVX-512 vectors where the CPU has them.
 pub(crate) fn values(x: &[f32], out: &mut [f32]) {
+    #[inline(always)]
     fn run(x: &[f32], out: &mut [f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
             *o = value(v);
@@ -68,6 +72,7 @@ pub(crate) fn values(x: &[f32], out: &mut [f32]) {
 
 /// `grad[i] *= gelu'(x[i])`, in AVX-512 vectors where the CPU has them.
 pub(crate) fn times_slopes(x: &[f32], grad: &mut [f32]) {
+    #[inline(always)]
     fn run(x: &[f32], grad: &mut [f32]) {
         for (g, &v) in grad.iter_mut().zip(x) {
             *g *= slope(v);

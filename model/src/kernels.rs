@@ -408,8 +408,10 @@ fn relu_pool2(
 /// (hundreds of rows and columns, `k` up to a few hundred), where it runs about 1.5x the `gemm`
 /// crate's AVX2 kernel on one core (which is what the crate uses without its `x86-v4` feature;
 /// with that feature it was slower still on the machine measured): BLIS's loop order, a packed
-/// `KC x NC` block of the right operand and `MC x KC` block of the left, and a 12 x 32 register
-/// tile (24 of the 32 `zmm` registers) updated by broadcast multiply-adds.
+/// `KC x NC` block of the right operand and `MC x KC` block of the left (each read in place where
+/// its layout allows: whole 12-row panels of the left, whole 32-column panels of a row-major
+/// right), and a 12 x 32 register tile (24 of the 32 `zmm` registers) updated by broadcast
+/// multiply-adds.
 mod avx512 {
     /// Products with fewer multiply-adds stay with the `gemm` crate (attention's per-head
     /// products: its small-matrix path is faster there).
@@ -460,8 +462,9 @@ mod avx512 {
 
         /// `c = a * pb` (or `c += a * pb` with `add`) for one `MR x NR` tile: `a` is `MR` rows
         /// of depth `kc` with element `(i, p)` at `a + i * a_rs + p * a_cs` (a packed panel:
-        /// `a_rs = 1`, `a_cs = MR`; or the left operand itself), `pb` a packed `kc x NR` panel,
-        /// `c` row-major with rows `c_rs` apart.
+        /// `a_rs = 1`, `a_cs = MR`; or the left operand itself), `pb` `kc` rows of `NR`
+        /// contiguous values `pb_rs` apart (a packed panel: `pb_rs = NR`; or the right operand
+        /// itself), `c` row-major with rows `c_rs` apart.
         ///
         /// # Safety
         /// AVX-512F must be available; every address above must be readable (`c` writable) for
@@ -476,6 +479,7 @@ mod avx512 {
             a_rs: usize,
             a_cs: usize,
             pb: *const f32,
+            pb_rs: usize,
             c: *mut f32,
             c_rs: usize,
             add: bool,
@@ -519,7 +523,7 @@ mod avx512 {
                     row!(11, cb0, cb1);
                 }
                 pa = pa.wrapping_add(a_cs);
-                pb = pb.wrapping_add(NR);
+                pb = pb.wrapping_add(pb_rs);
             }
             // SAFETY: `c` has MR rows of NR values, `c_rs` apart.
             unsafe {
@@ -659,6 +663,10 @@ mod avx512 {
                         let kb = KC.min(k - pc);
                         for (i, jr) in (0..nb).step_by(NR).enumerate() {
                             let w = NR.min(nb - jr);
+                            if b.cs == 1 && w == NR {
+                                // Read in place below.
+                                continue;
+                            }
                             // SAFETY: inside `b`'s view (the caller's promise).
                             unsafe { pack_b(&b, pc, kb, jc + jr, w, &mut pb[i * kb * NR..]) };
                         }
@@ -676,7 +684,12 @@ mod avx512 {
                             }
                             for (j, jr) in (0..nb).step_by(NR).enumerate() {
                                 let w = NR.min(nb - jr);
-                                let panel_b = pb[j * kb * NR..].as_ptr();
+                                // A whole panel of row-major columns is read in place.
+                                let (panel_b, b_rs) = if b.cs == 1 && w == NR {
+                                    (b.ptr.wrapping_add(pc * b.rs + jc + jr), b.rs)
+                                } else {
+                                    (pb[j * kb * NR..].as_ptr(), NR)
+                                };
                                 for (i, ir) in (0..mb).step_by(MR).enumerate() {
                                     let h = MR.min(mb - ir);
                                     // A whole panel of rows is read in place; a partial one
@@ -701,6 +714,7 @@ mod avx512 {
                                                 a_rs,
                                                 a_cs,
                                                 panel_b,
+                                                b_rs,
                                                 dst.ptr.wrapping_add(at),
                                                 dst.rs,
                                                 !first,
@@ -716,6 +730,7 @@ mod avx512 {
                                             a_rs,
                                             a_cs,
                                             panel_b,
+                                            b_rs,
                                             tile.as_mut_ptr(),
                                             NR,
                                             false,
