@@ -546,20 +546,45 @@ impl Lin {
     }
 }
 
+/// Whether the elementwise loops below may take their AVX-512 versions.
+fn wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Layer norm of each `c`-wide row of `x` into `out`, with each row's mean and
 /// `1 / sqrt(var + eps)` into `stats`.
 fn layer_norm(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], stats: &mut [f32], c: usize) {
-    let rows = x.chunks_exact(c).zip(out.chunks_exact_mut(c));
-    for ((row, o), st) in rows.zip(stats.chunks_exact_mut(2)) {
-        let mean = row.iter().sum::<f32>() / c as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
-        let rstd = 1.0 / (var + EPS).sqrt();
-        for (((o, v), w), b) in o.iter_mut().zip(row).zip(w).zip(b) {
-            *o = (v - mean) * rstd * w + b;
+    #[inline(always)]
+    fn run(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], stats: &mut [f32], c: usize) {
+        let rows = x.chunks_exact(c).zip(out.chunks_exact_mut(c));
+        for ((row, o), st) in rows.zip(stats.chunks_exact_mut(2)) {
+            let mean = row.iter().sum::<f32>() / c as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+            let rstd = 1.0 / (var + EPS).sqrt();
+            for (((o, v), w), b) in o.iter_mut().zip(row).zip(w).zip(b) {
+                *o = (v - mean) * rstd * w + b;
+            }
+            st[0] = mean;
+            st[1] = rstd;
         }
-        st[0] = mean;
-        st[1] = rstd;
     }
+    #[cfg(target_arch = "x86_64")]
+    if wide() {
+        #[target_feature(enable = "avx512f")]
+        fn run_wide(x: &[f32], w: &[f32], b: &[f32], out: &mut [f32], st: &mut [f32], c: usize) {
+            run(x, w, b, out, st, c)
+        }
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { run_wide(x, w, b, out, stats, c) };
+    }
+    run(x, w, b, out, stats, c)
 }
 
 /// A layer norm's gain at `w` and bias at `b`.
@@ -585,26 +610,76 @@ impl Norm {
     ) -> Result<()> {
         let w = &params[self.w..self.w + c];
         let (db, dw) = pair_mut(grad, self.b, self.w, c)?;
+        norm_backward(w, db, dw, x, stats, dout, dx, c);
+        Ok(())
+    }
+}
+
+/// [`Norm::backward`]'s loops.
+#[allow(clippy::too_many_arguments)]
+fn norm_backward(
+    w: &[f32],
+    db: &mut [f32],
+    dw: &mut [f32],
+    x: &[f32],
+    stats: &[f32],
+    dout: &[f32],
+    dx: &mut [f32],
+    c: usize,
+) {
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        w: &[f32],
+        db: &mut [f32],
+        dw: &mut [f32],
+        x: &[f32],
+        stats: &[f32],
+        dout: &[f32],
+        dx: &mut [f32],
+        c: usize,
+    ) {
         let rows = x.chunks_exact(c).zip(dout.chunks_exact(c));
         for (((row, d), dxr), st) in rows.zip(dx.chunks_exact_mut(c)).zip(stats.chunks_exact(2)) {
             let (mean, rstd) = (st[0], st[1]);
             let (mut mg, mut mgx) = (0.0f32, 0.0f32);
-            for i in 0..c {
-                let xh = (row[i] - mean) * rstd;
-                let gi = d[i] * w[i];
+            for ((&x, &d), &w) in row.iter().zip(d).zip(w) {
+                let xh = (x - mean) * rstd;
+                let gi = d * w;
                 mg += gi;
                 mgx += gi * xh;
-                dw[i] += d[i] * xh;
-                db[i] += d[i];
+            }
+            for (((dw, db), &x), &d) in dw.iter_mut().zip(db.iter_mut()).zip(row).zip(d) {
+                *dw += d * ((x - mean) * rstd);
+                *db += d;
             }
             let (mg, mgx) = (mg / c as f32, mgx / c as f32);
-            for i in 0..c {
-                let xh = (row[i] - mean) * rstd;
-                dxr[i] += rstd * (d[i] * w[i] - mg - xh * mgx);
+            for (((o, &x), &d), &w) in dxr.iter_mut().zip(row).zip(d).zip(w) {
+                let xh = (x - mean) * rstd;
+                *o += rstd * (d * w - mg - xh * mgx);
             }
         }
-        Ok(())
     }
+    #[cfg(target_arch = "x86_64")]
+    if wide() {
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        fn run_wide(
+            w: &[f32],
+            db: &mut [f32],
+            dw: &mut [f32],
+            x: &[f32],
+            stats: &[f32],
+            dout: &[f32],
+            dx: &mut [f32],
+            c: usize,
+        ) {
+            run(w, db, dw, x, stats, dout, dx, c)
+        }
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { run_wide(w, db, dw, x, stats, dout, dx, c) };
+    }
+    run(w, db, dw, x, stats, dout, dx, c)
 }
 
 /// Two disjoint `len`-long mutable windows of `v`, at `a` and at `b`.
@@ -814,21 +889,65 @@ impl FlatAdamW {
             let lambda = if decayed { self.weight_decay } else { 0.0 };
             let keep = (1.0 - lr * lambda) as f32;
             let range = start..start + len;
-            let it = params[range.clone()]
-                .iter_mut()
-                .zip(&grad[range.clone()])
-                .zip(&mut self.m[range.clone()])
-                .zip(&mut self.v[range]);
-            for (((p, &g), m), v) in it {
-                *m = *m * b1 + g * c1;
-                *v = *v * b2 + g * g * c2;
-                let m_hat = *m * scale_m;
-                let v_hat = *v * scale_v;
-                *p = *p * keep - m_hat / (v_hat.sqrt() + eps) * lr32;
-            }
+            let k = AdamConsts {
+                b1,
+                b2,
+                c1,
+                c2,
+                scale_m,
+                scale_v,
+                keep,
+                eps,
+                lr: lr32,
+            };
+            adam_update(
+                &mut params[range.clone()],
+                &grad[range.clone()],
+                &mut self.m[range.clone()],
+                &mut self.v[range],
+                &k,
+            );
         }
         Ok(())
     }
+}
+
+/// One AdamW step's constants, each rounded to `f32` as candle's `affine` does.
+struct AdamConsts {
+    b1: f32,
+    b2: f32,
+    c1: f32,
+    c2: f32,
+    scale_m: f32,
+    scale_v: f32,
+    keep: f32,
+    eps: f32,
+    lr: f32,
+}
+
+/// candle's `AdamW::step` on one tensor, in its order of `f32` operations (no fused
+/// multiply-adds, so the vector version gives the same bits).
+fn adam_update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamConsts) {
+    #[inline(always)]
+    fn run(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamConsts) {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+            *m = *m * k.b1 + g * k.c1;
+            *v = *v * k.b2 + g * g * k.c2;
+            let m_hat = *m * k.scale_m;
+            let v_hat = *v * k.scale_v;
+            *p = *p * k.keep - m_hat / (v_hat.sqrt() + k.eps) * k.lr;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if wide() {
+        #[target_feature(enable = "avx512f")]
+        fn run_wide(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamConsts) {
+            run(p, g, m, v, k)
+        }
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { run_wide(p, g, m, v, k) };
+    }
+    run(p, g, m, v, k)
 }
 
 #[cfg(test)]
@@ -943,6 +1062,35 @@ mod tests {
     #[test]
     fn loss_and_every_gradient_equal_autograds_on_the_default_model() {
         check(TransformerConfig::default(), 74, 3, 5);
+    }
+
+    /// From candle's own gradients, three steps of [`FlatAdamW`] give the same bits as three of
+    /// candle's two `AdamW`s as [`crate::lm::LmOptimizer`] sets them up (decay on rank-2 tensors).
+    #[test]
+    fn flat_adamw_steps_are_candles_bit_for_bit() {
+        let cfg = TransformerConfig {
+            layers: 1,
+            heads: 2,
+            dim: 8,
+            context: 4,
+        };
+        let vocab = 6;
+        let dev = Device::Cpu;
+        let mut flat = cfg.init(vocab, 3);
+        let m = Transformer::new(cfg, vocab, &flat, &dev).unwrap();
+        let mut candle = crate::lm::LmOptimizer::autograd(&m, 0.01, 0.1).unwrap();
+        let mut ours = FlatAdamW::new(&cfg, vocab, 0.1);
+        for step in 0..3 {
+            let (xs, ys) = windows(vocab, 2, cfg.context, step);
+            let (_, grad) = autograd(cfg, vocab, &m.flat().unwrap(), &xs, &ys);
+            let xt = Tensor::from_slice(&xs, (2, cfg.context), &dev).unwrap();
+            let yt = Tensor::from_slice(&ys, (2, cfg.context), &dev).unwrap();
+            let grads = m.loss(&xt, &yt).unwrap().0.backward().unwrap();
+            let lr = 0.01 / (step + 1) as f64;
+            candle.step_autograd(&grads, lr).unwrap();
+            ours.step(&mut flat, &grad, lr).unwrap();
+            assert_eq!(m.flat().unwrap(), flat, "step {step}");
+        }
     }
 
     #[test]

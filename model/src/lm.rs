@@ -177,6 +177,26 @@ impl LmOptimizer {
         })
     }
 
+    /// One step of candle's `AdamW`s from `grads` at rate `lr` (tests: the reference for
+    /// [`crate::fast_lm::FlatAdamW`]).
+    #[cfg(test)]
+    pub(crate) fn step_autograd(
+        &mut self,
+        grads: &candle_core::backprop::GradStore,
+        lr: f64,
+    ) -> Result<()> {
+        match &mut self.inner {
+            LmOpt::Autograd { decayed, plain } => {
+                decayed.set_learning_rate(lr);
+                plain.set_learning_rate(lr);
+                decayed.step(grads)?;
+                plain.step(grads)?;
+                Ok(())
+            }
+            LmOpt::Fast(_) => Err(Error::Model("not candle's optimiser".into())),
+        }
+    }
+
     /// Whether it steps the hand-written CPU path.
     pub fn is_fast(&self) -> bool {
         matches!(self.inner, LmOpt::Fast(_))
