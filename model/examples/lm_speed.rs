@@ -1,21 +1,22 @@
 //! Training throughput of the character transformer ([`model::transformer`]) in tokens per second:
 //! one step is a forward pass over `batch` windows of `context` tokens, the backward pass and the
 //! AdamW update, on synthetic token ids (the speed does not depend on the values), for two
-//! implementations: `candle` (candle's autograd and `AdamW`, `model::lm::train_lm_autograd`) and
+//! implementations: `autograd` (candle's autograd and `AdamW`, `model::lm::train_lm_autograd`) and
 //! `fast` (the hand-written CPU pass that `model::lm::train_lm` takes on the CPU). Prints the best
-//! of `--repeat` runs of `--steps` steps after a warm-up for each, and for candle the split of one
+//! of `--repeat` runs of `--steps` steps after a warm-up for each, and for autograd the split of one
 //! step into forward, backward and optimiser time.
 //!
 //! ```sh
 //! cargo run -p model --example lm_speed -- [--threads T] [--batch B] [--steps S] [--repeat R]
-//!     [--model transformer:layers=4,heads=4,dim=128,context=64] [--vocab V] [--only candle|fast]
+//!     [--model transformer:layers=4,heads=4,dim=128,context=64] [--vocab V] [--only autograd|fast]
 //! ```
 //!
 //! Times are this thread's CPU time (`/proc/thread-self/schedstat`, nanoseconds) when it can be
 //! read, else wall-clock time: on a shared machine the wall clock also counts the time other
 //! processes hold the core, and with one candle thread the CPU time is the step's own cost. Both
-//! are printed for the whole-step figure, and the CPU-time one again as `RESULT <candle|fast>
-//! transformer <batch> tokens/s <rate> <ms per step>` for `scripts/speed-vs-torch.sh`.
+//! are printed for the whole-step figure, and the CPU-time one again as
+//! `RESULT candle-<autograd|fast> transformer <batch> tokens/s <rate> <ms per step>` for
+//! `scripts/speed-vs-torch.sh`.
 //!
 //! `--threads T` sets `RAYON_NUM_THREADS` before anything runs (candle's CPU matmul reads it on
 //! every product; see `train_speed.rs`); T = 1 is comparable with PyTorch under
@@ -114,13 +115,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &mut Rng,
         Option<&mut dyn FnMut(usize, usize, f32)>,
     ) -> model::Result<f32>;
-    let all: [(&str, Train); 2] = [("candle", train_lm_autograd), ("fast", train_lm)];
+    let all: [(&str, Train); 2] = [("autograd", train_lm_autograd), ("fast", train_lm)];
     let wanted: Vec<_> = match args.only.as_deref() {
         None => all.to_vec(),
         Some(o) => {
             let one: Vec<_> = all.iter().filter(|(n, _)| *n == o).cloned().collect();
             if one.is_empty() {
-                return Err(format!("--only {o}: expected candle or fast").into());
+                return Err(format!("--only {o}: expected autograd or fast").into());
             }
             one
         }
@@ -148,13 +149,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let per_step = best_cpu / args.steps as f64;
         println!(
-            "RESULT {name} transformer {} tokens/s {:.1} {:.2}",
+            "RESULT candle-{name} transformer {} tokens/s {:.1} {:.2}",
             args.batch,
             tokens_per_step as f64 / per_step,
             per_step * 1e3
         );
     }
-    if !wanted.iter().any(|(n, _)| *n == "candle") {
+    if !wanted.iter().any(|(n, _)| *n == "autograd") {
         return Ok(());
     }
     // candle's step, timed by phase.
