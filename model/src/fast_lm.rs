@@ -11,10 +11,17 @@
 //! including the query's: candle's -1e9 mask makes the others exactly 0), the output projection
 //! and the residual; a layer norm, the 4x MLP with GELU's tanh approximation
 //! ([`crate::gelu`]) and the residual; the final layer norm and the head (no weight tying). Every
-//! matrix product is one [`Gemm`] call (the `gemm` crate, candle's own CPU kernel): the linear
-//! layers on all `batch x context` rows at once, attention per (window, head) on strided views of
-//! the `qkv` rows, without copying the heads apart. The tests below hold the loss and every
-//! parameter's gradient to candle's autograd, and training rounds to the candle path.
+//! matrix product is one [`Gemm`] call ([`crate::kernels`]): the linear layers on all
+//! `batch x context` rows at once, attention per (window, head) on strided views of the `qkv`
+//! rows, without copying the heads apart. The elementwise loops (GELU, layer norms, AdamW) run as
+//! AVX-512 versions where the CPU has them. The tests below hold the loss and every parameter's
+//! gradient to candle's autograd, AdamW to candle's bit for bit, and training rounds to the
+//! candle path ([`crate::lm_local`]).
+//!
+//! Speed (`scripts/speed-vs-torch.sh`, one thread, AMD EPYC, default shape, batch 12): about
+//! 13,700 tokens/s against PyTorch's 11,900 and candle autograd's 5,000. `perf record` puts three
+//! quarters of the step in the matrix-product kernel, the rest in packing transposed operands
+//! (4%), the layer norms (4%), GELU (3%), and AdamW (1%).
 
 use std::collections::HashMap;
 
