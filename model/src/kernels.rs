@@ -563,6 +563,7 @@ mod avx512 {
         ///
         /// # Safety
         /// Every element read lies inside `a`'s checked view.
+        #[target_feature(enable = "avx512f")]
         unsafe fn pack_a(
             a: &View<*const f32>,
             r0: usize,
@@ -603,6 +604,7 @@ mod avx512 {
         ///
         /// # Safety
         /// Every element read lies inside `b`'s checked view.
+        #[target_feature(enable = "avx512f")]
         unsafe fn pack_b(
             b: &View<*const f32>,
             p0: usize,
@@ -644,6 +646,7 @@ mod avx512 {
         /// AVX-512F must be available; every element `(r, c)` with `r`, `c` below the view's
         /// rows and columns must lie inside the memory its pointer addresses (`dst`'s writable
         /// and aliasing neither input).
+        #[target_feature(enable = "avx512f")]
         pub unsafe fn gemm(
             (m, n, k): (usize, usize, usize),
             dst: View<*mut f32>,
