@@ -18,8 +18,9 @@
 //! gradient to candle's autograd, AdamW to candle's bit for bit, and training rounds to the
 //! candle path ([`crate::lm_local`]).
 //!
-//! Speed (`scripts/speed-vs-torch.sh`, one thread, AMD EPYC, default shape, batch 12): about
-//! 13,700 tokens/s against PyTorch's 11,900 and candle autograd's 5,000. `perf record` puts three
+//! Speed (`scripts/speed-vs-torch.sh`, one thread, AMD EPYC, default shape, batch 12, two runs):
+//! 13,700-14,000 tokens/s against PyTorch's 11,900-12,400 (1.14-1.16x) and candle autograd's
+//! 5,000-5,200. `perf record` puts three
 //! quarters of the step in the matrix-product kernel, the rest in packing transposed operands
 //! (4%), the layer norms (4%), GELU (3%), and AdamW (1%).
 
