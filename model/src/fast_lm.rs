@@ -555,15 +555,9 @@ impl Lin {
 }
 
 /// Whether the elementwise loops below may take their AVX-512 versions.
+#[cfg(target_arch = "x86_64")]
 fn wide() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// Layer norm of each `c`-wide row of `x` into `out`, with each row's mean and

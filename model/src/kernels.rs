@@ -62,6 +62,7 @@ pub(crate) struct Gemm {
     par: Parallelism,
     /// Single-threaded on a CPU with AVX-512: products of at least [`avx512::MIN_WORK`]
     /// multiply-adds take [`avx512::gemm`] instead of the `gemm` crate.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     avx512: bool,
 }
 
@@ -419,6 +420,7 @@ mod avx512 {
     /// Products with fewer multiply-adds stay with the `gemm` crate. The transformer's
     /// per-head attention products (64 x 64 x 32) are above it: its step took 69.5 ms with the
     /// threshold at 2^20 (attention on the crate) and 67.6 ms at 2^10.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub const MIN_WORK: usize = 1 << 16;
 
     /// Whether this CPU has AVX-512F.
