@@ -1,19 +1,22 @@
 //! Training throughput of the character transformer ([`model::transformer`]) in tokens per second:
 //! one step is a forward pass over `batch` windows of `context` tokens, the backward pass and the
-//! AdamW update (as `model::lm::train_lm` does), on synthetic token ids (the speed does not depend
-//! on the values). Prints the best of `--repeat` runs of `--steps` steps after a warm-up, and the
-//! split of one step into forward, backward and optimiser time.
+//! AdamW update, on synthetic token ids (the speed does not depend on the values), for two
+//! implementations: `autograd` (candle's autograd and `AdamW`, `model::lm::train_lm_autograd`) and
+//! `fast` (the hand-written CPU pass that `model::lm::train_lm` takes on the CPU). Prints the best
+//! of `--repeat` runs of `--steps` steps after a warm-up for each, and for autograd the split of one
+//! step into forward, backward and optimiser time.
 //!
 //! ```sh
 //! cargo run -p model --example lm_speed -- [--threads T] [--batch B] [--steps S] [--repeat R]
-//!     [--model transformer:layers=4,heads=4,dim=128,context=64] [--vocab V]
+//!     [--model transformer:layers=4,heads=4,dim=128,context=64] [--vocab V] [--only autograd|fast]
 //! ```
 //!
 //! Times are this thread's CPU time (`/proc/thread-self/schedstat`, nanoseconds) when it can be
 //! read, else wall-clock time: on a shared machine the wall clock also counts the time other
 //! processes hold the core, and with one candle thread the CPU time is the step's own cost. Both
-//! are printed for the whole-step figure, and the CPU-time one again as `RESULT candle transformer
-//! <batch> tokens/s <rate> <ms per step>` for `scripts/speed-vs-torch.sh`.
+//! are printed for the whole-step figure, and the CPU-time one again as
+//! `RESULT candle-<autograd|fast> transformer <batch> tokens/s <rate> <ms per step>` for
+//! `scripts/speed-vs-torch.sh`.
 //!
 //! `--threads T` sets `RAYON_NUM_THREADS` before anything runs (candle's CPU matmul reads it on
 //! every product; see `train_speed.rs`); T = 1 is comparable with PyTorch under
@@ -23,7 +26,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
-use model::lm::{LmTrainConfig, random_batch, train_lm};
+use model::lm::{LmTrainConfig, random_batch, train_lm, train_lm_autograd};
 use model::rng::Rng;
 use model::transformer::{Transformer, TransformerConfig};
 
@@ -34,6 +37,7 @@ struct Args {
     repeat: usize,
     model: TransformerConfig,
     vocab: usize,
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -44,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         repeat: 3,
         model: TransformerConfig::default(),
         vocab: 80,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
             "--repeat" => a.repeat = num(value()?)?.max(1),
             "--vocab" => a.vocab = num(value()?)?.max(1),
             "--model" => a.model = value()?.parse().map_err(|e| format!("{e}"))?,
+            "--only" => a.only = Some(value()?),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -102,33 +108,57 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.steps
     );
     let m = Transformer::new(cfg, v, &init, &dev)?;
-    train_lm(&m, &data, &LmTrainConfig { steps: 3, ..tc }, &mut rng, None)?;
+    type Train = fn(
+        &Transformer,
+        &[u32],
+        &LmTrainConfig,
+        &mut Rng,
+        Option<&mut dyn FnMut(usize, usize, f32)>,
+    ) -> model::Result<f32>;
+    let all: [(&str, Train); 2] = [("autograd", train_lm_autograd), ("fast", train_lm)];
+    let wanted: Vec<_> = match args.only.as_deref() {
+        None => all.to_vec(),
+        Some(o) => {
+            let one: Vec<_> = all.iter().filter(|(n, _)| *n == o).cloned().collect();
+            if one.is_empty() {
+                return Err(format!("--only {o}: expected autograd or fast").into());
+            }
+            one
+        }
+    };
     let origin = Instant::now();
-    let (mut best_wall, mut best_cpu) = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..args.repeat {
+    for &(name, train) in &wanted {
         m.set_flat(&init)?;
-        let (w0, c0) = (Instant::now(), now(origin));
-        train_lm(&m, &data, &tc, &mut rng, None)?;
-        best_cpu = best_cpu.min(now(origin) - c0);
-        best_wall = best_wall.min(w0.elapsed().as_secs_f64());
-    }
-    for (what, best) in [("cpu time", best_cpu), ("wall time", best_wall)] {
-        let per_step = best / args.steps as f64;
+        train(&m, &data, &LmTrainConfig { steps: 3, ..tc }, &mut rng, None)?;
+        let (mut best_wall, mut best_cpu) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..args.repeat {
+            m.set_flat(&init)?;
+            let (w0, c0) = (Instant::now(), now(origin));
+            train(&m, &data, &tc, &mut rng, None)?;
+            best_cpu = best_cpu.min(now(origin) - c0);
+            best_wall = best_wall.min(w0.elapsed().as_secs_f64());
+        }
+        for (what, best) in [("cpu time", best_cpu), ("wall time", best_wall)] {
+            let per_step = best / args.steps as f64;
+            println!(
+                "{name} ({what}): {:.1} ms a step, {:.0} tokens/s, {:.1} windows/s",
+                per_step * 1e3,
+                tokens_per_step as f64 / per_step,
+                args.batch as f64 / per_step
+            );
+        }
+        let per_step = best_cpu / args.steps as f64;
         println!(
-            "train_lm ({what}): {:.1} ms a step, {:.0} tokens/s, {:.1} windows/s",
-            per_step * 1e3,
+            "RESULT candle-{name} transformer {} tokens/s {:.1} {:.2}",
+            args.batch,
             tokens_per_step as f64 / per_step,
-            args.batch as f64 / per_step
+            per_step * 1e3
         );
     }
-    let per_step = best_cpu / args.steps as f64;
-    println!(
-        "RESULT candle transformer {} tokens/s {:.1} {:.2}",
-        args.batch,
-        tokens_per_step as f64 / per_step,
-        per_step * 1e3
-    );
-    // The same step, timed by phase.
+    if !wanted.iter().any(|(n, _)| *n == "autograd") {
+        return Ok(());
+    }
+    // candle's step, timed by phase.
     let mut opt = AdamW::new(
         m.vars().to_vec(),
         ParamsAdamW {

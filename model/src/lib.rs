@@ -47,6 +47,7 @@ pub mod dpsgd;
 pub mod error;
 pub mod fast;
 pub mod fast_cnn;
+pub(crate) mod fast_lm;
 pub mod fused;
 pub mod gelu;
 pub mod images;

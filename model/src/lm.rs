@@ -70,6 +70,24 @@ pub fn random_batch(
     rng: &mut Rng,
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    random_windows(data, batch, context, rng, &mut xs, &mut ys)?;
+    Ok((
+        Tensor::from_vec(xs, (batch, context), device)?,
+        Tensor::from_vec(ys, (batch, context), device)?,
+    ))
+}
+
+/// [`random_batch`]'s windows (the same draws from `rng`) written into `xs` and `ys`,
+/// `batch x context` row-major each.
+pub(crate) fn random_windows(
+    data: &[u32],
+    batch: usize,
+    context: usize,
+    rng: &mut Rng,
+    xs: &mut Vec<u32>,
+    ys: &mut Vec<u32>,
+) -> Result<()> {
     if data.len() <= context {
         return Err(Error::Dataset(format!(
             "{} tokens of text; a window needs {}",
@@ -77,17 +95,14 @@ pub fn random_batch(
             context + 1
         )));
     }
-    let mut xs = Vec::with_capacity(batch * context);
-    let mut ys = Vec::with_capacity(batch * context);
+    xs.clear();
+    ys.clear();
     for _ in 0..batch {
         let start = rng.below(data.len() - context);
         xs.extend_from_slice(&data[start..start + context]);
         ys.extend_from_slice(&data[start + 1..start + context + 1]);
     }
-    Ok((
-        Tensor::from_vec(xs, (batch, context), device)?,
-        Tensor::from_vec(ys, (batch, context), device)?,
-    ))
+    Ok(())
 }
 
 /// Trains `model` for `cfg.steps` steps on random windows of `data`. `progress` hears
@@ -112,15 +127,39 @@ pub fn train_lm(
 }
 
 /// AdamW as nanoGPT sets it up: weight decay on the matrices and embeddings (rank 2), none on
-/// biases and layer-norm gains; betas (0.9, 0.99). Its moments live as long as it does.
+/// biases and layer-norm gains; betas (0.9, 0.99). Its moments live as long as it does. On the
+/// CPU it steps the hand-written training pass of [`crate::fast_lm`] (same loss, gradient and
+/// update arithmetic as candle's, several times faster); elsewhere candle's autograd and `AdamW`.
 pub struct LmOptimizer {
-    decayed: AdamW,
-    plain: AdamW,
+    inner: LmOpt,
+}
+
+/// Which training path an [`LmOptimizer`] drives, with its moments.
+enum LmOpt {
+    Autograd { decayed: AdamW, plain: AdamW },
+    Fast(crate::fast_lm::FlatAdamW),
 }
 
 impl LmOptimizer {
-    /// Fresh (zero) moments for every variable of `model`.
+    /// Fresh (zero) moments for every variable of `model`: the hand-written path on the CPU,
+    /// candle's autograd elsewhere.
     pub fn new(model: &Transformer, lr: f64, weight_decay: f64) -> Result<Self> {
+        if model_device(model).is_cpu() {
+            Ok(LmOptimizer {
+                inner: LmOpt::Fast(crate::fast_lm::FlatAdamW::new(
+                    &model.config(),
+                    model.vocab(),
+                    weight_decay,
+                )),
+            })
+        } else {
+            Self::autograd(model, lr, weight_decay)
+        }
+    }
+
+    /// Fresh moments on candle's autograd path whatever the device (for comparisons and speed
+    /// measurements).
+    pub fn autograd(model: &Transformer, lr: f64, weight_decay: f64) -> Result<Self> {
         let (decayed, plain): (Vec<_>, Vec<_>) =
             model.vars().iter().cloned().partition(|v| v.rank() == 2);
         let params = |weight_decay| ParamsAdamW {
@@ -131,23 +170,52 @@ impl LmOptimizer {
             weight_decay,
         };
         Ok(LmOptimizer {
-            decayed: AdamW::new(decayed, params(weight_decay))?,
-            plain: AdamW::new(plain, params(0.0))?,
+            inner: LmOpt::Autograd {
+                decayed: AdamW::new(decayed, params(weight_decay))?,
+                plain: AdamW::new(plain, params(0.0))?,
+            },
         })
     }
 
-    /// One step at learning rate `lr`.
-    fn step(&mut self, grads: &candle_core::backprop::GradStore, lr: f64) -> Result<()> {
-        self.decayed.set_learning_rate(lr);
-        self.plain.set_learning_rate(lr);
-        self.decayed.step(grads)?;
-        self.plain.step(grads)?;
-        Ok(())
+    /// One step of candle's `AdamW`s from `grads` at rate `lr` (tests: the reference for
+    /// [`crate::fast_lm::FlatAdamW`]).
+    #[cfg(test)]
+    pub(crate) fn step_autograd(
+        &mut self,
+        grads: &candle_core::backprop::GradStore,
+        lr: f64,
+    ) -> Result<()> {
+        match &mut self.inner {
+            LmOpt::Autograd { decayed, plain } => {
+                decayed.set_learning_rate(lr);
+                plain.set_learning_rate(lr);
+                decayed.step(grads)?;
+                plain.step(grads)?;
+                Ok(())
+            }
+            LmOpt::Fast(_) => Err(Error::Model("not candle's optimiser".into())),
+        }
     }
+
+    /// Whether it steps the hand-written CPU path.
+    pub fn is_fast(&self) -> bool {
+        matches!(self.inner, LmOpt::Fast(_))
+    }
+}
+
+/// The device holding `model`'s variables.
+fn model_device(model: &Transformer) -> Device {
+    model
+        .vars()
+        .first()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu)
 }
 
 /// [`train_lm`] with the learning rate of each step from `lr_at` (`cfg.warmup` is unused) and
 /// the optimiser `opt` (built on `model`'s variables), whose moments carry over to the caller.
+/// On the hand-written path the model's variables hold the current parameters whenever
+/// `progress` is called, and at the end.
 pub(crate) fn train_steps(
     model: &Transformer,
     data: &[u32],
@@ -163,25 +231,67 @@ pub(crate) fn train_steps(
             cfg.batch, cfg.lr
         )));
     }
-    let device = model
-        .vars()
-        .first()
-        .map(|v| v.device().clone())
-        .unwrap_or(Device::Cpu);
+    let device = model_device(model);
     let context = model.config().context;
     let mut sum = 0.0f64;
-    for step in 0..cfg.steps {
-        let (xs, ys) = random_batch(data, cfg.batch, context, rng, &device)?;
-        let (loss, _) = model.loss(&xs, &ys)?;
-        let grads = loss.backward()?;
-        opt.step(&grads, lr_at(step))?;
-        let l = loss.to_scalar::<f32>()?;
-        sum += f64::from(l);
-        if let Some(p) = progress.as_mut() {
-            p(step + 1, cfg.steps, l);
+    match &mut opt.inner {
+        LmOpt::Autograd { decayed, plain } => {
+            for step in 0..cfg.steps {
+                let (xs, ys) = random_batch(data, cfg.batch, context, rng, &device)?;
+                let (loss, _) = model.loss(&xs, &ys)?;
+                let grads = loss.backward()?;
+                let lr = lr_at(step);
+                decayed.set_learning_rate(lr);
+                plain.set_learning_rate(lr);
+                decayed.step(&grads)?;
+                plain.step(&grads)?;
+                let l = loss.to_scalar::<f32>()?;
+                sum += f64::from(l);
+                if let Some(p) = progress.as_mut() {
+                    p(step + 1, cfg.steps, l);
+                }
+            }
+        }
+        LmOpt::Fast(adam) => {
+            let mut net = crate::fast_lm::FastLm::new(model.config(), model.vocab(), cfg.batch)?;
+            let mut params = model.flat()?;
+            let mut grad = vec![0.0; params.len()];
+            let (mut xs, mut ys) = (Vec::new(), Vec::new());
+            for step in 0..cfg.steps {
+                random_windows(data, cfg.batch, context, rng, &mut xs, &mut ys)?;
+                let l = net.loss_and_grad(&params, &xs, &ys, &mut grad)?;
+                adam.step(&mut params, &grad, lr_at(step))?;
+                sum += f64::from(l);
+                if let Some(p) = progress.as_mut() {
+                    model.set_flat(&params)?;
+                    p(step + 1, cfg.steps, l);
+                }
+            }
+            model.set_flat(&params)?;
         }
     }
     Ok((sum / cfg.steps.max(1) as f64) as f32)
+}
+
+/// [`train_lm`] on candle's autograd path whatever the device (the reference the hand-written
+/// CPU path is held to, and the speed it is measured against).
+pub fn train_lm_autograd(
+    model: &Transformer,
+    data: &[u32],
+    cfg: &LmTrainConfig,
+    rng: &mut Rng,
+    progress: Option<&mut dyn FnMut(usize, usize, f32)>,
+) -> Result<f32> {
+    let mut opt = LmOptimizer::autograd(model, cfg.lr, cfg.weight_decay)?;
+    train_steps(
+        model,
+        data,
+        cfg,
+        &mut opt,
+        &|step| cfg.lr_at(step),
+        rng,
+        progress,
+    )
 }
 
 /// One round of a node's local training of the transformer `kind` with fresh AdamW moments and
