@@ -23,7 +23,8 @@
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::fast::{Optim, softmax_cross_entropy, write_vars};
-use crate::kernels::{ConvGeom, Gemm, Mat, internal, relu_pool};
+use crate::conv::{Cpu, Entry, LANES, pool_pixels, seg_sum};
+use crate::kernels::{ConvGeom, Gemm, Mat, internal};
 use crate::net::{Model, ModelSpec};
 use crate::rng::Rng;
 use crate::spec::Op;
@@ -53,15 +54,54 @@ impl Stage {
         self.cout * self.pooled_pixels()
     }
 
-    /// Images per matrix product: the column matrix of a group stays within about 1 MB (a few
-    /// images for the preset's first convolution, one for its second).
+    fn pad(&self) -> usize {
+        self.geom.k / 2
+    }
+
+    /// Columns of the padded input.
+    fn wp(&self) -> usize {
+        self.geom.w + 2 * self.pad()
+    }
+
+    /// Floats of one padded, pixel-major input image (`[h + 2 pad, w + 2 pad, cin]`).
+    fn padded(&self) -> usize {
+        (self.geom.h + 2 * self.pad()) * self.wp() * self.geom.cin
+    }
+
+    /// Floats of one kernel row's inputs, `(kx, ci)`: contiguous in the padded input.
+    fn row(&self) -> usize {
+        self.geom.k * self.geom.cin
+    }
+
+    /// [`Stage::row`] rounded up to whole segments of [`LANES`].
+    fn row_lanes(&self) -> usize {
+        self.row().div_ceil(LANES) * LANES
+    }
+
+    /// Values of one output's patch in the pixel-major order: `k` rows of [`Stage::row_lanes`].
+    fn patch_lanes(&self) -> usize {
+        self.geom.k * self.row_lanes()
+    }
+
+    /// Where the window of output pixel `p` starts in the padded input.
+    fn window(&self, p: usize) -> usize {
+        let w = self.geom.w;
+        ((p / w) * self.wp() + p % w) * self.geom.cin
+    }
+
+    /// Where input pixel `p` sits in the padded input.
+    fn interior(&self, p: usize) -> usize {
+        self.window(p) + self.pad() * (self.wp() + 1) * self.geom.cin
+    }
+
+    /// Images per matrix product: the column matrix of a group stays within about 2 MB.
     fn group(&self, b: usize) -> usize {
-        (GROUP_FLOATS / (self.geom.patch() * self.geom.pixels()).max(1)).clamp(1, b.max(1))
+        (GROUP_FLOATS / (self.patch_lanes() * self.geom.pixels()).max(1)).clamp(1, b.max(1))
     }
 }
 
-/// Floats of column matrix per group (1 MB).
-const GROUP_FLOATS: usize = 1 << 18;
+/// Floats of column matrix per group (2 MB).
+const GROUP_FLOATS: usize = 1 << 19;
 
 /// A dense layer `out x inp` with its bias; a ReLU follows all but the last.
 #[derive(Debug, Clone, Copy)]
@@ -176,32 +216,58 @@ pub fn supports(kind: &ModelSpec) -> bool {
 }
 
 /// Buffers, sized for the largest batch and reused by every step.
+///
+/// A stage's input is kept padded and pixel-major (`[b, h + 2 pad, w + 2 pad, cin]`, borders
+/// zero): the inputs of one kernel row of an output's window, `(kx, ci)`, are then contiguous.
+/// The forward pass copies each output's `k` rows into a column matrix (one row per output
+/// pixel) and multiplies it by the weights reordered to `[cout, ky, kx, ci]`; the pooled stage's
+/// backward pass reads the same rows straight from the padded input ([`crate::conv::seg_sum`]).
 struct Net {
     plan: Plan,
     gemm: Gemm,
+    cpu: Cpu,
     /// The flat parameters, canonical order.
     params: Vec<f32>,
     /// The input batch `[b, features]` and its labels.
     x: Vec<f32>,
     labels: Vec<u8>,
-    /// Per stage: the pooled outputs `[b, cout, h/p, w/p]` and each one's argmax, an index into
-    /// its image's `[cout, h, w]` convolution output.
+    /// Per stage: its padded, pixel-major input, plus [`LANES`] floats of slack (a segment may
+    /// read past the last row).
+    inputs: Vec<Vec<f32>>,
+    /// Per stage: the weights as `[cout, k, row_lanes]` (rows `(kx, ci)`; lanes past `k cin`
+    /// stay zero), rebuilt from `params` by every forward pass.
+    wt: Vec<Vec<f32>>,
+    /// Per stage: the pooled outputs `[b, pooled pixels, cout]` and, for each, the pixel of its
+    /// convolution output that it came from (`u32::MAX` where the ReLU is off).
     pooled: Vec<Vec<f32>>,
     argmax: Vec<Vec<u32>>,
+    /// The last stage's output in the model's flatten order `[b, cout, h/p, w/p]`.
+    flat: Vec<f32>,
     /// Post-ReLU outputs of the dense layers but the last, `[b, out]`.
     hidden: Vec<Vec<f32>>,
-    /// A group's column matrix (forward), or its gradient (backward).
+    /// A group's column matrix `[images x pixels, patch_lanes]`.
     cols: Vec<f32>,
-    /// A group's convolution output, or its gradient.
+    /// A group's convolution output `[images x pixels, cout]`.
     conv: Vec<f32>,
-    /// The gradient being backpropagated (`up`) and the one below it (`down`), `[b, width]`.
+    /// The gradient being backpropagated (`up`) and the one below it (`down`): `[b, width]` for
+    /// dense layers, `[b, padded]` (the layout of the stage's input) below a stage.
     up: Vec<f32>,
     down: Vec<f32>,
-    /// A weight's and a bias's gradient.
+    /// A weight's and a bias's gradient, canonical order.
     grad: Vec<f32>,
     bias_grad: Vec<f32>,
-    /// A pooled stage's nonzero output gradients of one image: (pixel, channel, value).
+    /// A stage's weight gradient in the layout of `wt`.
+    grad_wt: Vec<f32>,
+    /// Per stage: the offsets of its segments of [`LANES`] in a patch of `wt` (`ky row_lanes +
+    /// j`) and in the padded input from a window's start (`ky wp cin + j`).
+    wt_segs: Vec<Vec<usize>>,
+    input_segs: Vec<Vec<usize>>,
+    /// One image's nonzero output gradients of a stage, channel by channel: (pixel, channel,
+    /// value).
     nonzero: Vec<(u32, u32, f32)>,
+    /// The same as terms of [`seg_sum`], and where each channel's or pixel's run starts.
+    entries: Vec<Entry>,
+    starts: Vec<usize>,
 }
 
 impl Net {
@@ -210,24 +276,40 @@ impl Net {
         let mut conv = 0;
         for s in &plan.stages {
             let g = s.group(batch);
-            cols = cols.max(s.geom.patch() * s.geom.pixels() * g);
+            cols = cols.max(s.patch_lanes() * s.geom.pixels() * g);
             conv = conv.max(s.cout * s.geom.pixels() * g);
         }
         let widest = plan
             .stages
             .iter()
-            .map(|s| s.geom.image().max(s.out_len()))
+            .map(|s| s.padded().max(s.out_len()))
             .chain(plan.dense.iter().map(|d| d.inp.max(d.out)))
             .max()
             .unwrap_or(0);
         let weights = plan
             .stages
             .iter()
-            .map(|s| s.cout * s.geom.patch())
+            .map(|s| s.cout * s.geom.patch().max(s.patch_lanes()))
             .chain(plan.dense.iter().map(|d| d.out * d.inp))
             .max()
             .unwrap_or(0);
+        let segs = |s: &Stage, stride: usize| -> Vec<usize> {
+            (0..s.geom.k)
+                .flat_map(|ky| (0..s.row_lanes()).step_by(LANES).map(move |j| ky * stride + j))
+                .collect()
+        };
+        let last = plan.stages.last().map_or(0, Stage::out_len);
         Net {
+            inputs: plan
+                .stages
+                .iter()
+                .map(|s| vec![0.0; batch * s.padded() + LANES])
+                .collect(),
+            wt: plan
+                .stages
+                .iter()
+                .map(|s| vec![0.0; s.cout * s.patch_lanes()])
+                .collect(),
             pooled: plan
                 .stages
                 .iter()
@@ -238,6 +320,16 @@ impl Net {
                 .iter()
                 .map(|s| vec![0; batch * s.out_len()])
                 .collect(),
+            wt_segs: plan
+                .stages
+                .iter()
+                .map(|s| segs(s, s.row_lanes()))
+                .collect(),
+            input_segs: plan
+                .stages
+                .iter()
+                .map(|s| segs(s, s.wp() * s.geom.cin))
+                .collect(),
             hidden: plan
                 .dense
                 .iter()
@@ -245,16 +337,21 @@ impl Net {
                 .collect(),
             plan,
             gemm: Gemm::new(),
+            cpu: Cpu::detect(),
             params,
             x: vec![0.0; batch * features],
             labels: vec![0; batch],
+            flat: vec![0.0; batch * last],
             cols: vec![0.0; cols],
             conv: vec![0.0; conv],
-            up: vec![0.0; batch * widest],
-            down: vec![0.0; batch * widest],
+            up: vec![0.0; batch * widest + LANES],
+            down: vec![0.0; batch * widest + LANES],
             grad: vec![0.0; weights],
             bias_grad: Vec::new(),
+            grad_wt: vec![0.0; weights],
             nonzero: Vec::new(),
+            entries: Vec::new(),
+            starts: Vec::new(),
         }
     }
 
@@ -274,52 +371,108 @@ impl Net {
         Ok(())
     }
 
-    /// Forward pass of stage `s` over `b` images.
+    /// Forward pass of stage `s` over `b` images: its pooled output goes to the next stage's
+    /// padded input, or to `flat` after the last stage.
     fn stage_forward(&mut self, s: usize, b: usize) -> Result<()> {
         let st = self.plan.stages[s];
         let g = st.geom;
-        let (pix, patch, img, out_len) = (g.pixels(), g.patch(), g.image(), st.out_len());
+        let (cin, k, pix) = (g.cin, g.k, g.pixels());
+        let (row, row_lanes, patch_lanes, padded) =
+            (st.row(), st.row_lanes(), st.patch_lanes(), st.padded());
         let opix = st.pooled_pixels();
-        let (below, rest) = self.pooled.split_at_mut(s);
-        let input: &[f32] = match below.last() {
-            Some(p) => p,
-            None => &self.x,
-        };
-        let pooled = &mut rest[0];
-        let argmax = &mut self.argmax[s];
-        let weight = &self.params[st.weight..st.weight + st.cout * patch];
+        // The weights in the pixel-major order: the optimiser moved them since the last step.
+        let wt = &mut self.wt[s];
+        let weight = &self.params[st.weight..st.weight + st.cout * g.patch()];
+        for (c, w) in weight.chunks_exact(g.patch()).enumerate() {
+            for ci in 0..cin {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        wt[(c * k + ky) * row_lanes + kx * cin + ci] = w[(ci * k + ky) * k + kx];
+                    }
+                }
+            }
+        }
+        let (below, rest) = self.inputs.split_at_mut(s + 1);
+        let input = &mut below[s];
+        if s == 0 {
+            for (n, image) in self.x.chunks_exact(g.image()).take(b).enumerate() {
+                let dst = &mut input[n * padded..(n + 1) * padded];
+                for (ci, plane) in image.chunks_exact(pix).enumerate() {
+                    for (p, &v) in plane.iter().enumerate() {
+                        dst[st.interior(p) + ci] = v;
+                    }
+                }
+            }
+        }
+        let input = &*input;
         let bias = &self.params[st.bias..st.bias + st.cout];
+        let pooled = &mut self.pooled[s];
+        let argmax = &mut self.argmax[s];
         let group = st.group(b);
+        let stride = st.wp() * cin;
         for g0 in (0..b).step_by(group) {
             let gn = group.min(b - g0);
-            let ld = gn * pix;
-            for i in 0..gn {
-                let n = g0 + i;
-                g.im2col(&input[n * img..(n + 1) * img], &mut self.cols, ld, i * pix);
+            for (i, cols) in self
+                .cols
+                .chunks_exact_mut(pix * patch_lanes)
+                .take(gn)
+                .enumerate()
+            {
+                let image = &input[(g0 + i) * padded..(g0 + i + 1) * padded];
+                for (p, patch) in cols.chunks_exact_mut(patch_lanes).enumerate() {
+                    let at = st.window(p);
+                    for (ky, dst) in patch.chunks_exact_mut(row_lanes).enumerate() {
+                        let from = at + ky * stride;
+                        dst[..row].copy_from_slice(&image[from..from + row]);
+                        dst[row..].fill(0.0);
+                    }
+                }
             }
             self.gemm.run(
                 &mut self.conv,
-                Mat::rows(st.cout, ld),
+                Mat::rows(gn * pix, st.cout),
                 false,
-                weight,
-                Mat::rows(st.cout, patch),
                 &self.cols,
-                Mat::rows(patch, ld),
+                Mat::rows(gn * pix, patch_lanes),
+                wt,
+                Mat::rows(st.cout, patch_lanes).t(),
             )?;
-            for i in 0..gn {
+            let out = opix * st.cout;
+            for (i, conv) in self.conv.chunks_exact(pix * st.cout).take(gn).enumerate() {
                 let n = g0 + i;
-                for (c, &bc) in bias.iter().enumerate() {
-                    let o = n * out_len + c * opix;
-                    relu_pool(
-                        &self.conv[c * ld + i * pix..c * ld + (i + 1) * pix],
-                        g.h,
-                        g.w,
-                        st.pool,
-                        bc,
-                        &mut pooled[o..o + opix],
-                        &mut argmax[o..o + opix],
-                        (c * pix) as u32,
-                    );
+                pool_pixels(
+                    self.cpu,
+                    conv,
+                    (g.h, g.w, st.cout),
+                    st.pool,
+                    bias,
+                    &mut pooled[n * out..(n + 1) * out],
+                    &mut argmax[n * out..(n + 1) * out],
+                );
+            }
+        }
+        let out = &pooled[..b * opix * st.cout];
+        match (rest.first_mut(), self.plan.stages.get(s + 1)) {
+            (Some(next_input), Some(next)) => {
+                let np = next.padded();
+                for (n, image) in out.chunks_exact(opix * st.cout).enumerate() {
+                    let dst = &mut next_input[n * np..(n + 1) * np];
+                    for (q, v) in image.chunks_exact(st.cout).enumerate() {
+                        let at = next.interior(q);
+                        dst[at..at + st.cout].copy_from_slice(v);
+                    }
+                }
+            }
+            _ => {
+                for (image, dst) in out
+                    .chunks_exact(opix * st.cout)
+                    .zip(self.flat.chunks_exact_mut(opix * st.cout))
+                {
+                    for (q, v) in image.chunks_exact(st.cout).enumerate() {
+                        for (c, &v) in v.iter().enumerate() {
+                            dst[c * opix + q] = v;
+                        }
+                    }
                 }
             }
         }
@@ -333,7 +486,7 @@ impl Net {
         let (below, rest) = self.hidden.split_at_mut(l);
         let input: &[f32] = match below.last() {
             Some(h) => h,
-            None => self.pooled.last().ok_or_else(|| internal("no stages"))?,
+            None => &self.flat,
         };
         let out: &mut [f32] = if last { &mut self.up } else { &mut rest[0] };
         self.gemm.run(
@@ -372,7 +525,7 @@ impl Net {
         let w = d.weight..d.weight + d.out * d.inp;
         let input: &[f32] = match l.checked_sub(1) {
             Some(h) => &self.hidden[h],
-            None => self.pooled.last().ok_or_else(|| internal("no stages"))?,
+            None => &self.flat,
         };
         // dA = dZ W, before W changes.
         self.gemm.run(
@@ -407,148 +560,120 @@ impl Net {
         Ok(())
     }
 
-    /// Backward pass of stage `s` from the gradient of its pooled output in `up`: `down` gets
-    /// its input's gradient (not for the first stage); then the stage updates.
+    /// Backward pass of stage `s` from the gradient of its output in `up` (`[b, cout, h/p,
+    /// w/p]` for the last stage, else the next stage's padded input layout): `down` gets the
+    /// gradient of its input in its padded layout (not for the first stage); then the stage
+    /// updates.
+    ///
+    /// The output gradient of the convolution is zero but at one pixel per pooling window and
+    /// channel (and none where the ReLU was off), so only those terms are summed: per image, each
+    /// channel's weight gradient gets `value x window` for each of its nonzeros (the window's `k`
+    /// rows read from the padded input), and each pixel's window in `down` gets `sum value x
+    /// weights` over the channels that are nonzero there.
     fn stage_backward(&mut self, s: usize, b: usize, opt: &mut Optim) -> Result<()> {
         let st = self.plan.stages[s];
-        if st.pool > 1 {
-            return self.pooled_stage_backward(s, b, opt);
-        }
         let g = st.geom;
-        let (pix, patch, img, out_len) = (g.pixels(), g.patch(), g.image(), st.out_len());
-        let input: &[f32] = match s.checked_sub(1) {
-            Some(p) => &self.pooled[p],
-            None => &self.x,
+        let (cin, k, pix) = (g.cin, g.k, g.pixels());
+        let (row_lanes, patch_lanes, padded) = (st.row_lanes(), st.patch_lanes(), st.padded());
+        let opix = st.pooled_pixels();
+        let out = opix * st.cout;
+        // Where `up` holds the gradient of output (image n, pooled pixel q, channel c):
+        // n * per_image + at(q) + c * channel.
+        let next = self.plan.stages.get(s + 1).copied();
+        let (per_image, channel) = match next {
+            Some(next) => (next.padded(), 1),
+            None => (out, opix),
         };
-        let (pooled, argmax) = (&self.pooled[s], &self.argmax[s]);
-        let weight = &self.params[st.weight..st.weight + st.cout * patch];
+        let at = |q: usize| next.map_or(q, |next| next.interior(q));
+        let grad_wt = &mut self.grad_wt[..st.cout * patch_lanes];
+        grad_wt.fill(0.0);
         self.bias_grad.clear();
         self.bias_grad.resize(st.cout, 0.0);
-        let group = st.group(b);
-        for (k, g0) in (0..b).step_by(group).enumerate() {
-            let gn = group.min(b - g0);
-            let ld = gn * pix;
-            // The convolution's output gradient: each pooled gradient at its argmax where the
-            // ReLU passed it, zero elsewhere.
-            self.conv[..st.cout * ld].fill(0.0);
-            for i in 0..gn {
-                let n = g0 + i;
-                let rows = n * out_len..(n + 1) * out_len;
-                for ((&v, &at), &dv) in pooled[rows.clone()]
-                    .iter()
-                    .zip(&argmax[rows.clone()])
-                    .zip(&self.up[rows])
-                {
-                    if v > 0.0 {
-                        let (c, p) = (at as usize / pix, at as usize % pix);
-                        self.conv[c * ld + i * pix + p] = dv;
-                        self.bias_grad[c] += dv;
+        let (wt_segs, input_segs) = (&self.wt_segs[s], &self.input_segs[s]);
+        let argmax = &self.argmax[s];
+        for n in 0..b {
+            let up = &self.up[n * per_image..(n + 1) * per_image];
+            let arg = &argmax[n * out..(n + 1) * out];
+            self.nonzero.clear();
+            self.entries.clear();
+            self.starts.clear();
+            for c in 0..st.cout {
+                self.starts.push(self.entries.len());
+                for q in 0..opix {
+                    let p = arg[q * st.cout + c];
+                    if p == u32::MAX {
+                        continue;
+                    }
+                    let dv = up[at(q) + c * channel];
+                    self.bias_grad[c] += dv;
+                    if dv != 0.0 {
+                        self.nonzero.push((p, c as u32, dv));
+                        self.entries.push((st.window(p as usize) as u32, dv));
                     }
                 }
-                g.im2col(&input[n * img..(n + 1) * img], &mut self.cols, ld, i * pix);
             }
-            // dW += dY cols^T.
-            self.gemm.run(
-                &mut self.grad,
-                Mat::rows(st.cout, patch),
-                k > 0,
-                &self.conv,
-                Mat::rows(st.cout, ld),
-                &self.cols,
-                Mat::rows(patch, ld).t(),
-            )?;
+            self.starts.push(self.entries.len());
+            let image = &self.inputs[s][n * padded..];
+            for (c, run) in self.starts.windows(2).enumerate() {
+                seg_sum(
+                    self.cpu,
+                    grad_wt,
+                    c * patch_lanes,
+                    wt_segs,
+                    image,
+                    input_segs,
+                    &self.entries[run[0]..run[1]],
+                );
+            }
             if s == 0 {
                 continue;
             }
-            // dcols = W^T dY, then back onto the input images.
-            self.gemm.run(
-                &mut self.cols,
-                Mat::rows(patch, ld),
-                false,
-                weight,
-                Mat::rows(st.cout, patch).t(),
-                &self.conv,
-                Mat::rows(st.cout, ld),
-            )?;
-            for i in 0..gn {
-                let n = g0 + i;
-                g.col2im(
-                    &self.cols,
-                    ld,
-                    i * pix,
-                    &mut self.down[n * img..(n + 1) * img],
-                );
+            // The same nonzeros by pixel (a counting sort; channels stay in order), as terms
+            // over the weights.
+            self.starts.clear();
+            self.starts.resize(pix + 1, 0);
+            for &(p, _, _) in &self.nonzero {
+                self.starts[p as usize + 1] += 1;
             }
-        }
-        opt.apply(&mut self.params, st.weight, &self.grad[..st.cout * patch]);
-        opt.apply(&mut self.params, st.bias, &self.bias_grad);
-        Ok(())
-    }
-
-    /// [`Net::stage_backward`] for a pooled stage, whose output gradient is zero but at one
-    /// pixel per window (and none where the ReLU was off): instead of dense products over the
-    /// whole output gradient (three quarters zeros under a 2x2 pool), each image's nonzero
-    /// entries are grouped by pixel; per pixel the input column is gathered once, each entry adds
-    /// `value * column` to its channel's weight gradient, and `sum value * W[channel]` goes back
-    /// onto the input pixels (for stages after the first).
-    fn pooled_stage_backward(&mut self, s: usize, b: usize, opt: &mut Optim) -> Result<()> {
-        let st = self.plan.stages[s];
-        let g = st.geom;
-        let (pix, patch, img, out_len) = (g.pixels(), g.patch(), g.image(), st.out_len());
-        let input: &[f32] = match s.checked_sub(1) {
-            Some(p) => &self.pooled[p],
-            None => &self.x,
-        };
-        let (pooled, argmax) = (&self.pooled[s], &self.argmax[s]);
-        let weight = &self.params[st.weight..st.weight + st.cout * patch];
-        let dw = &mut self.grad[..st.cout * patch];
-        dw.fill(0.0);
-        self.bias_grad.clear();
-        self.bias_grad.resize(st.cout, 0.0);
-        let (col, dcol) = self.cols.split_at_mut(patch);
-        let dcol = &mut dcol[..patch];
-        for n in 0..b {
-            let rows = n * out_len..(n + 1) * out_len;
-            self.nonzero.clear();
-            for ((&v, &at), &dv) in pooled[rows.clone()]
-                .iter()
-                .zip(&argmax[rows.clone()])
-                .zip(&self.up[rows])
-            {
-                if v > 0.0 && dv != 0.0 {
-                    let c = at as usize / pix;
-                    self.nonzero
-                        .push(((at as usize % pix) as u32, c as u32, dv));
-                    self.bias_grad[c] += dv;
-                }
+            for i in 0..pix {
+                self.starts[i + 1] += self.starts[i];
             }
-            self.nonzero
-                .sort_unstable_by_key(|e| u64::from(e.0) << 32 | u64::from(e.1));
-            let image = &input[n * img..(n + 1) * img];
-            if s > 0 {
-                self.down[n * img..(n + 1) * img].fill(0.0);
+            self.entries.clear();
+            self.entries.resize(self.nonzero.len(), (0, 0.0));
+            let mut fill = self.starts[..pix].to_vec();
+            for &(p, c, dv) in &self.nonzero {
+                let slot = &mut fill[p as usize];
+                self.entries[*slot] = ((c as usize * patch_lanes) as u32, dv);
+                *slot += 1;
             }
-            for same in self.nonzero.chunk_by(|a, b| a.0 == b.0) {
-                let p = same[0].0 as usize;
-                g.gather(image, p, col);
-                dcol.fill(0.0);
-                for &(_, c, dv) in same {
-                    let c = c as usize;
-                    for (d, v) in dw[c * patch..(c + 1) * patch].iter_mut().zip(col.iter()) {
-                        *d += dv * v;
-                    }
-                    if s > 0 {
-                        for (d, w) in dcol.iter_mut().zip(&weight[c * patch..(c + 1) * patch]) {
-                            *d += dv * w;
-                        }
-                    }
-                }
-                if s > 0 {
-                    g.scatter_add(dcol, p, &mut self.down[n * img..(n + 1) * img]);
+            let down = &mut self.down[n * padded..];
+            down[..padded].fill(0.0);
+            for (p, run) in self.starts.windows(2).enumerate() {
+                if run[0] < run[1] {
+                    seg_sum(
+                        self.cpu,
+                        down,
+                        st.window(p),
+                        input_segs,
+                        &self.wt[s],
+                        wt_segs,
+                        &self.entries[run[0]..run[1]],
+                    );
                 }
             }
         }
-        opt.apply(&mut self.params, st.weight, &self.grad[..st.cout * patch]);
+        let grad = &mut self.grad[..st.cout * g.patch()];
+        for (c, w) in grad.chunks_exact_mut(g.patch()).enumerate() {
+            for ci in 0..cin {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        w[(ci * k + ky) * k + kx] =
+                            grad_wt[(c * k + ky) * row_lanes + kx * cin + ci];
+                    }
+                }
+            }
+        }
+        opt.apply(&mut self.params, st.weight, grad);
         opt.apply(&mut self.params, st.bias, &self.bias_grad);
         Ok(())
     }
