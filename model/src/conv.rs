@@ -91,6 +91,35 @@ fn seg_sum_fma(
     }
 }
 
+/// Eight floats at any alignment, as one value: read and written as a field of a packed struct,
+/// a plain unaligned load or store (`_mm256_loadu_ps` goes through `copy_nonoverlapping`, whose
+/// debug-build checks keep the value on the stack).
+#[cfg(target_arch = "x86_64")]
+#[repr(C, packed)]
+struct Unaligned(std::arch::x86_64::__m256);
+
+/// The `LANES` floats at `p`.
+///
+/// # Safety
+/// `p` points to `LANES` readable floats.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load(p: *const f32) -> std::arch::x86_64::__m256 {
+    // SAFETY: the caller's; a packed struct has alignment 1.
+    unsafe { (*p.cast::<Unaligned>()).0 }
+}
+
+/// Writes `v` to the `LANES` floats at `p`.
+///
+/// # Safety
+/// `p` points to `LANES` writable floats.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store(p: *mut f32, v: std::arch::x86_64::__m256) {
+    // SAFETY: the caller's; a packed struct has alignment 1.
+    unsafe { (*p.cast::<Unaligned>()).0 = v };
+}
+
 /// [`seg_pass`] with the `M` accumulators in AVX registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -98,8 +127,7 @@ fn seg_pass_fma<const M: usize>(
     (dst, dbase, dseg, src, sseg, entries): SegArgs<'_>,
 ) -> usize {
     use std::arch::x86_64::{
-        __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps,
-        _mm256_setzero_ps, _mm256_storeu_ps,
+        __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_set1_ps, _mm256_setzero_ps,
     };
     let d: [usize; M] = std::array::from_fn(|i| dseg[i]);
     let s: [usize; M] = std::array::from_fn(|i| sseg[i]);
@@ -108,17 +136,19 @@ fn seg_pass_fma<const M: usize>(
     for &(o, v) in entries {
         let o = o as usize;
         assert!(o + reach <= src.len(), "segment beyond its source");
+        let base = src.as_ptr().wrapping_add(o);
         let v = _mm256_set1_ps(v);
-        for (a, &so) in acc.iter_mut().zip(&s) {
-            // SAFETY: o + so + LANES <= o + reach <= src.len(), checked above.
-            let x = unsafe { _mm256_loadu_ps(src.as_ptr().add(o + so)) };
-            *a = _mm256_fmadd_ps(v, x, *a);
+        #[allow(clippy::needless_range_loop)]
+        for m in 0..M {
+            // SAFETY: o + s[m] + LANES <= o + reach <= src.len(), checked above.
+            let x = unsafe { load(base.wrapping_add(s[m])) };
+            acc[m] = _mm256_fmadd_ps(v, x, acc[m]);
         }
     }
     for (a, &dofs) in acc.iter().zip(&d) {
         let y = &mut dst[dbase + dofs..dbase + dofs + LANES];
         // SAFETY: `y` holds LANES floats.
-        unsafe { _mm256_storeu_ps(y.as_mut_ptr(), _mm256_add_ps(_mm256_loadu_ps(y.as_ptr()), *a)) };
+        unsafe { store(y.as_mut_ptr(), _mm256_add_ps(load(y.as_ptr()), *a)) };
     }
     M
 }
