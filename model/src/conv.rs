@@ -12,6 +12,8 @@
 pub(crate) struct Cpu {
     /// AVX2 and FMA: 8-wide fused multiply-adds.
     fma: bool,
+    /// AVX-512F: [`bcast_gemm`]'s kernel.
+    avx512: bool,
 }
 
 impl Cpu {
@@ -20,15 +22,20 @@ impl Cpu {
         #[cfg(target_arch = "x86_64")]
         let fma =
             std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
         #[cfg(not(target_arch = "x86_64"))]
-        let fma = false;
-        Cpu { fma }
+        let (fma, avx512) = (false, false);
+        Cpu { fma, avx512 }
     }
 
     /// The portable version (unfused multiply-adds), on any CPU.
     #[cfg(test)]
     pub fn portable() -> Self {
-        Cpu { fma: false }
+        Cpu {
+            fma: false,
+            avx512: false,
+        }
     }
 }
 
@@ -218,6 +225,218 @@ fn seg_pass<const M: usize, F: Fn(f32, f32, f32) -> f32 + Copy>(
     M
 }
 
+/// Rows of one tile of [`bcast_gemm`].
+const TILE_ROWS: usize = 6;
+
+/// Floats of one AVX-512 register.
+const WIDE: usize = 16;
+
+/// A strided matrix operand of [`bcast_gemm`]: element `(i, j)` at `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// `out[r * ors + c] = sum over k < depth of a(r, k) * b[k * bks + c]` for `r < rows` and
+/// `c < cols`, each sum in order of `k` with fused multiply-adds, where the columns of `b` (and
+/// of `out`) are contiguous: tiles of 6 rows by 16, 32 or 64 columns, accumulated in AVX-512
+/// registers, each `a(r, k)` broadcast and each row of `b` loaded once per tile and `k`.
+/// Returns `false` (and writes nothing) where this CPU lacks AVX-512F or `cols` is not a
+/// multiple of 16: the caller then takes [`crate::kernels::Gemm`]. Panics if a view reaches past
+/// its slice.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bcast_gemm(
+    cpu: Cpu,
+    out: &mut [f32],
+    ors: usize,
+    a: Strided<'_>,
+    b: &[f32],
+    bks: usize,
+    (rows, cols, depth): (usize, usize, usize),
+) -> bool {
+    if !cpu.avx512 || cols % WIDE != 0 {
+        return false;
+    }
+    if rows == 0 || cols == 0 {
+        return true;
+    }
+    let reach = |last: usize| last + 1;
+    assert!(
+        (rows - 1) * ors + cols <= out.len()
+            && depth.checked_sub(1).is_none_or(|d| {
+                reach((rows - 1) * a.rs + d * a.cs) <= a.data.len() && d * bks + cols <= b.len()
+            }),
+        "bcast_gemm: a view beyond its slice"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: AVX-512F was detected (`Cpu::detect`); every index the tiles touch lies in
+        // the views checked above.
+        unsafe { bcast_gemm_avx512(out, ors, a, b, bks, (rows, cols, depth)) };
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn bcast_gemm_avx512(
+    out: &mut [f32],
+    ors: usize,
+    a: Strided<'_>,
+    b: &[f32],
+    bks: usize,
+    (rows, cols, depth): (usize, usize, usize),
+) {
+    let o = out.as_mut_ptr();
+    let mut c = 0;
+    while c < cols {
+        let width = (cols - c).min(4 * WIDE);
+        let mut r = 0;
+        while r < rows {
+            let height = (rows - r).min(TILE_ROWS);
+            let t = Tile {
+                out: o.wrapping_add(r * ors + c),
+                ors,
+                a: a.data.as_ptr().wrapping_add(r * a.rs),
+                ars: a.rs,
+                aks: a.cs,
+                b: b.as_ptr().wrapping_add(c),
+                bks,
+                depth,
+            };
+            // SAFETY: the tile lies inside the views (the caller's).
+            unsafe {
+                match (height, width / WIDE) {
+                    (6, 4) => t.run::<6, 4>(),
+                    (5, 4) => t.run::<5, 4>(),
+                    (4, 4) => t.run::<4, 4>(),
+                    (3, 4) => t.run::<3, 4>(),
+                    (2, 4) => t.run::<2, 4>(),
+                    (1, 4) => t.run::<1, 4>(),
+                    (6, 3) => t.run::<6, 3>(),
+                    (6, 2) => t.run::<6, 2>(),
+                    (6, 1) => t.run::<6, 1>(),
+                    (h, 3) => t.run_rows::<3>(h),
+                    (h, 2) => t.run_rows::<2>(h),
+                    (h, _) => t.run_rows::<1>(h),
+                }
+            }
+            r += height;
+        }
+        c += width;
+    }
+}
+
+/// One tile of [`bcast_gemm`]: raw views, checked by its caller.
+#[cfg(target_arch = "x86_64")]
+struct Tile {
+    out: *mut f32,
+    ors: usize,
+    a: *const f32,
+    ars: usize,
+    aks: usize,
+    b: *const f32,
+    bks: usize,
+    depth: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Tile {
+    /// `R` rows (at most [`TILE_ROWS`]) by `N` registers of columns.
+    ///
+    /// # Safety
+    /// AVX-512F, and the tile inside its views.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run<const R: usize, const N: usize>(&self) {
+        use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_set1_ps, _mm512_setzero_ps};
+        let mut acc: [[__m512; N]; R] = [[_mm512_setzero_ps(); N]; R];
+        for k in 0..self.depth {
+            let bk = self.b.wrapping_add(k * self.bks);
+            // SAFETY: row k of the tile's b, inside its view (the caller's).
+            let bv: [__m512; N] = std::array::from_fn(|j| unsafe { load16(bk.wrapping_add(j * WIDE)) });
+            let ak = self.a.wrapping_add(k * self.aks);
+            #[allow(clippy::needless_range_loop)]
+            for r in 0..R {
+                // SAFETY: a(r, k) of the tile, inside its view.
+                let av = _mm512_set1_ps(unsafe { load1(ak.wrapping_add(r * self.ars)) });
+                for j in 0..N {
+                    acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                // SAFETY: out(r, 16 j..16 j + 16) of the tile, inside its view.
+                unsafe { store16(self.out.wrapping_add(r * self.ors + j * WIDE), *v) };
+            }
+        }
+    }
+
+    /// [`Tile::run`] for `h < TILE_ROWS` rows, one at a time.
+    ///
+    /// # Safety
+    /// As [`Tile::run`].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_rows<const N: usize>(&self, h: usize) {
+        for r in 0..h {
+            let row = Tile {
+                out: self.out.wrapping_add(r * self.ors),
+                a: self.a.wrapping_add(r * self.ars),
+                ..*self
+            };
+            // SAFETY: one row of this tile.
+            unsafe { row.run::<1, N>() };
+        }
+    }
+}
+
+/// One float, read as [`load16`] reads sixteen.
+#[cfg(target_arch = "x86_64")]
+#[repr(C, packed)]
+struct Unaligned1(f32);
+
+/// The float at `p`.
+///
+/// # Safety
+/// `p` points to a readable float.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load1(p: *const f32) -> f32 {
+    // SAFETY: the caller's; a packed struct has alignment 1.
+    unsafe { (*p.cast::<Unaligned1>()).0 }
+}
+
+/// Sixteen floats at any alignment (see [`Unaligned`]).
+#[cfg(target_arch = "x86_64")]
+#[repr(C, packed)]
+struct Unaligned16(std::arch::x86_64::__m512);
+
+/// The 16 floats at `p`.
+///
+/// # Safety
+/// `p` points to 16 readable floats.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+    // SAFETY: the caller's; a packed struct has alignment 1.
+    unsafe { (*p.cast::<Unaligned16>()).0 }
+}
+
+/// Writes `v` to the 16 floats at `p`.
+///
+/// # Safety
+/// `p` points to 16 writable floats.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store16(p: *mut f32, v: std::arch::x86_64::__m512) {
+    // SAFETY: the caller's; a packed struct has alignment 1.
+    unsafe { (*p.cast::<Unaligned16>()).0 = v };
+}
+
 /// Bias, ReLU and max pooling (window and stride `p`; remainder rows and columns dropped, as
 /// candle's `max_pool2d`) of one image's pixel-major convolution output `conv` (`[h * w, c]`:
 /// pixel `y * w + x`, then channel). Writes `out` (`[(h / p) * (w / p), c]`), and into `arg` the
@@ -336,6 +555,47 @@ mod tests {
             assert_eq!(got[..5], start[..5]);
             assert_eq!(got[5 + 108..], start[5 + 108..]);
         }
+    }
+
+    #[test]
+    fn bcast_gemm_is_the_naive_product_or_declines() {
+        // 13 rows (tiles of 6, 6 and 1), 112 columns (registers 4 + 3), depth 9; a read with
+        // both strides non-unit (a transposed view).
+        let (rows, cols, depth) = (13, 112, 9);
+        let a = values(rows * depth * 2, 5);
+        let (ars, acs) = (1, 2 * rows);
+        let b = values(depth * (cols + 3), 6);
+        let bks = cols + 3;
+        let ors = cols + 5;
+        let mut want = vec![f32::NAN; rows * ors];
+        for r in 0..rows {
+            for c in 0..cols {
+                let mut s = 0.0f32;
+                for k in 0..depth {
+                    s = a[r * ars + k * acs].mul_add(b[k * bks + c], s);
+                }
+                want[r * ors + c] = s;
+            }
+        }
+        let view = Strided {
+            data: &a,
+            rs: ars,
+            cs: acs,
+        };
+        let cpu = Cpu::detect();
+        let mut out = vec![f32::NAN; rows * ors];
+        let ran = bcast_gemm(cpu, &mut out, ors, view, &b, bks, (rows, cols, depth));
+        assert_eq!(ran, cpu.avx512);
+        if ran {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            // Fused and in order of k: the naive sum bit for bit; the gaps stay untouched.
+            assert_eq!(bits(&out), bits(&want));
+        }
+        // Columns not a multiple of 16, or the portable CPU: declined, nothing written.
+        let mut out = vec![1.0; rows * ors];
+        assert!(!bcast_gemm(cpu, &mut out, ors, view, &b, bks, (rows, 24, depth)));
+        assert!(!bcast_gemm(Cpu::portable(), &mut out, ors, view, &b, bks, (rows, 32, depth)));
+        assert!(out.iter().all(|&v| v == 1.0));
     }
 
     #[test]

@@ -23,7 +23,7 @@
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::fast::{Optim, softmax_cross_entropy, write_vars};
-use crate::conv::{Cpu, Entry, LANES, pool_pixels, seg_sum};
+use crate::conv::{Cpu, Entry, LANES, Strided, bcast_gemm, pool_pixels, seg_sum};
 use crate::kernels::{ConvGeom, Gemm, Mat, internal};
 use crate::net::{Model, ModelSpec};
 use crate::rng::Rng;
@@ -237,6 +237,8 @@ struct Net {
     /// Per stage: the weights as `[cout, k, row_lanes]` (rows `(kx, ci)`; lanes past `k cin`
     /// stay zero), rebuilt from `params` by every forward pass.
     wt: Vec<Vec<f32>>,
+    /// Per stage: `wt` transposed, `[k row_lanes, cout]` ([`bcast_gemm`]'s operand).
+    wt_t: Vec<Vec<f32>>,
     /// Per stage: the pooled outputs `[b, pooled pixels, cout]` and, for each, the pixel of its
     /// convolution output that it came from (`u32::MAX` where the ReLU is off).
     pooled: Vec<Vec<f32>>,
@@ -306,6 +308,11 @@ impl Net {
                 .map(|s| vec![0.0; batch * s.padded() + LANES])
                 .collect(),
             wt: plan
+                .stages
+                .iter()
+                .map(|s| vec![0.0; s.cout * s.patch_lanes()])
+                .collect(),
+            wt_t: plan
                 .stages
                 .iter()
                 .map(|s| vec![0.0; s.cout * s.patch_lanes()])
@@ -392,6 +399,12 @@ impl Net {
                 }
             }
         }
+        let wt_t = &mut self.wt_t[s];
+        for (c, w) in wt.chunks_exact(patch_lanes).enumerate() {
+            for (j, &v) in w.iter().enumerate() {
+                wt_t[j * st.cout + c] = v;
+            }
+        }
         let (below, rest) = self.inputs.split_at_mut(s + 1);
         let input = &mut below[s];
         if s == 0 {
@@ -428,15 +441,23 @@ impl Net {
                     }
                 }
             }
-            self.gemm.run(
-                &mut self.conv,
-                Mat::rows(gn * pix, st.cout),
-                false,
-                &self.cols,
-                Mat::rows(gn * pix, patch_lanes),
-                wt,
-                Mat::rows(st.cout, patch_lanes).t(),
-            )?;
+            let cols = Strided {
+                data: &self.cols,
+                rs: patch_lanes,
+                cs: 1,
+            };
+            let dims = (gn * pix, st.cout, patch_lanes);
+            if !bcast_gemm(self.cpu, &mut self.conv, st.cout, cols, wt_t, st.cout, dims) {
+                self.gemm.run(
+                    &mut self.conv,
+                    Mat::rows(gn * pix, st.cout),
+                    false,
+                    &self.cols,
+                    Mat::rows(gn * pix, patch_lanes),
+                    wt,
+                    Mat::rows(st.cout, patch_lanes).t(),
+                )?;
+            }
             let out = opix * st.cout;
             for (i, conv) in self.conv.chunks_exact(pix * st.cout).take(gn).enumerate() {
                 let n = g0 + i;
