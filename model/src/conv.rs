@@ -29,6 +29,11 @@ impl Cpu {
         Cpu { fma, avx512 }
     }
 
+    /// Whether [`bcast_gemm`] takes products of `cols` columns on this CPU.
+    pub fn bcast(&self, cols: usize) -> bool {
+        self.avx512 && cols % WIDE == 0
+    }
+
     /// The portable version (unfused multiply-adds), on any CPU.
     #[cfg(test)]
     pub fn portable() -> Self {
@@ -256,7 +261,7 @@ pub(crate) fn bcast_gemm(
     bks: usize,
     (rows, cols, depth): (usize, usize, usize),
 ) -> bool {
-    if !cpu.avx512 || cols % WIDE != 0 {
+    if !cpu.bcast(cols) {
         return false;
     }
     if rows == 0 || cols == 0 {
