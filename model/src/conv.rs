@@ -277,26 +277,39 @@ pub(crate) fn bcast_gemm(
     );
     #[cfg(target_arch = "x86_64")]
     {
+        let proto = Tile {
+            out: out.as_mut_ptr(),
+            ors,
+            a: [a.data.as_ptr(); TILE_ROWS],
+            aks: a.cs,
+            b: b.as_ptr(),
+            bks,
+            depth,
+            segs: 1,
+            a_seg: 0,
+            b_seg: 0,
+        };
+        let base = a.data.as_ptr();
         // SAFETY: AVX-512F was detected (`Cpu::detect`); every index the tiles touch lies in
         // the views checked above.
-        unsafe { bcast_gemm_avx512(out, ors, a, b, bks, (rows, cols, depth)) };
+        unsafe { tiles_avx512(proto, |r| base.wrapping_add(r * a.rs), (rows, cols)) };
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
 
+/// The tiles of a product: row `r` of `a` starts at `a(r)`; the rest as [`Tile`].
+///
+/// # Safety
+/// AVX-512F, and every tile inside its views.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn bcast_gemm_avx512(
-    out: &mut [f32],
-    ors: usize,
-    a: Strided<'_>,
-    b: &[f32],
-    bks: usize,
-    (rows, cols, depth): (usize, usize, usize),
+unsafe fn tiles_avx512(
+    proto: Tile,
+    a: impl Fn(usize) -> *const f32,
+    (rows, cols): (usize, usize),
 ) {
-    let o = out.as_mut_ptr();
     let mut c = 0;
     while c < cols {
         let width = (cols - c).min(4 * WIDE);
@@ -304,14 +317,10 @@ unsafe fn bcast_gemm_avx512(
         while r < rows {
             let height = (rows - r).min(TILE_ROWS);
             let t = Tile {
-                out: o.wrapping_add(r * ors + c),
-                ors,
-                a: a.data.as_ptr().wrapping_add(r * a.rs),
-                ars: a.rs,
-                aks: a.cs,
-                b: b.as_ptr().wrapping_add(c),
-                bks,
-                depth,
+                out: proto.out.wrapping_add(r * proto.ors + c),
+                a: std::array::from_fn(|i| a(r + i.min(height - 1))),
+                b: proto.b.wrapping_add(c),
+                ..proto
             };
             // SAFETY: the tile lies inside the views (the caller's).
             unsafe {
@@ -336,17 +345,22 @@ unsafe fn bcast_gemm_avx512(
     }
 }
 
-/// One tile of [`bcast_gemm`]: raw views, checked by its caller.
+/// One tile of [`bcast_gemm`] or [`conv_gemm`]: raw views, checked by its caller. Row `r`'s
+/// `a(r, k)` for `k = s depth + i` (segment `s`, `i < depth`) sits at `a[r] + s a_seg + i aks`,
+/// and the row of `b` it multiplies at `b + s b_seg + i bks`.
 #[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
 struct Tile {
     out: *mut f32,
     ors: usize,
-    a: *const f32,
-    ars: usize,
+    a: [*const f32; TILE_ROWS],
     aks: usize,
     b: *const f32,
     bks: usize,
     depth: usize,
+    segs: usize,
+    a_seg: usize,
+    b_seg: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -359,17 +373,21 @@ impl Tile {
     unsafe fn run<const R: usize, const N: usize>(&self) {
         use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_set1_ps, _mm512_setzero_ps};
         let mut acc: [[__m512; N]; R] = [[_mm512_setzero_ps(); N]; R];
-        for k in 0..self.depth {
-            let bk = self.b.wrapping_add(k * self.bks);
-            // SAFETY: row k of the tile's b, inside its view (the caller's).
-            let bv: [__m512; N] = std::array::from_fn(|j| unsafe { load16(bk.wrapping_add(j * WIDE)) });
-            let ak = self.a.wrapping_add(k * self.aks);
-            #[allow(clippy::needless_range_loop)]
-            for r in 0..R {
-                // SAFETY: a(r, k) of the tile, inside its view.
-                let av = _mm512_set1_ps(unsafe { load1(ak.wrapping_add(r * self.ars)) });
-                for j in 0..N {
-                    acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
+        for s in 0..self.segs {
+            let a: [*const f32; R] = std::array::from_fn(|r| self.a[r].wrapping_add(s * self.a_seg));
+            let b = self.b.wrapping_add(s * self.b_seg);
+            for k in 0..self.depth {
+                let bk = b.wrapping_add(k * self.bks);
+                // SAFETY: row k of the tile's b, inside its view (the caller's).
+                let bv: [__m512; N] =
+                    std::array::from_fn(|j| unsafe { load16(bk.wrapping_add(j * WIDE)) });
+                #[allow(clippy::needless_range_loop)]
+                for r in 0..R {
+                    // SAFETY: a(r, k) of the tile, inside its view.
+                    let av = _mm512_set1_ps(unsafe { load1(a[r].wrapping_add(k * self.aks)) });
+                    for j in 0..N {
+                        acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
+                    }
                 }
             }
         }
@@ -388,15 +406,87 @@ impl Tile {
     #[target_feature(enable = "avx512f")]
     unsafe fn run_rows<const N: usize>(&self, h: usize) {
         for r in 0..h {
+            let a = [self.a[r]; TILE_ROWS];
             let row = Tile {
                 out: self.out.wrapping_add(r * self.ors),
-                a: self.a.wrapping_add(r * self.ars),
+                a,
                 ..*self
             };
             // SAFETY: one row of this tile.
             unsafe { row.run::<1, N>() };
         }
     }
+}
+
+/// Where a [`conv_gemm`] reads its rows: row `r` is `segs` runs of `len` contiguous floats of
+/// `data`, starting at `starts[r] + s step` for run `s`.
+#[derive(Clone, Copy)]
+pub(crate) struct Runs<'a> {
+    pub data: &'a [f32],
+    pub starts: &'a [usize],
+    pub segs: usize,
+    pub step: usize,
+    pub len: usize,
+}
+
+/// [`bcast_gemm`] with the rows of `a` read in place as runs ([`Runs`]): a convolution's output
+/// pixels, each row the `k` kernel rows of its window in a padded pixel-major image, without a
+/// column matrix. `out[r * ors + c] = sum over runs s, i < len of a(r, s, i) * b[s * b_seg + i *
+/// bks + c]`, in that order, fused. Returns `false` (and writes nothing) where
+/// [`Cpu::bcast`]`(cols)` is false. Panics if a view reaches past its slice.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_gemm(
+    cpu: Cpu,
+    out: &mut [f32],
+    ors: usize,
+    a: Runs<'_>,
+    b: &[f32],
+    (bks, b_seg): (usize, usize),
+    cols: usize,
+) -> bool {
+    if !cpu.bcast(cols) {
+        return false;
+    }
+    let rows = a.starts.len();
+    if rows == 0 || cols == 0 {
+        return true;
+    }
+    if a.segs == 0 || a.len == 0 {
+        for r in 0..rows {
+            out[r * ors..r * ors + cols].fill(0.0);
+        }
+        return true;
+    }
+    let last = (a.segs - 1) * a.step + a.len;
+    let b_last = (a.segs - 1) * b_seg + (a.len - 1) * bks + cols;
+    assert!(
+        (rows - 1) * ors + cols <= out.len()
+            && a.starts.iter().all(|&s| s + last <= a.data.len())
+            && b_last <= b.len(),
+        "conv_gemm: a view beyond its slice"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let proto = Tile {
+            out: out.as_mut_ptr(),
+            ors,
+            a: [a.data.as_ptr(); TILE_ROWS],
+            aks: 1,
+            b: b.as_ptr(),
+            bks,
+            depth: a.len,
+            segs: a.segs,
+            a_seg: a.step,
+            b_seg,
+        };
+        let base = a.data.as_ptr();
+        // SAFETY: AVX-512F was detected (`Cpu::detect`); every row's runs and every row of `b`
+        // lie in the views checked above.
+        unsafe { tiles_avx512(proto, |r| base.wrapping_add(a.starts[r]), (rows, cols)) };
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// One float, read as [`load16`] reads sixteen.
@@ -601,6 +691,46 @@ mod tests {
         assert!(!bcast_gemm(cpu, &mut out, ors, view, &b, bks, (rows, 24, depth)));
         assert!(!bcast_gemm(Cpu::portable(), &mut out, ors, view, &b, bks, (rows, 32, depth)));
         assert!(out.iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn conv_gemm_reads_runs_in_place_as_the_naive_product() {
+        // 8 rows (tiles of 6 and 2) at scattered starts, 3 runs of 5 floats 7 apart, 48 columns
+        // (registers 3), b's runs 6 rows apart (a padding row between them, never read).
+        let data = values(120, 7);
+        let starts = [0, 3, 50, 17, 99, 61, 4, 40];
+        let (segs, step, len, cols) = (3, 7, 5, 48);
+        let (bks, b_seg) = (cols + 2, 6 * (cols + 2));
+        let b = values(segs * b_seg, 8);
+        let ors = cols + 1;
+        let mut want = vec![f32::NAN; starts.len() * ors];
+        for (r, &st) in starts.iter().enumerate() {
+            for c in 0..cols {
+                let mut acc = 0.0f32;
+                for sg in 0..segs {
+                    for i in 0..len {
+                        acc = data[st + sg * step + i].mul_add(b[sg * b_seg + i * bks + c], acc);
+                    }
+                }
+                want[r * ors + c] = acc;
+            }
+        }
+        let runs = Runs {
+            data: &data,
+            starts: &starts,
+            segs,
+            step,
+            len,
+        };
+        let cpu = Cpu::detect();
+        let mut out = vec![f32::NAN; starts.len() * ors];
+        let ran = conv_gemm(cpu, &mut out, ors, runs, &b, (bks, b_seg), cols);
+        assert_eq!(ran, cpu.avx512);
+        if ran {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&want));
+        }
+        assert!(!conv_gemm(Cpu::portable(), &mut out, ors, runs, &b, (bks, b_seg), cols));
     }
 
     #[test]

@@ -23,7 +23,9 @@
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::fast::{Optim, softmax_cross_entropy, write_vars};
-use crate::conv::{Cpu, Entry, LANES, Strided, bcast_gemm, pool_pixels, seg_sum};
+use crate::conv::{
+    Cpu, Entry, LANES, Runs, Strided, bcast_gemm, conv_gemm, pool_pixels, seg_sum,
+};
 use crate::kernels::{ConvGeom, Gemm, Mat, internal};
 use crate::net::{Model, ModelSpec};
 use crate::rng::Rng;
@@ -433,29 +435,32 @@ impl Net {
         let stride = st.wp() * cin;
         for g0 in (0..b).step_by(group) {
             let gn = group.min(b - g0);
-            for (i, cols) in self
-                .cols
-                .chunks_exact_mut(pix * patch_lanes)
-                .take(gn)
-                .enumerate()
-            {
-                let image = &input[(g0 + i) * padded..(g0 + i + 1) * padded];
-                for (p, patch) in cols.chunks_exact_mut(patch_lanes).enumerate() {
-                    let at = st.window(p);
-                    for (ky, dst) in patch.chunks_exact_mut(row_lanes).enumerate() {
+            // Each output pixel's window read in place from the padded input (AVX-512F), else
+            // copied into a column matrix for the gemm crate.
+            self.starts.clear();
+            self.starts.extend(
+                (g0..g0 + gn).flat_map(|n| (0..pix).map(move |p| n * padded + st.window(p))),
+            );
+            let runs = Runs {
+                data: input,
+                starts: &self.starts,
+                segs: k,
+                step: stride,
+                len: row,
+            };
+            let strides = (st.cout, row_lanes * st.cout);
+            if !conv_gemm(self.cpu, &mut self.conv, st.cout, runs, wt_t, strides, st.cout) {
+                for (cols, &at) in self
+                    .cols
+                    .chunks_exact_mut(patch_lanes)
+                    .zip(&self.starts)
+                {
+                    for (ky, dst) in cols.chunks_exact_mut(row_lanes).enumerate() {
                         let from = at + ky * stride;
-                        dst[..row].copy_from_slice(&image[from..from + row]);
+                        dst[..row].copy_from_slice(&input[from..from + row]);
                         dst[row..].fill(0.0);
                     }
                 }
-            }
-            let cols = Strided {
-                data: &self.cols,
-                rs: patch_lanes,
-                cs: 1,
-            };
-            let dims = (gn * pix, st.cout, patch_lanes);
-            if !bcast_gemm(self.cpu, &mut self.conv, st.cout, cols, wt_t, st.cout, dims) {
                 self.gemm.run(
                     &mut self.conv,
                     Mat::rows(gn * pix, st.cout),
@@ -891,6 +896,15 @@ mod tests {
             )
             .unwrap(),
             ModelSpec::declare("cnn", &layers(&["conv5x5:2", "maxpool3"]), gray, 3).unwrap(),
+            // 16 and 32 output channels: the AVX-512 products where the CPU has them (3 and 16
+            // input channels: kernel rows of 9 and 48 floats).
+            ModelSpec::declare(
+                "cnn",
+                &layers(&["conv3x3:16", "maxpool2", "conv3x3:32", "dense:16", "dense:5"]),
+                rgb,
+                4,
+            )
+            .unwrap(),
         ]
     }
 
@@ -939,11 +953,13 @@ mod tests {
 
     #[test]
     fn loss_and_gradients_equal_autograds_on_a_seeded_batch() {
-        let mut kinds = vec![ModelSpec::cnn()];
-        kinds.extend(declared());
-        for kind in &kinds {
+        // A batch of 16: the dense layers' AVX-512 products where the CPU has them.
+        let mut cases = vec![(ModelSpec::cnn(), 6), (ModelSpec::cnn(), 16)];
+        cases.extend(declared().into_iter().map(|k| (k, 6)));
+        cases.push((declared()[2].clone(), 16));
+        for (kind, n) in &cases {
             assert!(supports(kind), "{kind}");
-            let data = noise(6, kind.input_features(), kind.classes(), 3);
+            let data = noise(*n, kind.input_features(), kind.classes(), 3);
             let params = kind.init(5);
             let (fast_loss, fast) = fast_gradient(kind, &params, &data);
             let (slow_loss, slow) = autograd_gradient(kind, &params, &data);
