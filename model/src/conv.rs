@@ -20,18 +20,20 @@ impl Cpu {
     /// The fastest version this CPU runs.
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        let fma =
-            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-        #[cfg(target_arch = "x86_64")]
-        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+        let fma = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
         #[cfg(not(target_arch = "x86_64"))]
-        let (fma, avx512) = (false, false);
+        let fma = false;
+        #[cfg(all(target_arch = "x86_64", cohort_avx512))]
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(all(target_arch = "x86_64", cohort_avx512)))]
+        let avx512 = false;
         Cpu { fma, avx512 }
     }
 
     /// Whether [`bcast_gemm`] takes products of `cols` columns on this CPU.
     pub fn bcast(&self, cols: usize) -> bool {
-        self.avx512 && cols % WIDE == 0
+        self.avx512 && cols.is_multiple_of(WIDE)
     }
 
     /// The portable version (unfused multiply-adds), on any CPU.
@@ -135,9 +137,7 @@ unsafe fn store(p: *mut f32, v: std::arch::x86_64::__m256) {
 /// [`seg_pass`] with the `M` accumulators in AVX registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn seg_pass_fma<const M: usize>(
-    (dst, dbase, dseg, src, sseg, entries): SegArgs<'_>,
-) -> usize {
+fn seg_pass_fma<const M: usize>((dst, dbase, dseg, src, sseg, entries): SegArgs<'_>) -> usize {
     use std::arch::x86_64::{
         __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_set1_ps, _mm256_setzero_ps,
     };
@@ -230,11 +230,13 @@ fn seg_pass<const M: usize, F: Fn(f32, f32, f32) -> f32 + Copy>(
     M
 }
 
-/// Rows of one tile of [`bcast_gemm`].
-const TILE_ROWS: usize = 6;
-
 /// Floats of one AVX-512 register.
 const WIDE: usize = 16;
+
+#[cfg(all(target_arch = "x86_64", cohort_avx512))]
+mod avx512;
+#[cfg(all(target_arch = "x86_64", cohort_avx512))]
+use avx512::{TILE_ROWS, Tile};
 
 /// A strided matrix operand of [`bcast_gemm`]: element `(i, j)` at `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -275,7 +277,7 @@ pub(crate) fn bcast_gemm(
             }),
         "bcast_gemm: a view beyond its slice"
     );
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", cohort_avx512))]
     {
         let proto = Tile {
             out: out.as_mut_ptr(),
@@ -292,130 +294,11 @@ pub(crate) fn bcast_gemm(
         let base = a.data.as_ptr();
         // SAFETY: AVX-512F was detected (`Cpu::detect`); every index the tiles touch lies in
         // the views checked above.
-        unsafe { tiles_avx512(proto, |r| base.wrapping_add(r * a.rs), (rows, cols)) };
+        unsafe { avx512::tiles(proto, |r| base.wrapping_add(r * a.rs), (rows, cols)) };
         true
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", cohort_avx512)))]
     false
-}
-
-/// The tiles of a product: row `r` of `a` starts at `a(r)`; the rest as [`Tile`].
-///
-/// # Safety
-/// AVX-512F, and every tile inside its views.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tiles_avx512(
-    proto: Tile,
-    a: impl Fn(usize) -> *const f32,
-    (rows, cols): (usize, usize),
-) {
-    let mut c = 0;
-    while c < cols {
-        let width = (cols - c).min(4 * WIDE);
-        let mut r = 0;
-        while r < rows {
-            let height = (rows - r).min(TILE_ROWS);
-            let t = Tile {
-                out: proto.out.wrapping_add(r * proto.ors + c),
-                a: std::array::from_fn(|i| a(r + i.min(height - 1))),
-                b: proto.b.wrapping_add(c),
-                ..proto
-            };
-            // SAFETY: the tile lies inside the views (the caller's).
-            unsafe {
-                match (height, width / WIDE) {
-                    (6, 4) => t.run::<6, 4>(),
-                    (5, 4) => t.run::<5, 4>(),
-                    (4, 4) => t.run::<4, 4>(),
-                    (3, 4) => t.run::<3, 4>(),
-                    (2, 4) => t.run::<2, 4>(),
-                    (1, 4) => t.run::<1, 4>(),
-                    (6, 3) => t.run::<6, 3>(),
-                    (6, 2) => t.run::<6, 2>(),
-                    (6, 1) => t.run::<6, 1>(),
-                    (h, 3) => t.run_rows::<3>(h),
-                    (h, 2) => t.run_rows::<2>(h),
-                    (h, _) => t.run_rows::<1>(h),
-                }
-            }
-            r += height;
-        }
-        c += width;
-    }
-}
-
-/// One tile of [`bcast_gemm`] or [`conv_gemm`]: raw views, checked by its caller. Row `r`'s
-/// `a(r, k)` for `k = s depth + i` (segment `s`, `i < depth`) sits at `a[r] + s a_seg + i aks`,
-/// and the row of `b` it multiplies at `b + s b_seg + i bks`.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Tile {
-    out: *mut f32,
-    ors: usize,
-    a: [*const f32; TILE_ROWS],
-    aks: usize,
-    b: *const f32,
-    bks: usize,
-    depth: usize,
-    segs: usize,
-    a_seg: usize,
-    b_seg: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Tile {
-    /// `R` rows (at most [`TILE_ROWS`]) by `N` registers of columns.
-    ///
-    /// # Safety
-    /// AVX-512F, and the tile inside its views.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run<const R: usize, const N: usize>(&self) {
-        use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_set1_ps, _mm512_setzero_ps};
-        let mut acc: [[__m512; N]; R] = [[_mm512_setzero_ps(); N]; R];
-        for s in 0..self.segs {
-            let a: [*const f32; R] = std::array::from_fn(|r| self.a[r].wrapping_add(s * self.a_seg));
-            let b = self.b.wrapping_add(s * self.b_seg);
-            for k in 0..self.depth {
-                let bk = b.wrapping_add(k * self.bks);
-                // SAFETY: row k of the tile's b, inside its view (the caller's).
-                let bv: [__m512; N] =
-                    std::array::from_fn(|j| unsafe { load16(bk.wrapping_add(j * WIDE)) });
-                #[allow(clippy::needless_range_loop)]
-                for r in 0..R {
-                    // SAFETY: a(r, k) of the tile, inside its view.
-                    let av = _mm512_set1_ps(unsafe { load1(a[r].wrapping_add(k * self.aks)) });
-                    for j in 0..N {
-                        acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
-                    }
-                }
-            }
-        }
-        for (r, row) in acc.iter().enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                // SAFETY: out(r, 16 j..16 j + 16) of the tile, inside its view.
-                unsafe { store16(self.out.wrapping_add(r * self.ors + j * WIDE), *v) };
-            }
-        }
-    }
-
-    /// [`Tile::run`] for `h < TILE_ROWS` rows, one at a time.
-    ///
-    /// # Safety
-    /// As [`Tile::run`].
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run_rows<const N: usize>(&self, h: usize) {
-        for r in 0..h {
-            let a = [self.a[r]; TILE_ROWS];
-            let row = Tile {
-                out: self.out.wrapping_add(r * self.ors),
-                a,
-                ..*self
-            };
-            // SAFETY: one row of this tile.
-            unsafe { row.run::<1, N>() };
-        }
-    }
 }
 
 /// Where a [`conv_gemm`] reads its rows: row `r` is `segs` runs of `len` contiguous floats of
@@ -465,7 +348,7 @@ pub(crate) fn conv_gemm(
             && b_last <= b.len(),
         "conv_gemm: a view beyond its slice"
     );
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", cohort_avx512))]
     {
         let proto = Tile {
             out: out.as_mut_ptr(),
@@ -482,54 +365,11 @@ pub(crate) fn conv_gemm(
         let base = a.data.as_ptr();
         // SAFETY: AVX-512F was detected (`Cpu::detect`); every row's runs and every row of `b`
         // lie in the views checked above.
-        unsafe { tiles_avx512(proto, |r| base.wrapping_add(a.starts[r]), (rows, cols)) };
+        unsafe { avx512::tiles(proto, |r| base.wrapping_add(a.starts[r]), (rows, cols)) };
         true
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", cohort_avx512)))]
     false
-}
-
-/// One float, read as [`load16`] reads sixteen.
-#[cfg(target_arch = "x86_64")]
-#[repr(C, packed)]
-struct Unaligned1(f32);
-
-/// The float at `p`.
-///
-/// # Safety
-/// `p` points to a readable float.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn load1(p: *const f32) -> f32 {
-    // SAFETY: the caller's; a packed struct has alignment 1.
-    unsafe { (*p.cast::<Unaligned1>()).0 }
-}
-
-/// Sixteen floats at any alignment (see [`Unaligned`]).
-#[cfg(target_arch = "x86_64")]
-#[repr(C, packed)]
-struct Unaligned16(std::arch::x86_64::__m512);
-
-/// The 16 floats at `p`.
-///
-/// # Safety
-/// `p` points to 16 readable floats.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
-    // SAFETY: the caller's; a packed struct has alignment 1.
-    unsafe { (*p.cast::<Unaligned16>()).0 }
-}
-
-/// Writes `v` to the 16 floats at `p`.
-///
-/// # Safety
-/// `p` points to 16 writable floats.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn store16(p: *mut f32, v: std::arch::x86_64::__m512) {
-    // SAFETY: the caller's; a packed struct has alignment 1.
-    unsafe { (*p.cast::<Unaligned16>()).0 = v };
 }
 
 /// Bias, ReLU and max pooling (window and stride `p`; remainder rows and columns dropped, as
@@ -623,9 +463,15 @@ mod tests {
     #[test]
     fn seg_sum_is_the_naive_sum_on_every_cpu() {
         let src = values(400, 1);
-        let entries: Vec<Entry> = [(0u32, 0.5f32), (37, -1.25), (100, 2.0), (3, 0.0), (250, 0.75)]
-            .into_iter()
-            .collect();
+        let entries: Vec<Entry> = [
+            (0u32, 0.5f32),
+            (37, -1.25),
+            (100, 2.0),
+            (3, 0.0),
+            (250, 0.75),
+        ]
+        .into_iter()
+        .collect();
         // 11 segments: one pass of 8 and one of 3; destinations overlap (10 and 14).
         let sseg: Vec<usize> = (0..11).map(|m| m * 13).collect();
         let dseg: Vec<usize> = (0..11).map(|m| if m == 1 { 14 } else { m * 10 }).collect();
@@ -688,8 +534,24 @@ mod tests {
         }
         // Columns not a multiple of 16, or the portable CPU: declined, nothing written.
         let mut out = vec![1.0; rows * ors];
-        assert!(!bcast_gemm(cpu, &mut out, ors, view, &b, bks, (rows, 24, depth)));
-        assert!(!bcast_gemm(Cpu::portable(), &mut out, ors, view, &b, bks, (rows, 32, depth)));
+        assert!(!bcast_gemm(
+            cpu,
+            &mut out,
+            ors,
+            view,
+            &b,
+            bks,
+            (rows, 24, depth)
+        ));
+        assert!(!bcast_gemm(
+            Cpu::portable(),
+            &mut out,
+            ors,
+            view,
+            &b,
+            bks,
+            (rows, 32, depth)
+        ));
         assert!(out.iter().all(|&v| v == 1.0));
     }
 
@@ -730,7 +592,15 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&out), bits(&want));
         }
-        assert!(!conv_gemm(Cpu::portable(), &mut out, ors, runs, &b, (bks, b_seg), cols));
+        assert!(!conv_gemm(
+            Cpu::portable(),
+            &mut out,
+            ors,
+            runs,
+            &b,
+            (bks, b_seg),
+            cols
+        ));
     }
 
     #[test]
@@ -758,7 +628,11 @@ mod tests {
                             }
                         }
                         let y = best.0 + bias[ch];
-                        let (want, at) = if y > 0.0 { (y, best.1) } else { (0.0, u32::MAX) };
+                        let (want, at) = if y > 0.0 {
+                            (y, best.1)
+                        } else {
+                            (0.0, u32::MAX)
+                        };
                         assert_eq!(out[q * c + ch], want, "p {p} q {q} c {ch}");
                         assert_eq!(arg[q * c + ch], at, "p {p} q {q} c {ch}");
                     }

@@ -3,29 +3,32 @@
 //! does for the MLPs: a hand-written forward and backward pass over one flat parameter vector and
 //! buffers reused from step to step.
 //!
-//! Where candle's autograd step went (`perf record -g`, the CNN preset, batch 32, one thread):
-//! see BENCHMARKS.md ("What profiling changed"). Here a convolution is im2col + one matrix
-//! product per group of images ([`crate::kernels`], candle's own `gemm` kernel, writing into
-//! reused buffers); bias, ReLU and the max pool are one loop that records each output's argmax,
-//! so the backward pass scatters each pooled gradient to one pixel (zero where the ReLU was off)
-//! without keeping the convolution's output. For a pooled stage only those pixels' gradients are
-//! nonzero, so its backward pass works on them alone ([`Net::pooled_stage_backward`]); for a stage
-//! without pooling the weight gradient is one more product with the recomputed column matrix and
-//! the input gradient a product and a col2im. Every tensor is
-//! updated in place by the optimiser of [`crate::fast`] as soon as its gradient exists and the
-//! backward pass no longer needs it. Parameter names, shapes and order are the model's
-//! ([`crate::net`]): only the way the gradient is computed changes, and the tests below hold it to
-//! candle's autograd gradient of the same [`Model`] within 1e-4.
+//! Layout: a stage's input is kept padded and pixel-major (`[b, h + 2 pad, w + 2 pad, cin]`), so
+//! the inputs of one kernel row of an output's window are `k cin` contiguous floats. The forward
+//! convolution is one product per group of images, `[pixels, k k cin] x [k k cin, cout]`, whose
+//! rows are read in place from the padded input ([`crate::conv::conv_gemm`], AVX-512F) or copied
+//! into a column matrix for the `gemm` crate (other CPUs, or `cout` not a multiple of 16); bias,
+//! ReLU and the max pool are one pass over channels that records each output's argmax
+//! ([`crate::conv::pool_pixels`]). The convolution's output gradient is zero but at one pixel per
+//! pooling window and channel, so the backward pass sums only those terms: per image, each
+//! channel's weight gradient gets `value x window` and each pixel's window in the input gradient
+//! `sum value x weights`, both as runs of 8-float segments held in registers
+//! ([`crate::conv::seg_sum`], AVX2 + FMA). The dense layers' forward pass and input gradient take
+//! [`crate::conv::bcast_gemm`] where the batch is a multiple of 16 (the `gemm` crate otherwise).
+//! Every tensor is updated in place by the optimiser of [`crate::fast`] as soon as its gradient
+//! exists and the backward pass no longer needs it. Parameter names, shapes and order are the
+//! model's ([`crate::net`]): only the way the gradient is computed changes, and the tests below
+//! hold it to candle's autograd gradient of the same [`Model`] within 1e-4, on both the AVX-512
+//! products and the `gemm` crate's. A step's result depends only on its inputs, the thread
+//! count and the CPU's features (which kernels run): every sum has a fixed order.
 //!
 //! DP-SGD is not implemented here: with `cfg.dp_sgd` set the CNN trains on autograd
 //! ([`crate::train::train_model_autograd_dp`]).
 
+use crate::conv::{Cpu, Entry, LANES, Runs, Strided, bcast_gemm, conv_gemm, pool_pixels, seg_sum};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::fast::{Optim, softmax_cross_entropy, write_vars};
-use crate::conv::{
-    Cpu, Entry, LANES, Runs, Strided, bcast_gemm, conv_gemm, pool_pixels, seg_sum,
-};
 use crate::kernels::{ConvGeom, Gemm, Mat, internal};
 use crate::net::{Model, ModelSpec};
 use crate::rng::Rng;
@@ -301,7 +304,11 @@ impl Net {
             .unwrap_or(0);
         let segs = |s: &Stage, stride: usize| -> Vec<usize> {
             (0..s.geom.k)
-                .flat_map(|ky| (0..s.row_lanes()).step_by(LANES).map(move |j| ky * stride + j))
+                .flat_map(|ky| {
+                    (0..s.row_lanes())
+                        .step_by(LANES)
+                        .map(move |j| ky * stride + j)
+                })
                 .collect()
         };
         let last = plan.stages.last().map_or(0, Stage::out_len);
@@ -332,11 +339,7 @@ impl Net {
                 .iter()
                 .map(|s| vec![0; batch * s.out_len()])
                 .collect(),
-            wt_segs: plan
-                .stages
-                .iter()
-                .map(|s| segs(s, s.row_lanes()))
-                .collect(),
+            wt_segs: plan.stages.iter().map(|s| segs(s, s.row_lanes())).collect(),
             input_segs: plan
                 .stages
                 .iter()
@@ -354,11 +357,7 @@ impl Net {
             x: vec![0.0; batch * features],
             labels: vec![0; batch],
             flat: vec![0.0; batch * last],
-            transposed: vec![
-                0.0;
-                batch
-                    * plan_dense_width
-            ],
+            transposed: vec![0.0; batch * plan_dense_width],
             cols: vec![0.0; cols],
             conv: vec![0.0; conv],
             up: vec![0.0; batch * widest + LANES],
@@ -449,12 +448,16 @@ impl Net {
                 len: row,
             };
             let strides = (st.cout, row_lanes * st.cout);
-            if !conv_gemm(self.cpu, &mut self.conv, st.cout, runs, wt_t, strides, st.cout) {
-                for (cols, &at) in self
-                    .cols
-                    .chunks_exact_mut(patch_lanes)
-                    .zip(&self.starts)
-                {
+            if !conv_gemm(
+                self.cpu,
+                &mut self.conv,
+                st.cout,
+                runs,
+                wt_t,
+                strides,
+                st.cout,
+            ) {
+                for (cols, &at) in self.cols.chunks_exact_mut(patch_lanes).zip(&self.starts) {
                     for (ky, dst) in cols.chunks_exact_mut(row_lanes).enumerate() {
                         let from = at + ky * stride;
                         dst[..row].copy_from_slice(&input[from..from + row]);
@@ -591,7 +594,15 @@ impl Net {
             cs: 1,
         };
         let weight = &self.params[w.clone()];
-        if !bcast_gemm(self.cpu, &mut self.down, d.inp, dz, weight, d.inp, (b, d.inp, d.out)) {
+        if !bcast_gemm(
+            self.cpu,
+            &mut self.down,
+            d.inp,
+            dz,
+            weight,
+            d.inp,
+            (b, d.inp, d.out),
+        ) {
             self.gemm.run(
                 &mut self.down,
                 Mat::rows(b, d.inp),
@@ -900,7 +911,13 @@ mod tests {
             // input channels: kernel rows of 9 and 48 floats).
             ModelSpec::declare(
                 "cnn",
-                &layers(&["conv3x3:16", "maxpool2", "conv3x3:32", "dense:16", "dense:5"]),
+                &layers(&[
+                    "conv3x3:16",
+                    "maxpool2",
+                    "conv3x3:32",
+                    "dense:16",
+                    "dense:5",
+                ]),
                 rgb,
                 4,
             )
