@@ -3,27 +3,33 @@
 //! does for the MLPs: a hand-written forward and backward pass over one flat parameter vector and
 //! buffers reused from step to step.
 //!
-//! Where candle's autograd step went (`perf record -g`, the CNN preset, batch 32, one thread):
-//! see BENCHMARKS.md ("What profiling changed"). Here a convolution is im2col + one matrix
-//! product per group of images ([`crate::kernels`], candle's own `gemm` kernel, writing into
-//! reused buffers); bias, ReLU and the max pool are one loop that records each output's argmax,
-//! so the backward pass scatters each pooled gradient to one pixel (zero where the ReLU was off)
-//! without keeping the convolution's output. For a pooled stage only those pixels' gradients are
-//! nonzero, so its backward pass works on them alone ([`Net::pooled_stage_backward`]); for a stage
-//! without pooling the weight gradient is one more product with the recomputed column matrix and
-//! the input gradient a product and a col2im. Every tensor is
-//! updated in place by the optimiser of [`crate::fast`] as soon as its gradient exists and the
-//! backward pass no longer needs it. Parameter names, shapes and order are the model's
-//! ([`crate::net`]): only the way the gradient is computed changes, and the tests below hold it to
-//! candle's autograd gradient of the same [`Model`] within 1e-4.
+//! Layout: a stage's input is kept padded and pixel-major (`[b, h + 2 pad, w + 2 pad, cin]`), so
+//! the inputs of one kernel row of an output's window are `k cin` contiguous floats. The forward
+//! convolution is one product per group of images, `[pixels, k k cin] x [k k cin, cout]`, whose
+//! rows are read in place from the padded input ([`crate::conv::conv_gemm`], AVX-512F) or copied
+//! into a column matrix for the `gemm` crate (other CPUs, or `cout` not a multiple of 16); bias,
+//! ReLU and the max pool are one pass over channels that records each output's argmax
+//! ([`crate::conv::pool_pixels`]). The convolution's output gradient is zero but at one pixel per
+//! pooling window and channel, so the backward pass sums only those terms: per image, each
+//! channel's weight gradient gets `value x window` and each pixel's window in the input gradient
+//! `sum value x weights`, both as runs of 8-float segments held in registers
+//! ([`crate::conv::seg_sum`], AVX2 + FMA). The dense layers' forward pass and input gradient take
+//! [`crate::conv::bcast_gemm`] where the batch is a multiple of 16 (the `gemm` crate otherwise).
+//! Every tensor is updated in place by the optimiser of [`crate::fast`] as soon as its gradient
+//! exists and the backward pass no longer needs it. Parameter names, shapes and order are the
+//! model's ([`crate::net`]): only the way the gradient is computed changes, and the tests below
+//! hold it to candle's autograd gradient of the same [`Model`] within 1e-4, on both the AVX-512
+//! products and the `gemm` crate's. A step's result depends only on its inputs, the thread
+//! count and the CPU's features (which kernels run): every sum has a fixed order.
 //!
 //! DP-SGD is not implemented here: with `cfg.dp_sgd` set the CNN trains on autograd
 //! ([`crate::train::train_model_autograd_dp`]).
 
+use crate::conv::{Cpu, Entry, LANES, Runs, Strided, bcast_gemm, conv_gemm, pool_pixels, seg_sum};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::fast::{Optim, softmax_cross_entropy, write_vars};
-use crate::kernels::{ConvGeom, Gemm, Mat, internal, relu_pool};
+use crate::kernels::{ConvGeom, Gemm, Mat, internal};
 use crate::net::{Model, ModelSpec};
 use crate::rng::Rng;
 use crate::spec::Op;
@@ -53,15 +59,54 @@ impl Stage {
         self.cout * self.pooled_pixels()
     }
 
-    /// Images per matrix product: the column matrix of a group stays within about 1 MB (a few
-    /// images for the preset's first convolution, one for its second).
+    fn pad(&self) -> usize {
+        self.geom.k / 2
+    }
+
+    /// Columns of the padded input.
+    fn wp(&self) -> usize {
+        self.geom.w + 2 * self.pad()
+    }
+
+    /// Floats of one padded, pixel-major input image (`[h + 2 pad, w + 2 pad, cin]`).
+    fn padded(&self) -> usize {
+        (self.geom.h + 2 * self.pad()) * self.wp() * self.geom.cin
+    }
+
+    /// Floats of one kernel row's inputs, `(kx, ci)`: contiguous in the padded input.
+    fn row(&self) -> usize {
+        self.geom.k * self.geom.cin
+    }
+
+    /// [`Stage::row`] rounded up to whole segments of [`LANES`].
+    fn row_lanes(&self) -> usize {
+        self.row().div_ceil(LANES) * LANES
+    }
+
+    /// Values of one output's patch in the pixel-major order: `k` rows of [`Stage::row_lanes`].
+    fn patch_lanes(&self) -> usize {
+        self.geom.k * self.row_lanes()
+    }
+
+    /// Where the window of output pixel `p` starts in the padded input.
+    fn window(&self, p: usize) -> usize {
+        let w = self.geom.w;
+        ((p / w) * self.wp() + p % w) * self.geom.cin
+    }
+
+    /// Where input pixel `p` sits in the padded input.
+    fn interior(&self, p: usize) -> usize {
+        self.window(p) + self.pad() * (self.wp() + 1) * self.geom.cin
+    }
+
+    /// Images per matrix product: the column matrix of a group stays within about 2 MB.
     fn group(&self, b: usize) -> usize {
-        (GROUP_FLOATS / (self.geom.patch() * self.geom.pixels()).max(1)).clamp(1, b.max(1))
+        (GROUP_FLOATS / (self.patch_lanes() * self.geom.pixels()).max(1)).clamp(1, b.max(1))
     }
 }
 
-/// Floats of column matrix per group (1 MB).
-const GROUP_FLOATS: usize = 1 << 18;
+/// Floats of column matrix per group (2 MB).
+const GROUP_FLOATS: usize = 1 << 19;
 
 /// A dense layer `out x inp` with its bias; a ReLU follows all but the last.
 #[derive(Debug, Clone, Copy)]
@@ -176,32 +221,62 @@ pub fn supports(kind: &ModelSpec) -> bool {
 }
 
 /// Buffers, sized for the largest batch and reused by every step.
+///
+/// A stage's input is kept padded and pixel-major (`[b, h + 2 pad, w + 2 pad, cin]`, borders
+/// zero): the inputs of one kernel row of an output's window, `(kx, ci)`, are then contiguous.
+/// The forward pass copies each output's `k` rows into a column matrix (one row per output
+/// pixel) and multiplies it by the weights reordered to `[cout, ky, kx, ci]`; the pooled stage's
+/// backward pass reads the same rows straight from the padded input ([`crate::conv::seg_sum`]).
 struct Net {
     plan: Plan,
     gemm: Gemm,
+    cpu: Cpu,
     /// The flat parameters, canonical order.
     params: Vec<f32>,
     /// The input batch `[b, features]` and its labels.
     x: Vec<f32>,
     labels: Vec<u8>,
-    /// Per stage: the pooled outputs `[b, cout, h/p, w/p]` and each one's argmax, an index into
-    /// its image's `[cout, h, w]` convolution output.
+    /// Per stage: its padded, pixel-major input, plus [`LANES`] floats of slack (a segment may
+    /// read past the last row).
+    inputs: Vec<Vec<f32>>,
+    /// Per stage: the weights as `[cout, k, row_lanes]` (rows `(kx, ci)`; lanes past `k cin`
+    /// stay zero), rebuilt from `params` by every forward pass.
+    wt: Vec<Vec<f32>>,
+    /// Per stage: `wt` transposed, `[k row_lanes, cout]` ([`bcast_gemm`]'s operand).
+    wt_t: Vec<Vec<f32>>,
+    /// Per stage: the pooled outputs `[b, pooled pixels, cout]` and, for each, the pixel of its
+    /// convolution output that it came from (`u32::MAX` where the ReLU is off).
     pooled: Vec<Vec<f32>>,
     argmax: Vec<Vec<u32>>,
+    /// The last stage's output in the model's flatten order `[b, cout, h/p, w/p]`.
+    flat: Vec<f32>,
     /// Post-ReLU outputs of the dense layers but the last, `[b, out]`.
     hidden: Vec<Vec<f32>>,
-    /// A group's column matrix (forward), or its gradient (backward).
+    /// A dense layer's input and output transposed (`[inp, b]`, then `[out, b]`).
+    transposed: Vec<f32>,
+    /// A group's column matrix `[images x pixels, patch_lanes]`.
     cols: Vec<f32>,
-    /// A group's convolution output, or its gradient.
+    /// A group's convolution output `[images x pixels, cout]`.
     conv: Vec<f32>,
-    /// The gradient being backpropagated (`up`) and the one below it (`down`), `[b, width]`.
+    /// The gradient being backpropagated (`up`) and the one below it (`down`): `[b, width]` for
+    /// dense layers, `[b, padded]` (the layout of the stage's input) below a stage.
     up: Vec<f32>,
     down: Vec<f32>,
-    /// A weight's and a bias's gradient.
+    /// A weight's and a bias's gradient, canonical order.
     grad: Vec<f32>,
     bias_grad: Vec<f32>,
-    /// A pooled stage's nonzero output gradients of one image: (pixel, channel, value).
+    /// A stage's weight gradient in the layout of `wt`.
+    grad_wt: Vec<f32>,
+    /// Per stage: the offsets of its segments of [`LANES`] in a patch of `wt` (`ky row_lanes +
+    /// j`) and in the padded input from a window's start (`ky wp cin + j`).
+    wt_segs: Vec<Vec<usize>>,
+    input_segs: Vec<Vec<usize>>,
+    /// One image's nonzero output gradients of a stage, channel by channel: (pixel, channel,
+    /// value).
     nonzero: Vec<(u32, u32, f32)>,
+    /// The same as terms of [`seg_sum`], and where each channel's or pixel's run starts.
+    entries: Vec<Entry>,
+    starts: Vec<usize>,
 }
 
 impl Net {
@@ -210,24 +285,50 @@ impl Net {
         let mut conv = 0;
         for s in &plan.stages {
             let g = s.group(batch);
-            cols = cols.max(s.geom.patch() * s.geom.pixels() * g);
+            cols = cols.max(s.patch_lanes() * s.geom.pixels() * g);
             conv = conv.max(s.cout * s.geom.pixels() * g);
         }
         let widest = plan
             .stages
             .iter()
-            .map(|s| s.geom.image().max(s.out_len()))
+            .map(|s| s.padded().max(s.out_len()))
             .chain(plan.dense.iter().map(|d| d.inp.max(d.out)))
             .max()
             .unwrap_or(0);
         let weights = plan
             .stages
             .iter()
-            .map(|s| s.cout * s.geom.patch())
+            .map(|s| s.cout * s.geom.patch().max(s.patch_lanes()))
             .chain(plan.dense.iter().map(|d| d.out * d.inp))
             .max()
             .unwrap_or(0);
+        let segs = |s: &Stage, stride: usize| -> Vec<usize> {
+            (0..s.geom.k)
+                .flat_map(|ky| {
+                    (0..s.row_lanes())
+                        .step_by(LANES)
+                        .map(move |j| ky * stride + j)
+                })
+                .collect()
+        };
+        let last = plan.stages.last().map_or(0, Stage::out_len);
+        let plan_dense_width = plan.dense.iter().map(|d| d.inp + d.out).max().unwrap_or(0);
         Net {
+            inputs: plan
+                .stages
+                .iter()
+                .map(|s| vec![0.0; batch * s.padded() + LANES])
+                .collect(),
+            wt: plan
+                .stages
+                .iter()
+                .map(|s| vec![0.0; s.cout * s.patch_lanes()])
+                .collect(),
+            wt_t: plan
+                .stages
+                .iter()
+                .map(|s| vec![0.0; s.cout * s.patch_lanes()])
+                .collect(),
             pooled: plan
                 .stages
                 .iter()
@@ -238,6 +339,12 @@ impl Net {
                 .iter()
                 .map(|s| vec![0; batch * s.out_len()])
                 .collect(),
+            wt_segs: plan.stages.iter().map(|s| segs(s, s.row_lanes())).collect(),
+            input_segs: plan
+                .stages
+                .iter()
+                .map(|s| segs(s, s.wp() * s.geom.cin))
+                .collect(),
             hidden: plan
                 .dense
                 .iter()
@@ -245,16 +352,22 @@ impl Net {
                 .collect(),
             plan,
             gemm: Gemm::new(),
+            cpu: Cpu::detect(),
             params,
             x: vec![0.0; batch * features],
             labels: vec![0; batch],
+            flat: vec![0.0; batch * last],
+            transposed: vec![0.0; batch * plan_dense_width],
             cols: vec![0.0; cols],
             conv: vec![0.0; conv],
-            up: vec![0.0; batch * widest],
-            down: vec![0.0; batch * widest],
+            up: vec![0.0; batch * widest + LANES],
+            down: vec![0.0; batch * widest + LANES],
             grad: vec![0.0; weights],
             bias_grad: Vec::new(),
+            grad_wt: vec![0.0; weights],
             nonzero: Vec::new(),
+            entries: Vec::new(),
+            starts: Vec::new(),
         }
     }
 
@@ -274,52 +387,129 @@ impl Net {
         Ok(())
     }
 
-    /// Forward pass of stage `s` over `b` images.
+    /// Forward pass of stage `s` over `b` images: its pooled output goes to the next stage's
+    /// padded input, or to `flat` after the last stage.
     fn stage_forward(&mut self, s: usize, b: usize) -> Result<()> {
         let st = self.plan.stages[s];
         let g = st.geom;
-        let (pix, patch, img, out_len) = (g.pixels(), g.patch(), g.image(), st.out_len());
+        let (cin, k, pix) = (g.cin, g.k, g.pixels());
+        let (row, row_lanes, patch_lanes, padded) =
+            (st.row(), st.row_lanes(), st.patch_lanes(), st.padded());
         let opix = st.pooled_pixels();
-        let (below, rest) = self.pooled.split_at_mut(s);
-        let input: &[f32] = match below.last() {
-            Some(p) => p,
-            None => &self.x,
-        };
-        let pooled = &mut rest[0];
-        let argmax = &mut self.argmax[s];
-        let weight = &self.params[st.weight..st.weight + st.cout * patch];
+        // The weights in the pixel-major order: the optimiser moved them since the last step.
+        let wt = &mut self.wt[s];
+        let weight = &self.params[st.weight..st.weight + st.cout * g.patch()];
+        for (c, w) in weight.chunks_exact(g.patch()).enumerate() {
+            for ci in 0..cin {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        wt[(c * k + ky) * row_lanes + kx * cin + ci] = w[(ci * k + ky) * k + kx];
+                    }
+                }
+            }
+        }
+        let wt_t = &mut self.wt_t[s];
+        for (c, w) in wt.chunks_exact(patch_lanes).enumerate() {
+            for (j, &v) in w.iter().enumerate() {
+                wt_t[j * st.cout + c] = v;
+            }
+        }
+        let (below, rest) = self.inputs.split_at_mut(s + 1);
+        let input = &mut below[s];
+        if s == 0 {
+            for (n, image) in self.x.chunks_exact(g.image()).take(b).enumerate() {
+                let dst = &mut input[n * padded..(n + 1) * padded];
+                for (ci, plane) in image.chunks_exact(pix).enumerate() {
+                    for (p, &v) in plane.iter().enumerate() {
+                        dst[st.interior(p) + ci] = v;
+                    }
+                }
+            }
+        }
+        let input = &*input;
         let bias = &self.params[st.bias..st.bias + st.cout];
+        let pooled = &mut self.pooled[s];
+        let argmax = &mut self.argmax[s];
         let group = st.group(b);
+        let stride = st.wp() * cin;
         for g0 in (0..b).step_by(group) {
             let gn = group.min(b - g0);
-            let ld = gn * pix;
-            for i in 0..gn {
-                let n = g0 + i;
-                g.im2col(&input[n * img..(n + 1) * img], &mut self.cols, ld, i * pix);
-            }
-            self.gemm.run(
+            // Each output pixel's window read in place from the padded input (AVX-512F), else
+            // copied into a column matrix for the gemm crate.
+            self.starts.clear();
+            self.starts.extend(
+                (g0..g0 + gn).flat_map(|n| (0..pix).map(move |p| n * padded + st.window(p))),
+            );
+            let runs = Runs {
+                data: input,
+                starts: &self.starts,
+                segs: k,
+                step: stride,
+                len: row,
+            };
+            let strides = (st.cout, row_lanes * st.cout);
+            if !conv_gemm(
+                self.cpu,
                 &mut self.conv,
-                Mat::rows(st.cout, ld),
-                false,
-                weight,
-                Mat::rows(st.cout, patch),
-                &self.cols,
-                Mat::rows(patch, ld),
-            )?;
-            for i in 0..gn {
+                st.cout,
+                runs,
+                wt_t,
+                strides,
+                st.cout,
+            ) {
+                for (cols, &at) in self.cols.chunks_exact_mut(patch_lanes).zip(&self.starts) {
+                    for (ky, dst) in cols.chunks_exact_mut(row_lanes).enumerate() {
+                        let from = at + ky * stride;
+                        dst[..row].copy_from_slice(&input[from..from + row]);
+                        dst[row..].fill(0.0);
+                    }
+                }
+                self.gemm.run(
+                    &mut self.conv,
+                    Mat::rows(gn * pix, st.cout),
+                    false,
+                    &self.cols,
+                    Mat::rows(gn * pix, patch_lanes),
+                    wt,
+                    Mat::rows(st.cout, patch_lanes).t(),
+                )?;
+            }
+            let out = opix * st.cout;
+            for (i, conv) in self.conv.chunks_exact(pix * st.cout).take(gn).enumerate() {
                 let n = g0 + i;
-                for (c, &bc) in bias.iter().enumerate() {
-                    let o = n * out_len + c * opix;
-                    relu_pool(
-                        &self.conv[c * ld + i * pix..c * ld + (i + 1) * pix],
-                        g.h,
-                        g.w,
-                        st.pool,
-                        bc,
-                        &mut pooled[o..o + opix],
-                        &mut argmax[o..o + opix],
-                        (c * pix) as u32,
-                    );
+                pool_pixels(
+                    self.cpu,
+                    conv,
+                    (g.h, g.w, st.cout),
+                    st.pool,
+                    bias,
+                    &mut pooled[n * out..(n + 1) * out],
+                    &mut argmax[n * out..(n + 1) * out],
+                );
+            }
+        }
+        let out = &pooled[..b * opix * st.cout];
+        match (rest.first_mut(), self.plan.stages.get(s + 1)) {
+            (Some(next_input), Some(next)) => {
+                let np = next.padded();
+                for (n, image) in out.chunks_exact(opix * st.cout).enumerate() {
+                    let dst = &mut next_input[n * np..(n + 1) * np];
+                    for (q, v) in image.chunks_exact(st.cout).enumerate() {
+                        let at = next.interior(q);
+                        dst[at..at + st.cout].copy_from_slice(v);
+                    }
+                }
+            }
+            _ => {
+                for (image, dst) in out
+                    .chunks_exact(opix * st.cout)
+                    .zip(self.flat.chunks_exact_mut(opix * st.cout))
+                {
+                    for (q, v) in image.chunks_exact(st.cout).enumerate() {
+                        for (c, &v) in v.iter().enumerate() {
+                            dst[c * opix + q] = v;
+                        }
+                    }
                 }
             }
         }
@@ -333,22 +523,45 @@ impl Net {
         let (below, rest) = self.hidden.split_at_mut(l);
         let input: &[f32] = match below.last() {
             Some(h) => h,
-            None => self.pooled.last().ok_or_else(|| internal("no stages"))?,
+            None => &self.flat,
         };
         let out: &mut [f32] = if last { &mut self.up } else { &mut rest[0] };
+        let weight = &self.params[d.weight..d.weight + d.out * d.inp];
+        let bias = &self.params[d.bias..d.bias + d.out];
+        let act = |v: f32, bb: f32| if last { v + bb } else { (v + bb).max(0.0) };
+        if self.cpu.bcast(b) {
+            // out^T = W input^T, the batch as [`bcast_gemm`]'s contiguous columns.
+            let (t_in, t_out) = self.transposed.split_at_mut(b * d.inp);
+            for (n, row) in input[..b * d.inp].chunks_exact(d.inp).enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    t_in[i * b + n] = v;
+                }
+            }
+            let w = Strided {
+                data: weight,
+                rs: d.inp,
+                cs: 1,
+            };
+            bcast_gemm(self.cpu, t_out, b, w, t_in, b, (d.out, b, d.inp));
+            for (n, row) in out[..b * d.out].chunks_exact_mut(d.out).enumerate() {
+                for (o, (v, &bb)) in row.iter_mut().zip(bias).enumerate() {
+                    *v = act(t_out[o * b + n], bb);
+                }
+            }
+            return Ok(());
+        }
         self.gemm.run(
             out,
             Mat::rows(b, d.out),
             false,
             input,
             Mat::rows(b, d.inp),
-            &self.params[d.weight..d.weight + d.out * d.inp],
+            weight,
             Mat::rows(d.out, d.inp).t(),
         )?;
-        let bias = &self.params[d.bias..d.bias + d.out];
         for row in out[..b * d.out].chunks_exact_mut(d.out) {
-            for (v, bb) in row.iter_mut().zip(bias) {
-                *v = if last { *v + bb } else { (*v + bb).max(0.0) };
+            for (v, &bb) in row.iter_mut().zip(bias) {
+                *v = act(*v, bb);
             }
         }
         Ok(())
@@ -372,18 +585,34 @@ impl Net {
         let w = d.weight..d.weight + d.out * d.inp;
         let input: &[f32] = match l.checked_sub(1) {
             Some(h) => &self.hidden[h],
-            None => self.pooled.last().ok_or_else(|| internal("no stages"))?,
+            None => &self.flat,
         };
         // dA = dZ W, before W changes.
-        self.gemm.run(
+        let dz = Strided {
+            data: &self.up,
+            rs: d.out,
+            cs: 1,
+        };
+        let weight = &self.params[w.clone()];
+        if !bcast_gemm(
+            self.cpu,
             &mut self.down,
-            Mat::rows(b, d.inp),
-            false,
-            &self.up,
-            Mat::rows(b, d.out),
-            &self.params[w.clone()],
-            Mat::rows(d.out, d.inp),
-        )?;
+            d.inp,
+            dz,
+            weight,
+            d.inp,
+            (b, d.inp, d.out),
+        ) {
+            self.gemm.run(
+                &mut self.down,
+                Mat::rows(b, d.inp),
+                false,
+                &self.up,
+                Mat::rows(b, d.out),
+                weight,
+                Mat::rows(d.out, d.inp),
+            )?;
+        }
         if l > 0 {
             for (g, a) in self.down[..b * d.inp].iter_mut().zip(input) {
                 if *a <= 0.0 {
@@ -391,7 +620,8 @@ impl Net {
                 }
             }
         }
-        // dW = dZ^T A.
+        // dW = dZ^T A (the gemm crate: 6.4 MB of output for the preset's first layer, where
+        // `bcast_gemm` measured slower).
         self.gemm.run(
             &mut self.grad,
             Mat::rows(d.out, d.inp),
@@ -407,148 +637,120 @@ impl Net {
         Ok(())
     }
 
-    /// Backward pass of stage `s` from the gradient of its pooled output in `up`: `down` gets
-    /// its input's gradient (not for the first stage); then the stage updates.
+    /// Backward pass of stage `s` from the gradient of its output in `up` (`[b, cout, h/p,
+    /// w/p]` for the last stage, else the next stage's padded input layout): `down` gets the
+    /// gradient of its input in its padded layout (not for the first stage); then the stage
+    /// updates.
+    ///
+    /// The output gradient of the convolution is zero but at one pixel per pooling window and
+    /// channel (and none where the ReLU was off), so only those terms are summed: per image, each
+    /// channel's weight gradient gets `value x window` for each of its nonzeros (the window's `k`
+    /// rows read from the padded input), and each pixel's window in `down` gets `sum value x
+    /// weights` over the channels that are nonzero there.
     fn stage_backward(&mut self, s: usize, b: usize, opt: &mut Optim) -> Result<()> {
         let st = self.plan.stages[s];
-        if st.pool > 1 {
-            return self.pooled_stage_backward(s, b, opt);
-        }
         let g = st.geom;
-        let (pix, patch, img, out_len) = (g.pixels(), g.patch(), g.image(), st.out_len());
-        let input: &[f32] = match s.checked_sub(1) {
-            Some(p) => &self.pooled[p],
-            None => &self.x,
+        let (cin, k, pix) = (g.cin, g.k, g.pixels());
+        let (row_lanes, patch_lanes, padded) = (st.row_lanes(), st.patch_lanes(), st.padded());
+        let opix = st.pooled_pixels();
+        let out = opix * st.cout;
+        // Where `up` holds the gradient of output (image n, pooled pixel q, channel c):
+        // n * per_image + at(q) + c * channel.
+        let next = self.plan.stages.get(s + 1).copied();
+        let (per_image, channel) = match next {
+            Some(next) => (next.padded(), 1),
+            None => (out, opix),
         };
-        let (pooled, argmax) = (&self.pooled[s], &self.argmax[s]);
-        let weight = &self.params[st.weight..st.weight + st.cout * patch];
+        let at = |q: usize| next.map_or(q, |next| next.interior(q));
+        let grad_wt = &mut self.grad_wt[..st.cout * patch_lanes];
+        grad_wt.fill(0.0);
         self.bias_grad.clear();
         self.bias_grad.resize(st.cout, 0.0);
-        let group = st.group(b);
-        for (k, g0) in (0..b).step_by(group).enumerate() {
-            let gn = group.min(b - g0);
-            let ld = gn * pix;
-            // The convolution's output gradient: each pooled gradient at its argmax where the
-            // ReLU passed it, zero elsewhere.
-            self.conv[..st.cout * ld].fill(0.0);
-            for i in 0..gn {
-                let n = g0 + i;
-                let rows = n * out_len..(n + 1) * out_len;
-                for ((&v, &at), &dv) in pooled[rows.clone()]
-                    .iter()
-                    .zip(&argmax[rows.clone()])
-                    .zip(&self.up[rows])
-                {
-                    if v > 0.0 {
-                        let (c, p) = (at as usize / pix, at as usize % pix);
-                        self.conv[c * ld + i * pix + p] = dv;
-                        self.bias_grad[c] += dv;
+        let (wt_segs, input_segs) = (&self.wt_segs[s], &self.input_segs[s]);
+        let argmax = &self.argmax[s];
+        for n in 0..b {
+            let up = &self.up[n * per_image..(n + 1) * per_image];
+            let arg = &argmax[n * out..(n + 1) * out];
+            self.nonzero.clear();
+            self.entries.clear();
+            self.starts.clear();
+            for c in 0..st.cout {
+                self.starts.push(self.entries.len());
+                for q in 0..opix {
+                    let p = arg[q * st.cout + c];
+                    if p == u32::MAX {
+                        continue;
+                    }
+                    let dv = up[at(q) + c * channel];
+                    self.bias_grad[c] += dv;
+                    if dv != 0.0 {
+                        self.nonzero.push((p, c as u32, dv));
+                        self.entries.push((st.window(p as usize) as u32, dv));
                     }
                 }
-                g.im2col(&input[n * img..(n + 1) * img], &mut self.cols, ld, i * pix);
             }
-            // dW += dY cols^T.
-            self.gemm.run(
-                &mut self.grad,
-                Mat::rows(st.cout, patch),
-                k > 0,
-                &self.conv,
-                Mat::rows(st.cout, ld),
-                &self.cols,
-                Mat::rows(patch, ld).t(),
-            )?;
+            self.starts.push(self.entries.len());
+            let image = &self.inputs[s][n * padded..];
+            for (c, run) in self.starts.windows(2).enumerate() {
+                seg_sum(
+                    self.cpu,
+                    grad_wt,
+                    c * patch_lanes,
+                    wt_segs,
+                    image,
+                    input_segs,
+                    &self.entries[run[0]..run[1]],
+                );
+            }
             if s == 0 {
                 continue;
             }
-            // dcols = W^T dY, then back onto the input images.
-            self.gemm.run(
-                &mut self.cols,
-                Mat::rows(patch, ld),
-                false,
-                weight,
-                Mat::rows(st.cout, patch).t(),
-                &self.conv,
-                Mat::rows(st.cout, ld),
-            )?;
-            for i in 0..gn {
-                let n = g0 + i;
-                g.col2im(
-                    &self.cols,
-                    ld,
-                    i * pix,
-                    &mut self.down[n * img..(n + 1) * img],
-                );
+            // The same nonzeros by pixel (a counting sort; channels stay in order), as terms
+            // over the weights.
+            self.starts.clear();
+            self.starts.resize(pix + 1, 0);
+            for &(p, _, _) in &self.nonzero {
+                self.starts[p as usize + 1] += 1;
             }
-        }
-        opt.apply(&mut self.params, st.weight, &self.grad[..st.cout * patch]);
-        opt.apply(&mut self.params, st.bias, &self.bias_grad);
-        Ok(())
-    }
-
-    /// [`Net::stage_backward`] for a pooled stage, whose output gradient is zero but at one
-    /// pixel per window (and none where the ReLU was off): instead of dense products over the
-    /// whole output gradient (three quarters zeros under a 2x2 pool), each image's nonzero
-    /// entries are grouped by pixel; per pixel the input column is gathered once, each entry adds
-    /// `value * column` to its channel's weight gradient, and `sum value * W[channel]` goes back
-    /// onto the input pixels (for stages after the first).
-    fn pooled_stage_backward(&mut self, s: usize, b: usize, opt: &mut Optim) -> Result<()> {
-        let st = self.plan.stages[s];
-        let g = st.geom;
-        let (pix, patch, img, out_len) = (g.pixels(), g.patch(), g.image(), st.out_len());
-        let input: &[f32] = match s.checked_sub(1) {
-            Some(p) => &self.pooled[p],
-            None => &self.x,
-        };
-        let (pooled, argmax) = (&self.pooled[s], &self.argmax[s]);
-        let weight = &self.params[st.weight..st.weight + st.cout * patch];
-        let dw = &mut self.grad[..st.cout * patch];
-        dw.fill(0.0);
-        self.bias_grad.clear();
-        self.bias_grad.resize(st.cout, 0.0);
-        let (col, dcol) = self.cols.split_at_mut(patch);
-        let dcol = &mut dcol[..patch];
-        for n in 0..b {
-            let rows = n * out_len..(n + 1) * out_len;
-            self.nonzero.clear();
-            for ((&v, &at), &dv) in pooled[rows.clone()]
-                .iter()
-                .zip(&argmax[rows.clone()])
-                .zip(&self.up[rows])
-            {
-                if v > 0.0 && dv != 0.0 {
-                    let c = at as usize / pix;
-                    self.nonzero
-                        .push(((at as usize % pix) as u32, c as u32, dv));
-                    self.bias_grad[c] += dv;
-                }
+            for i in 0..pix {
+                self.starts[i + 1] += self.starts[i];
             }
-            self.nonzero
-                .sort_unstable_by_key(|e| u64::from(e.0) << 32 | u64::from(e.1));
-            let image = &input[n * img..(n + 1) * img];
-            if s > 0 {
-                self.down[n * img..(n + 1) * img].fill(0.0);
+            self.entries.clear();
+            self.entries.resize(self.nonzero.len(), (0, 0.0));
+            let mut fill = self.starts[..pix].to_vec();
+            for &(p, c, dv) in &self.nonzero {
+                let slot = &mut fill[p as usize];
+                self.entries[*slot] = ((c as usize * patch_lanes) as u32, dv);
+                *slot += 1;
             }
-            for same in self.nonzero.chunk_by(|a, b| a.0 == b.0) {
-                let p = same[0].0 as usize;
-                g.gather(image, p, col);
-                dcol.fill(0.0);
-                for &(_, c, dv) in same {
-                    let c = c as usize;
-                    for (d, v) in dw[c * patch..(c + 1) * patch].iter_mut().zip(col.iter()) {
-                        *d += dv * v;
-                    }
-                    if s > 0 {
-                        for (d, w) in dcol.iter_mut().zip(&weight[c * patch..(c + 1) * patch]) {
-                            *d += dv * w;
-                        }
-                    }
-                }
-                if s > 0 {
-                    g.scatter_add(dcol, p, &mut self.down[n * img..(n + 1) * img]);
+            let down = &mut self.down[n * padded..];
+            down[..padded].fill(0.0);
+            for (p, run) in self.starts.windows(2).enumerate() {
+                if run[0] < run[1] {
+                    seg_sum(
+                        self.cpu,
+                        down,
+                        st.window(p),
+                        input_segs,
+                        &self.wt[s],
+                        wt_segs,
+                        &self.entries[run[0]..run[1]],
+                    );
                 }
             }
         }
-        opt.apply(&mut self.params, st.weight, &self.grad[..st.cout * patch]);
+        let grad = &mut self.grad[..st.cout * g.patch()];
+        for (c, w) in grad.chunks_exact_mut(g.patch()).enumerate() {
+            for ci in 0..cin {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        w[(ci * k + ky) * k + kx] =
+                            grad_wt[(c * k + ky) * row_lanes + kx * cin + ci];
+                    }
+                }
+            }
+        }
+        opt.apply(&mut self.params, st.weight, grad);
         opt.apply(&mut self.params, st.bias, &self.bias_grad);
         Ok(())
     }
@@ -705,6 +907,21 @@ mod tests {
             )
             .unwrap(),
             ModelSpec::declare("cnn", &layers(&["conv5x5:2", "maxpool3"]), gray, 3).unwrap(),
+            // 16 and 32 output channels: the AVX-512 products where the CPU has them (3 and 16
+            // input channels: kernel rows of 9 and 48 floats).
+            ModelSpec::declare(
+                "cnn",
+                &layers(&[
+                    "conv3x3:16",
+                    "maxpool2",
+                    "conv3x3:32",
+                    "dense:16",
+                    "dense:5",
+                ]),
+                rgb,
+                4,
+            )
+            .unwrap(),
         ]
     }
 
@@ -753,11 +970,13 @@ mod tests {
 
     #[test]
     fn loss_and_gradients_equal_autograds_on_a_seeded_batch() {
-        let mut kinds = vec![ModelSpec::cnn()];
-        kinds.extend(declared());
-        for kind in &kinds {
+        // A batch of 16: the dense layers' AVX-512 products where the CPU has them.
+        let mut cases = vec![(ModelSpec::cnn(), 6), (ModelSpec::cnn(), 16)];
+        cases.extend(declared().into_iter().map(|k| (k, 6)));
+        cases.push((declared()[2].clone(), 16));
+        for (kind, n) in &cases {
             assert!(supports(kind), "{kind}");
-            let data = noise(6, kind.input_features(), kind.classes(), 3);
+            let data = noise(*n, kind.input_features(), kind.classes(), 3);
             let params = kind.init(5);
             let (fast_loss, fast) = fast_gradient(kind, &params, &data);
             let (slow_loss, slow) = autograd_gradient(kind, &params, &data);

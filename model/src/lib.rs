@@ -40,6 +40,7 @@ pub mod aggregate;
 pub mod attack;
 pub mod codec;
 pub mod compact;
+pub(crate) mod conv;
 pub mod custom;
 pub mod data;
 pub mod dp;
