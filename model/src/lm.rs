@@ -114,7 +114,19 @@ pub fn train_lm(
     rng: &mut Rng,
     progress: Option<&mut dyn FnMut(usize, usize, f32)>,
 ) -> Result<f32> {
-    let mut opt = LmOptimizer::new(model, cfg.lr, cfg.weight_decay)?;
+    train_with(LmOptimizer::new, model, data, cfg, rng, progress)
+}
+
+/// [`train_steps`] with AdamW from `make` and `cfg`'s schedule.
+fn train_with(
+    make: fn(&Transformer, f64, f64) -> Result<LmOptimizer>,
+    model: &Transformer,
+    data: &[u32],
+    cfg: &LmTrainConfig,
+    rng: &mut Rng,
+    progress: Option<&mut dyn FnMut(usize, usize, f32)>,
+) -> Result<f32> {
+    let mut opt = make(model, cfg.lr, cfg.weight_decay)?;
     train_steps(
         model,
         data,
@@ -282,16 +294,7 @@ pub fn train_lm_autograd(
     rng: &mut Rng,
     progress: Option<&mut dyn FnMut(usize, usize, f32)>,
 ) -> Result<f32> {
-    let mut opt = LmOptimizer::autograd(model, cfg.lr, cfg.weight_decay)?;
-    train_steps(
-        model,
-        data,
-        cfg,
-        &mut opt,
-        &|step| cfg.lr_at(step),
-        rng,
-        progress,
-    )
+    train_with(LmOptimizer::autograd, model, data, cfg, rng, progress)
 }
 
 /// One round of a node's local training of the transformer `kind` with fresh AdamW moments and
