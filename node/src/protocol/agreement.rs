@@ -24,8 +24,9 @@ use crate::wire::secagg::SignedSelection;
 /// and one acknowledgement kept per signer.
 #[derive(Default)]
 pub struct Agreement {
-    /// The first selection held from each signer, and when it arrived.
-    held: BTreeMap<[u8; 32], (SignedSelection, Millis)>,
+    /// The first selection held from each signer, its digest (computed once), and when it
+    /// arrived.
+    held: BTreeMap<[u8; 32], (SignedSelection, [u8; 32], Millis)>,
     /// The selection this node acknowledged (the first well-formed one it saw), and when.
     first: Option<([u8; 32], Millis)>,
     /// Each signer's first acknowledgement: the selection digest it names.
@@ -41,7 +42,8 @@ impl Agreement {
         if self.held.contains_key(&signer) {
             return false;
         }
-        self.held.insert(signer, (sel, now));
+        let digest = sel.body.digest();
+        self.held.insert(signer, (sel, digest, now));
         true
     }
 
@@ -52,8 +54,8 @@ impl Agreement {
         }
         self.held
             .values()
-            .min_by_key(|(_, at)| *at)
-            .map(|(s, _)| s.body.digest())
+            .min_by_key(|(_, _, at)| *at)
+            .map(|(_, d, _)| *d)
     }
 
     /// Fixes `digest` as this node's one selection of the round (acknowledged, when it is a
@@ -110,8 +112,8 @@ impl Agreement {
     pub fn by_digest(&self, digest: &[u8; 32]) -> Option<&SignedSelection> {
         self.held
             .values()
-            .map(|(s, _)| s)
-            .find(|s| s.body.digest() == *digest)
+            .find(|(_, d, _)| d == digest)
+            .map(|(s, _, _)| s)
     }
 
     /// The selection a quorum acknowledged, and when this node learned it.

@@ -7,7 +7,7 @@ use model::secagg::{Advert, Domain, MemberSecrets, Quantizer};
 
 use super::secure_tests::{
     ack, advert_in, core_with, draw_secrets, genesis, gossip, id, keys, masked_delta, member,
-    published, selection, sign_delta, verdict_of,
+    published, secagg_out, selection, sign_delta, verdict_of,
 };
 use super::*;
 use crate::wire::Included;
@@ -102,10 +102,10 @@ fn with_pair(r: SignedRecovery, key: &SigningKey, seed: [u8; 32]) -> Vec<u8> {
 }
 
 fn recoveries(actions: &[Action]) -> Vec<SignedRecovery> {
-    published(actions)
-        .iter()
-        .filter_map(|b| match SecAggMsg::decode(b) {
-            Some(Ok(SecAggMsg::Recovery(r))) => Some(r),
+    secagg_out(actions)
+        .into_iter()
+        .filter_map(|m| match m {
+            SecAggMsg::Recovery(r) => Some(r),
             _ => None,
         })
         .collect()

@@ -118,12 +118,20 @@ pub(super) fn selection(
     SecAggMsg::Selection(s).encode(3).unwrap()
 }
 
-/// The advert among what `actions` publish.
-pub(super) fn advert_in(actions: &[Action]) -> SignedAdvert {
+/// The secure-aggregation messages `actions` publish, decoded.
+pub(super) fn secagg_out(actions: &[Action]) -> Vec<SecAggMsg> {
     published(actions)
         .iter()
-        .find_map(|b| match SecAggMsg::decode(b) {
-            Some(Ok(SecAggMsg::Advert(a))) => Some(a),
+        .filter_map(|b| SecAggMsg::decode(b)?.ok())
+        .collect()
+}
+
+/// The advert among what `actions` publish.
+pub(super) fn advert_in(actions: &[Action]) -> SignedAdvert {
+    secagg_out(actions)
+        .into_iter()
+        .find_map(|m| match m {
+            SecAggMsg::Advert(a) => Some(a),
             _ => None,
         })
         .expect("our advert")
@@ -327,20 +335,20 @@ pub(super) fn ack(g: &crate::genesis::Genesis, key: &SigningKey, included: &[Inc
 }
 
 fn reveals(actions: &[Action]) -> Vec<SignedReveal> {
-    published(actions)
-        .iter()
-        .filter_map(|b| match SecAggMsg::decode(b) {
-            Some(Ok(SecAggMsg::Reveal(r))) => Some(r),
+    secagg_out(actions)
+        .into_iter()
+        .filter_map(|m| match m {
+            SecAggMsg::Reveal(r) => Some(r),
             _ => None,
         })
         .collect()
 }
 
 fn acks(actions: &[Action]) -> Vec<[u8; 32]> {
-    published(actions)
-        .iter()
-        .filter_map(|b| match SecAggMsg::decode(b) {
-            Some(Ok(SecAggMsg::Ack(a))) => Some(a.body.selection),
+    secagg_out(actions)
+        .into_iter()
+        .filter_map(|m| match m {
+            SecAggMsg::Ack(a) => Some(a.body.selection),
             _ => None,
         })
         .collect()
@@ -381,6 +389,13 @@ fn a_member_reveals_once_for_the_agreed_selection_and_never_pair_seeds_with_incl
     );
     let first = with_us(&k, &own);
     let digest = selection_digest(g.chain_id.as_str(), 1, &first);
+    // A selection of fewer than a quorum can never be revealed for: refused, not acknowledged.
+    let a = gossip(&mut c, selection(&g, &k[1], first[..2].to_vec()));
+    assert!(
+        acks(&a).is_empty(),
+        "no acknowledgement of a selection below the quorum"
+    );
+    assert_eq!(verdict_of(a), Verdict::Reject("bad_selection"));
     let a = gossip(&mut c, selection(&g, &k[1], first.clone()));
     assert!(
         reveals(&a).is_empty(),
@@ -457,9 +472,9 @@ fn a_split_selection_gets_no_reveal_for_two_sets() {
         reveals(&out).is_empty(),
         "member 0 revealed its self seed while the others acknowledged a set without it"
     );
-    let shares = published(&out)
+    let shares = secagg_out(&out)
         .iter()
-        .filter(|b| matches!(SecAggMsg::decode(b), Some(Ok(SecAggMsg::Recovery(_)))))
+        .filter(|m| matches!(m, SecAggMsg::Recovery(_)))
         .count();
     assert_eq!(shares, 0, "no share of a seed for the unagreed set");
     // Member 0 is outside the agreed set: what it may publish later (its pair seeds with a
@@ -770,9 +785,9 @@ fn a_restarted_validator_acknowledges_no_second_selection() {
     // Long after the propose timeout: it gives the round up (a void value) instead.
     let proposed = c.try_propose_secure(60_000).expect("propose");
     let out = std::mem::take(&mut c.secure.outbox);
-    let selections = published(&out)
+    let selections = secagg_out(&out)
         .iter()
-        .filter(|b| matches!(SecAggMsg::decode(b), Some(Ok(SecAggMsg::Selection(_)))))
+        .filter(|m| matches!(m, SecAggMsg::Selection(_)))
         .count();
     assert_eq!(
         selections, 0,
