@@ -299,6 +299,15 @@ fn round_record(ledger: &Path, offset: u64, r: u64) -> Result<serde_json::Value>
         "joins": rv.joins.iter().map(|j| hex(&j.validator)).collect::<Vec<_>>(),
         "promotions": rv.promotions.iter().map(|k| hex(k)).collect::<Vec<_>>(),
         "removals": rv.removals.iter().map(|k| hex(k)).collect::<Vec<_>>(),
+        // Under secure aggregation: the included members whose self mask was recovered from
+        // the others' Shamir shares (they went silent after the selection), not revealed.
+        "recovered": rv
+            .included
+            .iter()
+            .zip(&rv.aggregation.reveals)
+            .filter(|(_, r)| crate::wire::secagg::RecoveredSeed::decode(r).is_some())
+            .map(|(i, _)| hex(&i.author))
+            .collect::<Vec<_>>(),
         "certificate": {
             "view": cert.view.0,
             "signers": cert.precommits.iter().map(|p| hex(&p.validator.0)).collect::<Vec<_>>(),

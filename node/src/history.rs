@@ -125,17 +125,99 @@ impl RoundEvents {
 }
 
 /// The last up to [`History::LIMIT`] committed rounds, oldest first.
-#[derive(Debug, Clone, Serialize)]
+///
+/// Held compactly: each round is a fixed-size [`Slot`] of about a hundred bytes whose authors are
+/// indices into one table of the keys the window names, so the whole window is about 100 kB,
+/// allocated and written once at start. A window of [`RoundSummary`]s (480 bytes a round, each
+/// author's 32-byte key inline) was reserved above glibc's mmap threshold and the kernel mapped
+/// its pages only as rounds filled it: the node's resident memory rose by about 50 kB per hundred
+/// rounds until round 1,000 (BENCHMARKS.md section 8).
+#[derive(Debug, Clone)]
 pub struct History {
-    /// The rounds, allocated for [`History::LIMIT`] at once: a deque that grew as rounds came
-    /// made the node's memory rise until round 1,000 (BENCHMARKS.md section 8).
-    rounds: VecDeque<RoundSummary>,
+    slots: VecDeque<Slot>,
+    keys: KeyTable,
+}
+
+/// One committed round as held: [`RoundSummary`] with its authors as [`KeyTable`] indices and
+/// its rare events boxed.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    round: u64,
+    time_ms: Option<std::num::NonZeroU64>,
+    seconds: Option<f32>,
+    train_loss: Option<f32>,
+    eval_loss: Option<f32>,
+    accuracy: Option<f32>,
+    phases: Option<[f32; 5]>,
+    included: smallvec::SmallVec<[u32; INLINE_AUTHORS]>,
+    events: Option<Box<RoundEvents>>,
+}
+
+/// The keys the window's rounds include, each held once with the number of rounds that name
+/// it; a key no held round names leaves, and its index is reused. So the table holds at most
+/// the distinct authors of [`History::LIMIT`] rounds.
+#[derive(Debug, Clone, Default)]
+struct KeyTable {
+    keys: Vec<([u8; 32], u32)>,
+    index: std::collections::HashMap<[u8; 32], u32>,
+    free: Vec<u32>,
+}
+
+impl KeyTable {
+    /// `key`'s index, counting one more round that names it.
+    fn intern(&mut self, key: [u8; 32]) -> u32 {
+        if let Some(&i) = self.index.get(&key) {
+            self.keys[i as usize].1 += 1;
+            return i;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.keys[i as usize] = (key, 1);
+                i
+            }
+            None => {
+                self.keys.push((key, 1));
+                // At most LIMIT rounds of at most u32::MAX authors can be named at once; the
+                // index fits as long as fewer than 2^32 distinct keys are live, which the
+                // consensus value's size limit guarantees by far.
+                (self.keys.len() - 1) as u32
+            }
+        };
+        self.index.insert(key, i);
+        i
+    }
+
+    /// One round fewer names the key at `i`.
+    fn release(&mut self, i: u32) {
+        let entry = &mut self.keys[i as usize];
+        entry.1 -= 1;
+        if entry.1 == 0 {
+            self.index.remove(&entry.0);
+            self.free.push(i);
+        }
+    }
+
+    fn key(&self, i: u32) -> Key {
+        Key(self.keys[i as usize].0)
+    }
+
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        self.index.len()
+    }
 }
 
 impl Default for History {
     fn default() -> Self {
+        let mut slots = VecDeque::with_capacity(Self::LIMIT);
+        // Write the window once so that its pages are resident from the start instead of being
+        // mapped one by one as rounds fill it.
+        slots.resize(Self::LIMIT, Slot::default());
+        std::hint::black_box(&mut slots);
+        slots.clear();
         History {
-            rounds: VecDeque::with_capacity(Self::LIMIT),
+            slots,
+            keys: KeyTable::default(),
         }
     }
 }
@@ -165,24 +247,68 @@ impl History {
 
     /// Adds a committed round, dropping the oldest beyond [`History::LIMIT`].
     pub fn push(&mut self, r: RoundSummary) {
-        if self.rounds.len() == Self::LIMIT {
-            self.rounds.pop_front();
+        if self.slots.len() == Self::LIMIT
+            && let Some(old) = self.slots.pop_front()
+        {
+            for i in old.included {
+                self.keys.release(i);
+            }
         }
-        self.rounds.push_back(r);
+        let events = (r.events != RoundEvents::default()).then(|| Box::new(r.events));
+        let p = r.phases;
+        self.slots.push_back(Slot {
+            round: r.round,
+            time_ms: r.time_ms.and_then(std::num::NonZeroU64::new),
+            seconds: r.seconds.map(|s| s as f32),
+            train_loss: r.train_loss,
+            eval_loss: r.eval_loss,
+            accuracy: r.accuracy,
+            phases: p
+                .map(|p| [p.train, p.gossip, p.consensus, p.aggregate, p.other].map(|v| v as f32)),
+            included: r.included.iter().map(|k| self.keys.intern(k.0)).collect(),
+            events,
+        });
     }
 
     /// Rounds held.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.rounds.len()
+        self.slots.len()
+    }
+
+    /// The round held at `slot`, as served.
+    fn summary(&self, slot: &Slot) -> RoundSummary {
+        RoundSummary {
+            round: slot.round,
+            time_ms: slot.time_ms.map(std::num::NonZeroU64::get),
+            seconds: slot.seconds.map(f64::from),
+            train_loss: slot.train_loss,
+            eval_loss: slot.eval_loss,
+            accuracy: slot.accuracy,
+            included: slot.included.iter().map(|&i| self.keys.key(i)).collect(),
+            phases: slot.phases.map(|p| p.map(f64::from).into()),
+            events: slot.events.as_deref().cloned().unwrap_or_default(),
+        }
     }
 
     /// The `/history` document: `{"limit": 1000, "rounds": [...]}`, oldest round first.
     pub fn to_json(&self) -> serde_json::Result<String> {
-        serde_json::to_string(&serde_json::json!({
-            "limit": Self::LIMIT,
-            "rounds": self.rounds,
-        }))
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            limit: usize,
+            rounds: Rounds<'a>,
+        }
+        struct Rounds<'a>(&'a History);
+        impl Serialize for Rounds<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                // One round materialised at a time, never the whole window.
+                s.collect_seq(self.0.slots.iter().map(|slot| self.0.summary(slot)))
+            }
+        }
+        serde_json::to_string(&Doc {
+            limit: Self::LIMIT,
+            rounds: Rounds(self),
+        })
     }
 }
 
@@ -194,16 +320,109 @@ mod tests {
     #[test]
     fn the_window_is_allocated_once() {
         let mut h = History::default();
-        let at_start = h.rounds.capacity();
+        let at_start = h.slots.capacity();
         assert!(at_start >= History::LIMIT);
         for round in 0..2 * History::LIMIT as u64 {
             h.push(RoundSummary {
                 round,
                 ..RoundSummary::default()
             });
-            assert_eq!(h.rounds.capacity(), at_start, "round {round}");
+            assert_eq!(h.slots.capacity(), at_start, "round {round}");
         }
         assert_eq!(h.len(), History::LIMIT);
+    }
+
+    /// A round is about a hundred bytes held, so the window stays far below glibc's mmap
+    /// threshold (128 KiB, set by the node) and is part of the heap written at start.
+    #[test]
+    fn a_held_round_is_compact() {
+        assert!(
+            std::mem::size_of::<Slot>() <= 128,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+    }
+
+    /// The key table holds only the keys the window's rounds name: a network whose authors
+    /// change every round (an open network's churn) keeps at most the window's distinct keys,
+    /// and every round is served with its own authors.
+    #[test]
+    fn keys_leave_with_the_last_round_that_names_them() {
+        let mut h = History::default();
+        let key = |n: u64| {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&n.to_le_bytes());
+            Key(k)
+        };
+        for round in 0..5 * History::LIMIT as u64 {
+            // Two fixed validators and two authors seen in this round only.
+            let included = [
+                key(u64::MAX),
+                key(u64::MAX - 1),
+                key(2 * round),
+                key(2 * round + 1),
+            ];
+            h.push(RoundSummary {
+                round,
+                included: included.into_iter().collect(),
+                ..RoundSummary::default()
+            });
+            assert!(h.keys.live() <= 2 + 2 * History::LIMIT, "round {round}");
+            assert!(
+                h.keys.keys.len() <= 2 + 2 * History::LIMIT + 2,
+                "round {round}"
+            );
+        }
+        assert_eq!(h.keys.live(), 2 + 2 * History::LIMIT);
+        let v: serde_json::Value =
+            serde_json::from_str(&h.to_json().expect("json")).expect("parse");
+        let first = &v["rounds"][0];
+        let r = 4 * History::LIMIT as u64;
+        assert_eq!(first["round"], r);
+        let hexes = |ks: &[Key]| ks.iter().map(|k| hex(&k.0)).collect::<Vec<_>>();
+        assert_eq!(
+            first["included"],
+            serde_json::json!(hexes(&[
+                key(u64::MAX),
+                key(u64::MAX - 1),
+                key(2 * r),
+                key(2 * r + 1)
+            ]))
+        );
+    }
+
+    /// What is served is what was pushed (floats to `f32` precision).
+    #[test]
+    fn a_round_is_served_as_pushed() {
+        let mut h = History::default();
+        let r = RoundSummary {
+            round: 12,
+            time_ms: Some(1_700_000_000_123),
+            seconds: Some(0.25),
+            train_loss: Some(1.5),
+            eval_loss: None,
+            accuracy: Some(0.875),
+            included: smallvec::smallvec![Key([3; 32]), Key([1; 32])],
+            phases: Some([0.5, 0.25, 0.125, 0.0625, 0.03125].into()),
+            events: RoundEvents {
+                promotions: vec![Key([7; 32])],
+                evidence: 2,
+                ..RoundEvents::default()
+            },
+        };
+        h.push(r.clone());
+        h.push(RoundSummary {
+            round: 13,
+            ..RoundSummary::default()
+        });
+        assert_eq!(h.summary(&h.slots[0]), r);
+        assert_eq!(
+            h.summary(&h.slots[1]),
+            RoundSummary {
+                round: 13,
+                ..RoundSummary::default()
+            }
+        );
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub struct Args {
     #[arg(long)]
     pub dataset_dir: Option<PathBuf>,
     /// Demonstration misbehaviour: sign-flip[:S], gaussian[:S], alie, label-flip, zeros,
-    /// equivocate, silent.
+    /// equivocate, silent, lying-removals, crash-before-reveal (secure aggregation: the process
+    /// stops once it is selected, before its reveal).
     #[arg(long)]
     pub byzantine: Option<String>,
     #[command(flatten)]

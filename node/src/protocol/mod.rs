@@ -69,6 +69,10 @@ pub enum Byzantine {
     Silent,
     /// Its proposals leave out due removals and remove an honest validator instead.
     LyingRemovals,
+    /// Under secure aggregation: stops the process (as a crash would) the first time a
+    /// selection that includes it is agreed, before it reveals, so the others must recover its
+    /// self mask from their Shamir shares (the e2e test of a member that dies mid-round).
+    CrashBeforeReveal,
 }
 
 impl std::str::FromStr for Byzantine {
@@ -78,10 +82,10 @@ impl std::str::FromStr for Byzantine {
             "equivocate" | "equivocation" => Ok(Self::Equivocate),
             "silent" => Ok(Self::Silent),
             "lying-removals" => Ok(Self::LyingRemovals),
-            _ => s
-                .parse::<Attack>()
-                .map(Self::Attack)
-                .map_err(|e| format!("{e}; or equivocate, silent, lying-removals")),
+            "crash-before-reveal" => Ok(Self::CrashBeforeReveal),
+            _ => s.parse::<Attack>().map(Self::Attack).map_err(|e| {
+                format!("{e}; or equivocate, silent, lying-removals, crash-before-reveal")
+            }),
         }
     }
 }

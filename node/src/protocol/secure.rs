@@ -74,7 +74,7 @@ use model::secagg::{Advert, Domain, MemberSecrets, Quantizer, Reveal};
 
 use super::agreement::Agreement;
 use super::round::{Applied, max_wait};
-use super::{Action, Core, Millis};
+use super::{Action, Byzantine, Core, Millis};
 use crate::genesis::SecureAggregation;
 use crate::wire::secagg::{
     AckBody, AdvertBody, MaskedPayload, RecoveredSeed, RevealBody, SecAggMsg, SelectionBody,
@@ -582,6 +582,14 @@ impl Core {
         let Some((_, secrets)) = self.secure.secrets.as_ref().filter(|(r, _)| *r == h) else {
             return Ok(());
         };
+        if self.cfg.byzantine == Some(Byzantine::CrashBeforeReveal) {
+            self.secure.revealed.insert(h);
+            out.push(Action::Fatal(format!(
+                "crash-before-reveal (a demonstration fault): selected for round {h}, \
+                 stopping before the reveal"
+            )));
+            return Ok(());
+        }
         let ids: Vec<[u8; 32]> = sel.body.included.iter().map(|i| i.author).collect();
         let r = match model::secagg::reveal(
             &self.domain(h),
