@@ -5,7 +5,8 @@
 #   onedown  rounds/s with 4 up, then with 1 of 4 down (SECS seconds each)
 #   rss      RSS and peak RSS of a validator with its anonymous and file-backed parts (RssAnon:
 #            what the node allocated; RssFile: pages of the binary), at rounds RSS_AT (default
-#            100, 1000, 2500, RSS_ROUNDS, 2 x RSS_ROUNDS)
+#            100, 1000, 2500, RSS_ROUNDS, 2 x RSS_ROUNDS); fails unless the peak at the last
+#            round is within RSS_FLAT_KIB (default 512) of the peak at the first
 #   wipe     a validator whose data dir is wiped at round WIPE_AT catches up
 #   fair     how often each validator's delta is included in rounds 101..FAIR_ROUNDS (node 1
 #            trains on the most data: the Dirichlet split gives shards of different sizes)
@@ -111,14 +112,31 @@ onedown() {
   echo "result: onedown 1 of 4 down: $(rate "$SECS") rounds/s"
 }
 
-rss_of() { awk '/VmRSS|VmHWM|RssAnon|RssFile/ {printf "%s %s KiB  ", $1, $2}' "/proc/$(cat "$W/n$1/pid")/status"; }
+# VmHWM and VmRSS are the kernel's per-CPU counters, which may lag by up to 32 pages a CPU each;
+# smaps_rollup's Rss walks the page tables: exact.
+rss_of() {
+  local p="/proc/$(cat "$W/n$1/pid")"
+  awk '/VmRSS|VmHWM|RssAnon|RssFile/ {printf "%s %s KiB  ", $1, $2}' "$p/status"
+  awk '/^Rss:/ {printf "exact Rss: %s KiB  ", $2}' "$p/smaps_rollup"
+}
 
 rss() {
   start_all
+  local first="" last=""
   for r in ${RSS_AT:-100 1000 2500 $RSS_ROUNDS $((RSS_ROUNDS * 2))}; do
     wait_round 1 "$r" 3600
     echo "result: rss round $(round 1): $(rss_of 1)"
+    last=$(awk '/VmHWM/ {print $2}' "/proc/$(cat "$W/n1/pid")/status")
+    first=${first:-$last}
   done
+  # Flat: the peak at the last round within RSS_FLAT_KIB (default 512 KiB) of the peak at the first.
+  local grew=$((last - first)) tol=${RSS_FLAT_KIB:-512}
+  if [ "$grew" -le "$tol" ]; then
+    echo "result: rss flat: peak +$grew KiB from the first round measured to the last (at most $tol): PASS"
+  else
+    echo "result: rss flat: peak +$grew KiB from the first round measured to the last (more than $tol): FAIL"
+    return 1
+  fi
 }
 
 wipe() {

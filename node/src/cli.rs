@@ -61,7 +61,6 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    tune_malloc();
     // candle's CPU matmul looks up its thread count on every call: RAYON_NUM_THREADS, or else
     // a re-read of /proc/cpuinfo (~33 us a call), and splitting the 2NN's small matmuls over
     // threads costs more than it saves. One thread per process trains the 2NN ~2x faster
@@ -73,6 +72,7 @@ where
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     }
     let cli = Cli::parse_from(args);
+    tune_malloc(matches!(cli.command, Command::Run(_)));
     // The simulator's Byzantine nodes make honest ones warn all the time: errors only by default.
     let default_filter = match cli.command {
         Command::Netsim(_) => "error",
@@ -114,10 +114,17 @@ where
 /// glibc's malloc, set for a node's allocation pattern before any thread starts: blocks from
 /// 128 KiB up (deltas, models, evaluation batches, data) are mapped and unmapped on their own
 /// instead of raising the threshold as they are freed (glibc's default, after which such blocks
-/// stay in the heap and fragment it), and two arenas serve every thread. Together they lowered
-/// a 2NN node's peak RSS on MNIST by about a tenth (BENCHMARKS.md section 8). An operator's own
-/// glibc tunables (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_ARENA_MAX`) win over these.
-fn tune_malloc() {
+/// stay in the heap and fragment it). That lowered a 2NN node's peak RSS on MNIST by about a
+/// tenth (BENCHMARKS.md section 8).
+///
+/// A node (`run`) allocates from one arena. With two, the driver's long-lived data landed in
+/// whichever arena the tokio worker that happened to poll it used, drifted from one to the other
+/// as rounds went, and the arena it left kept pages its remaining blocks pinned: a digits
+/// validator's peak RSS rose by 1.06 MB from round 100 to round 5,000, against 0.27-0.39 MB
+/// with one arena, all of it before round ~600 (BENCHMARKS.md section 8). Other commands (the
+/// simulator, training runs) keep two. An operator's own glibc tunables
+/// (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_ARENA_MAX`) win over these.
+fn tune_malloc(node: bool) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; no other thread runs yet.
     unsafe {
@@ -125,9 +132,11 @@ fn tune_malloc() {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
         }
         if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_ARENA_MAX, if node { 1 } else { 2 });
         }
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = node;
 }
 
 /// Hands the allocator's free pages back to the kernel every `every`, for as long as the process
