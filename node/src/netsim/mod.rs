@@ -418,6 +418,9 @@ impl Sim {
             }
             Delivery::Crash => {
                 self.epoch[i] += 1;
+                if self.cfg.net.torn_crashes {
+                    self.nodes[i].store.tear();
+                }
                 self.nodes[i].core = None;
                 self.wake[i] = None;
             }

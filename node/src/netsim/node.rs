@@ -84,6 +84,8 @@ pub struct SimStore {
     pub wal: Vec<Vec<u8>>,
     /// The committed state.
     pub state: Option<StateBody>,
+    /// The state before the last write (what a crash inside a commit leaves).
+    pub prev_state: Option<StateBody>,
     /// The residual.
     pub residual: Vec<f32>,
     /// This node's own last signed delta.
@@ -105,13 +107,23 @@ impl SimStore {
         }
     }
 
+    /// A crash inside the last commit, after its ledger append and before its state write: the
+    /// stored state goes back to the one before, one round behind the ledger. Nothing happens
+    /// unless the state is the ledger's last round (the last commit wrote both).
+    pub fn tear(&mut self) {
+        let last = self.ledger.last().map(|e| e.height);
+        if self.state.as_ref().map(|s| s.round) == last && self.prev_state.is_some() {
+            self.state = self.prev_state.take();
+        }
+    }
+
     /// Performs a storage action; other actions are not the store's.
     pub fn perform(&mut self, a: &Action) {
         match a {
             Action::AppendWal(b) => self.wal.push(b.clone()),
             Action::ResetWal => self.wal.clear(),
             Action::AppendLedger(e) => self.ledger.push(e.clone()),
-            Action::WriteState(s) => self.state = Some(s.clone()),
+            Action::WriteState(s) => self.prev_state = self.state.replace(s.clone()),
             Action::WriteResidual(r) => self.residual = r.clone(),
             Action::WriteOwnDelta(b) => self.own_delta = Some(b.to_vec()),
             Action::WriteReleases(n) => self.releases = *n,

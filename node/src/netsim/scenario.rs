@@ -94,6 +94,9 @@ pub struct NetFaults {
     /// Under secure aggregation, while faulty: a node about to publish its reveal crashes
     /// instead (selected, then gone before revealing), once a round, back after 2 s.
     pub crash_on_reveal: bool,
+    /// Every crash lands inside the node's last commit: after the ledger append, before the
+    /// state write, so it restarts with its state one round behind its ledger.
+    pub torn_crashes: bool,
 }
 
 /// One run's settings.
@@ -185,6 +188,7 @@ impl SimConfig {
                 crashes: false,
                 joiner_train_ms: None,
                 crash_on_reveal: false,
+                torn_crashes: false,
             },
             faults_until: 4_000,
             liveness_ms: 40_000,
@@ -223,7 +227,11 @@ impl SimConfig {
                 c.net.delay_faulty = (1, 400);
             }
             Scenario::Partition => c.net.partitions = true,
-            Scenario::Crash => c.net.crashes = true,
+            Scenario::Crash => {
+                c.net.crashes = true;
+                // Every other run's crashes land inside a commit (state behind the ledger).
+                c.net.torn_crashes = seed % 2 == 1;
+            }
             Scenario::Byzantine => byzantine(&mut c, &mut rng),
             Scenario::LateJoiner => c.late = Some((0, 3_000)),
             Scenario::SplitSelections => {
@@ -245,12 +253,16 @@ impl SimConfig {
                 c.net.delay_faulty = (1, 300);
                 c.net.partitions = true;
                 c.net.crashes = true;
+                c.net.torn_crashes = seed % 2 == 1;
                 byzantine(&mut c, &mut rng);
             }
             Scenario::QuorumLoss => {
                 let (a, b) = (nodes - 1, nodes - 2);
                 c.outages = vec![(a, 1_000, None), (b, 1_000, Some(3_000))];
                 c.faults_until = 3_000;
+                // The restarted node's state is behind its ledger, and the others are stuck at
+                // its height: they must still serve it their state.
+                c.net.torn_crashes = true;
                 // Back within a few timeouts once 2f + 1 are up again.
                 c.liveness_ms = 10_000;
             }

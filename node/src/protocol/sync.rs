@@ -31,6 +31,9 @@ pub const OBSERVER_STALE_MS: Millis = 3_000;
 pub struct SyncState {
     /// Waiting for a snapshot (the stored state is behind the ledger, or we fell behind).
     pub syncing: bool,
+    /// The stored state is behind our own ledger (a crash inside a commit): we need the state
+    /// of our own height, which a peer at that height holds.
+    state_behind: bool,
     /// When the last request went out.
     last_try: Option<Millis>,
     /// Validators that showed a later height since our last commit.
@@ -42,6 +45,7 @@ impl SyncState {
     pub fn new(syncing: bool) -> SyncState {
         SyncState {
             syncing,
+            state_behind: syncing,
             last_try: None,
             ahead: BTreeSet::new(),
         }
@@ -66,6 +70,7 @@ impl SyncState {
     /// A commit happened: earlier signals are stale.
     fn reset(&mut self) {
         self.syncing = false;
+        self.state_behind = false;
         self.ahead.clear();
     }
 }
@@ -120,8 +125,16 @@ impl Core {
                 .is_none_or(|t| now.saturating_sub(t) > RETRY_MS)
         {
             self.sync.last_try = Some(now);
+            // With our state behind our ledger we hold everything up to the height before:
+            // a peer at our height serves nothing newer than the requester holds, and when the
+            // network waits for us to reach a quorum, no peer is ahead.
+            let held = self.committed.height();
             out.push(Action::RequestState {
-                from_height: self.committed.height(),
+                from_height: if self.sync.state_behind {
+                    held.saturating_sub(1)
+                } else {
+                    held
+                },
             });
         }
     }
