@@ -198,6 +198,8 @@ async fn endpoints_keep_their_paths_status_codes_and_content_types() {
     assert_eq!(v["included"][0]["delta_digest"], "03".repeat(32));
     assert_eq!(v["included"][0]["samples"], 600);
     assert_eq!(v["rejected"][0], "02".repeat(32));
+    // Without secure aggregation no mask is ever recovered.
+    assert_eq!(v["recovered"], serde_json::json!([]));
     assert_eq!(v["certificate"]["view"], 1);
     assert_eq!(v["certificate"]["signers"], serde_json::json!([]));
     assert_eq!(
@@ -219,6 +221,7 @@ async fn endpoints_keep_their_paths_status_codes_and_content_types() {
             "joins",
             "model_hash",
             "promotions",
+            "recovered",
             "rejected",
             "removals",
             "round",
