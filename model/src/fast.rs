@@ -8,7 +8,7 @@
 //! zeroed allocations about 17% overall; `Var::set` copying each updated tensor 5%; the rest the
 //! broadcasts, loss ops and graph walk. Here the parameters live in one flat [`CpuStorage`], every
 //! product is [`BackendStorage::matmul`] (candle's gemm) on strided [`Layout`] views of that
-//! storage (transposes are strides, never copies), the bias, ReLU, loss and optimiser are single
+//! storage (transposes are strides, never copies), the bias, activation, loss and optimiser are single
 //! fused loops, and each tensor is updated in place as soon as its gradient exists. gemm is now
 //! about 85% of the step. The first layer's weight is held transposed while training so that gemm
 //! reads it in place instead of packing all of it on every forward pass (10% faster); nothing
@@ -42,6 +42,7 @@ use crate::error::{Error, Result};
 use crate::kernels::internal;
 use crate::net::{Model, ModelSpec};
 use crate::rng::Rng;
+use crate::spec::{Activation, Op};
 use crate::train::{Batches, Optimizer, TrainConfig, check_data};
 
 /// Whether [`train`] handles `kind`.
@@ -63,6 +64,8 @@ struct Dense {
     /// reads it in place in the forward pass instead of packing all of it on every step, and the
     /// first layer needs no input gradient, the one product that would pack it instead.
     transposed: bool,
+    /// The nonlinearity after this layer: ReLU or tanh for a hidden layer, `None` for the output.
+    activation: Option<Activation>,
 }
 
 impl Dense {
@@ -87,8 +90,17 @@ fn transpose_block(params: &mut [f32], off: usize, rows: usize, cols: usize) {
     }
 }
 
-/// The layers `fc1`, `fc2`, ... of `kind`, in order, read off its canonical layout.
+/// The layers `fc1`, `fc2`, ... of `kind`, in order, read off its canonical layout, with their
+/// activations from its forward pass.
 fn dense_layers(kind: &ModelSpec) -> Result<Vec<Dense>> {
+    let activations: Vec<Option<Activation>> = kind
+        .ops()?
+        .into_iter()
+        .filter_map(|op| match op {
+            Op::Dense { activation, .. } => Some(activation),
+            _ => None,
+        })
+        .collect();
     let mut offsets = std::collections::HashMap::new();
     let mut off = 0;
     for spec in kind.layout() {
@@ -107,15 +119,19 @@ fn dense_layers(kind: &ModelSpec) -> Result<Vec<Dense>> {
         let &[out, inp] = shape.as_slice() else {
             return Err(internal(format!("fc{i}.weight is not a matrix")));
         };
+        let activation = *activations
+            .get(i - 1)
+            .ok_or_else(|| internal(format!("fc{i} is not in {kind}'s forward pass")))?;
         layers.push(Dense {
             inp,
             out,
             weight: *weight,
             bias: *bias,
             transposed: i == 1,
+            activation,
         });
     }
-    if layers.len() * 2 != offsets.len() {
+    if layers.len() * 2 != offsets.len() || layers.len() != activations.len() {
         return Err(internal(format!("{kind} is not a stack of fc layers")));
     }
     Ok(layers)
@@ -341,7 +357,7 @@ struct Net {
     /// The input batch, row-major.
     x: CpuStorage,
     labels: Vec<u8>,
-    /// Post-ReLU activations of the hidden layers, filled by [`Net::forward`].
+    /// Activations (after the ReLU or tanh) of the hidden layers, filled by [`Net::forward`].
     hidden: Vec<CpuStorage>,
     /// Bias gradient scratch.
     bias_grad: Vec<f32>,
@@ -409,13 +425,21 @@ impl Net {
             let bias = &slice(&self.params)?[d.bias..d.bias + d.out];
             let zs = slice_mut(&mut z)?;
             for row in zs.chunks_exact_mut(d.out) {
-                if l == last {
-                    for (v, b) in row.iter_mut().zip(bias) {
-                        *v += b;
+                match d.activation {
+                    None => {
+                        for (v, b) in row.iter_mut().zip(bias) {
+                            *v += b;
+                        }
                     }
-                } else {
-                    for (v, b) in row.iter_mut().zip(bias) {
-                        *v = (*v + b).max(0.0);
+                    Some(Activation::Relu) => {
+                        for (v, b) in row.iter_mut().zip(bias) {
+                            *v = (*v + b).max(0.0);
+                        }
+                    }
+                    Some(Activation::Tanh) => {
+                        for (v, b) in row.iter_mut().zip(bias) {
+                            *v = (*v + b).tanh();
+                        }
                     }
                 }
             }
@@ -460,8 +484,9 @@ impl Net {
         })
     }
 
-    /// `dA_prev = dZ W` (`b x inp`) for layer `l > 0`, masked by the ReLU of its input to the
-    /// previous layer's `dZ`.
+    /// `dA_prev = dZ W` (`b x inp`) for layer `l > 0`, times the derivative of the previous
+    /// layer's activation (read off its output `a`): the ReLU's mask `a > 0`, or tanh's
+    /// `1 - a^2`; that is the previous layer's `dZ`.
     fn input_grad(&self, l: usize, dz: &CpuStorage, b: usize) -> Result<CpuStorage> {
         let d = self.layers[l];
         let mut da = matmul(
@@ -472,8 +497,22 @@ impl Net {
             d.out,
         )?;
         let a = slice(self.input(l))?;
-        for (g, a) in slice_mut(&mut da)?.iter_mut().zip(a) {
-            *g = if *a > 0.0 { *g } else { 0.0 };
+        let prev = l
+            .checked_sub(1)
+            .and_then(|p| self.layers.get(p))
+            .and_then(|p| p.activation);
+        match prev {
+            Some(Activation::Relu) => {
+                for (g, a) in slice_mut(&mut da)?.iter_mut().zip(a) {
+                    *g = if *a > 0.0 { *g } else { 0.0 };
+                }
+            }
+            Some(Activation::Tanh) => {
+                for (g, a) in slice_mut(&mut da)?.iter_mut().zip(a) {
+                    *g *= 1.0 - a * a;
+                }
+            }
+            None => return Err(internal(format!("layer {l} has no hidden layer before it"))),
         }
         Ok(da)
     }
@@ -487,8 +526,8 @@ impl Net {
         opt.begin_step();
         for l in (0..self.layers.len()).rev() {
             let d = self.layers[l];
-            // dA_prev = dZ W before W changes, masked by the ReLU to dZ_prev (the input needs no
-            // gradient).
+            // dA_prev = dZ W before W changes, times the activation's derivative to dZ_prev (the
+            // input needs no gradient).
             let next = if l > 0 {
                 Some(self.input_grad(l, &dz, b)?)
             } else {
@@ -947,6 +986,59 @@ mod tests {
         }
     }
 
+    /// The 2NN's shape with tanh after both hidden layers (`dense:200:tanh` twice).
+    pub(super) fn tanh_2nn() -> ModelSpec {
+        let layers = ["dense:200:tanh".to_string(), "dense:200:tanh".to_string()];
+        ModelSpec::declare("mlp", &layers, crate::net::InputShape::MNIST, 10).unwrap()
+    }
+
+    #[test]
+    fn matches_autograd_with_tanh_layers() {
+        use crate::net::InputShape;
+        let data = noise(40, 784, 2);
+        let tanh = tanh_2nn();
+        assert!(supports(&tanh));
+        for (name, c) in [
+            ("sgd", cfg(Work::Steps(6), 8, SGD, 0.0)),
+            ("momentum", cfg(Work::Steps(6), 8, MOMENTUM, 0.0)),
+            ("adam", cfg(Work::Steps(6), 8, ADAM, 0.0)),
+            ("fedprox momentum", cfg(Work::Epochs(1), 16, MOMENTUM, 0.5)),
+        ] {
+            check(&format!("tanh 2nn {name}"), &tanh, &data, &c);
+        }
+        // The activation is not ignored: the same training on the ReLU 2NN (same initial bits)
+        // ends elsewhere.
+        let c = cfg(Work::Steps(6), 8, SGD, 0.0);
+        let trained = |kind: &ModelSpec| {
+            let mut p = kind.init(4);
+            train(kind, &mut p, &data, &c, &mut Rng::seed(9), None, None).unwrap();
+            p
+        };
+        assert_eq!(tanh.init(4), ModelSpec::mlp().init(4));
+        assert!(max_abs_diff(&trained(&tanh), &trained(&ModelSpec::mlp())) > 1e-3);
+        // Tanh and ReLU mixed, either way round, on 13 features.
+        let mut small = noise(50, 13, 5);
+        small.y.iter_mut().for_each(|y| *y %= 3);
+        for l in [["dense:16:tanh", "dense:8"], ["dense:16", "dense:8:tanh"]] {
+            let l: Vec<String> = l.iter().map(|s| s.to_string()).collect();
+            let spec = ModelSpec::declare("mlp", &l, InputShape::Flat(13), 3).unwrap();
+            assert!(supports(&spec), "{spec}");
+            for (name, c) in [
+                ("momentum", cfg(Work::Epochs(2), 8, MOMENTUM, 0.0)),
+                ("fedprox sgd", cfg(Work::Steps(9), 8, SGD, 0.5)),
+            ] {
+                check(&format!("{spec} {name}"), &spec, &small, &c);
+            }
+        }
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
     #[test]
     fn runs_are_bit_for_bit_reproducible() {
         let data = noise(96, 784, 3);
@@ -1026,7 +1118,7 @@ mod dp_tests {
     use super::*;
     use crate::train::{TrainConfig, Work, batch_tensors, train_model_autograd};
 
-    use super::tests::noise as noise_data;
+    use super::tests::{noise as noise_data, tanh_2nn};
 
     fn digits(n: usize) -> Dataset {
         crate::data::digits()
@@ -1093,6 +1185,7 @@ mod dp_tests {
         for (kind, data) in [
             (&ModelSpec::digits_mlp(), digits(12)),
             (&ModelSpec::mlp(), noise_data(6, 784, 8)),
+            (&tanh_2nn(), noise_data(6, 784, 8)),
         ] {
             let init = kind.init(3);
             let model = Model::new(kind, &init, &Device::Cpu).unwrap();
@@ -1189,6 +1282,7 @@ mod dp_tests {
         for (kind, data, clip) in [
             (&ModelSpec::digits_mlp(), digits(60), 1.0),
             (&ModelSpec::mlp(), noise_data(30, 784, 2), 3.0),
+            (&tanh_2nn(), noise_data(30, 784, 2), 1.0),
         ] {
             let momentum = Optimizer::Sgd {
                 lr: 0.05,

@@ -32,7 +32,7 @@ use crate::fast::{Optim, softmax_cross_entropy, write_vars};
 use crate::kernels::{ConvGeom, Gemm, Mat, internal};
 use crate::net::{Model, ModelSpec};
 use crate::rng::Rng;
-use crate::spec::Op;
+use crate::spec::{Activation, Op};
 use crate::train::{Batches, TrainConfig, check_data};
 
 /// One convolution stage: a `k x k` convolution (stride 1, same padding) from `cin` to `cout`
@@ -195,12 +195,14 @@ fn plan(kind: &ModelSpec) -> Option<Plan> {
             name,
             inp: i_n,
             out,
-            relu,
+            activation,
         } = op
         else {
             return None;
         };
-        if i_n != inp || relu != (i + 1 < count) {
+        // Hidden dense layers take a ReLU here (a tanh is the autograd path's).
+        let hidden = (i + 1 < count).then_some(Activation::Relu);
+        if i_n != inp || activation != hidden {
             return None;
         }
         dense.push(Dense {

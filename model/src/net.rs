@@ -10,7 +10,7 @@ use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder, VarMap};
 use crate::custom::DynModel;
 use crate::error::{Error, Result};
 use crate::spec::Op;
-pub use crate::spec::{InputShape, Layer, ModelSpec, ParamSpec};
+pub use crate::spec::{Activation, InputShape, Layer, ModelSpec, ParamSpec};
 
 /// A network with its trainable variables.
 pub struct Model {
@@ -34,7 +34,8 @@ enum Step {
     Conv(Conv2d),
     MaxPool(usize),
     Flatten,
-    Dense(Linear, bool),
+    /// The layer and its nonlinearity (none for the output layer).
+    Dense(Linear, Option<Activation>),
 }
 
 impl Model {
@@ -86,8 +87,8 @@ impl Model {
                     name,
                     inp,
                     out,
-                    relu,
-                } => Step::Dense(candle_nn::linear(inp, out, vb.pp(name))?, relu),
+                    activation,
+                } => Step::Dense(candle_nn::linear(inp, out, vb.pp(name))?, activation),
             });
         }
         Ok(Model {
@@ -155,8 +156,9 @@ impl Model {
                 Step::Conv(conv) => conv.forward(&h)?.relu()?,
                 Step::MaxPool(size) => max_pool(&h, *size)?,
                 Step::Flatten => h.flatten_from(1)?,
-                Step::Dense(fc, true) => fc.forward(&h)?.relu()?,
-                Step::Dense(fc, false) => fc.forward(&h)?,
+                Step::Dense(fc, Some(Activation::Relu)) => fc.forward(&h)?.relu()?,
+                Step::Dense(fc, Some(Activation::Tanh)) => fc.forward(&h)?.tanh()?,
+                Step::Dense(fc, None) => fc.forward(&h)?,
             };
         }
         Ok(h)

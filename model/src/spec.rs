@@ -9,6 +9,9 @@
 //!
 //! A declaration is a stack of hidden layers followed by one output layer of `classes` units:
 //! - `dense:N`: a fully connected layer of `N` units and a ReLU (the input is flattened first);
+//!   `dense:N:tanh` takes a tanh instead (`dense:N:relu` is `dense:N`): a bounded activation
+//!   whose gradients suit DP-SGD's clipping (Papernot et al. 2021, "Tempered Sigmoid Activations
+//!   for Deep Learning with Differential Privacy");
 //! - `convKxK:N`: a `K`x`K` convolution (odd `K`, stride 1, "same" padding `K / 2`) to `N`
 //!   channels and a ReLU;
 //! - `maxpoolS`: `S`x`S` max pooling with stride `S` (sizes round down, as in PyTorch).
@@ -99,13 +102,35 @@ impl fmt::Display for InputShape {
     }
 }
 
+/// The nonlinearity after a hidden dense layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// `max(0, z)`: the default, and every preset's.
+    #[default]
+    Relu,
+    /// `tanh(z)`, whose derivative is `1 - tanh(z)^2`.
+    Tanh,
+}
+
+impl Activation {
+    /// The name in a layer declaration (`relu`, `tanh`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Relu => "relu",
+            Self::Tanh => "tanh",
+        }
+    }
+}
+
 /// One hidden layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layer {
-    /// Fully connected, `units` outputs, ReLU.
+    /// Fully connected, `units` outputs, then `activation`.
     Dense {
         /// Output units.
         units: usize,
+        /// The nonlinearity (ReLU unless declared `dense:N:tanh`).
+        activation: Activation,
     },
     /// `kernel` x `kernel` convolution, stride 1, padding `kernel / 2`, ReLU.
     Conv {
@@ -124,7 +149,11 @@ pub enum Layer {
 impl fmt::Display for Layer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Dense { units } => write!(f, "dense:{units}"),
+            Self::Dense {
+                units,
+                activation: Activation::Relu,
+            } => write!(f, "dense:{units}"),
+            Self::Dense { units, activation } => write!(f, "dense:{units}:{}", activation.name()),
             Self::Conv { kernel, channels } => write!(f, "conv{kernel}x{kernel}:{channels}"),
             Self::MaxPool { size } => write!(f, "maxpool{size}"),
         }
@@ -140,15 +169,28 @@ impl std::str::FromStr for Layer {
     fn from_str(s: &str) -> Result<Self> {
         let bad = |why: &str| {
             model_err(format!(
-                "layer '{s}': {why} (expected dense:N, convKxK:N or maxpoolS)"
+                "layer '{s}': {why} (expected dense:N, dense:N:tanh, convKxK:N or maxpoolS)"
             ))
         };
         let number = |t: &str| -> Result<usize> {
             t.parse::<usize>()
                 .map_err(|_| bad(&format!("'{t}' is not a whole number")))
         };
-        if let Some(n) = s.strip_prefix("dense:") {
-            return Ok(Self::Dense { units: number(n)? });
+        if let Some(rest) = s.strip_prefix("dense:") {
+            let (n, activation) = match rest.split_once(':') {
+                None => (rest, Activation::Relu),
+                Some((n, "relu")) => (n, Activation::Relu),
+                Some((n, "tanh")) => (n, Activation::Tanh),
+                Some((_, a)) => {
+                    return Err(bad(&format!(
+                        "unknown activation '{a}' (expected relu or tanh)"
+                    )));
+                }
+            };
+            return Ok(Self::Dense {
+                units: number(n)?,
+                activation,
+            });
         }
         if let Some(rest) = s.strip_prefix("conv") {
             let (k, n) = rest.split_once(':').ok_or_else(|| bad("no ':CHANNELS'"))?;
@@ -259,7 +301,7 @@ pub enum Op {
     },
     /// Flatten to `[batch, features]`.
     Flatten,
-    /// Linear layer `name` (`inp` -> `out`), then a ReLU unless `relu` is false (the output).
+    /// Linear layer `name` (`inp` -> `out`), then `activation` (none for the output layer).
     Dense {
         /// Parameter prefix (`fc1`).
         name: String,
@@ -267,8 +309,8 @@ pub enum Op {
         inp: usize,
         /// Outputs.
         out: usize,
-        /// Whether a ReLU follows.
-        relu: bool,
+        /// The nonlinearity that follows; `None` for the output layer (logits).
+        activation: Option<Activation>,
     },
 }
 
@@ -493,7 +535,7 @@ impl ModelSpec {
         }
         for l in &self.layers {
             match *l {
-                Layer::Dense { units } if !(1..=MAX_WIDTH).contains(&units) => {
+                Layer::Dense { units, .. } if !(1..=MAX_WIDTH).contains(&units) => {
                     return Err(model_err(format!(
                         "layer '{l}': width must be between 1 and {MAX_WIDTH}"
                     )));
@@ -607,7 +649,7 @@ impl ModelSpec {
                          convolutions and pooling come first"
                     )));
                 }
-                (Layer::Dense { units }, _) => {
+                (Layer::Dense { units, activation }, _) => {
                     if let Some((c, h, w)) = image.take() {
                         ops.push(Op::Flatten);
                         flat = c * h * w;
@@ -617,7 +659,7 @@ impl ModelSpec {
                         name: format!("fc{denses}"),
                         inp: flat,
                         out: units,
-                        relu: true,
+                        activation: Some(activation),
                     });
                     flat = units;
                 }
@@ -631,7 +673,7 @@ impl ModelSpec {
             name: format!("fc{}", denses + 1),
             inp: flat,
             out: self.classes,
-            relu: false,
+            activation: None,
         });
         Ok(ops)
     }
@@ -741,10 +783,18 @@ impl ModelSpec {
     }
 }
 
+/// `dense:units` with its ReLU, as every preset has.
+fn relu_dense(units: usize) -> Layer {
+    Layer::Dense {
+        units,
+        activation: Activation::Relu,
+    }
+}
+
 fn preset_layers(family: Family, digits: bool) -> Vec<Layer> {
     match (family, digits) {
-        (Family::Mlp, true) => vec![Layer::Dense { units: 64 }],
-        (Family::Mlp, false) => vec![Layer::Dense { units: 200 }; 2],
+        (Family::Mlp, true) => vec![relu_dense(64)],
+        (Family::Mlp, false) => vec![relu_dense(200); 2],
         (Family::Cnn, _) => vec![
             Layer::Conv {
                 kernel: 5,
@@ -756,7 +806,7 @@ fn preset_layers(family: Family, digits: bool) -> Vec<Layer> {
                 channels: 64,
             },
             Layer::MaxPool { size: 2 },
-            Layer::Dense { units: 512 },
+            relu_dense(512),
         ],
         (Family::Logistic | Family::Custom | Family::Transformer, _) => Vec::new(),
     }
@@ -917,12 +967,104 @@ mod tests {
     }
 
     #[test]
+    fn tanh_dense_layers_parse_display_and_keep_the_layout() {
+        let tanh = ["dense:200:tanh", "dense:200:tanh"];
+        let t = declare("mlp", &tanh, InputShape::MNIST, 10).unwrap();
+        assert_eq!(
+            t.to_string(),
+            "mlp[dense:200:tanh,dense:200:tanh](1x28x28 images -> 10 classes)"
+        );
+        assert_eq!(
+            t.layers(),
+            [Layer::Dense {
+                units: 200,
+                activation: Activation::Tanh
+            }; 2]
+        );
+        // The 2NN's shape: same names, shapes and initial bits; only the nonlinearity differs.
+        let mlp = ModelSpec::mlp();
+        assert_ne!(t, mlp);
+        assert_eq!(t.layout(), mlp.layout());
+        assert_eq!(t.init(3), mlp.init(3));
+        let acts: Vec<Option<Activation>> = t
+            .ops()
+            .unwrap()
+            .into_iter()
+            .map(|op| match op {
+                Op::Dense { activation, .. } => activation,
+                other => panic!("{other:?} in an mlp"),
+            })
+            .collect();
+        assert_eq!(acts, [Some(Activation::Tanh), Some(Activation::Tanh), None]);
+        // `:relu` spelt out is the plain layer, and so the preset.
+        let relu = declare(
+            "mlp",
+            &["dense:200:relu", "dense:200"],
+            InputShape::MNIST,
+            10,
+        )
+        .unwrap();
+        assert_eq!(relu, mlp);
+        assert_eq!(relu.to_string(), "mlp");
+        // Every layer reads back from its display; a mixed cnn keeps its tanh.
+        for s in ["dense:7", "dense:7:tanh", "conv3x3:4", "maxpool2"] {
+            let l: Layer = s.parse().unwrap();
+            assert_eq!(l.to_string(), s);
+            assert_eq!(l.to_string().parse::<Layer>().unwrap(), l);
+        }
+        let c = declare(
+            "cnn",
+            &["conv3x3:2", "maxpool2", "dense:4:tanh"],
+            InputShape::MNIST,
+            10,
+        )
+        .unwrap();
+        assert!(c.to_string().contains("dense:4:tanh"), "{c}");
+    }
+
+    #[test]
     fn nonsense_declarations_are_refused_by_name() {
         let img = InputShape::MNIST;
         for (kind, layers, input, classes, says) in [
             ("resnet", vec![], img, 10, "unknown model kind 'resnet'"),
             ("mlp", vec!["dense:0"], img, 10, "layer 'dense:0': width"),
             ("mlp", vec!["dense:x"], img, 10, "'x' is not a whole number"),
+            (
+                "mlp",
+                vec!["dense:8:sigmoid"],
+                img,
+                10,
+                "layer 'dense:8:sigmoid': unknown activation 'sigmoid' (expected relu or tanh)",
+            ),
+            ("mlp", vec!["dense:8:"], img, 10, "unknown activation ''"),
+            (
+                "mlp",
+                vec!["dense:8:tanh:tanh"],
+                img,
+                10,
+                "unknown activation 'tanh:tanh'",
+            ),
+            (
+                "mlp",
+                vec!["dense::tanh"],
+                img,
+                10,
+                "'' is not a whole number",
+            ),
+            (
+                "mlp",
+                vec!["dense:Tanh"],
+                img,
+                10,
+                "'Tanh' is not a whole number",
+            ),
+            (
+                "mlp",
+                vec!["dense:0:tanh"],
+                img,
+                10,
+                "layer 'dense:0:tanh': width",
+            ),
             (
                 "mlp",
                 vec!["lstm:4"],

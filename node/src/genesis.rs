@@ -265,7 +265,8 @@ pub struct ModelSection {
     /// binary registered (see `crate::custom`).
     pub kind: String,
     /// Hidden layers, e.g. `["dense:128", "dense:64"]` or `["conv5x5:32", "maxpool2",
-    /// "dense:128"]`; empty: the kind's preset layers. Input and output sizes come from the data.
+    /// "dense:128"]` (`"dense:N:tanh"` for a tanh instead of the ReLU); empty: the kind's preset
+    /// layers. Input and output sizes come from the data.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<String>,
     /// digits, mnist or fashion-mnist: what `--shard` splits when a node has no data of its own.

@@ -34,7 +34,8 @@ pub struct DataArgs {
     /// (default: --schema's [model], else digits-mlp on digits and mlp otherwise).
     #[arg(long)]
     pub model: Option<String>,
-    /// Hidden layers, comma-separated: dense:N, convKxK:N, maxpoolS (default: the kind's preset).
+    /// Hidden layers, comma-separated: dense:N (ReLU), dense:N:tanh, convKxK:N, maxpoolS
+    /// (default: the kind's preset).
     #[arg(long, value_delimiter = ',')]
     pub layers: Vec<String>,
 }

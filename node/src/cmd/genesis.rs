@@ -154,8 +154,8 @@ pub struct ModelArgs {
     /// by-role|iid and --dataset-dir).
     #[arg(long, default_value = "digits-mlp")]
     pub model: String,
-    /// The model's hidden layers, comma-separated: dense:N, convKxK:N, maxpoolS (default: the
-    /// kind's preset layers).
+    /// The model's hidden layers, comma-separated: dense:N (ReLU), dense:N:tanh, convKxK:N,
+    /// maxpoolS (default: the kind's preset layers).
     #[arg(long, value_delimiter = ',')]
     pub layers: Vec<String>,
     /// A TOML file whose `[data]` section (the schema every node's own data must fit) becomes
