@@ -117,9 +117,10 @@ where
 /// stay in the heap and fragment it). That lowered a 2NN node's peak RSS on MNIST by about a
 /// tenth (BENCHMARKS.md section 8).
 ///
-/// A node (`run`) allocates from one arena. With two, the driver's long-lived data landed in
-/// whichever arena the tokio worker that happened to poll it used, drifted from one to the other
-/// as rounds went, and the arena it left kept pages its remaining blocks pinned: a digits
+/// A node (`run`) allocates from one arena. With two, live data moved from one arena to the
+/// other as rounds went (the main arena's bytes in use rose while the second's fell; most
+/// likely as the two tokio workers take turns polling the driver), and the arena it left kept
+/// the pages its remaining blocks pinned: a digits
 /// validator's peak RSS rose by 1.06 MB from round 100 to round 5,000, against 0.27-0.39 MB
 /// with one arena, all of it before round ~600 (BENCHMARKS.md section 8). Other commands (the
 /// simulator, training runs) keep two. An operator's own glibc tunables

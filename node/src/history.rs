@@ -177,9 +177,8 @@ impl KeyTable {
             }
             None => {
                 self.keys.push((key, 1));
-                // At most LIMIT rounds of at most u32::MAX authors can be named at once; the
-                // index fits as long as fewer than 2^32 distinct keys are live, which the
-                // consensus value's size limit guarantees by far.
+                // Live keys are at most the authors of LIMIT committed values, each bounded by
+                // the consensus value's size limit: far below 2^32.
                 (self.keys.len() - 1) as u32
             }
         };

@@ -804,11 +804,7 @@ fn secure_aggregation_commits_equal_hashes_and_survives_a_kill() {
         (secure_acc - plain_acc).abs() <= 0.05,
         "secure {secure_acc} vs plain {plain_acc}"
     );
-    let h = model_hash_at(&nodes[0], r).expect("node 0's record");
-    for n in &nodes[1..] {
-        let hn = wait_until("the round on every node", 60, || model_hash_at(n, r));
-        assert_eq!(hn, h, "equal model hashes at round {r}");
-    }
+    equal_hashes_at(&nodes, r);
     // SIGKILL node 3 mid-run: the other three (a quorum) go on committing rounds.
     let killed_at = round(&nodes[3]);
     drop(nodes.pop());
@@ -816,11 +812,7 @@ fn secure_aggregation_commits_equal_hashes_and_survives_a_kill() {
     let (got, _) = wait_until("rounds to continue without node 3", 180, || {
         hash_at_least(&nodes[0], target)
     });
-    let h0 = model_hash_at(&nodes[0], got).expect("node 0's record");
-    for n in &nodes[1..] {
-        let hn = wait_until("the round on nodes 1 and 2", 60, || model_hash_at(n, got));
-        assert_eq!(hn, h0);
-    }
+    equal_hashes_at(&nodes, got);
     // The model still learns after the kill (the rounds are not all void).
     let later = wait_until("node 0's accuracy after the kill", 60, || {
         accuracy_at(&nodes[0], got)
@@ -880,21 +872,20 @@ fn secure_aggregation_recovers_a_member_that_dies_after_selection() {
         serde_json::json!([key]),
         "node 3's self mask recovered from shares in round {r}: {v}"
     );
-    let h = model_hash_at(&nodes[0], r).expect("node 0's record");
-    for n in &nodes[1..] {
-        let hn = wait_until("round r on nodes 1 and 2", 60, || model_hash_at(n, r));
-        assert_eq!(hn, h, "equal model hashes at round {r}");
-    }
+    equal_hashes_at(&nodes, r);
     let target = r + 3;
     let (got, _) = wait_until("rounds to go on without node 3", 180, || {
         hash_at_least(&nodes[0], target)
     });
-    let h0 = model_hash_at(&nodes[0], got).expect("node 0's record");
-    for n in &nodes[1..] {
-        let hn = wait_until("the later round on nodes 1 and 2", 60, || {
-            model_hash_at(n, got)
-        });
-        assert_eq!(hn, h0);
+    equal_hashes_at(&nodes, got);
+}
+
+/// Every node's ledger records node 0's model hash for round `r`.
+fn equal_hashes_at(nodes: &[Node], r: u64) {
+    let h = model_hash_at(&nodes[0], r).expect("node 0's record");
+    for (i, n) in nodes.iter().enumerate().skip(1) {
+        let hn = wait_until("the round on every node", 60, || model_hash_at(n, r));
+        assert_eq!(hn, h, "node {i}'s model hash at round {r}");
     }
 }
 
