@@ -203,6 +203,25 @@ impl VoteKeeper {
         self.total(view, kind) >= self.set.quorum()
     }
 
+    /// True when no value can reach a quorum of `kind` votes in `view` any more: the value with
+    /// the most counted votes falls short of a quorum even if every validator not heard from
+    /// in this step votes for it (PROTOCOL.md 3.12). An equivocator's later vote for a value
+    /// can still count (section 4), so this is a liveness judgement, never a safety one.
+    pub fn value_quorum_out_of_reach(&self, view: View, kind: VoteKind) -> bool {
+        let Some(t) = self.tally(view, kind) else {
+            return false;
+        };
+        let unheard = self.set.len().saturating_sub(t.first.len());
+        let best = t
+            .by_value
+            .iter()
+            .filter(|(value, _)| value.is_some())
+            .map(|(_, votes)| votes.len())
+            .max()
+            .unwrap_or(0);
+        best + unheard < self.set.quorum()
+    }
+
     /// The highest view above `above` from which more than a third of the validators sent
     /// something (line 55).
     pub fn skip_view(&self, above: View) -> Option<View> {

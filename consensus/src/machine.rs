@@ -35,8 +35,14 @@ pub struct LinearTimeout {
 /// Timeout durations of every step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    /// Waiting for the proposal (must cover delta fetch and validation).
+    /// Waiting for the proposal (must cover delta fetch and validation). In view 0 its
+    /// `base_ms` also covers what the host does once a height (for the node: local training);
+    /// later views start from `propose_retry_ms` instead.
     pub propose: LinearTimeout,
+    /// The propose timeout's base in views after the first: `propose_retry_ms + view *
+    /// propose.per_view_ms`. A view past the first waits only for a proposer that already holds
+    /// what it proposes, so a dead proposer in view 1 costs this, not a whole first view.
+    pub propose_retry_ms: u64,
     /// Waiting after a quorum of mixed prevotes.
     pub prevote: LinearTimeout,
     /// Waiting after a quorum of mixed precommits.
@@ -54,6 +60,7 @@ impl Default for Timeouts {
                 base_ms: 3000,
                 per_view_ms: 1000,
             },
+            propose_retry_ms: 3000,
             prevote: LinearTimeout {
                 base_ms: 1000,
                 per_view_ms: 500,
@@ -77,6 +84,10 @@ impl Timeouts {
     /// The duration of `step`'s timeout in `view`, in milliseconds.
     pub fn duration_ms(&self, step: TimeoutStep, view: View) -> u64 {
         let linear = match step {
+            TimeoutStep::Propose if view.0 > 0 => LinearTimeout {
+                base_ms: self.propose_retry_ms,
+                ..self.propose
+            },
             TimeoutStep::Propose => self.propose,
             TimeoutStep::Prevote => self.prevote,
             TimeoutStep::Precommit => self.precommit,
@@ -932,6 +943,7 @@ impl Consensus {
                 || self.rule_prevote_on_proposal(out)
                 || self.rule_lock(out)
                 || self.rule_nil_polka(out)
+                || self.rule_out_of_reach(out)
                 || self.rule_schedule_prevote_timeout(out)
                 || self.rule_schedule_precommit_timeout(out);
             if !fired {
@@ -1070,6 +1082,47 @@ impl Consensus {
         self.cast_vote(VoteKind::Precommit, None, out);
         self.step = Step::Precommit;
         true
+    }
+
+    /// PROTOCOL.md 3.12 (not in the paper): a step whose votes can no longer reach a quorum
+    /// for any value is not waited out. While step = propose and no prevote quorum for a
+    /// value is possible in this view: prevote nil. While step = prevote and none is
+    /// possible: precommit nil. Upon 2f+1 PRECOMMIT(h_p, round_p, *) when no precommit quorum
+    /// for a value is possible: StartRound(round_p + 1). Each replaces a timeout whose only
+    /// outcome is the same nil vote or view change, so safety is untouched; the first two need
+    /// votes the others already cast (at least one honest validator's nil), the last a quorum,
+    /// so a minority cut off from the rest does not race through views.
+    fn rule_out_of_reach(&mut self, out: &mut Vec<Output>) -> bool {
+        let view = self.view;
+        match self.step {
+            Step::Propose
+                if self
+                    .keeper
+                    .value_quorum_out_of_reach(view, VoteKind::Prevote) =>
+            {
+                self.cast_vote(VoteKind::Prevote, None, out);
+                self.step = Step::Prevote;
+                true
+            }
+            Step::Prevote
+                if self
+                    .keeper
+                    .value_quorum_out_of_reach(view, VoteKind::Prevote) =>
+            {
+                self.cast_vote(VoteKind::Precommit, None, out);
+                self.step = Step::Precommit;
+                true
+            }
+            _ if self.keeper.any_quorum(view, VoteKind::Precommit)
+                && self
+                    .keeper
+                    .value_quorum_out_of_reach(view, VoteKind::Precommit) =>
+            {
+                self.start_round(view.next(), out);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Lines 34-35: upon 2f+1 PREVOTE(h_p, round_p, *) while step = prevote for the first

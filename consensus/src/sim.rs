@@ -181,6 +181,7 @@ pub fn sim_timeouts() -> Timeouts {
             base_ms: 300,
             per_view_ms: 100,
         },
+        propose_retry_ms: 300,
         prevote: LinearTimeout {
             base_ms: 150,
             per_view_ms: 50,

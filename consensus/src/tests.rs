@@ -456,9 +456,10 @@ fn lock_and_precommit_rules_lines_34_to_48_table() {
             None,
         ),
         (
+            // (a can still win with node 0's precommit; when no value can, 3.12 moves on.)
             "47: quorum of mixed precommits -> schedule precommit timeout",
             vec![
-                Input::Vote(net.vote(1, 0, Precommit, None)),
+                Input::Vote(net.vote(1, 0, Precommit, Some(&a))),
                 Input::Vote(net.vote(2, 0, Precommit, Some(&a))),
                 Input::Vote(net.vote(3, 0, Precommit, None)),
             ],
@@ -467,10 +468,11 @@ fn lock_and_precommit_rules_lines_34_to_48_table() {
             None,
         ),
         (
+            // (a can still get a polka with node 3's prevote; 3.12 covers when none can.)
             "57: timeout propose -> prevote nil; 61: timeout prevote -> precommit nil",
             vec![
                 timeout(0, TimeoutStep::Propose),
-                Input::Vote(net.vote(1, 0, Prevote, None)),
+                Input::Vote(net.vote(1, 0, Prevote, Some(&a))),
                 Input::Vote(net.vote(2, 0, Prevote, Some(&a))),
                 timeout(0, TimeoutStep::Prevote),
             ],
@@ -642,7 +644,8 @@ fn re_proposal_relays_the_polka() {
     // Member 3 proposes view 2 (height 1): it locked on a in view 0 (from member 3's seat).
     let mut m = net.machine(3);
     apply_all(&mut m, vec![Input::StartHeight]);
-    apply_all(
+    // The nil precommits of view 1 leave no value a chance there: view 2 at once (3.12).
+    let out = apply_all(
         &mut m,
         vec![
             Input::Proposal(net.proposal(0, &a, None)),
@@ -658,7 +661,6 @@ fn re_proposal_relays_the_polka() {
             Input::Vote(net.vote(2, 1, Precommit, None)),
         ],
     );
-    let out = apply_all(&mut m, vec![timeout(1, TimeoutStep::Precommit)]);
     assert_eq!(m.view(), View(2));
     let proposal = out
         .iter()
@@ -1222,4 +1224,101 @@ fn recovered_lock_keeps_its_polka_for_re_proposals() {
         own_votes(&out).contains(&(Prevote, View(1), Some(a.id()))),
         "{out:?}"
     );
+}
+
+/// View 0's propose timeout covers the host's once-a-height work; later views start from the
+/// retry base, every step grows per view, and the cap holds.
+#[test]
+fn propose_timeouts_past_view_0_start_from_the_retry_base() {
+    let t = Timeouts {
+        propose: LinearTimeout {
+            base_ms: 3000,
+            per_view_ms: 2000,
+        },
+        propose_retry_ms: 1000,
+        max_ms: 8000,
+        ..Timeouts::default()
+    };
+    let propose = |v| t.duration_ms(TimeoutStep::Propose, View(v));
+    assert_eq!(
+        [propose(0), propose(1), propose(2), propose(3), propose(4)],
+        [3000, 3000, 5000, 7000, 8000]
+    );
+    let prevote = |v| t.duration_ms(TimeoutStep::Prevote, View(v));
+    assert_eq!([prevote(0), prevote(1)], [1000, 1500]);
+}
+
+/// PROTOCOL.md 3.12: a step whose votes can no longer give any value a quorum is not waited
+/// out (n = 4, quorum 3), and a minority does not move views on its own.
+#[test]
+fn a_step_no_value_can_win_is_not_waited_out() {
+    use VoteKind::*;
+    let net = Net::new();
+    let (a, b) = (value(0xa), value(0xb));
+    // One nil prevote: three others may still prevote a value. Node 0 waits for the proposal.
+    let (m, out) = started(&net, vec![Input::Vote(net.vote(2, 0, Prevote, None))]);
+    assert!(own_votes(&out).is_empty());
+    assert_eq!(m.step(), Step::Propose);
+    // Two nil prevotes (f + 1, so an honest one): at most two can prevote a value. Node 0
+    // prevotes nil at once, and with the nil polka precommits nil.
+    let (m, out) = started(
+        &net,
+        vec![
+            Input::Vote(net.vote(2, 0, Prevote, None)),
+            Input::Vote(net.vote(3, 0, Prevote, None)),
+        ],
+    );
+    assert_eq!(
+        own_votes(&out),
+        vec![(Prevote, View(0), None), (Precommit, View(0), None)]
+    );
+    assert_eq!((m.view(), m.step()), (View(0), Step::Precommit));
+
+    // Split prevotes (node 0 nil after its timeout, a, b): no value can reach three, so node 0
+    // precommits nil without waiting for its prevote timeout.
+    let (_, out) = started(
+        &net,
+        vec![
+            timeout(0, TimeoutStep::Propose),
+            Input::Vote(net.vote(2, 0, Prevote, Some(&a))),
+            Input::Vote(net.vote(3, 0, Prevote, Some(&b))),
+        ],
+    );
+    assert_eq!(
+        own_votes(&out),
+        vec![(Prevote, View(0), None), (Precommit, View(0), None)]
+    );
+    assert!(!timeouts(&out).contains(&(TimeoutStep::Prevote, View(0))));
+
+    // A quorum of precommits of which no value can win: view 1 at once, no precommit timeout.
+    let (m, out) = started(
+        &net,
+        vec![
+            timeout(0, TimeoutStep::Propose),
+            Input::Vote(net.vote(2, 0, Prevote, Some(&a))),
+            Input::Vote(net.vote(3, 0, Prevote, Some(&b))),
+            Input::Vote(net.vote(2, 0, Precommit, None)),
+            Input::Vote(net.vote(3, 0, Precommit, Some(&a))),
+        ],
+    );
+    assert_eq!(m.view(), View(1));
+    assert!(!timeouts(&out).contains(&(TimeoutStep::Precommit, View(0))));
+    assert!(timeouts(&out).contains(&(TimeoutStep::Propose, View(1))));
+
+    // Quorum lost: node 0 and one other are all that is up. Both give up on the proposal, but
+    // two precommits are no quorum: node 0 stays in view 0 (it would otherwise race through
+    // views, each with a longer timeout, while the others are down).
+    let (m, out) = started(
+        &net,
+        vec![
+            timeout(0, TimeoutStep::Propose),
+            Input::Vote(net.vote(2, 0, Prevote, None)),
+            Input::Vote(net.vote(2, 0, Precommit, None)),
+        ],
+    );
+    assert_eq!(
+        own_votes(&out),
+        vec![(Prevote, View(0), None), (Precommit, View(0), None)]
+    );
+    assert_eq!(m.view(), View(0));
 }

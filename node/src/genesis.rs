@@ -339,7 +339,8 @@ fn default_max_samples() -> u64 {
 pub struct TimeoutSection {
     /// Waiting for a proposal in view 0 (must cover local training and delta gossip).
     pub propose_ms: u64,
-    /// Added per view.
+    /// Added per view. Views after the first wait `vote_ms + view x propose_per_view_ms` for a
+    /// proposal: their proposer holds the height's deltas already.
     pub propose_per_view_ms: u64,
     /// Prevote and precommit timeouts in view 0.
     pub vote_ms: u64,
@@ -1021,6 +1022,9 @@ impl TimeoutSection {
                 base_ms: self.propose_ms,
                 per_view_ms: self.propose_per_view_ms,
             },
+            // Past view 0 the height's deltas are trained and gossiped: later views wait a
+            // vote timeout, plus the per-view growth, for the proposal.
+            propose_retry_ms: self.vote_ms,
             prevote: vote,
             precommit: vote,
             rebroadcast: LinearTimeout {

@@ -79,6 +79,8 @@ pub struct Outcome {
     pub accuracy: f32,
     /// Longest simulated time without a new honest commit, ms (faults included).
     pub longest_stall_ms: Millis,
+    /// Simulated time from the end of the faults to the next honest commit, ms (`None`: none).
+    pub resumed_after_ms: Option<Millis>,
     /// Join requests from fresh keys flooded during the run.
     pub flooded: usize,
     /// Offenders of the delta equivocation evidence node 0 committed, with the round.
@@ -225,6 +227,7 @@ impl Sim {
         self.schedule_faults();
         let mut target: Option<u64> = None;
         let (mut stall, mut last_commit) = (0, 0);
+        let mut resumed = None;
         let deadline = self.cfg.faults_until + self.cfg.liveness_ms;
         while let Some(((t, _), (i, d, epoch))) = self.queue.pop_first() {
             if matches!(d, Delivery::Event(_)) && epoch != self.epoch[i] {
@@ -265,6 +268,9 @@ impl Sim {
             if self.honest_max_height() > before {
                 stall = stall.max(self.now - last_commit);
                 last_commit = self.now;
+                if resumed.is_none() && self.now >= self.cfg.faults_until {
+                    resumed = Some(self.now - self.cfg.faults_until);
+                }
             }
         }
         let height = self.honest_max_height();
@@ -272,6 +278,7 @@ impl Sim {
         out.height = height;
         out.end_ms = self.now;
         out.longest_stall_ms = stall.max(self.now - last_commit);
+        out.resumed_after_ms = resumed;
         out.secure.reveal_crashes = self.secagg.reveal_crashes.len();
         out.secure.split_rounds = self.secagg.splits.len();
         for e in &self.nodes[0].store.ledger {
