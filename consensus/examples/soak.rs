@@ -76,6 +76,8 @@ struct Totals {
     views_sum: u64,
     max_view: u32,
     evidence: u64,
+    /// Sum over runs of the virtual time the last honest node decided the last height.
+    decided_ms: u64,
     split_heights: u64,
     with_partition: u64,
     with_crash: u64,
@@ -122,6 +124,7 @@ fn main() {
                         totals.max_run_events = totals.max_run_events.max(report.events);
                         totals.runs += 1;
                         totals.evidence += report.evidence;
+                        totals.decided_ms += report.last_decision_ms;
                         totals.split_heights += report.split_heights;
                         for v in &report.decision_views {
                             totals.heights += 1;
@@ -163,6 +166,7 @@ fn main() {
         all.views_sum += t.views_sum;
         all.max_view = all.max_view.max(t.max_view);
         all.evidence += t.evidence;
+        all.decided_ms += t.decided_ms;
         all.split_heights += t.split_heights;
         all.with_partition += t.with_partition;
         all.with_crash += t.with_crash;
@@ -184,10 +188,11 @@ fn main() {
         all.with_partition, all.with_crash, all.evidence, all.split_heights
     );
     println!(
-        "soak: decided heights={} mean views/height={:.3} max decision view={}",
+        "soak: decided heights={} mean views/height={:.3} max decision view={} mean virtual ms to the last decision={:.0}",
         all.heights,
         all.views_sum as f64 / all.heights.max(1) as f64,
-        all.max_view
+        all.max_view,
+        all.decided_ms as f64 / all.runs.max(1) as f64
     );
     println!(
         "soak: events={} max events in a run={} slowest run={:.2}s",
