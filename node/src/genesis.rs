@@ -1212,6 +1212,21 @@ mod tests {
         assert!(a.differences(&a.file).is_empty());
     }
 
+    /// View 0 waits `propose_ms` for a proposal (training happens there); later views wait the
+    /// vote timeout plus the per-view growth, so a dead proposer past view 0 costs no training
+    /// window.
+    #[test]
+    fn past_view_0_the_propose_timeout_starts_from_the_vote_timeout() {
+        use consensus::{TimeoutStep, View};
+        let g = demo_file().check().unwrap();
+        let t = &g.file.timeouts;
+        let propose = |v| g.timeouts.duration_ms(TimeoutStep::Propose, View(v));
+        assert_eq!(propose(0), t.propose_ms);
+        assert_eq!(propose(1), t.vote_ms + t.propose_per_view_ms);
+        assert_eq!(propose(2), t.vote_ms + 2 * t.propose_per_view_ms);
+        assert!(propose(1) < t.propose_ms + t.propose_per_view_ms);
+    }
+
     fn demo_file() -> GenesisFile {
         demo("test-chain", &[ValidatorId([1; 32]), ValidatorId([2; 32])])
     }
