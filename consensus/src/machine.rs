@@ -1094,35 +1094,30 @@ impl Consensus {
     /// so a minority cut off from the rest does not race through views.
     fn rule_out_of_reach(&mut self, out: &mut Vec<Output>) -> bool {
         let view = self.view;
-        match self.step {
-            Step::Propose
-                if self
-                    .keeper
-                    .value_quorum_out_of_reach(view, VoteKind::Prevote) =>
-            {
-                self.cast_vote(VoteKind::Prevote, None, out);
-                self.step = Step::Prevote;
-                true
-            }
-            Step::Prevote
-                if self
-                    .keeper
-                    .value_quorum_out_of_reach(view, VoteKind::Prevote) =>
-            {
-                self.cast_vote(VoteKind::Precommit, None, out);
-                self.step = Step::Precommit;
-                true
-            }
-            _ if self.keeper.any_quorum(view, VoteKind::Precommit)
-                && self
-                    .keeper
-                    .value_quorum_out_of_reach(view, VoteKind::Precommit) =>
-            {
-                self.start_round(view.next(), out);
-                true
-            }
-            _ => false,
+        if self.step != Step::Precommit
+            && self
+                .keeper
+                .value_quorum_out_of_reach(view, VoteKind::Prevote)
+        {
+            // Lines 57-60 and 61-64 without their timeouts: nil for the step this node is in.
+            let (kind, next) = if self.step == Step::Propose {
+                (VoteKind::Prevote, Step::Prevote)
+            } else {
+                (VoteKind::Precommit, Step::Precommit)
+            };
+            self.cast_vote(kind, None, out);
+            self.step = next;
+            return true;
         }
+        // Lines 65-67 without their timeout.
+        let lost = self.keeper.any_quorum(view, VoteKind::Precommit)
+            && self
+                .keeper
+                .value_quorum_out_of_reach(view, VoteKind::Precommit);
+        if lost {
+            self.start_round(view.next(), out);
+        }
+        lost
     }
 
     /// Lines 34-35: upon 2f+1 PREVOTE(h_p, round_p, *) while step = prevote for the first
