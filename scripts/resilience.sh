@@ -92,7 +92,7 @@ quorum() {
     if wait_round 0 $((r + 1)) 120; then
       local took; took=$(python3 -c "print(f'{$(now) - $t0:.1f}')")
       echo "result: quorum trial $t: resumed $took s after restarting 1 of the 2 killed (round $r)"
-      # A trial past the 10 s keeps its logs too.
+      # A trial over 8 s (near or past the 10 s) keeps its logs too.
       if python3 -c "import sys; sys.exit(0 if $took > 8 else 1)"; then cp -r "$W" "$W.trial$t"; fi
     else
       echo "result: quorum trial $t: NOT resumed within 120 s (round $r); logs kept in $W.trial$t"

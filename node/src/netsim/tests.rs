@@ -75,34 +75,29 @@ fn seeds_that_once_failed() {
     }
 }
 
-/// Kill 2 of 4, restart one: rounds resume within 10 simulated seconds (a re-broadcast vote is
-/// a new gossip message; gossip drops repeated bytes).
+/// Kill 2 of 4, restart one (its state torn one round behind its ledger): every run is clean
+/// and live (a re-broadcast vote is a new gossip message; gossip drops repeated bytes), and the
+/// height resumes within a few vote timeouts of the restart, not a propose timeout per step:
+/// the survivors' nil prevotes leave view 0 no polka, so the restarted node prevotes nil at
+/// once and a quorum of precommits no value can win starts the next view at once (PROTOCOL.md
+/// 3.12); in a view whose proposer is the validator still down, the propose timeout is the
+/// retry one (view 0's covers training). The slowest of these 40 seeds (simulated ms): 1,562;
+/// 3,946 with neither change, 3,424 with the retry timeout alone, 2,093 with 3.12 alone.
 #[test]
 fn a_network_that_lost_quorum_resumes_when_it_is_back() {
-    for seed in 0..10 {
-        let out = run(Scenario::QuorumLoss, seed, 4);
-        assert_clean("quorum-loss", seed, &out);
-    }
-}
-
-/// Once the restarted validator makes 2f + 1 again, the height resumes within a few vote
-/// timeouts, not a propose timeout per step: the survivors' nil prevotes leave view 0 no
-/// polka, so the restarted node prevotes nil at once and a quorum of precommits no value can
-/// win starts the next view at once (PROTOCOL.md 3.12); in a view whose proposer is the
-/// validator still down, the propose timeout is the retry one (view 0's covers training).
-/// The slowest of these 40 seeds (simulated ms): 1,562; 3,946 with neither change, 3,424
-/// with the retry timeout alone, 2,093 with 3.12 alone.
-#[test]
-fn quorum_returns_within_a_few_vote_timeouts() {
     let mut slowest = (0, 0);
     for seed in 0..40 {
         let out = run(Scenario::QuorumLoss, seed, 4);
         assert_clean("quorum-loss", seed, &out);
         let took = out.resumed_after_ms.expect("resumed");
-        eprintln!("seed {seed}: resumed {took} ms after the restart");
         slowest = slowest.max((took, seed));
     }
-    assert!(slowest.0 <= 1_800, "seed {}: {} ms", slowest.1, slowest.0);
+    assert!(
+        slowest.0 <= 1_800,
+        "seed {}: resumed {} simulated ms after the restart",
+        slowest.1,
+        slowest.0
+    );
 }
 
 /// One of four validators down costs at most half the rounds per second.
