@@ -55,6 +55,7 @@ pub mod images;
 pub(crate) mod kernels;
 pub mod lm;
 pub mod lm_local;
+pub mod lowpass;
 pub mod mia;
 pub mod mia_fed;
 pub mod net;

@@ -187,6 +187,7 @@ pub fn run_federated(split: &Split, setup: &FedSetup, mech: Mechanism) -> Result
         seed: setup.seed,
         eval_every: setup.rounds,
         ema: None,
+        lowpass: None,
     };
     let mut sim = Simulation::new(cfg, split)?;
     let shard = sim.shards()[0].clone();

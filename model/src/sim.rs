@@ -23,6 +23,7 @@ use crate::dp::{Accountant, DpConfig, privatise};
 use crate::dpsgd::NoiseSource;
 use crate::error::Result;
 use crate::lm_local::{LmRounds, LocalLm};
+use crate::lowpass::LowPass;
 use crate::net::{Model, ModelSpec};
 use crate::partition::{Partition, partition};
 use crate::rng::Rng;
@@ -66,6 +67,9 @@ pub struct SimConfig {
     /// (`avg = d avg + (1 - d) theta` after each round) instead of the parameters themselves:
     /// a function of what was committed, so under DP it costs no privacy.
     pub ema: Option<f64>,
+    /// Project the first layer's update onto its lowest `k x k` image frequencies before the
+    /// server step ([`crate::lowpass`]; post-processing of the aggregate, no privacy cost).
+    pub lowpass: Option<usize>,
 }
 
 /// One line of the simulation's output.
@@ -114,6 +118,8 @@ pub struct Simulation {
     eval_model: Option<Model>,
     /// Each node's transformer trainer (its AdamW moments), kept between rounds.
     lm_local: Vec<Option<LocalLm>>,
+    /// The first layer's low-pass filter (`SimConfig::lowpass`).
+    lowpass: Option<LowPass>,
 }
 
 impl Simulation {
@@ -147,6 +153,10 @@ impl Simulation {
                     .into(),
             ));
         }
+        let lowpass = cfg
+            .lowpass
+            .map(|k| LowPass::for_model(&cfg.model, k))
+            .transpose()?;
         let params = cfg.model.init(cfg.seed);
         let eval_model = match cfg.model.lm_config() {
             Some(_) => None,
@@ -162,6 +172,7 @@ impl Simulation {
             average: Vec::new(),
             round: 0,
             eval_model,
+            lowpass,
             cfg,
         })
     }
@@ -289,7 +300,10 @@ impl Simulation {
         if let Some(sa) = cfg.secure_aggregation {
             let all: Vec<usize> = (0..cfg.nodes).collect();
             let domain = Domain::new("cohort simulate", r);
-            let m = masked_mean(&domain, cfg.seed, &plain, &samples, &all, sa.bound)?;
+            let mut m = masked_mean(&domain, cfg.seed, &plain, &samples, &all, sa.bound)?;
+            if let Some(lp) = &self.lowpass {
+                lp.apply(&mut m.mean)?;
+            }
             cfg.server
                 .at_round(r)
                 .step(&mut self.params, &mut self.velocity, &m.mean)?;
@@ -301,6 +315,7 @@ impl Simulation {
                 &mut self.velocity,
                 &cfg.rule,
                 &cfg.server.at_round(r),
+                self.lowpass.as_ref(),
                 &inputs,
             )?;
         }
@@ -436,16 +451,25 @@ pub fn prepare_update(
     }
 }
 
-/// The commit step: `theta += server_step(rule(inputs))`, deterministic for inputs in a fixed order.
+/// The commit step: `theta += server_step(lowpass(rule(inputs)))`, deterministic for inputs in
+/// a fixed order. Returns the rule's aggregate (before the low-pass filter).
 pub fn apply_round(
     params: &mut [f32],
     velocity: &mut Vec<f32>,
     rule: &Aggregator,
     server: &ServerOpt,
+    lowpass: Option<&LowPass>,
     inputs: &[Contribution<'_>],
 ) -> Result<Vec<f32>> {
     let agg = rule.aggregate(inputs)?;
-    server.step(params, velocity, &agg)?;
+    match lowpass {
+        Some(lp) => {
+            let mut filtered = agg.clone();
+            lp.apply(&mut filtered)?;
+            server.step(params, velocity, &filtered)?;
+        }
+        None => server.step(params, velocity, &agg)?,
+    }
     Ok(agg)
 }
 
@@ -496,6 +520,82 @@ mod tests {
             seed,
             eval_every: 1,
             ema: None,
+            lowpass: None,
+        }
+    }
+
+    #[test]
+    fn the_commit_step_low_passes_only_the_first_layers_update() {
+        let spec = ModelSpec::digits_mlp();
+        let lp = LowPass::for_model(&spec, 3).unwrap();
+        let n = spec.num_params();
+        let mut rng = Rng::seed(3);
+        let delta: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        let step = |lowpass: Option<&LowPass>| {
+            let mut params = vec![0.0f32; n];
+            let agg = apply_round(
+                &mut params,
+                &mut Vec::new(),
+                &Rule::Mean.into(),
+                &ServerOpt::default(),
+                lowpass,
+                &[Contribution {
+                    delta: &delta,
+                    samples: 1,
+                }],
+            )
+            .unwrap();
+            assert_eq!(agg, delta, "the rule's aggregate is returned unfiltered");
+            params
+        };
+        assert_eq!(step(None), delta);
+        let mut want = delta.clone();
+        lp.apply(&mut want).unwrap();
+        let got = step(Some(&lp));
+        assert_eq!(got, want);
+        let changed = got.iter().zip(&delta).filter(|(a, b)| a != b).count();
+        // (Nearly) all of fc1.weight moves, nothing else does.
+        let fc1 = spec
+            .layout()
+            .iter()
+            .find(|p| p.name == "fc1.weight")
+            .map(|p| p.numel())
+            .unwrap();
+        assert!(
+            changed > fc1 * 9 / 10 && changed <= fc1,
+            "{changed} of {fc1} changed"
+        );
+    }
+
+    #[test]
+    fn a_simulation_low_passes_its_first_layer_or_refuses_a_filter_that_cannot_fit() {
+        let split = crate::data::digits().unwrap();
+        let mut sim = Simulation::new(
+            SimConfig {
+                lowpass: Some(4),
+                ..base(2)
+            },
+            &split,
+        )
+        .unwrap();
+        let init = sim.params().to_vec();
+        sim.step().unwrap();
+        // The first layer moved only within its 4 x 4 lowest frequencies: projecting its
+        // change again leaves it as it is.
+        let lp = LowPass::for_model(&ModelSpec::digits_mlp(), 4).unwrap();
+        let change: Vec<f32> = sim.params().iter().zip(&init).map(|(a, b)| a - b).collect();
+        let mut again = change.clone();
+        lp.apply(&mut again).unwrap();
+        for (a, b) in change.iter().zip(&again) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert!(change.iter().any(|v| *v != 0.0));
+        for k in [0, 9] {
+            let bad = SimConfig {
+                lowpass: Some(k),
+                ..base(2)
+            };
+            assert!(Simulation::new(bad, &split).is_err(), "k {k}");
         }
     }
 

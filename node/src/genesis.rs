@@ -11,6 +11,7 @@ use model::data::DatasetKind;
 use model::dp::DpConfig;
 use model::dpsgd::DpSgdConfig;
 use model::lm_local::{LmRounds, RoundSchedule};
+use model::lowpass::LowPass;
 use model::net::ModelSpec;
 use model::partition::Partition;
 use model::schema::DataSchema;
@@ -327,6 +328,12 @@ pub struct TrainingSection {
     /// state; only the deltas it shapes are committed).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_moments: bool,
+    /// MLP on images only: every committed first-layer update is projected onto each hidden
+    /// unit's lowest K x K image frequencies (2-D DCT) before the server step
+    /// ([`model::lowpass`]): post-processing of the aggregate, so free under DP, and it removes
+    /// most of the DP noise on that layer. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lowpass_first_layer: Option<usize>,
 }
 
 fn default_max_samples() -> u64 {
@@ -392,6 +399,8 @@ pub struct Genesis {
     pub lm_rounds: LmRounds,
     /// Record-level DP.
     pub privacy: Privacy,
+    /// The first layer's low-pass filter on committed updates (`training.lowpass_first_layer`).
+    pub lowpass: Option<LowPass>,
 }
 
 /// The checked data settings: labelled samples for the classifiers, text for the transformer.
@@ -567,6 +576,16 @@ impl GenesisFile {
         }
         let privacy = privacy
             .map(|pr| self.check_secure(&mut p, pr, self.validators.len(), train, rule.as_ref()));
+        let lowpass = match (self.training.lowpass_first_layer, model.as_ref()) {
+            (Some(k), Some(m)) => p
+                .parsed(
+                    "training.lowpass_first_layer",
+                    &k.to_string(),
+                    LowPass::for_model(m, k),
+                )
+                .map(Some),
+            _ => Some(None),
+        };
         let timeouts = self.timeouts.check(&mut p);
         self.membership.check(&mut p);
         if !p.0.is_empty() {
@@ -629,6 +648,7 @@ impl GenesisFile {
             max_samples: self.training.max_samples,
             lm_rounds,
             privacy,
+            lowpass: lowpass.flatten(),
             file: self,
         })
     }
@@ -1162,6 +1182,7 @@ pub fn demo(chain_id: &str, validators: &[ValidatorId]) -> GenesisFile {
             max_samples: default_max_samples(),
             lr_schedule: String::new(),
             keep_moments: false,
+            lowpass_first_layer: None,
         },
         timeouts: TimeoutSection {
             propose_ms: 4000,
@@ -1237,6 +1258,28 @@ mod tests {
             "{:#}",
             g.check().expect_err("a nonsense genesis must be refused")
         )
+    }
+
+    #[test]
+    fn the_first_layer_low_pass_is_checked_against_the_model() {
+        assert!(demo_file().check().unwrap().lowpass.is_none());
+        let mut g = demo_file();
+        g.training.lowpass_first_layer = Some(4);
+        let lp = g.clone().check().unwrap().lowpass;
+        assert_eq!(lp.as_ref().map(LowPass::k), Some(4));
+        // The digits are 8 x 8: nine frequencies a side do not exist.
+        g.training.lowpass_first_layer = Some(9);
+        let why = refusal(g);
+        assert!(
+            why.contains("training.lowpass_first_layer = \"9\""),
+            "{why}"
+        );
+        let mut g = demo_file();
+        g.model.kind = "cnn".into();
+        g.model.dataset = "mnist".into();
+        g.training.lowpass_first_layer = Some(4);
+        let why = refusal(g);
+        assert!(why.contains("needs a dense model"), "{why}");
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub struct Setup {
     pub node_noise: bool,
     /// The data partition (default: the demo's Dirichlet 0.5).
     pub partition: Option<String>,
+    /// Genesis `[training] lowpass_first_layer` (default: off).
+    pub lowpass: Option<usize>,
 }
 
 impl Setup {
@@ -159,6 +161,7 @@ impl Setup {
             secure_aggregation: true,
             node_noise: false,
             partition: None,
+            lowpass: None,
         }
     }
 }
@@ -208,6 +211,7 @@ impl SimConfig {
                 secure_aggregation: false,
                 node_noise: true,
                 partition: None,
+                lowpass: None,
             },
             stop_at: None,
             approved_by: Vec::new(),
@@ -357,6 +361,7 @@ pub fn genesis(ids: &[ValidatorId], c: &SimConfig) -> Result<Genesis> {
     g.timeouts.min_round_ms = 0;
     g.membership.downtime_window = 32;
     g.membership.policy = c.setup.policy.clone();
+    g.training.lowpass_first_layer = c.setup.lowpass;
     if let Some(p) = &c.setup.partition {
         g.model.partition = p.clone();
     }

@@ -91,6 +91,7 @@ impl Core {
             &mut velocity,
             &rule,
             &self.cfg.genesis.server,
+            self.cfg.genesis.lowpass.as_ref(),
             &inputs,
         )?;
         let mut rejected: Vec<[u8; 32]> =

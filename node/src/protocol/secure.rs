@@ -760,6 +760,7 @@ impl Core {
             &mut velocity,
             &self.cfg.genesis.rule,
             &self.cfg.genesis.server,
+            self.cfg.genesis.lowpass.as_ref(),
             &[Contribution {
                 delta: &mean,
                 samples: 1,
