@@ -324,6 +324,27 @@ fn a_node_refuses_bad_data_and_a_misfit_model_at_start() {
         err.contains("a cnn needs image input, and the data is 6 features"),
         "{err}"
     );
+    // The first layer's low-pass filter needs image rows: refused on a table's features,
+    // written for the digits' 8 x 8 images.
+    let validators = d.join("node.key.pub");
+    let lowpass = |data: &[&str], out: &str| {
+        let mut args = vec!["genesis", "--validators", s(&validators)];
+        args.extend_from_slice(data);
+        args.extend_from_slice(&["--lowpass-first-layer", "4", "--out", out]);
+        cohort(&args)
+    };
+    let (g3, g4) = (d.join("g3.toml"), d.join("g4.toml"));
+    let o = lowpass(&["--schema", s(&schema), "--model", "mlp"], s(&g3));
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("training.lowpass_first_layer") && err.contains("needs image input"),
+        "{err}"
+    );
+    let o = lowpass(&["--dataset", "digits"], s(&g4));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&g4).expect("genesis");
+    assert!(text.contains("lowpass_first_layer = 4"), "{text}");
 }
 
 /// Four parties, each with its own CSV of 1,500 rows (mostly its own region), train together

@@ -115,6 +115,11 @@ pub struct RoundArgs {
     /// Transformer only: every node keeps its AdamW moments from round to round.
     #[arg(long)]
     pub keep_moments: bool,
+    /// MLP on images only: confine the first layer's committed updates to each hidden unit's
+    /// lowest K x K image frequencies (2-D DCT); post-processing, so free under DP, and it
+    /// removes most of the DP noise on that layer (`[training] lowpass_first_layer`).
+    #[arg(long, value_name = "K")]
+    pub lowpass_first_layer: Option<usize>,
 }
 
 /// Privacy: the genesis `[privacy]` section, and node-level DP (`training.dp`).
@@ -228,6 +233,7 @@ impl TrainingArgs {
         t.nesterov = a.rounds.nesterov;
         t.lr_schedule = a.rounds.lr_schedule;
         t.keep_moments = a.rounds.keep_moments;
+        t.lowpass_first_layer = a.rounds.lowpass_first_layer;
         t.compression = a.compress;
         t.error_feedback = !a.no_error_feedback;
         t.dp = a.privacy.dp;
