@@ -1263,6 +1263,9 @@ mod tests {
     #[test]
     fn the_first_layer_low_pass_is_checked_against_the_model() {
         assert!(demo_file().check().unwrap().lowpass.is_none());
+        // Off, the file (and so its hash) is what it was before the setting existed.
+        let text = toml::to_string(&demo_file()).unwrap();
+        assert!(!text.contains("lowpass"), "{text}");
         let mut g = demo_file();
         g.training.lowpass_first_layer = Some(4);
         let lp = g.clone().check().unwrap().lowpass;
