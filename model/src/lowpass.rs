@@ -16,6 +16,7 @@
 //! Deterministic: fixed-order f64 arithmetic rounded to f32, so every node applying it to the
 //! same committed aggregate gets the same bits.
 
+use crate::dp::l2_norm;
 use crate::error::{Error, Result};
 use crate::spec::{InputShape, ModelSpec};
 
@@ -108,12 +109,20 @@ impl LowPass {
         self.k
     }
 
-    /// Dimensions each first-layer row keeps out of `channels x height x width`.
-    pub fn kept_per_row(&self) -> (usize, usize) {
-        (
-            self.channels * self.k * self.k,
-            self.channels * self.height * self.width,
-        )
+    /// The share of `change`'s first-layer energy (a whole flat parameter vector) outside the
+    /// filter's band: 0 for a change that went through [`LowPass::apply`], 0 for no change.
+    pub fn outside_share(&self, change: &[f32]) -> Result<f64> {
+        let mut inside = change.to_vec();
+        self.apply(&mut inside)?;
+        let layer = self.offset..self.offset + self.rows * self.channels * self.height * self.width;
+        let (change, inside) = (&change[layer.clone()], &inside[layer]);
+        let outside: Vec<f32> = change.iter().zip(inside).map(|(a, b)| a - b).collect();
+        let total = l2_norm(change);
+        Ok(if total > 0.0 {
+            (l2_norm(&outside) / total).powi(2)
+        } else {
+            0.0
+        })
     }
 
     /// Projects `fc1.weight`'s part of `update` (a whole flat parameter vector) in place;
@@ -179,6 +188,16 @@ mod tests {
         ModelSpec::mlp()
     }
 
+    impl LowPass {
+        /// Dimensions each first-layer row keeps out of `channels x height x width`.
+        fn kept_per_row(&self) -> (usize, usize) {
+            (
+                self.channels * self.k * self.k,
+                self.channels * self.height * self.width,
+            )
+        }
+    }
+
     #[test]
     fn the_basis_is_orthonormal() {
         let b = dct_rows(28, 28);
@@ -215,6 +234,11 @@ mod tests {
         let kept = energy(&once[start..end]) / energy(&orig[start..end]);
         assert!((kept - 100.0 / 784.0).abs() < 0.01, "kept {kept}");
         assert_eq!(lp.kept_per_row(), (100, 784));
+        // What a filtered change leaves outside the band, and what white noise does.
+        assert!(lp.outside_share(&once).unwrap() < 1e-10);
+        let share = lp.outside_share(&orig).unwrap();
+        assert!((share - 684.0 / 784.0).abs() < 0.01, "outside {share}");
+        assert_eq!(lp.outside_share(&vec![0.0; n]).unwrap(), 0.0);
     }
 
     #[test]

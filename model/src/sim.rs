@@ -300,13 +300,14 @@ impl Simulation {
         if let Some(sa) = cfg.secure_aggregation {
             let all: Vec<usize> = (0..cfg.nodes).collect();
             let domain = Domain::new("cohort simulate", r);
-            let mut m = masked_mean(&domain, cfg.seed, &plain, &samples, &all, sa.bound)?;
-            if let Some(lp) = &self.lowpass {
-                lp.apply(&mut m.mean)?;
-            }
-            cfg.server
-                .at_round(r)
-                .step(&mut self.params, &mut self.velocity, &m.mean)?;
+            let m = masked_mean(&domain, cfg.seed, &plain, &samples, &all, sa.bound)?;
+            server_step(
+                &mut self.params,
+                &mut self.velocity,
+                &cfg.server.at_round(r),
+                self.lowpass.as_ref(),
+                &m.mean,
+            )?;
             clamped = m.clamped;
             honest_bytes = m.bytes_per_member * honest;
         } else if !inputs.is_empty() {
@@ -462,15 +463,27 @@ pub fn apply_round(
     inputs: &[Contribution<'_>],
 ) -> Result<Vec<f32>> {
     let agg = rule.aggregate(inputs)?;
+    server_step(params, velocity, server, lowpass, &agg)?;
+    Ok(agg)
+}
+
+/// `theta += server_step(lowpass(aggregate))`: the server step on the aggregate, its first
+/// layer low-passed first when a filter is given.
+pub fn server_step(
+    params: &mut [f32],
+    velocity: &mut Vec<f32>,
+    server: &ServerOpt,
+    lowpass: Option<&LowPass>,
+    aggregate: &[f32],
+) -> Result<()> {
     match lowpass {
         Some(lp) => {
-            let mut filtered = agg.clone();
+            let mut filtered = aggregate.to_vec();
             lp.apply(&mut filtered)?;
-            server.step(params, velocity, &filtered)?;
+            server.step(params, velocity, &filtered)
         }
-        None => server.step(params, velocity, &agg)?,
+        None => server.step(params, velocity, aggregate),
     }
-    Ok(agg)
 }
 
 #[cfg(test)]
@@ -597,6 +610,32 @@ mod tests {
             };
             assert!(Simulation::new(bad, &split).is_err(), "k {k}");
         }
+    }
+
+    /// The filter is post-processing of what was released: under DP-SGD the accountant's
+    /// epsilon is the same with it and without it, while the model it commits differs.
+    #[test]
+    fn the_low_pass_filter_spends_no_privacy() {
+        let split = crate::data::digits().unwrap();
+        let dp = |lowpass| {
+            let mut cfg = SimConfig { lowpass, ..base(4) };
+            cfg.train.dp_sgd = Some(crate::dpsgd::DpSgdConfig {
+                clip: 1.0,
+                noise: 1.0,
+                rate: 0.1,
+            });
+            let mut sim = Simulation::new(cfg, &split).unwrap();
+            let reports = [sim.step().unwrap(), sim.step().unwrap()];
+            (reports.map(|r| r.record_epsilon), sim.params().to_vec())
+        };
+        let (eps_off, params_off) = dp(None);
+        let (eps_on, params_on) = dp(Some(4));
+        assert!(
+            eps_off.iter().all(|e| e.is_some_and(|e| e > 0.0)),
+            "{eps_off:?}"
+        );
+        assert_eq!(eps_on, eps_off);
+        assert_ne!(params_on, params_off);
     }
 
     fn run(cfg: SimConfig, rounds: usize) -> (f32, Vec<f32>, usize) {

@@ -576,15 +576,14 @@ impl GenesisFile {
         }
         let privacy = privacy
             .map(|pr| self.check_secure(&mut p, pr, self.validators.len(), train, rule.as_ref()));
+        // A refusal is a problem in `p`, so the check below stops before `None` means "off".
         let lowpass = match (self.training.lowpass_first_layer, model.as_ref()) {
-            (Some(k), Some(m)) => p
-                .parsed(
-                    "training.lowpass_first_layer",
-                    &k.to_string(),
-                    LowPass::for_model(m, k),
-                )
-                .map(Some),
-            _ => Some(None),
+            (Some(k), Some(m)) => p.parsed(
+                "training.lowpass_first_layer",
+                &k.to_string(),
+                LowPass::for_model(m, k),
+            ),
+            _ => None,
         };
         let timeouts = self.timeouts.check(&mut p);
         self.membership.check(&mut p);
@@ -648,7 +647,7 @@ impl GenesisFile {
             max_samples: self.training.max_samples,
             lm_rounds,
             privacy,
-            lowpass: lowpass.flatten(),
+            lowpass,
             file: self,
         })
     }

@@ -89,7 +89,7 @@ pub struct Outcome {
     pub secure: SecureOutcome,
     /// With genesis `lowpass_first_layer`: the share of the energy of node 0's committed
     /// first-layer change (from the initial model) outside the filter's band (0 when every
-    /// commit step filtered it).
+    /// commit step filtered it, and when nothing changed).
     pub first_layer_outside_band: Option<f64>,
 }
 
@@ -316,15 +316,7 @@ impl Sim {
             out.first_layer_outside_band = self.genesis.lowpass.as_ref().map(|lp| {
                 let init = self.genesis.initial_params();
                 let change: Vec<f32> = c.params().iter().zip(&init).map(|(a, b)| a - b).collect();
-                let mut inside = change.clone();
-                if lp.apply(&mut inside).is_err() {
-                    return 1.0;
-                }
-                let energy = |v: &mut dyn Iterator<Item = f32>| -> f64 {
-                    v.map(|x| f64::from(x).powi(2)).sum()
-                };
-                let outside = energy(&mut change.iter().zip(&inside).map(|(a, b)| a - b));
-                outside / energy(&mut change.iter().copied()).max(f64::MIN_POSITIVE)
+                lp.outside_share(&change).unwrap_or(1.0)
             });
             out.inclusions = self.nodes[..self.cfg.nodes]
                 .iter()
